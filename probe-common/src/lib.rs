@@ -1,0 +1,388 @@
+//! Types shared by chainprobe's kernel programs (`probe-ebpf`) and its daemon (`probe-daemon`).
+//!
+//! Everything here is `#[repr(C)]`, `Copy` and free of pointers so that the same bytes mean the
+//! same thing on both sides of a BPF map or ring buffer. Kernel ↔ user types live only here.
+#![no_std]
+
+/// Most processes tracked at once in the per-process kernel maps.
+pub const MAX_PROCS: u32 = 16_384;
+/// Sockets remembered for owner attribution (LRU: the oldest idle sockets fall out first).
+pub const MAX_SOCKETS: u32 = 65_536;
+/// Listening sockets remembered for attributing passive opens (accepts).
+pub const MAX_LISTENERS: u32 = 8_192;
+/// (process, syscall, errno) failure counters.
+pub const MAX_FAILURE_KEYS: u32 = 4_096;
+/// Syscalls in flight between sys_enter and sys_exit (one per thread at a time).
+pub const MAX_INFLIGHT: u32 = 16_384;
+/// Ring buffer for rare events (exec, exit, OOM kill), bytes. Must be a power of two.
+pub const EVENTS_RING_BYTES: u32 = 256 * 1024;
+/// Length of the executable path carried by exec events.
+pub const FILENAME_LEN: usize = 128;
+/// Length of a task's comm.
+pub const COMM_LEN: usize = 16;
+
+/// Index of each kernel program in the [`ProgStats`] array. The names are the `program` label of
+/// chainprobe's self metrics.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProgId {
+    InetSockSetState = 0,
+    TcpSendReset = 1,
+    TcpReceiveReset = 2,
+    TcpRetransmitSkb = 3,
+    SysEnterMmap = 4,
+    SysExitMmap = 5,
+    SysEnterMunmap = 6,
+    SysExitMunmap = 7,
+    SysEnterBrk = 8,
+    SysExitBrk = 9,
+    SchedProcessExec = 10,
+    SchedProcessExit = 11,
+    OomMarkVictim = 12,
+}
+
+impl ProgId {
+    pub const COUNT: u32 = 13;
+    pub const ALL: [ProgId; Self::COUNT as usize] = [
+        ProgId::InetSockSetState,
+        ProgId::TcpSendReset,
+        ProgId::TcpReceiveReset,
+        ProgId::TcpRetransmitSkb,
+        ProgId::SysEnterMmap,
+        ProgId::SysExitMmap,
+        ProgId::SysEnterMunmap,
+        ProgId::SysExitMunmap,
+        ProgId::SysEnterBrk,
+        ProgId::SysExitBrk,
+        ProgId::SchedProcessExec,
+        ProgId::SchedProcessExit,
+        ProgId::OomMarkVictim,
+    ];
+
+    /// The kernel program's function name (what the daemon loads by name).
+    pub const fn program_name(self) -> &'static str {
+        match self {
+            ProgId::InetSockSetState => "inet_sock_set_state",
+            ProgId::TcpSendReset => "tcp_send_reset",
+            ProgId::TcpReceiveReset => "tcp_receive_reset",
+            ProgId::TcpRetransmitSkb => "tcp_retransmit_skb",
+            ProgId::SysEnterMmap => "sys_enter_mmap",
+            ProgId::SysExitMmap => "sys_exit_mmap",
+            ProgId::SysEnterMunmap => "sys_enter_munmap",
+            ProgId::SysExitMunmap => "sys_exit_munmap",
+            ProgId::SysEnterBrk => "sys_enter_brk",
+            ProgId::SysExitBrk => "sys_exit_brk",
+            ProgId::SchedProcessExec => "sched_process_exec",
+            ProgId::SchedProcessExit => "sched_process_exit",
+            ProgId::OomMarkVictim => "oom_mark_victim",
+        }
+    }
+
+    /// The tracepoint (category, name) the program attaches to.
+    pub const fn tracepoint(self) -> (&'static str, &'static str) {
+        match self {
+            ProgId::InetSockSetState => ("sock", "inet_sock_set_state"),
+            ProgId::TcpSendReset => ("tcp", "tcp_send_reset"),
+            ProgId::TcpReceiveReset => ("tcp", "tcp_receive_reset"),
+            ProgId::TcpRetransmitSkb => ("tcp", "tcp_retransmit_skb"),
+            ProgId::SysEnterMmap => ("syscalls", "sys_enter_mmap"),
+            ProgId::SysExitMmap => ("syscalls", "sys_exit_mmap"),
+            ProgId::SysEnterMunmap => ("syscalls", "sys_enter_munmap"),
+            ProgId::SysExitMunmap => ("syscalls", "sys_exit_munmap"),
+            ProgId::SysEnterBrk => ("syscalls", "sys_enter_brk"),
+            ProgId::SysExitBrk => ("syscalls", "sys_exit_brk"),
+            ProgId::SchedProcessExec => ("sched", "sched_process_exec"),
+            ProgId::SchedProcessExit => ("sched", "sched_process_exit"),
+            ProgId::OomMarkVictim => ("oom", "mark_victim"),
+        }
+    }
+
+    /// Optional programs may be missing on a kernel without failing readiness.
+    pub const fn optional(self) -> bool {
+        matches!(self, ProgId::OomMarkVictim)
+    }
+}
+
+/// Per-program self statistics (a per-CPU array indexed by [`ProgId`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProgStats {
+    /// Events the program handled.
+    pub events: u64,
+    /// Events dropped because the ring buffer was full.
+    pub lost_ringbuf: u64,
+    /// Events dropped because a map was full.
+    pub lost_map_full: u64,
+}
+
+/// Hot-path counters per process (per-CPU hash keyed by tgid). Summed over CPUs in user space.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcCounters {
+    pub tcp_connect_ok: u64,
+    pub tcp_connect_refused: u64,
+    pub tcp_connect_timeout: u64,
+    pub tcp_connect_reset: u64,
+    pub tcp_connect_error: u64,
+    pub tcp_accepts: u64,
+    /// Connections that reached ESTABLISHED; minus `tcp_established_closed` = active now.
+    pub tcp_established_opened: u64,
+    pub tcp_established_closed: u64,
+    pub tcp_resets_sent: u64,
+    pub tcp_resets_received: u64,
+    pub tcp_retransmits: u64,
+    pub mmap_calls: u64,
+    pub mmap_bytes: u64,
+    pub munmap_calls: u64,
+    pub munmap_bytes: u64,
+    pub brk_calls: u64,
+}
+
+impl ProcCounters {
+    /// Adds `other` field by field (used to sum per-CPU values).
+    pub fn accumulate(&mut self, other: &ProcCounters) {
+        self.tcp_connect_ok += other.tcp_connect_ok;
+        self.tcp_connect_refused += other.tcp_connect_refused;
+        self.tcp_connect_timeout += other.tcp_connect_timeout;
+        self.tcp_connect_reset += other.tcp_connect_reset;
+        self.tcp_connect_error += other.tcp_connect_error;
+        self.tcp_accepts += other.tcp_accepts;
+        self.tcp_established_opened += other.tcp_established_opened;
+        self.tcp_established_closed += other.tcp_established_closed;
+        self.tcp_resets_sent += other.tcp_resets_sent;
+        self.tcp_resets_received += other.tcp_resets_received;
+        self.tcp_retransmits += other.tcp_retransmits;
+        self.mmap_calls += other.mmap_calls;
+        self.mmap_bytes += other.mmap_bytes;
+        self.munmap_calls += other.munmap_calls;
+        self.munmap_bytes += other.munmap_bytes;
+        self.brk_calls += other.brk_calls;
+    }
+}
+
+/// Memory syscalls whose failures are counted.
+#[repr(u16)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum MemSyscall {
+    Mmap = 1,
+    Munmap = 2,
+    Brk = 3,
+}
+
+impl MemSyscall {
+    pub const fn from_u16(v: u16) -> Option<MemSyscall> {
+        match v {
+            1 => Some(MemSyscall::Mmap),
+            2 => Some(MemSyscall::Munmap),
+            3 => Some(MemSyscall::Brk),
+            _ => None,
+        }
+    }
+    pub const fn name(self) -> &'static str {
+        match self {
+            MemSyscall::Mmap => "mmap",
+            MemSyscall::Munmap => "munmap",
+            MemSyscall::Brk => "brk",
+        }
+    }
+}
+
+/// Key of the failure counters: which process, which syscall, which errno.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FailureKey {
+    pub tgid: u32,
+    /// A [`MemSyscall`] value.
+    pub syscall: u16,
+    /// Positive errno (brk, which returns no errno, reports ENOMEM when the break did not move).
+    pub errno: u16,
+}
+
+/// A syscall between sys_enter and sys_exit, keyed by pid_tgid of the calling thread.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InflightCall {
+    /// Requested length (mmap, munmap) or requested break (brk).
+    pub arg: u64,
+}
+
+/// Key of a listening socket: network namespace, family and local port. Passive opens on that port
+/// in that namespace belong to the listener's process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ListenKey {
+    pub netns: u32,
+    pub family: u16,
+    pub port: u16,
+}
+
+/// Offsets the kernel programs need and that differ between kernels. User space fills this from
+/// tracefs formats and /sys/kernel/btf/vmlinux before attaching; a field the kernel does not have
+/// is [`OFFSET_NONE`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelConfig {
+    /// `sched_process_exit`'s `group_dead` field, or [`OFFSET_NONE`] on kernels without it.
+    pub tp_exit_group_dead: u32,
+    /// `struct task_struct`: `exit_code`.
+    pub task_exit_code: u32,
+    /// `struct task_struct`: `signal` (pointer), and `struct signal_struct`: `live` (atomic_t):
+    /// used to find the last thread of a process when the tracepoint has no `group_dead`.
+    pub task_signal: u32,
+    pub signal_live: u32,
+    /// `struct sock`: `sk_err`.
+    pub sock_err: u32,
+    /// `struct sock` → network namespace inode: `sk->__sk_common.skc_net` (pointer), then
+    /// `struct net`.`ns` + `struct ns_common`.`inum`.
+    pub sock_net: u32,
+    pub net_ns_inum: u32,
+    /// Non-zero: the daemon's own tgid, whose events are ignored.
+    pub self_tgid: u32,
+}
+
+/// A [`KernelConfig`] offset that this kernel does not provide.
+pub const OFFSET_NONE: u32 = u32::MAX;
+
+impl KernelConfig {
+    pub const UNKNOWN: KernelConfig = KernelConfig {
+        tp_exit_group_dead: OFFSET_NONE,
+        task_exit_code: OFFSET_NONE,
+        task_signal: OFFSET_NONE,
+        signal_live: OFFSET_NONE,
+        sock_err: OFFSET_NONE,
+        sock_net: OFFSET_NONE,
+        net_ns_inum: OFFSET_NONE,
+        self_tgid: 0,
+    };
+}
+
+/// Kinds of ring-buffer events.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    Exec = 1,
+    Exit = 2,
+    OomVictim = 3,
+}
+
+/// Header shared by every ring-buffer event; `kind` tells which struct follows.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventHeader {
+    pub kind: u32,
+    pub tgid: u32,
+    /// bpf_ktime_get_ns() (CLOCK_MONOTONIC) at the event.
+    pub ktime_ns: u64,
+}
+
+/// A process image was replaced (`sched_process_exec`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExecEvent {
+    pub header: EventHeader,
+    pub ppid: u32,
+    pub filename_len: u32,
+    pub comm: [u8; COMM_LEN],
+    pub filename: [u8; FILENAME_LEN],
+}
+
+/// The last thread of a process exited (`sched_process_exit` with the group dead).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExitEvent {
+    pub header: EventHeader,
+    /// Thread that exited last.
+    pub pid: u32,
+    /// `task_struct.exit_code`: status << 8 for exit(status), the signal number (| 0x80 for a core
+    /// dump) for a fatal signal. `u32::MAX` when the kernel's layout was unknown.
+    pub exit_code: u32,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// The OOM killer chose a victim (`oom:mark_victim`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OomEvent {
+    pub header: EventHeader,
+    /// The victim's tgid (the tracepoint's `pid` is the victim process).
+    pub victim: u32,
+    pub _pad: u32,
+}
+
+/// Exit code stored when the kernel layout for `task_struct.exit_code` was unknown.
+pub const EXIT_CODE_UNKNOWN: u32 = u32::MAX;
+
+/// Tracepoint field offsets the kernel programs read directly. They have been stable since Linux
+/// 4.16; the daemon checks each against the running kernel's tracefs format before attaching and
+/// refuses (with the mismatch named) rather than misread.
+pub mod tp {
+    /// (tracepoint category, name, field, offset, size)
+    pub type Field = (&'static str, &'static str, &'static str, u32, u32);
+    pub const INET_SOCK_SET_STATE_SKADDR: u32 = 8;
+    pub const INET_SOCK_SET_STATE_OLDSTATE: u32 = 16;
+    pub const INET_SOCK_SET_STATE_NEWSTATE: u32 = 20;
+    pub const INET_SOCK_SET_STATE_SPORT: u32 = 24;
+    pub const INET_SOCK_SET_STATE_FAMILY: u32 = 28;
+    pub const INET_SOCK_SET_STATE_PROTOCOL: u32 = 30;
+    pub const TCP_SEND_RESET_SKADDR: u32 = 16;
+    pub const TCP_RECEIVE_RESET_SKADDR: u32 = 8;
+    pub const TCP_RETRANSMIT_SKB_SKADDR: u32 = 16;
+    /// sys_enter_* first and second argument; sys_exit_* return value.
+    pub const SYS_ENTER_ARG0: u32 = 16;
+    pub const SYS_ENTER_ARG1: u32 = 24;
+    pub const SYS_EXIT_RET: u32 = 16;
+    pub const EXEC_FILENAME: u32 = 8;
+    pub const EXEC_PID: u32 = 12;
+    pub const EXIT_COMM: u32 = 8;
+    pub const EXIT_PID: u32 = 24;
+    pub const MARK_VICTIM_PID: u32 = 8;
+
+    pub const FIELDS: &[Field] = &[
+        ("sock", "inet_sock_set_state", "skaddr", INET_SOCK_SET_STATE_SKADDR, 8),
+        ("sock", "inet_sock_set_state", "oldstate", INET_SOCK_SET_STATE_OLDSTATE, 4),
+        ("sock", "inet_sock_set_state", "newstate", INET_SOCK_SET_STATE_NEWSTATE, 4),
+        ("sock", "inet_sock_set_state", "sport", INET_SOCK_SET_STATE_SPORT, 2),
+        ("sock", "inet_sock_set_state", "family", INET_SOCK_SET_STATE_FAMILY, 2),
+        ("sock", "inet_sock_set_state", "protocol", INET_SOCK_SET_STATE_PROTOCOL, 2),
+        ("tcp", "tcp_send_reset", "skaddr", TCP_SEND_RESET_SKADDR, 8),
+        ("tcp", "tcp_receive_reset", "skaddr", TCP_RECEIVE_RESET_SKADDR, 8),
+        ("tcp", "tcp_retransmit_skb", "skaddr", TCP_RETRANSMIT_SKB_SKADDR, 8),
+        ("syscalls", "sys_enter_mmap", "addr", SYS_ENTER_ARG0, 8),
+        ("syscalls", "sys_enter_mmap", "len", SYS_ENTER_ARG1, 8),
+        ("syscalls", "sys_exit_mmap", "ret", SYS_EXIT_RET, 8),
+        ("syscalls", "sys_enter_munmap", "len", SYS_ENTER_ARG1, 8),
+        ("syscalls", "sys_exit_munmap", "ret", SYS_EXIT_RET, 8),
+        ("syscalls", "sys_enter_brk", "brk", SYS_ENTER_ARG0, 8),
+        ("syscalls", "sys_exit_brk", "ret", SYS_EXIT_RET, 8),
+        ("sched", "sched_process_exec", "filename", EXEC_FILENAME, 4),
+        ("sched", "sched_process_exec", "pid", EXEC_PID, 4),
+        ("sched", "sched_process_exit", "comm", EXIT_COMM, 16),
+        ("sched", "sched_process_exit", "pid", EXIT_PID, 4),
+        ("oom", "mark_victim", "pid", MARK_VICTIM_PID, 4),
+    ];
+}
+
+// TCP states as in include/net/tcp_states.h.
+pub const TCP_ESTABLISHED: i32 = 1;
+pub const TCP_SYN_SENT: i32 = 2;
+pub const TCP_SYN_RECV: i32 = 3;
+pub const TCP_CLOSE: i32 = 7;
+pub const TCP_LISTEN: i32 = 10;
+pub const IPPROTO_TCP: u16 = 6;
+
+// errno values the connect classification uses.
+pub const ECONNRESET: i32 = 104;
+pub const ETIMEDOUT: i32 = 110;
+pub const ECONNREFUSED: i32 = 111;
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+    // SAFETY: all of these are repr(C), Copy, contain no pointers and accept any bit pattern.
+    unsafe impl aya::Pod for ProgStats {}
+    unsafe impl aya::Pod for ProcCounters {}
+    unsafe impl aya::Pod for FailureKey {}
+    unsafe impl aya::Pod for ListenKey {}
+    unsafe impl aya::Pod for KernelConfig {}
+    unsafe impl aya::Pod for InflightCall {}
+}

@@ -1,0 +1,144 @@
+//! Loads chainprobe's kernel programs, hands them this kernel's offsets, and attaches each to its
+//! tracepoint. Dropping [`Probes`] detaches everything.
+use std::path::Path;
+
+use aya::{
+    maps::{Array, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    programs::TracePoint,
+    Ebpf,
+};
+use probe_common::{FailureKey, KernelConfig, ProcCounters, ProgId, ProgStats};
+use tracing::{debug, info, warn};
+
+/// The kernel programs, built by build.rs for the BPF target.
+static PROBE_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/probe-ebpf"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error("loading the eBPF object failed: {0} (run `chainprobe check` to see what this kernel or process lacks)")]
+    Load(#[source] Box<aya::EbpfError>),
+    #[error("the eBPF object has no map {0}: the daemon and its kernel programs were built from different sources")]
+    MissingMap(&'static str),
+    #[error("map {name}: {source}")]
+    Map { name: &'static str, source: aya::maps::MapError },
+}
+
+/// Outcome of attaching one program.
+#[derive(Debug, Clone)]
+pub struct ProgramStatus {
+    pub prog: ProgId,
+    pub attached: bool,
+    /// Why it is not attached.
+    pub error: Option<String>,
+}
+
+/// Loaded programs; attached until dropped.
+pub struct Probes {
+    _ebpf: Ebpf,
+    pub programs: Vec<ProgramStatus>,
+}
+
+impl Probes {
+    /// True when every required program is attached (optional ones may be absent).
+    pub fn all_required_attached(&self) -> bool {
+        self.programs.iter().all(|p| p.attached || p.prog.optional())
+    }
+}
+
+/// User-space handles on the kernel maps the collector reads.
+pub struct KernelMaps {
+    pub counters: PerCpuHashMap<MapData, u32, ProcCounters>,
+    pub failures: PerCpuHashMap<MapData, FailureKey, u64>,
+    pub stats: PerCpuArray<MapData, ProgStats>,
+    pub events: RingBuf<MapData>,
+}
+
+fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<T, AttachError> {
+    let map = ebpf.take_map(name).ok_or(AttachError::MissingMap(name))?;
+    T::try_from(map).map_err(|source| AttachError::Map { name, source })
+}
+
+/// Loads the object, writes `kcfg` to the CONFIG map, and attaches every program whose tracepoint
+/// exists. A program that fails to attach is reported in [`Probes::programs`], not fatal here: the
+/// caller decides (readiness stays false while a required one is missing).
+pub fn load(kcfg: KernelConfig, tracefs: &Path) -> Result<(Probes, KernelMaps), AttachError> {
+    let mut ebpf = Ebpf::load(PROBE_OBJECT).map_err(|e| AttachError::Load(Box::new(e)))?;
+
+    match aya_log::EbpfLogger::init(&mut ebpf) {
+        Ok(logger) => spawn_logger(logger),
+        Err(e) => warn!(error = %e, "kernel-side logging unavailable"),
+    }
+
+    {
+        let map = ebpf.map_mut("CONFIG").ok_or(AttachError::MissingMap("CONFIG"))?;
+        let mut config: Array<&mut MapData, KernelConfig> =
+            Array::try_from(map).map_err(|source| AttachError::Map { name: "CONFIG", source })?;
+        config.set(0, kcfg, 0).map_err(|source| AttachError::Map { name: "CONFIG", source })?;
+    }
+
+    let mut programs = Vec::new();
+    for prog in ProgId::ALL {
+        let status = attach_one(&mut ebpf, prog, tracefs);
+        match &status.error {
+            None => debug!(program = prog.program_name(), "attached"),
+            Some(e) if prog.optional() => info!(program = prog.program_name(), error = %e, "optional program not attached"),
+            Some(e) => warn!(program = prog.program_name(), error = %e, "program not attached"),
+        }
+        programs.push(status);
+    }
+
+    let maps = KernelMaps {
+        counters: take(&mut ebpf, "PROC_COUNTERS")?,
+        failures: take(&mut ebpf, "FAILURES")?,
+        stats: take(&mut ebpf, "PROG_STATS")?,
+        events: take(&mut ebpf, "EVENTS")?,
+    };
+    Ok((Probes { _ebpf: ebpf, programs }, maps))
+}
+
+fn attach_one(ebpf: &mut Ebpf, prog: ProgId, tracefs: &Path) -> ProgramStatus {
+    let (cat, name) = prog.tracepoint();
+    let result = (|| -> Result<(), String> {
+        if !tracefs.join("events").join(cat).join(name).is_dir() {
+            return Err(format!("tracepoint {cat}:{name} does not exist on this kernel"));
+        }
+        crate::kernel::verify_program_fields(tracefs, prog)?;
+        let program = ebpf
+            .program_mut(prog.program_name())
+            .ok_or_else(|| format!("program {} missing from the eBPF object", prog.program_name()))?;
+        let tp: &mut TracePoint = program.try_into().map_err(|e| format!("{e}"))?;
+        tp.load().map_err(|e| format!("load: {e}"))?;
+        tp.attach(cat, name).map_err(|e| format!("attach to {cat}:{name}: {e}"))?;
+        Ok(())
+    })();
+    ProgramStatus { prog, attached: result.is_ok(), error: result.err() }
+}
+
+/// Forwards kernel-side aya-log records to `tracing` (through the `log` bridge).
+fn spawn_logger(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
+    // SAFETY: the logger owns its ring-buffer fd and keeps it open while the AsyncFd owns it.
+    let fd = match unsafe { tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) } {
+        Ok(fd) => fd,
+        Err(e) => {
+            warn!(error = %std::io::Error::from(e), "kernel-side logging unavailable");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        let mut fd = fd;
+        loop {
+            let mut guard = match fd.readable_mut().await {
+                Ok(g) => g,
+                Err(e) => {
+                    warn!(error = %e, "kernel log reader stopped");
+                    return;
+                }
+            };
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    });
+}

@@ -1,0 +1,185 @@
+//! Settings: built-in defaults (the documented `default.toml` beside this file), optionally
+//! overridden by a TOML file. Unknown keys are errors, so a typo never silently does nothing.
+use std::{net::SocketAddr, path::Path, time::Duration};
+
+use serde::Deserialize;
+
+/// The documented default configuration, as printed by `chainprobe config`.
+pub const DEFAULT_TOML: &str = include_str!("default.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("invalid config file {path}: {message}\n(see `chainprobe config` for every setting and its default)")]
+    Parse { path: String, message: String },
+    #[error("invalid setting {key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub log: LogConfig,
+    pub metrics: MetricsConfig,
+    pub collect: CollectConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    pub scrape_interval_seconds: f64,
+    pub max_exited_processes: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CollectConfig {
+    pub drain_interval_seconds: f64,
+    pub map_count_interval_seconds: f64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig { listen: SocketAddr::from(([0, 0, 0, 0], 9479)) }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { format: LogFormat::Text, level: "info".into() }
+    }
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig { scrape_interval_seconds: 15.0, max_exited_processes: 20_000 }
+    }
+}
+
+impl Default for CollectConfig {
+    fn default() -> Self {
+        CollectConfig { drain_interval_seconds: 1.0, map_count_interval_seconds: 10.0 }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server: ServerConfig::default(),
+            log: LogConfig::default(),
+            metrics: MetricsConfig::default(),
+            collect: CollectConfig::default(),
+        }
+    }
+}
+
+fn seconds(key: &'static str, v: f64, min: f64) -> Result<Duration, ConfigError> {
+    if !v.is_finite() || v < min || v > 86_400.0 {
+        return Err(ConfigError::Invalid {
+            key,
+            message: format!("{v} is out of range ({min} to 86400 seconds)"),
+        });
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+impl Config {
+    /// Parses TOML text (`origin` names it in errors) over the defaults, then validates.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: origin.to_string(), message: e.to_string() })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Reads a config file; `None` gives the built-in defaults.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        match path {
+            None => Ok(Config::default()),
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|source| ConfigError::Read { path: p.display().to_string(), source })?;
+                Config::from_toml(&text, &p.display().to_string())
+            }
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.scrape_interval()?;
+        self.drain_interval()?;
+        self.map_count_interval()?;
+        if self.metrics.max_exited_processes == 0 {
+            return Err(ConfigError::Invalid {
+                key: "metrics.max_exited_processes",
+                message: "must be at least 1".into(),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn scrape_interval(&self) -> Result<Duration, ConfigError> {
+        seconds("metrics.scrape_interval_seconds", self.metrics.scrape_interval_seconds, 0.1)
+    }
+    pub fn drain_interval(&self) -> Result<Duration, ConfigError> {
+        seconds("collect.drain_interval_seconds", self.collect.drain_interval_seconds, 0.05)
+    }
+    pub fn map_count_interval(&self) -> Result<Duration, ConfigError> {
+        seconds("collect.map_count_interval_seconds", self.collect.map_count_interval_seconds, 0.1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documented_defaults_are_the_built_in_defaults() {
+        let parsed = Config::from_toml(DEFAULT_TOML, "default.toml").expect("default.toml parses");
+        assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn partial_file_keeps_other_defaults() {
+        let c = Config::from_toml("[server]\nlisten = \"127.0.0.1:1\"\n", "t").unwrap();
+        assert_eq!(c.server.listen.port(), 1);
+        assert_eq!(c.metrics, MetricsConfig::default());
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors() {
+        let e = Config::from_toml("[server]\nlisten_addr = \"x\"\n", "t").unwrap_err();
+        assert!(e.to_string().contains("listen_addr"), "{e}");
+        let e = Config::from_toml("[metrics]\nscrape_interval_seconds = -1.0\n", "t").unwrap_err();
+        assert!(e.to_string().contains("scrape_interval_seconds"), "{e}");
+        let e = Config::from_toml("[log]\nformat = \"xml\"\n", "t").unwrap_err();
+        assert!(e.to_string().contains("xml") || e.to_string().contains("format"), "{e}");
+    }
+
+    #[test]
+    fn missing_file_names_the_path() {
+        let e = Config::load(Some(Path::new("/nonexistent/chainprobe.toml"))).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/chainprobe.toml"), "{e}");
+    }
+}

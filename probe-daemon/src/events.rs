@@ -1,0 +1,193 @@
+//! From kernel to aggregate: decodes ring-buffer events (exec, exit, OOM kill) and drains the
+//! per-CPU counter maps, summing CPUs.
+use std::time::Instant;
+
+use aya::maps::{MapData, PerCpuArray, PerCpuHashMap};
+use probe_common::{
+    EventHeader, EventKind, ExecEvent, ExitEvent, FailureKey, OomEvent, ProcCounters, ProgId,
+    ProgStats,
+};
+use tracing::{debug, warn};
+
+use crate::{
+    aggregate::{Aggregate, KernelSnapshot},
+    procfs::cstr,
+};
+
+/// A decoded ring-buffer event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Exec { tgid: u32, comm: String, filename: String },
+    Exit { tgid: u32, comm: String, exit_code: u32 },
+    OomVictim { tgid: u32 },
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("ring-buffer record of {0} bytes is shorter than its header")]
+    Short(usize),
+    #[error("ring-buffer record kind {kind} needs {need} bytes, got {got}")]
+    Truncated { kind: u32, need: usize, got: usize },
+    #[error("unknown ring-buffer record kind {0}")]
+    UnknownKind(u32),
+}
+
+/// Reads a `T` from the start of `bytes` (unaligned), if long enough.
+fn read<T: Copy>(bytes: &[u8], kind: u32) -> Result<T, DecodeError> {
+    let need = std::mem::size_of::<T>();
+    if bytes.len() < need {
+        return Err(DecodeError::Truncated { kind, need, got: bytes.len() });
+    }
+    // SAFETY: length checked; T is a repr(C) plain-data type from probe-common (any bit pattern
+    // is valid); read_unaligned copes with the ring buffer's 8-byte alignment.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const T) })
+}
+
+/// Decodes one ring-buffer record.
+pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
+    if bytes.len() < std::mem::size_of::<EventHeader>() {
+        return Err(DecodeError::Short(bytes.len()));
+    }
+    let header: EventHeader = read(bytes, 0)?;
+    match header.kind {
+        k if k == EventKind::Exec as u32 => {
+            let e: ExecEvent = read(bytes, k)?;
+            let len = (e.filename_len as usize).min(e.filename.len());
+            Ok(Event::Exec { tgid: e.header.tgid, comm: cstr(&e.comm), filename: cstr(&e.filename[..len]) })
+        }
+        k if k == EventKind::Exit as u32 => {
+            let e: ExitEvent = read(bytes, k)?;
+            Ok(Event::Exit { tgid: e.header.tgid, comm: cstr(&e.comm), exit_code: e.exit_code })
+        }
+        k if k == EventKind::OomVictim as u32 => {
+            let e: OomEvent = read(bytes, k)?;
+            Ok(Event::OomVictim { tgid: e.victim })
+        }
+        k => Err(DecodeError::UnknownKind(k)),
+    }
+}
+
+/// Applies one decoded event to the aggregate.
+pub fn apply(agg: &mut Aggregate, ev: Event, now: Instant) {
+    match ev {
+        Event::Exec { tgid, comm, filename } => {
+            debug!(pid = tgid, %comm, %filename, "exec");
+            agg.on_exec(tgid, comm);
+        }
+        Event::Exit { tgid, comm, exit_code } => agg.on_exit(tgid, comm, exit_code, now),
+        Event::OomVictim { tgid } => {
+            warn!(pid = tgid, "OOM killer chose a victim");
+            agg.on_oom_victim(tgid, now);
+        }
+    }
+}
+
+/// Reads every per-process counter, failure counter and program statistic, summing CPUs.
+pub fn snapshot(
+    counters: &PerCpuHashMap<MapData, u32, ProcCounters>,
+    failures: &PerCpuHashMap<MapData, FailureKey, u64>,
+    stats: &PerCpuArray<MapData, ProgStats>,
+) -> KernelSnapshot {
+    let mut snap = KernelSnapshot::default();
+    // Entries can be deleted while we iterate; such errors just skip the entry.
+    for (tgid, per_cpu) in counters.iter().flatten() {
+        let mut sum = ProcCounters::default();
+        for c in per_cpu.iter() {
+            sum.accumulate(c);
+        }
+        snap.procs.push((tgid, sum));
+    }
+    for (key, per_cpu) in failures.iter().flatten() {
+        snap.failures.push((key, per_cpu.iter().sum()));
+    }
+    for prog in ProgId::ALL {
+        if let Ok(per_cpu) = stats.get(&(prog as u32), 0) {
+            let mut sum = ProgStats::default();
+            for s in per_cpu.iter() {
+                sum.events += s.events;
+                sum.lost_ringbuf += s.lost_ringbuf;
+                sum.lost_map_full += s.lost_map_full;
+            }
+            snap.prog_stats.push((prog, sum));
+        }
+    }
+    snap
+}
+
+/// Deletes the kernel entries of exited processes (their values are folded in the aggregate).
+pub fn delete_exited(
+    counters: &mut PerCpuHashMap<MapData, u32, ProcCounters>,
+    failures: &mut PerCpuHashMap<MapData, FailureKey, u64>,
+    tgids: &[u32],
+) {
+    if tgids.is_empty() {
+        return;
+    }
+    for tgid in tgids {
+        let _ = counters.remove(tgid);
+    }
+    let doomed: Vec<FailureKey> =
+        failures.keys().flatten().filter(|k| tgids.contains(&k.tgid)).collect();
+    for k in doomed {
+        let _ = failures.remove(&k);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use probe_common::{COMM_LEN, FILENAME_LEN};
+
+    fn bytes_of<T>(v: &T) -> Vec<u8> {
+        // SAFETY: test-only view of a plain-data struct.
+        unsafe { std::slice::from_raw_parts(v as *const T as *const u8, std::mem::size_of::<T>()) }.to_vec()
+    }
+
+    fn name<const N: usize>(s: &str) -> [u8; N] {
+        let mut a = [0u8; N];
+        a[..s.len()].copy_from_slice(s.as_bytes());
+        a
+    }
+
+    #[test]
+    fn decodes_each_kind() {
+        let exit = ExitEvent {
+            header: EventHeader { kind: EventKind::Exit as u32, tgid: 42, ktime_ns: 1 },
+            pid: 43,
+            exit_code: 3 << 8,
+            comm: name::<COMM_LEN>("worker"),
+        };
+        assert_eq!(decode(&bytes_of(&exit)), Ok(Event::Exit { tgid: 42, comm: "worker".into(), exit_code: 768 }));
+
+        let exec = ExecEvent {
+            header: EventHeader { kind: EventKind::Exec as u32, tgid: 7, ktime_ns: 1 },
+            ppid: 0,
+            filename_len: 8,
+            comm: name::<COMM_LEN>("ls"),
+            filename: name::<FILENAME_LEN>("/bin/ls\0"),
+        };
+        assert_eq!(decode(&bytes_of(&exec)), Ok(Event::Exec { tgid: 7, comm: "ls".into(), filename: "/bin/ls".into() }));
+
+        let oom = OomEvent { header: EventHeader { kind: EventKind::OomVictim as u32, tgid: 9, ktime_ns: 1 }, victim: 9, _pad: 0 };
+        assert_eq!(decode(&bytes_of(&oom)), Ok(Event::OomVictim { tgid: 9 }));
+    }
+
+    #[test]
+    fn malformed_records_are_errors_not_panics() {
+        assert_eq!(decode(&[1, 2, 3]), Err(DecodeError::Short(3)));
+        let h = EventHeader { kind: EventKind::Exec as u32, tgid: 1, ktime_ns: 0 };
+        assert!(matches!(decode(&bytes_of(&h)), Err(DecodeError::Truncated { .. })));
+        let h = EventHeader { kind: 99, tgid: 1, ktime_ns: 0 };
+        assert_eq!(decode(&bytes_of(&h)), Err(DecodeError::UnknownKind(99)));
+        // Oversized filename length is clamped.
+        let mut exec = ExecEvent {
+            header: EventHeader { kind: EventKind::Exec as u32, tgid: 7, ktime_ns: 1 },
+            ppid: 0,
+            filename_len: 100_000,
+            comm: [0; COMM_LEN],
+            filename: [b'a'; FILENAME_LEN],
+        };
+        exec.comm[0] = b'x';
+        assert!(matches!(decode(&bytes_of(&exec)), Ok(Event::Exec { .. })));
+    }
+}

@@ -1,0 +1,398 @@
+//! What the running kernel and this process provide: tracefs and tracepoint formats, BTF struct
+//! offsets for the few kernel fields the programs read, capabilities, memlock. Used by
+//! `chainprobe check` (a line per item) and by `run` before anything is loaded.
+use std::{
+    collections::HashMap,
+    fmt,
+    path::{Path, PathBuf},
+};
+
+use probe_common::{tp, KernelConfig, ProgId, OFFSET_NONE};
+
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error("tracefs is not mounted (looked in /sys/kernel/tracing and /sys/kernel/debug/tracing): mount it with `mount -t tracefs tracefs /sys/kernel/tracing` (in Kubernetes, mount the host's /sys/kernel/tracing)")]
+    NoTracefs,
+    #[error("cannot read tracepoint format {path}: {source}")]
+    Format { path: String, source: std::io::Error },
+    #[error("tracepoint {category}:{name} has no field {field}")]
+    MissingField { category: String, name: String, field: String },
+    #[error("cannot read BTF from {path}: {message} (chainprobe needs a kernel built with CONFIG_DEBUG_INFO_BTF=y)")]
+    Btf { path: String, message: String },
+}
+
+/// One field of a tracepoint format: offset and size in the raw record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FieldLayout {
+    pub offset: u32,
+    pub size: u32,
+}
+
+/// Where tracefs is mounted, if anywhere.
+pub fn tracefs_root() -> Option<PathBuf> {
+    ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.join("events").is_dir())
+}
+
+/// Parses a tracepoint `format` file into field name → layout.
+pub fn parse_format(text: &str) -> HashMap<String, FieldLayout> {
+    let mut fields = HashMap::new();
+    for line in text.lines() {
+        let line = line.trim();
+        let Some(rest) = line.strip_prefix("field:") else { continue };
+        let mut offset = None;
+        let mut size = None;
+        for part in rest.split(';').skip(1) {
+            let part = part.trim();
+            if let Some(v) = part.strip_prefix("offset:") {
+                offset = v.trim().parse::<u32>().ok();
+            } else if let Some(v) = part.strip_prefix("size:") {
+                size = v.trim().parse::<u32>().ok();
+            }
+        }
+        // The first segment is the declaration ("field:int oldstate"): the name is its last word,
+        // without any array suffix.
+        let decl = rest.split(';').next().unwrap_or("").trim();
+        let name = decl
+            .rsplit(|c: char| c.is_whitespace() || c == '*')
+            .next()
+            .unwrap_or("")
+            .split('[')
+            .next()
+            .unwrap_or("");
+        if let (false, Some(offset), Some(size)) = (name.is_empty(), offset, size) {
+            fields.insert(name.to_string(), FieldLayout { offset, size });
+        }
+    }
+    fields
+}
+
+/// Reads the format of tracepoint `category:name`.
+pub fn tracepoint_format(
+    root: &Path,
+    category: &str,
+    name: &str,
+) -> Result<HashMap<String, FieldLayout>, KernelError> {
+    let path = root.join("events").join(category).join(name).join("format");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|source| KernelError::Format { path: path.display().to_string(), source })?;
+    Ok(parse_format(&text))
+}
+
+/// Checks that every field the kernel programs read where `prog` attaches is where probe-common
+/// expects it. Returns the first mismatch as a readable sentence.
+pub fn verify_program_fields(root: &Path, prog: ProgId) -> Result<(), String> {
+    let (cat, name) = prog.tracepoint();
+    let fields = tracepoint_format(root, cat, name).map_err(|e| e.to_string())?;
+    for &(fcat, fname, field, offset, size) in tp::FIELDS {
+        if fcat != cat || fname != name {
+            continue;
+        }
+        match fields.get(field) {
+            Some(l) if l.offset == offset && l.size == size => {}
+            Some(l) => {
+                return Err(format!(
+                    "{cat}:{name} field {field} is at offset {} size {} on this kernel, chainprobe reads offset {offset} size {size}",
+                    l.offset, l.size
+                ))
+            }
+            None => return Err(format!("{cat}:{name} has no field {field} on this kernel")),
+        }
+    }
+    Ok(())
+}
+
+/// Byte offset of `member` inside `struct_name`, looking through anonymous structs and unions.
+pub fn btf_member_offset(btf: &btf_rs::Btf, struct_name: &str, member: &str) -> Option<u32> {
+    let types = btf.resolve_types_by_name(struct_name).ok()?;
+    types.iter().find_map(|t| match t {
+        btf_rs::Type::Struct(s) if !s.members.is_empty() => find_member(btf, s, member, 0),
+        _ => None,
+    })
+}
+
+fn find_member(btf: &btf_rs::Btf, s: &btf_rs::Struct, member: &str, base_bits: u32) -> Option<u32> {
+    for m in &s.members {
+        let bits = base_bits + m.bit_offset();
+        let name = btf.resolve_name(m).unwrap_or_default();
+        if name == member {
+            return if bits % 8 == 0 { Some(bits / 8) } else { None };
+        }
+        if name.is_empty() {
+            if let Ok(btf_rs::Type::Struct(inner) | btf_rs::Type::Union(inner)) =
+                btf.resolve_chained_type(m)
+            {
+                if let Some(off) = find_member(btf, &inner, member, bits) {
+                    return Some(off);
+                }
+            }
+        }
+    }
+    None
+}
+
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// Fills the kernel-specific part of [`KernelConfig`] from tracefs and BTF. Missing pieces stay
+/// [`OFFSET_NONE`]; [`KernelConfigReport::missing`] names them.
+pub fn kernel_config(tracefs: &Path, btf_path: &Path) -> Result<KernelConfigReport, KernelError> {
+    let btf = btf_rs::Btf::from_file(btf_path).map_err(|e| KernelError::Btf {
+        path: btf_path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let mut cfg = KernelConfig::UNKNOWN;
+    let mut missing = Vec::new();
+    let get = |s: &str, m: &str, missing: &mut Vec<String>| {
+        btf_member_offset(&btf, s, m).unwrap_or_else(|| {
+            missing.push(format!("struct {s}.{m}"));
+            OFFSET_NONE
+        })
+    };
+    cfg.task_exit_code = get("task_struct", "exit_code", &mut missing);
+    cfg.task_signal = get("task_struct", "signal", &mut missing);
+    cfg.signal_live = get("signal_struct", "live", &mut missing);
+    cfg.sock_err = get("sock", "sk_err", &mut missing);
+    let skc_net = get("sock_common", "skc_net", &mut missing);
+    let net_ns = get("net", "ns", &mut missing);
+    let ns_inum = get("ns_common", "inum", &mut missing);
+    // sock starts with its sock_common (__sk_common); possible_net_t is a single pointer.
+    let sk_common = btf_member_offset(&btf, "sock", "__sk_common").unwrap_or(0);
+    if skc_net != OFFSET_NONE && net_ns != OFFSET_NONE && ns_inum != OFFSET_NONE {
+        cfg.sock_net = sk_common + skc_net;
+        cfg.net_ns_inum = net_ns + ns_inum;
+    }
+    match tracepoint_format(tracefs, "sched", "sched_process_exit") {
+        Ok(f) => match f.get("group_dead") {
+            Some(l) => cfg.tp_exit_group_dead = l.offset,
+            None => missing.push("sched_process_exit.group_dead (older kernel; using signal->live)".into()),
+        },
+        Err(e) => missing.push(e.to_string()),
+    }
+    Ok(KernelConfigReport { config: cfg, missing })
+}
+
+#[derive(Debug, Clone)]
+pub struct KernelConfigReport {
+    pub config: KernelConfig,
+    pub missing: Vec<String>,
+}
+
+/// The kernel release (`uname -r`).
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Effective capabilities of this process (CapEff from /proc/self/status).
+pub fn effective_caps() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(0)
+}
+
+pub const CAP_SYS_ADMIN: u32 = 21;
+pub const CAP_SYS_PTRACE: u32 = 19;
+pub const CAP_SYS_RESOURCE: u32 = 24;
+pub const CAP_PERFMON: u32 = 38;
+pub const CAP_BPF: u32 = 39;
+
+/// Raises RLIMIT_MEMLOCK to infinity (kernels before 5.11 charge BPF maps against it).
+pub fn raise_memlock() -> Result<(), std::io::Error> {
+    let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: setrlimit with a valid pointer to an initialised rlimit.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn memlock_limit() -> Option<u64> {
+    let mut rlim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit with a valid out pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut rlim) } != 0 {
+        return None;
+    }
+    Some(rlim.rlim_cur)
+}
+
+/// State of one check line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Ok,
+    /// Works, with less: the detail says what is missing.
+    Warn,
+    /// chainprobe cannot run: the detail says how to fix it.
+    Fail,
+}
+
+#[derive(Debug, Clone)]
+pub struct CheckItem {
+    pub name: String,
+    pub status: Status,
+    pub detail: String,
+}
+
+impl fmt::Display for CheckItem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let tag = match self.status {
+            Status::Ok => "ok  ",
+            Status::Warn => "warn",
+            Status::Fail => "FAIL",
+        };
+        write!(f, "[{tag}] {:<40} {}", self.name, self.detail)
+    }
+}
+
+fn item(name: impl Into<String>, status: Status, detail: impl Into<String>) -> CheckItem {
+    CheckItem { name: name.into(), status, detail: detail.into() }
+}
+
+/// Everything `chainprobe check` reports, in order. Any [`Status::Fail`] means `run` will refuse.
+pub fn check() -> Vec<CheckItem> {
+    let mut items = vec![item("kernel", Status::Ok, kernel_release())];
+
+    let btf_ok = Path::new(VMLINUX_BTF).exists();
+    items.push(if btf_ok {
+        item("BTF", Status::Ok, VMLINUX_BTF)
+    } else {
+        item("BTF", Status::Fail, format!("{VMLINUX_BTF} is missing: use a kernel built with CONFIG_DEBUG_INFO_BTF=y (most distributions since 2020)"))
+    });
+
+    let root = tracefs_root();
+    match &root {
+        Some(r) => items.push(item("tracefs", Status::Ok, r.display().to_string())),
+        None => items.push(item("tracefs", Status::Fail, KernelError::NoTracefs.to_string())),
+    }
+    if let Some(r) = &root {
+        for prog in ProgId::ALL {
+            let (cat, name) = prog.tracepoint();
+            let label = format!("tracepoint {cat}:{name}");
+            let present = r.join("events").join(cat).join(name).is_dir();
+            let status_if_missing = if prog.optional() { Status::Warn } else { Status::Fail };
+            if !present {
+                let why = if prog.optional() {
+                    "absent on this kernel: OOM kills are reported as SIGKILL exits"
+                } else {
+                    "absent on this kernel: chainprobe needs Linux >= 5.8"
+                };
+                // Several programs share one tracepoint name only once; avoid duplicates.
+                if !items.iter().any(|i| i.name == label) {
+                    items.push(item(label, status_if_missing, why));
+                }
+                continue;
+            }
+            if items.iter().any(|i| i.name == label) {
+                continue;
+            }
+            match verify_program_fields(r, prog) {
+                Ok(()) => items.push(item(label, Status::Ok, "present, layout as expected")),
+                Err(e) => items.push(item(label, status_if_missing, e)),
+            }
+        }
+        if btf_ok {
+            match kernel_config(r, Path::new(VMLINUX_BTF)) {
+                Ok(rep) if rep.missing.is_empty() => {
+                    items.push(item("kernel struct offsets (BTF)", Status::Ok, "all found"))
+                }
+                Ok(rep) => items.push(item(
+                    "kernel struct offsets (BTF)",
+                    Status::Warn,
+                    format!("not found: {} (exit codes, connect errors or per-namespace accepts may be less precise)", rep.missing.join(", ")),
+                )),
+                Err(e) => items.push(item("kernel struct offsets (BTF)", Status::Warn, e.to_string())),
+            }
+        }
+    }
+
+    let uprobe = Path::new("/sys/bus/event_source/devices/uprobe/type").exists();
+    items.push(if uprobe {
+        item("uprobes", Status::Ok, "supported")
+    } else {
+        item("uprobes", Status::Warn, "not supported by this kernel (CONFIG_UPROBE_EVENTS): Go runtime and TLS probes will be unavailable")
+    });
+
+    let caps = effective_caps();
+    let has = |c: u32| caps & (1u64 << c) != 0;
+    let bpf_ok = has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON));
+    items.push(if bpf_ok {
+        item("capabilities: load BPF", Status::Ok, if has(CAP_BPF) && has(CAP_PERFMON) { "CAP_BPF + CAP_PERFMON" } else { "CAP_SYS_ADMIN" })
+    } else {
+        item("capabilities: load BPF", Status::Fail, "needs CAP_BPF and CAP_PERFMON (or root): run as root or add them to the container's securityContext")
+    });
+    items.push(if has(CAP_SYS_PTRACE) {
+        item("capabilities: read other processes", Status::Ok, "CAP_SYS_PTRACE")
+    } else {
+        item("capabilities: read other processes", Status::Warn, "no CAP_SYS_PTRACE: /proc/PID/maps and mem of other users' processes cannot be read")
+    });
+    let memlock = memlock_limit();
+    let resource = has(CAP_SYS_RESOURCE);
+    items.push(match memlock {
+        Some(libc::RLIM_INFINITY) => item("memlock", Status::Ok, "unlimited"),
+        Some(_) if resource => item("memlock", Status::Ok, "limited, raised at start (CAP_SYS_RESOURCE)"),
+        Some(v) => item("memlock", Status::Warn, format!("{v} bytes and no CAP_SYS_RESOURCE to raise it: kernels before 5.11 may refuse the maps")),
+        None => item("memlock", Status::Warn, "cannot read RLIMIT_MEMLOCK"),
+    });
+    items
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXIT_FORMAT: &str = "name: sched_process_exit
+ID: 312
+format:
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:char comm[16];\toffset:8;\tsize:16;\tsigned:0;
+\tfield:pid_t pid;\toffset:24;\tsize:4;\tsigned:1;
+\tfield:bool group_dead;\toffset:32;\tsize:1;\tsigned:0;
+\tfield:const void * skaddr;\toffset:40;\tsize:8;\tsigned:0;
+\tfield:__data_loc char[] filename;\toffset:48;\tsize:4;\tsigned:0;
+
+print fmt: \"comm=%s pid=%d\"";
+
+    #[test]
+    fn parses_format_fields() {
+        let f = parse_format(EXIT_FORMAT);
+        assert_eq!(f["comm"], FieldLayout { offset: 8, size: 16 });
+        assert_eq!(f["pid"], FieldLayout { offset: 24, size: 4 });
+        assert_eq!(f["group_dead"], FieldLayout { offset: 32, size: 1 });
+        assert_eq!(f["skaddr"], FieldLayout { offset: 40, size: 8 });
+        assert_eq!(f["filename"], FieldLayout { offset: 48, size: 4 });
+        assert_eq!(f["common_type"], FieldLayout { offset: 0, size: 2 });
+    }
+
+    #[test]
+    fn live_kernel_layouts_match_what_the_programs_read() {
+        // Runs on the CI machine's real kernel: every required tracepoint must have the fields
+        // at the offsets the kernel programs use.
+        let root = tracefs_root().expect("tracefs mounted (run ../shared/toolchain/install.sh)");
+        for prog in ProgId::ALL {
+            let (cat, name) = prog.tracepoint();
+            if prog.optional() && !root.join("events").join(cat).join(name).is_dir() {
+                continue;
+            }
+            verify_program_fields(&root, prog).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+
+    #[test]
+    fn btf_offsets_found_on_this_kernel() {
+        let root = tracefs_root().expect("tracefs mounted");
+        let rep = kernel_config(&root, Path::new(VMLINUX_BTF)).expect("BTF readable");
+        let c = rep.config;
+        for (name, v) in [("exit_code", c.task_exit_code), ("sk_err", c.sock_err), ("sock_net", c.sock_net), ("ns inum", c.net_ns_inum)] {
+            assert_ne!(v, OFFSET_NONE, "{name} missing: {:?}", rep.missing);
+        }
+        // struct sock begins with struct sock_common; sk_err lies past it.
+        assert!(c.sock_err > c.sock_net, "{c:?}");
+    }
+}

@@ -1,0 +1,337 @@
+//! Prometheus exposition (OpenMetrics text) of the aggregate and of chainprobe itself.
+//!
+//! A scrape takes a [`ScrapeView`] (a copy made under the aggregate's lock) and encodes it with
+//! prometheus-client. Per-process series carry `pid` and `comm`; a counter is exposed once it is
+//! non-zero, so idle processes cost no series. Names are a contract: see README.md.
+use prometheus_client::{
+    encoding::{text::encode, DescriptorEncoder, EncodeMetric},
+    metrics::{
+        counter::ConstCounter, gauge::ConstGauge, info::Info, MetricType,
+    },
+    collector::Collector,
+    registry::Registry,
+};
+use probe_common::{MemSyscall, ProcCounters, ProgId, ProgStats};
+
+use crate::{
+    aggregate::{errno_name, Aggregate, ExitInfo},
+    attach::ProgramStatus,
+};
+
+/// OpenMetrics content type for `GET /metrics`.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// One process, as a scrape sees it.
+#[derive(Debug, Clone)]
+pub struct ProcView {
+    pub pid: u32,
+    pub comm: String,
+    pub counters: ProcCounters,
+    pub active_connections: u64,
+    pub failures: Vec<(MemSyscall, u16, u64)>,
+    pub map_count: Option<u64>,
+    pub exit: Option<ExitInfo>,
+}
+
+/// Everything a scrape encodes, copied out of the shared state.
+#[derive(Debug, Clone, Default)]
+pub struct ScrapeView {
+    pub version: String,
+    pub kernel: String,
+    pub procs: Vec<ProcView>,
+    pub prog_stats: Vec<(ProgId, ProgStats)>,
+    pub programs: Vec<ProgramStatus>,
+    pub max_map_count: Option<u64>,
+    pub dropped_exited: u64,
+    pub decode_errors: u64,
+    pub tracked: usize,
+}
+
+impl ScrapeView {
+    pub fn from_aggregate(agg: &Aggregate, programs: &[ProgramStatus], kernel: &str) -> Self {
+        let mut procs: Vec<ProcView> = agg
+            .processes()
+            .map(|p| ProcView {
+                pid: p.pid,
+                comm: p.comm.clone(),
+                counters: p.counters(),
+                active_connections: p.active_connections(),
+                failures: p.failures().into_iter().map(|((s, e), n)| (s, e, n)).collect(),
+                map_count: p.map_count,
+                exit: p.exit.clone(),
+            })
+            .collect();
+        procs.sort_by_key(|p| p.pid);
+        ScrapeView {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            kernel: kernel.to_string(),
+            procs,
+            prog_stats: agg.prog_stats().to_vec(),
+            programs: programs.to_vec(),
+            max_map_count: crate::procfs::max_map_count(),
+            dropped_exited: agg.dropped_exited,
+            decode_errors: agg.decode_errors,
+            tracked: agg.tracked(),
+        }
+    }
+
+    /// The OpenMetrics text of this view.
+    pub fn render(self) -> Result<String, std::fmt::Error> {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(self));
+        let mut out = String::new();
+        encode(&mut out, &registry)?;
+        Ok(out)
+    }
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+fn proc_labels(p: &ProcView) -> Labels {
+    vec![("pid", p.pid.to_string()), ("comm", p.comm.clone())]
+}
+
+fn with(mut base: Labels, extra: &[(&'static str, &str)]) -> Labels {
+    base.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
+    base
+}
+
+/// Encodes one family: `series` yields (labels, value); nothing is written when it yields nothing
+/// unless `always` (a family with a help text but no series is legal and tells what exists).
+fn family<V: EncodeMetric>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    series: impl IntoIterator<Item = (Labels, V)>,
+) -> Result<(), std::fmt::Error> {
+    let mut me = enc.encode_descriptor(name, help, None, kind)?;
+    for (labels, v) in series {
+        v.encode(me.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+type CounterField = (&'static str, &'static str, fn(&ProcCounters) -> u64);
+
+/// Per-process counters without extra labels: (name without _total, help, field).
+const PROC_COUNTERS: &[CounterField] = &[
+    ("chainprobe_tcp_accepts", "TCP connections accepted (passive opens that reached ESTABLISHED).", |c| c.tcp_accepts),
+    ("chainprobe_tcp_resets_sent", "TCP resets sent on the process's sockets.", |c| c.tcp_resets_sent),
+    ("chainprobe_tcp_resets_received", "TCP resets received on the process's sockets.", |c| c.tcp_resets_received),
+    ("chainprobe_tcp_retransmits", "TCP segments retransmitted (SYNs included).", |c| c.tcp_retransmits),
+    ("chainprobe_mmap_calls", "Successful mmap calls.", |c| c.mmap_calls),
+    ("chainprobe_mmap_bytes", "Bytes requested by successful mmap calls.", |c| c.mmap_bytes),
+    ("chainprobe_munmap_calls", "Successful munmap calls.", |c| c.munmap_calls),
+    ("chainprobe_munmap_bytes", "Bytes released by successful munmap calls.", |c| c.munmap_bytes),
+    ("chainprobe_brk_calls", "brk calls.", |c| c.brk_calls),
+];
+
+const CONNECT_RESULTS: &[(&str, fn(&ProcCounters) -> u64)] = &[
+    ("ok", |c| c.tcp_connect_ok),
+    ("refused", |c| c.tcp_connect_refused),
+    ("timeout", |c| c.tcp_connect_timeout),
+    ("reset", |c| c.tcp_connect_reset),
+    ("error", |c| c.tcp_connect_error),
+];
+
+impl Collector for ScrapeView {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let procs = &self.procs;
+        family(
+            &mut enc,
+            "chainprobe_tcp_connects",
+            "TCP connect outcomes: ok, refused (RST), timeout (no answer, or the application gave up first), reset, error.",
+            MetricType::Counter,
+            procs.iter().flat_map(|p| {
+                CONNECT_RESULTS.iter().filter_map(move |(result, f)| {
+                    let v = f(&p.counters);
+                    (v > 0).then(|| (with(proc_labels(p), &[("result", result)]), ConstCounter::new(v)))
+                })
+            }),
+        )?;
+        for (name, help, f) in PROC_COUNTERS {
+            family(
+                &mut enc,
+                name,
+                help,
+                MetricType::Counter,
+                procs.iter().filter_map(|p| {
+                    let v = f(&p.counters);
+                    (v > 0).then(|| (proc_labels(p), ConstCounter::new(v)))
+                }),
+            )?;
+        }
+        family(
+            &mut enc,
+            "chainprobe_tcp_active_connections",
+            "TCP connections of the process currently established.",
+            MetricType::Gauge,
+            procs
+                .iter()
+                .filter(|p| p.counters.tcp_established_opened > 0)
+                .map(|p| (proc_labels(p), ConstGauge::new(p.active_connections as i64))),
+        )?;
+        family(
+            &mut enc,
+            "chainprobe_mmap_failures",
+            "Failed memory-mapping calls by syscall (mmap, munmap, brk) and errno.",
+            MetricType::Counter,
+            procs.iter().flat_map(|p| {
+                p.failures.iter().map(move |(sc, errno, n)| {
+                    let errno = errno_name(*errno);
+                    (with(proc_labels(p), &[("syscall", sc.name()), ("errno", &errno)]), ConstCounter::new(*n))
+                })
+            }),
+        )?;
+        family(
+            &mut enc,
+            "chainprobe_process_map_count",
+            "Memory mappings of the process (lines of /proc/PID/maps); compare with chainprobe_vm_max_map_count.",
+            MetricType::Gauge,
+            procs
+                .iter()
+                .filter(|p| p.exit.is_none())
+                .filter_map(|p| p.map_count.map(|n| (proc_labels(p), ConstGauge::new(n as i64)))),
+        )?;
+        family(
+            &mut enc,
+            "chainprobe_process_exits",
+            "Process exits: reason exit (code = status), signal (code = signal name) or oom (killed by the OOM killer).",
+            MetricType::Counter,
+            procs.iter().filter_map(|p| {
+                p.exit.as_ref().map(|e| {
+                    (with(proc_labels(p), &[("reason", e.reason.as_str()), ("code", &e.code)]), ConstCounter::new(1u64))
+                })
+            }),
+        )?;
+        family(
+            &mut enc,
+            "chainprobe_vm_max_map_count",
+            "The kernel's per-process limit on memory mappings (vm.max_map_count).",
+            MetricType::Gauge,
+            self.max_map_count.map(|n| (Vec::new(), ConstGauge::new(n as i64))),
+        )?;
+
+        // Self metrics.
+        let info = Info::new(vec![("version", self.version.clone()), ("kernel", self.kernel.clone())]);
+        info.encode(enc.encode_descriptor("chainprobe_build", "chainprobe version and the kernel it runs on.", None, MetricType::Info)?)?;
+        let prog = |id: ProgId| vec![("program", id.program_name().to_string())];
+        family(
+            &mut enc,
+            "chainprobe_events_processed",
+            "Events handled by each kernel program.",
+            MetricType::Counter,
+            self.prog_stats.iter().map(|(id, s)| (prog(*id), ConstCounter::new(s.events))),
+        )?;
+        family(
+            &mut enc,
+            "chainprobe_events_lost",
+            "Events dropped by each kernel program: reason ringbuf_full or map_full.",
+            MetricType::Counter,
+            self.prog_stats.iter().flat_map(|(id, s)| {
+                [("ringbuf_full", s.lost_ringbuf), ("map_full", s.lost_map_full)]
+                    .into_iter()
+                    .map(move |(reason, n)| (with(prog(*id), &[("reason", reason)]), ConstCounter::new(n)))
+            }),
+        )?;
+        family(
+            &mut enc,
+            "chainprobe_attach_failures",
+            "Kernel programs that could not be attached (see the log or `chainprobe check` for why).",
+            MetricType::Counter,
+            self.programs.iter().map(|s| (prog(s.prog), ConstCounter::new(u64::from(!s.attached)))),
+        )?;
+        family(
+            &mut enc,
+            "chainprobe_program_attached",
+            "1 when the kernel program is attached.",
+            MetricType::Gauge,
+            self.programs.iter().map(|s| (prog(s.prog), ConstGauge::new(i64::from(s.attached)))),
+        )?;
+        family(
+            &mut enc,
+            "chainprobe_tracked_processes",
+            "Processes whose series chainprobe currently exposes (exited ones included until scraped).",
+            MetricType::Gauge,
+            [(Vec::new(), ConstGauge::new(self.tracked as i64))],
+        )?;
+        family(
+            &mut enc,
+            "chainprobe_exited_series_dropped",
+            "Exited processes whose series were dropped early because metrics.max_exited_processes was reached.",
+            MetricType::Counter,
+            [(Vec::new(), ConstCounter::new(self.dropped_exited))],
+        )?;
+        family(
+            &mut enc,
+            "chainprobe_event_decode_errors",
+            "Ring-buffer records that could not be decoded.",
+            MetricType::Counter,
+            [(Vec::new(), ConstCounter::new(self.decode_errors))],
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::ExitReason;
+    use std::time::Instant;
+
+    fn view() -> ScrapeView {
+        ScrapeView {
+            version: "0.1.0".into(),
+            kernel: "6.1.0".into(),
+            procs: vec![
+                ProcView {
+                    pid: 10,
+                    comm: "svc".into(),
+                    counters: ProcCounters { tcp_connect_ok: 3, tcp_connect_refused: 1, tcp_established_opened: 3, tcp_established_closed: 1, mmap_calls: 2, mmap_bytes: 8192, ..Default::default() },
+                    active_connections: 2,
+                    failures: vec![(MemSyscall::Mmap, 22, 1)],
+                    map_count: Some(40),
+                    exit: None,
+                },
+                ProcView {
+                    pid: 11,
+                    comm: "gone".into(),
+                    counters: ProcCounters::default(),
+                    active_connections: 0,
+                    failures: vec![],
+                    map_count: None,
+                    exit: Some(ExitInfo { reason: ExitReason::Signal, code: "SIGKILL".into(), at: Instant::now() }),
+                },
+            ],
+            prog_stats: vec![(ProgId::SysExitMmap, ProgStats { events: 5, lost_ringbuf: 0, lost_map_full: 1 })],
+            programs: vec![],
+            max_map_count: Some(65530),
+            dropped_exited: 0,
+            decode_errors: 0,
+            tracked: 2,
+        }
+    }
+
+    #[test]
+    fn renders_contract_names_and_labels() {
+        let text = view().render().unwrap();
+        for line in [
+            r#"chainprobe_tcp_connects_total{pid="10",comm="svc",result="ok"} 3"#,
+            r#"chainprobe_tcp_connects_total{pid="10",comm="svc",result="refused"} 1"#,
+            r#"chainprobe_tcp_active_connections{pid="10",comm="svc"} 2"#,
+            r#"chainprobe_mmap_calls_total{pid="10",comm="svc"} 2"#,
+            r#"chainprobe_mmap_bytes_total{pid="10",comm="svc"} 8192"#,
+            r#"chainprobe_mmap_failures_total{pid="10",comm="svc",syscall="mmap",errno="EINVAL"} 1"#,
+            r#"chainprobe_process_map_count{pid="10",comm="svc"} 40"#,
+            r#"chainprobe_process_exits_total{pid="11",comm="gone",reason="signal",code="SIGKILL"} 1"#,
+            r#"chainprobe_vm_max_map_count 65530"#,
+            r#"chainprobe_build_info{version="0.1.0",kernel="6.1.0"} 1"#,
+            r#"chainprobe_events_lost_total{program="sys_exit_mmap",reason="map_full"} 1"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
+        }
+        assert!(!text.contains(r#"result="timeout""#), "zero counters are not exposed");
+        assert!(text.ends_with("# EOF\n"));
+    }
+}

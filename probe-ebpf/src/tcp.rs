@@ -1,0 +1,195 @@
+//! TCP: connection outcomes, accepts, active connections, resets and retransmits.
+//!
+//! `sock:inet_sock_set_state` fires in process context for connect() and listen() but in softirq
+//! context for most other transitions, where the current task is whoever was interrupted. So the
+//! owner of a socket is remembered when it is known (SYN_SENT from connect(), the listener's process
+//! for a passive open) and looked up by socket address afterwards.
+use aya_ebpf::{
+    helpers::bpf_probe_read_kernel, macros::tracepoint, programs::TracePointContext,
+};
+use probe_common::{
+    tp, KernelConfig, ListenKey, ProcCounters, ProgId, ECONNREFUSED, ECONNRESET, ETIMEDOUT,
+    IPPROTO_TCP, OFFSET_NONE, TCP_CLOSE, TCP_ESTABLISHED, TCP_LISTEN, TCP_SYN_RECV, TCP_SYN_SENT,
+};
+
+use crate::maps::{
+    config, count_event, count_lost_map_full, current_tgid, proc_counters, LISTENERS, SOCK_OWNERS,
+};
+
+/// Owner of a socket: the remembered one, else 0 (unattributed).
+#[inline(always)]
+fn owner(sk: u64) -> u32 {
+    match unsafe { SOCK_OWNERS.get(&sk) } {
+        Some(t) => *t,
+        None => 0,
+    }
+}
+
+#[inline(always)]
+fn read_kernel<T>(base: u64, off: u32) -> Option<T> {
+    if off == OFFSET_NONE || base == 0 {
+        return None;
+    }
+    unsafe { bpf_probe_read_kernel((base + off as u64) as *const T).ok() }
+}
+
+/// Network namespace inode of a socket (0 when the kernel layout is unknown).
+#[inline(always)]
+fn sock_netns(cfg: &KernelConfig, sk: u64) -> u32 {
+    let net: u64 = match read_kernel(sk, cfg.sock_net) {
+        Some(n) => n,
+        None => return 0,
+    };
+    read_kernel::<u32>(net, cfg.net_ns_inum).unwrap_or(0)
+}
+
+#[inline(always)]
+fn with_counters(prog: ProgId, tgid: u32, f: impl FnOnce(&mut ProcCounters)) {
+    if let Some(c) = proc_counters(prog, tgid) {
+        f(c);
+    }
+}
+
+#[tracepoint]
+pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    let _ = try_set_state(&ctx);
+    0
+}
+
+fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
+    let prog = ProgId::InetSockSetState;
+    let protocol: u16 = unsafe { ctx.read_at(tp::INET_SOCK_SET_STATE_PROTOCOL as usize)? };
+    if protocol != IPPROTO_TCP {
+        return Ok(());
+    }
+    count_event(prog);
+    let sk: u64 = unsafe { ctx.read_at(tp::INET_SOCK_SET_STATE_SKADDR as usize)? };
+    let old: i32 = unsafe { ctx.read_at(tp::INET_SOCK_SET_STATE_OLDSTATE as usize)? };
+    let new: i32 = unsafe { ctx.read_at(tp::INET_SOCK_SET_STATE_NEWSTATE as usize)? };
+    let cfg = config();
+
+    if new == TCP_SYN_SENT {
+        // connect(): process context, the caller owns the socket.
+        let tgid = current_tgid();
+        if SOCK_OWNERS.insert(&sk, &tgid, 0).is_err() {
+            count_lost_map_full(prog);
+        }
+        return Ok(());
+    }
+    if new == TCP_LISTEN {
+        let tgid = current_tgid();
+        if let Some(key) = listen_key(ctx, &cfg, sk) {
+            if LISTENERS.insert(&key, &tgid, 0).is_err() {
+                count_lost_map_full(prog);
+            }
+        }
+        return Ok(());
+    }
+    if old == TCP_LISTEN {
+        if new == TCP_SYN_RECV {
+            // A child socket cloned from a listener (softirq): it belongs to the listener's process.
+            let tgid = listener_owner(ctx, &cfg, sk);
+            if tgid != 0 && SOCK_OWNERS.insert(&sk, &tgid, 0).is_err() {
+                count_lost_map_full(prog);
+            }
+        } else if new == TCP_CLOSE {
+            // The listener went away.
+            if let Some(key) = listen_key(ctx, &cfg, sk) {
+                let _ = LISTENERS.remove(&key);
+            }
+        }
+        return Ok(());
+    }
+
+    if old == TCP_SYN_RECV && new == TCP_ESTABLISHED {
+        // Passive open completed.
+        let mut tgid = owner(sk);
+        if tgid == 0 {
+            tgid = listener_owner(ctx, &cfg, sk);
+        }
+        with_counters(prog, tgid, |c| {
+            c.tcp_accepts += 1;
+            c.tcp_established_opened += 1;
+        });
+        return Ok(());
+    }
+
+    let tgid = owner(sk);
+    if old == TCP_SYN_SENT {
+        if new == TCP_ESTABLISHED {
+            with_counters(prog, tgid, |c| {
+                c.tcp_connect_ok += 1;
+                c.tcp_established_opened += 1;
+            });
+        } else if new == TCP_CLOSE {
+            // sk_err is set before tcp_done() moves the socket to CLOSE. No error means the
+            // application gave up first (a dial timeout closing the socket): counted as timeout.
+            let err: i32 = read_kernel(sk, cfg.sock_err).unwrap_or(-1);
+            with_counters(prog, tgid, |c| match err {
+                ECONNREFUSED => c.tcp_connect_refused += 1,
+                ETIMEDOUT | 0 => c.tcp_connect_timeout += 1,
+                ECONNRESET => c.tcp_connect_reset += 1,
+                _ => c.tcp_connect_error += 1,
+            });
+        }
+    } else if old == TCP_ESTABLISHED {
+        // An unknown owner (0) is where the open of such a socket was counted too.
+        with_counters(prog, tgid, |c| c.tcp_established_closed += 1);
+    }
+    // The owner stays remembered after CLOSE: a close with SO_LINGER 0 moves to CLOSE before it
+    // sends its RST, and late retransmits or resets may follow. The LRU map forgets old sockets;
+    // a reused address is overwritten at its SYN_SENT or SYN_RECV.
+    Ok(())
+}
+
+/// Owner of the listener on the socket's (netns, family, local port), else 0.
+#[inline(always)]
+fn listener_owner(ctx: &TracePointContext, cfg: &KernelConfig, sk: u64) -> u32 {
+    match listen_key(ctx, cfg, sk).and_then(|k| unsafe { LISTENERS.get(&k) }) {
+        Some(t) => *t,
+        None => 0,
+    }
+}
+
+#[inline(always)]
+fn listen_key(ctx: &TracePointContext, cfg: &KernelConfig, sk: u64) -> Option<ListenKey> {
+    let family: u16 = unsafe { ctx.read_at(tp::INET_SOCK_SET_STATE_FAMILY as usize).ok()? };
+    let port: u16 = unsafe { ctx.read_at(tp::INET_SOCK_SET_STATE_SPORT as usize).ok()? };
+    Some(ListenKey { netns: sock_netns(cfg, sk), family, port })
+}
+
+/// Counts one event on the socket read at `off` for its owner.
+#[inline(always)]
+fn count_on_socket(ctx: &TracePointContext, prog: ProgId, off: u32, f: impl FnOnce(&mut ProcCounters)) {
+    count_event(prog);
+    let sk: u64 = match unsafe { ctx.read_at(off as usize) } {
+        Ok(sk) => sk,
+        Err(_) => return,
+    };
+    let tgid = if sk == 0 { 0 } else { owner(sk) };
+    with_counters(prog, tgid, f);
+}
+
+#[tracepoint]
+pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
+    count_on_socket(&ctx, ProgId::TcpSendReset, tp::TCP_SEND_RESET_SKADDR, |c| {
+        c.tcp_resets_sent += 1
+    });
+    0
+}
+
+#[tracepoint]
+pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
+    count_on_socket(&ctx, ProgId::TcpReceiveReset, tp::TCP_RECEIVE_RESET_SKADDR, |c| {
+        c.tcp_resets_received += 1
+    });
+    0
+}
+
+#[tracepoint]
+pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
+    count_on_socket(&ctx, ProgId::TcpRetransmitSkb, tp::TCP_RETRANSMIT_SKB_SKADDR, |c| {
+        c.tcp_retransmits += 1
+    });
+    0
+}
