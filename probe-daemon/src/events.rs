@@ -74,7 +74,10 @@ pub fn apply(agg: &mut Aggregate, ev: Event, now: Instant) {
             debug!(pid = tgid, %comm, %filename, "exec");
             agg.on_exec(tgid, comm);
         }
-        Event::Exit { tgid, comm, exit_code } => agg.on_exit(tgid, comm, exit_code, now),
+        Event::Exit { tgid, comm, exit_code } => {
+            debug!(pid = tgid, %comm, exit_code, "exit");
+            agg.on_exit(tgid, comm, exit_code, now)
+        }
         Event::OomVictim { tgid } => {
             warn!(pid = tgid, "OOM killer chose a victim");
             agg.on_oom_victim(tgid, now);

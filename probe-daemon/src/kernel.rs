@@ -275,26 +275,19 @@ pub fn check() -> Vec<CheckItem> {
         for prog in ProgId::ALL {
             let (cat, name) = prog.tracepoint();
             let label = format!("tracepoint {cat}:{name}");
-            let present = r.join("events").join(cat).join(name).is_dir();
-            let status_if_missing = if prog.optional() { Status::Warn } else { Status::Fail };
-            if !present {
+            let missing_status = if prog.optional() { Status::Warn } else { Status::Fail };
+            if !r.join("events").join(cat).join(name).is_dir() {
                 let why = if prog.optional() {
                     "absent on this kernel: OOM kills are reported as SIGKILL exits"
                 } else {
                     "absent on this kernel: chainprobe needs Linux >= 5.8"
                 };
-                // Several programs share one tracepoint name only once; avoid duplicates.
-                if !items.iter().any(|i| i.name == label) {
-                    items.push(item(label, status_if_missing, why));
-                }
-                continue;
-            }
-            if items.iter().any(|i| i.name == label) {
+                items.push(item(label, missing_status, why));
                 continue;
             }
             match verify_program_fields(r, prog) {
                 Ok(()) => items.push(item(label, Status::Ok, "present, layout as expected")),
-                Err(e) => items.push(item(label, status_if_missing, e)),
+                Err(e) => items.push(item(label, missing_status, e)),
             }
         }
         if btf_ok {

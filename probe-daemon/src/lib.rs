@@ -11,7 +11,7 @@ pub mod attach;
 pub mod config;
 pub mod daemon;
 pub mod events;
-// pub mod goinspect; (wired when the module lands)
+pub mod goinspect;
 pub mod kernel;
 pub mod metrics;
 pub mod procfs;

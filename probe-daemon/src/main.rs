@@ -55,8 +55,11 @@ fn init_logging(format: LogFormat, level: &str) {
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let registry = tracing_subscriber::registry().with(filter);
     match format {
-        LogFormat::Json => registry.with(fmt::layer().json().with_current_span(false)).init(),
-        LogFormat::Text => registry.with(fmt::layer().with_writer(std::io::stderr)).init(),
+        LogFormat::Json => registry.with(fmt::layer().json().with_current_span(false).with_writer(std::io::stderr)).init(),
+        LogFormat::Text => {
+            let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            registry.with(fmt::layer().with_writer(std::io::stderr).with_ansi(ansi)).init()
+        }
     }
 }
 
@@ -113,6 +116,11 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn inspect(binary: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
-    let _ = (binary, json);
-    anyhow::bail!("inspect: Go binary inspection is not built into this version yet")
+    let info = chainprobe::goinspect::inspect_path(binary)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&info).context("encoding JSON")?);
+    } else {
+        print!("{}", chainprobe::goinspect::render_text(&info));
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -96,8 +96,8 @@ fn with(mut base: Labels, extra: &[(&'static str, &str)]) -> Labels {
     base
 }
 
-/// Encodes one family: `series` yields (labels, value); nothing is written when it yields nothing
-/// unless `always` (a family with a help text but no series is legal and tells what exists).
+/// Encodes one family: `series` yields (labels, value). A family with no series still gets its
+/// HELP and TYPE lines, which tells a reader what exists.
 fn family<V: EncodeMetric>(
     enc: &mut DescriptorEncoder,
     name: &str,
@@ -112,6 +112,17 @@ fn family<V: EncodeMetric>(
     Ok(())
 }
 
+/// Encodes one family that has a single series without labels.
+fn single<V: EncodeMetric>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    value: V,
+) -> Result<(), std::fmt::Error> {
+    value.encode(enc.encode_descriptor(name, help, None, kind)?)
+}
+
 type CounterField = (&'static str, &'static str, fn(&ProcCounters) -> u64);
 
 /// Per-process counters without extra labels: (name without _total, help, field).
@@ -122,8 +133,8 @@ const PROC_COUNTERS: &[CounterField] = &[
     ("chainprobe_tcp_retransmits", "TCP segments retransmitted (SYNs included).", |c| c.tcp_retransmits),
     ("chainprobe_mmap_calls", "Successful mmap calls.", |c| c.mmap_calls),
     ("chainprobe_mmap_bytes", "Bytes requested by successful mmap calls.", |c| c.mmap_bytes),
-    ("chainprobe_munmap_calls", "Successful munmap calls.", |c| c.munmap_calls),
-    ("chainprobe_munmap_bytes", "Bytes released by successful munmap calls.", |c| c.munmap_bytes),
+    ("chainprobe_munmap_calls", "munmap calls (failures are also in chainprobe_mmap_failures_total).", |c| c.munmap_calls),
+    ("chainprobe_munmap_bytes", "Bytes munmap calls asked to release.", |c| c.munmap_bytes),
     ("chainprobe_brk_calls", "brk calls.", |c| c.brk_calls),
 ];
 
@@ -205,13 +216,15 @@ impl Collector for ScrapeView {
                 })
             }),
         )?;
-        family(
-            &mut enc,
-            "chainprobe_vm_max_map_count",
-            "The kernel's per-process limit on memory mappings (vm.max_map_count).",
-            MetricType::Gauge,
-            self.max_map_count.map(|n| (Vec::new(), ConstGauge::new(n as i64))),
-        )?;
+        if let Some(n) = self.max_map_count {
+            single(
+                &mut enc,
+                "chainprobe_vm_max_map_count",
+                "The kernel's per-process limit on memory mappings (vm.max_map_count).",
+                MetricType::Gauge,
+                ConstGauge::new(n as i64),
+            )?;
+        }
 
         // Self metrics.
         let info = Info::new(vec![("version", self.version.clone()), ("kernel", self.kernel.clone())]);
@@ -249,26 +262,26 @@ impl Collector for ScrapeView {
             MetricType::Gauge,
             self.programs.iter().map(|s| (prog(s.prog), ConstGauge::new(i64::from(s.attached)))),
         )?;
-        family(
+        single(
             &mut enc,
             "chainprobe_tracked_processes",
             "Processes whose series chainprobe currently exposes (exited ones included until scraped).",
             MetricType::Gauge,
-            [(Vec::new(), ConstGauge::new(self.tracked as i64))],
+            ConstGauge::new(self.tracked as i64),
         )?;
-        family(
+        single(
             &mut enc,
             "chainprobe_exited_series_dropped",
             "Exited processes whose series were dropped early because metrics.max_exited_processes was reached.",
             MetricType::Counter,
-            [(Vec::new(), ConstCounter::new(self.dropped_exited))],
+            ConstCounter::new(self.dropped_exited),
         )?;
-        family(
+        single(
             &mut enc,
             "chainprobe_event_decode_errors",
             "Ring-buffer records that could not be decoded.",
             MetricType::Counter,
-            [(Vec::new(), ConstCounter::new(self.decode_errors))],
+            ConstCounter::new(self.decode_errors),
         )?;
         Ok(())
     }

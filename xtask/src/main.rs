@@ -1,1 +1,134 @@
-fn main(){}
+//! `cargo xtask …`: build, run, test, bench and codegen for chainprobe.
+//!
+//!   cargo xtask run [-- ARGS]        build (release) and run `chainprobe run ARGS` (needs root)
+//!   cargo xtask test [-- ARGS]       install Go toolchains, build Go fixtures, run every test
+//!   cargo xtask fixtures             only install Go toolchains and build the Go fixtures
+//!   cargo xtask bench syscalls       loopback connect and mmap rates with and without chainprobe
+//!   cargo xtask bench goinspect      Go binary inspection time and memory
+//!   cargo xtask codegen go-offsets   regenerate the per-Go-version offset tables
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context, Result};
+
+mod bench_goinspect;
+mod bench_syscalls;
+mod codegen;
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn usage() -> &'static str {
+    "usage: cargo xtask <command>\n\n\
+     commands:\n  \
+       run [-- ARGS]        build chainprobe (release) and run `chainprobe run ARGS` as root\n  \
+       test [-- ARGS]       install Go toolchains, build the Go fixtures, run all tests (ARGS go to cargo test)\n  \
+       fixtures             install Go toolchains and build the Go fixtures only\n  \
+       build                build chainprobe (release): target/release/chainprobe\n  \
+       bench syscalls       loopback connect and mmap rates with and without chainprobe\n  \
+       bench goinspect      Go binary inspection time and peak memory\n  \
+       codegen go-offsets   regenerate the per-Go-version offset tables from real toolchains\n"
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Err(e) = dispatch(&args) {
+        eprintln!("xtask: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn dispatch(args: &[String]) -> Result<()> {
+    let (cmd, rest) = match args.split_first() {
+        Some((c, r)) => (c.as_str(), r),
+        None => {
+            eprint!("{}", usage());
+            bail!("no command given");
+        }
+    };
+    let rest_after_dashes = |r: &[String]| -> Vec<String> {
+        r.iter().skip_while(|a| a.as_str() == "--").cloned().collect()
+    };
+    match cmd {
+        "build" => build_release(),
+        "run" => {
+            build_release()?;
+            require_root("chainprobe loads eBPF programs")?;
+            let bin = repo_root().join("target/release/chainprobe");
+            let status = Command::new(&bin)
+                .arg("run")
+                .args(rest_after_dashes(rest))
+                .status()
+                .with_context(|| format!("starting {}", bin.display()))?;
+            if !status.success() {
+                bail!("chainprobe exited with {status}");
+            }
+            Ok(())
+        }
+        "fixtures" => fixtures(),
+        "test" => {
+            require_root("the integration tests load eBPF programs")?;
+            fixtures()?;
+            cargo(&[&["test", "--workspace"][..], &rest_after_dashes(rest).iter().map(String::as_str).collect::<Vec<_>>()].concat())
+        }
+        "bench" => match rest.first().map(String::as_str) {
+            Some("syscalls") => bench_syscalls::run(&rest[1..]),
+            Some("goinspect") => bench_goinspect::run(&rest[1..]),
+            _ => bail!("bench what? `cargo xtask bench syscalls` or `cargo xtask bench goinspect`"),
+        },
+        "codegen" => codegen::run(rest),
+        "-h" | "--help" | "help" => {
+            print!("{}", usage());
+            Ok(())
+        }
+        other => {
+            eprint!("{}", usage());
+            bail!("unknown command {other:?}")
+        }
+    }
+}
+
+fn require_root(why: &str) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("{why}: run as root (e.g. `sudo -E cargo xtask ...`)");
+    }
+    Ok(())
+}
+
+fn cargo(args: &[&str]) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(&cargo)
+        .args(args)
+        .current_dir(repo_root())
+        .status()
+        .with_context(|| format!("starting {cargo}"))?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn build_release() -> Result<()> {
+    cargo(&["build", "--release", "-p", "probe-daemon", "--bin", "chainprobe"])
+}
+
+/// Installs the Go toolchains and builds the Go fixture matrix (both idempotent).
+fn fixtures() -> Result<()> {
+    let dir = repo_root().join("tests/fixtures/go");
+    for script in ["install-go.sh", "build.sh"] {
+        let path = dir.join(script);
+        let status = Command::new("bash")
+            .arg(&path)
+            .current_dir(repo_root())
+            .status()
+            .with_context(|| format!("running {}", path.display()))?;
+        if !status.success() {
+            bail!("{} failed ({status})", path.display());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,19 @@
+#![no_main]
+#![allow(dead_code)]
+#[path = "../../src/goinspect/mod.rs"]
+mod goinspect;
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(t) = goinspect::pclntab::PclnTab::parse(data) {
+        for f in t.iter().take(100_000) {
+            let _ = (f.entry, f.end, f.name.len(), f.func_id);
+        }
+    }
+    // Disassemblers on the same bytes.
+    for arch in [goinspect::Arch::Amd64, goinspect::Arch::Arm64] {
+        let _ = goinspect::disasm::ret_offsets(arch, data, 0x401000);
+        let _ = goinspect::disasm::pcrel_refs(arch, data, u64::MAX - 64);
+    }
+});

@@ -1,0 +1,155 @@
+//! Disassembly helpers: RET instructions of a function (uretprobes crash Go, so we place uprobes on
+//! every RET) and PC-relative data references (RIP-relative on amd64, ADRP+ADD/LDR/STR on arm64),
+//! used to find data symbols in stripped binaries.
+
+use iced_x86::{Code, Decoder, DecoderOptions, Mnemonic};
+use yaxpeax_arch::{Decoder as _, U8Reader};
+use yaxpeax_arm::armv8::a64::{InstDecoder, Opcode};
+
+use super::Arch;
+
+/// Offsets (relative to `ip`) of the RET instructions in `code` that starts at address `ip`.
+pub fn ret_offsets(arch: Arch, code: &[u8], ip: u64) -> Vec<u64> {
+    match arch {
+        Arch::Amd64 => {
+            let mut out = Vec::new();
+            let mut dec = Decoder::with_ip(64, code, ip, DecoderOptions::NONE);
+            while dec.can_decode() {
+                let ins = dec.decode();
+                if ins.code() != Code::INVALID && ins.mnemonic() == Mnemonic::Ret {
+                    out.push(ins.ip() - ip);
+                }
+            }
+            out
+        }
+        Arch::Arm64 => {
+            let dec = InstDecoder::default();
+            let mut out = Vec::new();
+            for (i, w) in code.chunks_exact(4).enumerate() {
+                let mut r = U8Reader::new(w);
+                if let Ok(ins) = dec.decode(&mut r) {
+                    if matches!(ins.opcode, Opcode::RET | Opcode::RETAA | Opcode::RETAB) {
+                        out.push(i as u64 * 4);
+                    }
+                }
+            }
+            out
+        }
+    }
+}
+
+/// Targets of the PC-relative data references in `code` (in instruction order).
+pub fn pcrel_refs(arch: Arch, code: &[u8], ip: u64) -> Vec<u64> {
+    match arch {
+        Arch::Amd64 => {
+            let mut out = Vec::new();
+            let mut dec = Decoder::with_ip(64, code, ip, DecoderOptions::NONE);
+            while dec.can_decode() {
+                let ins = dec.decode();
+                if ins.code() != Code::INVALID && ins.is_ip_rel_memory_operand() {
+                    out.push(ins.ip_rel_memory_address());
+                }
+            }
+            out
+        }
+        Arch::Arm64 => arm64_refs(code, ip),
+    }
+}
+
+fn sign_extend(v: u64, bits: u32) -> i64 {
+    let shift = 64 - bits;
+    ((v << shift) as i64) >> shift
+}
+
+/// ADRP Xd, page immediately followed by ADD Xd', Xd, #imm or LDR/STR [Xd, #imm].
+fn arm64_refs(code: &[u8], ip: u64) -> Vec<u64> {
+    let words: Vec<u32> = code
+        .chunks_exact(4)
+        .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+        .collect();
+    let mut out = Vec::new();
+    for (i, pair) in words.windows(2).enumerate() {
+        let (w, next) = (pair[0], pair[1]);
+        if w & 0x9f00_0000 != 0x9000_0000 {
+            continue; // not ADRP
+        }
+        let pc = ip.wrapping_add(i as u64 * 4);
+        let rd = w & 0x1f;
+        let immlo = u64::from((w >> 29) & 3);
+        let immhi = u64::from((w >> 5) & 0x7_ffff);
+        let page_off = sign_extend((immhi << 2) | immlo, 21) << 12;
+        let page = (pc & !0xfff).wrapping_add(page_off as u64);
+        let rn = (next >> 5) & 0x1f;
+        if rn != rd {
+            continue;
+        }
+        if next & 0xff00_0000 == 0x9100_0000 {
+            // ADD (immediate), 64-bit
+            let sh = (next >> 22) & 1;
+            let imm = u64::from((next >> 10) & 0xfff) << (12 * sh);
+            out.push(page.wrapping_add(imm));
+        } else if next & 0x3b00_0000 == 0x3900_0000 {
+            // LDR/STR (unsigned immediate), any size
+            let size = next >> 30;
+            let v = (next >> 26) & 1;
+            let opc = (next >> 22) & 3;
+            let scale = if v == 1 && size == 0 && opc & 2 != 0 { 4 } else { size };
+            let imm = u64::from((next >> 10) & 0xfff) << scale;
+            out.push(page.wrapping_add(imm));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn amd64_rets_and_riprel() {
+        // lea rax,[rip+0x10]; nop; ret; int3; mov rcx,[rip-8]; ret
+        let code = [
+            0x48, 0x8d, 0x05, 0x10, 0, 0, 0, // lea rax,[rip+0x10]
+            0x90, // nop
+            0xc3, // ret
+            0xcc, // int3
+            0x48, 0x8b, 0x0d, 0xf8, 0xff, 0xff, 0xff, // mov rcx,[rip-8]
+            0xc3,
+        ];
+        let ip = 0x401000;
+        assert_eq!(ret_offsets(Arch::Amd64, &code, ip), vec![8, 17]);
+        assert_eq!(pcrel_refs(Arch::Amd64, &code, ip), vec![ip + 7 + 0x10, ip + 17 - 8]);
+        // A C3 byte inside an immediate is not a RET.
+        let code2 = [0xb8, 0xc3, 0xc3, 0xc3, 0xc3, 0xc3];
+        assert_eq!(ret_offsets(Arch::Amd64, &code2, 0), vec![5]);
+    }
+
+    #[test]
+    fn arm64_rets_and_adrp() {
+        let mut code = Vec::new();
+        // adrp x0, #+0x8000 (immhi=2, immlo=0 → 8 pages), add x0, x0, #0x18
+        let adrp = 0x9000_0000u32 | (2 << 5);
+        let add = 0x9100_0000u32 | (0x18 << 10);
+        // adrp x27, page; ldr x1, [x27, #16]  (size=3 → scale 8: imm12 = 2)
+        let adrp27 = 0x9000_0000u32 | (1 << 5) | 27;
+        let ldr = 0xf940_0000u32 | (2 << 10) | (27 << 5) | 1;
+        for w in [adrp, add, 0xd503_201f /* nop */, 0xd65f_03c0 /* ret */, adrp27, ldr, 0xd65f_03c0] {
+            code.extend_from_slice(&w.to_le_bytes());
+        }
+        let ip = 0x10_0000;
+        assert_eq!(ret_offsets(Arch::Arm64, &code, ip), vec![12, 24]);
+        assert_eq!(
+            pcrel_refs(Arch::Arm64, &code, ip),
+            vec![ip + 0x8000 + 0x18, ((ip + 16) & !0xfff) + 0x4000 + 16]
+        );
+    }
+
+    #[test]
+    fn garbage_does_not_panic() {
+        let junk: Vec<u8> = (0..4099u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        for arch in [Arch::Amd64, Arch::Arm64] {
+            let _ = ret_offsets(arch, &junk, u64::MAX - 10);
+            let _ = pcrel_refs(arch, &junk, u64::MAX - 10);
+        }
+    }
+}

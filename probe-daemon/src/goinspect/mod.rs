@@ -1,0 +1,809 @@
+//! Go binary inspection (issue #3): everything needed to place Go runtime and TLS probes.
+//!
+//! Given an ELF executable (possibly stripped, PIE or externally linked) this module reports the Go
+//! version and build settings (`.go.buildinfo`), the ABI, the entry and every RET instruction of each
+//! probe-target function (uprobes at RETs instead of uretprobes, which crash Go), the file offsets
+//! uprobes attach to, struct field offsets (DWARF, else generated per-version tables) and the
+//! addresses of runtime data symbols (`.symtab`, else the code-reference method).
+//!
+//! Entry points:
+//! - [`inspect_path`] – one-shot inspection of a file.
+//! - [`Inspector`] – process-wide cache keyed by (device, inode, mtime, size); [`Inspector::inspect_pid`]
+//!   reads a (containerised) process's executable through `/proc/PID/exe`.
+//! - [`render_text`] – human-readable report; [`GoBinary`] is `serde::Serialize` for `--json`.
+//!
+//! This module only uses `super::` paths so that it can also be compiled into xtask and the fuzzers.
+
+pub mod abi;
+pub mod buildinfo;
+pub mod disasm;
+mod dwarf;
+mod elf;
+mod error;
+pub mod pclntab;
+pub mod tables;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt::Write as _;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+
+pub use abi::{Abi, RegisterAbi};
+pub use buildinfo::{BuildInfo, GoVersion};
+pub use error::GoInspectError;
+pub use tables::CodeRef;
+
+use elf::ElfImage;
+
+/// Probe targets reported for every binary (absent ones are listed in `absent_functions`).
+pub const PROBE_TARGETS: &[&str] = &[
+    "runtime.gcStart",
+    "runtime.gcMarkDone",
+    "runtime.gcMarkTermination",
+    "runtime.stopTheWorldWithSema",
+    "runtime.startTheWorldWithSema",
+    "runtime.newproc1",
+    "runtime.goexit1",
+    "runtime.goexit0",
+    "runtime.gdestroy",
+    "runtime.casgstatus",
+    "crypto/tls.(*Conn).clientHandshake",
+    "crypto/tls.(*Conn).serverHandshake",
+    "crypto/tls.(*Conn).handshakeContext",
+];
+
+/// Runtime data symbols located in every binary.
+pub const DATA_SYMBOLS: &[&str] = &[
+    "runtime.allgs",
+    "runtime.allglen",
+    "runtime.sched",
+    "runtime.memstats",
+    "runtime.gcController",
+    "runtime.mheap_",
+];
+
+/// Functions in which the code-reference learner looks for references to each data symbol.
+pub const CODE_REF_CANDIDATES: &[(&str, &[&str])] = &[
+    ("runtime.allgs", &["runtime.forEachG", "runtime.allgadd", "runtime.checkdead"]),
+    ("runtime.allglen", &["runtime.allgadd", "runtime.forEachG", "runtime.atomicAllG"]),
+    ("runtime.sched", &["runtime.gcStart", "runtime.newproc1", "runtime.goexit0", "runtime.stopTheWorldWithSema"]),
+    ("runtime.memstats", &["runtime.gcMarkTermination", "runtime.gcStart", "runtime.readmemstats_m"]),
+    ("runtime.gcController", &["runtime.gcStart", "runtime.gcMarkDone", "runtime.gcMarkTermination"]),
+    ("runtime.mheap_", &["runtime.gcStart", "runtime.gcMarkTermination", "runtime.mallocinit"]),
+];
+
+/// Offsets every supported binary must have (others such as g.parentGoid are optional).
+pub const REQUIRED_OFFSETS: &[&str] = &[
+    "g.goid",
+    "g.atomicstatus",
+    "g.waitreason",
+    "g.gopc",
+    "g.startpc",
+    "g.stack",
+    "g.m",
+    "g.sched",
+    "stack.lo",
+    "stack.hi",
+    "schedt.goidgen",
+    "schedt.ngsys",
+    "schedt.gFree",
+    "mstats.numgc",
+    "mstats.pause_ns",
+    "mstats.pause_total_ns",
+    "gcControllerState.heapLive",
+    "gcControllerState.gcPercentHeapGoal",
+    "gcControllerState.heapInUse",
+    "gcControllerState.heapMarked",
+    "gcControllerState.memoryLimit",
+];
+
+/// CPU architecture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    Amd64,
+    Arm64,
+}
+
+impl Arch {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Arch::Amd64 => "amd64",
+            Arch::Arm64 => "arm64",
+        }
+    }
+}
+
+/// How the binary was linked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LinkMode {
+    Internal,
+    External,
+}
+
+/// Where a value came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// DWARF debug info of this binary.
+    Dwarf,
+    /// Generated per-version table (binary has no DWARF).
+    Table,
+    /// ELF `.symtab`.
+    Symtab,
+    /// Go pclntab (function table).
+    Pclntab,
+    /// Decoded PC-relative reference inside a known runtime function.
+    CodeRef,
+}
+
+/// A struct field offset (or `sizeof(...)`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct FieldOffset {
+    pub value: u64,
+    pub source: Source,
+}
+
+/// A runtime data symbol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct DataSymbol {
+    /// Link-time virtual address (add the load bias of the running process).
+    pub vaddr: u64,
+    pub source: Source,
+}
+
+/// A probe-target function.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Function {
+    pub name: String,
+    /// Link-time virtual address of the entry.
+    pub entry: u64,
+    /// File offset of the entry (what a uprobe attaches to).
+    pub file_offset: u64,
+    /// Size in bytes (symtab size, else distance to the next pclntab entry).
+    pub size: u64,
+    /// RET instructions, relative to `entry`.
+    pub ret_offsets: Vec<u64>,
+    /// RET instructions as file offsets (uprobe attach points replacing a uretprobe).
+    pub ret_file_offsets: Vec<u64>,
+    pub source: Source,
+}
+
+/// pclntab facts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PclntabInfo {
+    pub vaddr: u64,
+    /// "1.16", "1.18" or "1.20"
+    pub format: &'static str,
+    /// "section", "symtab" or "magic scan"
+    pub found_by: &'static str,
+    pub nfunc: usize,
+    /// moduledata.text (entries are text + entryOff)
+    pub text: u64,
+    pub moduledata: Option<u64>,
+}
+
+/// Everything known about one Go binary.
+#[derive(Debug, Clone, Serialize)]
+pub struct GoBinary {
+    pub path: PathBuf,
+    /// As recorded in the binary, e.g. "go1.21.13".
+    pub go_version: String,
+    pub version: Option<GoVersion>,
+    pub module_path: Option<String>,
+    pub module_version: Option<String>,
+    pub build_settings: Vec<(String, String)>,
+    pub arch: Arch,
+    /// ET_DYN: addresses are link-time; uprobes use file offsets, which need no bias.
+    pub pie: bool,
+    /// No `.symtab` (e.g. `-ldflags=-s`).
+    pub stripped: bool,
+    pub has_dwarf: bool,
+    pub link_mode: LinkMode,
+    pub abi: Abi,
+    /// Register mapping of the register ABI (for reading arguments/results in probes).
+    pub registers: RegisterAbi,
+    pub pclntab: PclntabInfo,
+    /// Probe targets that were found, by name.
+    pub functions: BTreeMap<String, Function>,
+    /// Probe targets not linked into this binary (not an error).
+    pub absent_functions: Vec<String>,
+    pub offsets: BTreeMap<String, FieldOffset>,
+    /// Set when offsets could not be determined (e.g. stripped binary of an unknown Go minor).
+    pub offsets_error: Option<String>,
+    pub data_symbols: BTreeMap<String, DataSymbol>,
+    /// Set when data symbols could not be determined.
+    pub data_symbols_error: Option<String>,
+    /// Non-fatal observations (e.g. a code reference that disagrees with .symtab).
+    pub warnings: Vec<String>,
+}
+
+impl GoBinary {
+    pub fn function(&self, name: &str) -> Option<&Function> {
+        self.functions.get(name)
+    }
+    pub fn offset(&self, key: &str) -> Option<u64> {
+        self.offsets.get(key).map(|o| o.value)
+    }
+    pub fn data_symbol(&self, name: &str) -> Option<u64> {
+        self.data_symbols.get(name).map(|d| d.vaddr)
+    }
+    /// Whether probes can be placed (register ABI).
+    pub fn supported(&self) -> bool {
+        self.abi == Abi::Register
+    }
+}
+
+/// Inspect the file at `path` (no caching).
+pub fn inspect_path(path: &Path) -> Result<GoBinary, GoInspectError> {
+    let meta = std::fs::metadata(path).map_err(|source| GoInspectError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if !meta.is_file() {
+        return Err(GoInspectError::NotAFile { path: path.to_path_buf() });
+    }
+    let data = std::fs::read(path).map_err(|source| GoInspectError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    inspect_bytes(path, &data)
+}
+
+/// Inspect an in-memory image; `path` is only used in messages and the report.
+pub fn inspect_bytes(path: &Path, data: &[u8]) -> Result<GoBinary, GoInspectError> {
+    if data.is_empty() {
+        return Err(GoInspectError::Empty { path: path.to_path_buf() });
+    }
+    let img = ElfImage::parse(path, data)?;
+    let core = analyze(path, &img)?;
+    Ok(core)
+}
+
+fn find_buildinfo<'a>(img: &ElfImage<'a>) -> Option<&'a [u8]> {
+    if let Some(s) = img.section(".go.buildinfo") {
+        if let Some(d) = img.section_data(s) {
+            if d.starts_with(buildinfo::MAGIC) {
+                return Some(d);
+            }
+        }
+    }
+    // Section headers may be gone: scan (the header is 16-byte aligned).
+    memchr::memmem::find_iter(img.data, buildinfo::MAGIC)
+        .find(|p| p % 16 == 0)
+        .and_then(|p| img.data.get(p..))
+}
+
+struct Resolved {
+    entry: u64,
+    size: u64,
+    source: Source,
+}
+
+/// Resolve function names: `.symtab` first, then pclntab (ABIInternal entry: funcID == 0).
+fn resolve_functions(
+    img: &ElfImage<'_>,
+    tab: &pclntab::PclnTab<'_>,
+    text: u64,
+    names: &[&str],
+) -> HashMap<String, Resolved> {
+    let mut out = HashMap::new();
+    for (name, s) in img.symbols(names) {
+        if s.addr != 0 {
+            out.insert(name, Resolved { entry: s.addr, size: s.size, source: Source::Symtab });
+        }
+    }
+    let missing: HashSet<&str> = names.iter().copied().filter(|n| !out.contains_key(*n)).collect();
+    let need_sizes: HashSet<&str> = out.iter().filter(|(_, r)| r.size == 0).map(|(n, _)| n.as_str()).collect();
+    if missing.is_empty() && need_sizes.is_empty() {
+        return out;
+    }
+    let base = if tab.relative_entries() { text } else { 0 };
+    let mut found: HashMap<&str, (u64, u64, u8)> = HashMap::new();
+    for f in tab.iter() {
+        let name = f.name;
+        if !missing.contains(name) && !need_sizes.contains(name) {
+            continue;
+        }
+        let (Some(entry), Some(end)) = (base.checked_add(f.entry), base.checked_add(f.end)) else { continue };
+        let size = end.saturating_sub(entry);
+        match found.get(name) {
+            Some((_, _, id)) if *id == 0 => {}
+            _ => {
+                found.insert(name, (entry, size, f.func_id));
+            }
+        }
+    }
+    for (name, (entry, size, _)) in found {
+        if let Some(r) = out.get_mut(name) {
+            if r.size == 0 && r.entry == entry {
+                r.size = size;
+            }
+        } else {
+            out.insert(name.to_string(), Resolved { entry, size, source: Source::Pclntab });
+        }
+    }
+    out
+}
+
+fn analyze(path: &Path, img: &ElfImage<'_>) -> Result<GoBinary, GoInspectError> {
+    let bi_bytes = find_buildinfo(img);
+    let located = pclntab::locate(img);
+    let bi_bytes = match (bi_bytes, &located) {
+        (Some(b), _) => b,
+        (None, Err(_)) => return Err(GoInspectError::NotGo { path: path.to_path_buf() }),
+        (None, Ok(_)) => {
+            return Err(GoInspectError::UnsupportedGoVersion {
+                path: path.to_path_buf(),
+                version: "unknown".into(),
+                arch: img.arch.as_str().into(),
+                reason: "Go pclntab present but no build info (Go older than 1.13?)".into(),
+            })
+        }
+    };
+    let read_string = |p: u64, _ps: u8| -> Option<String> {
+        let ptr = img.read_ptr(p)?;
+        let len = img.read_ptr(p.checked_add(8)?)?;
+        if len > 1 << 20 {
+            return None;
+        }
+        Some(String::from_utf8_lossy(img.bytes_at(ptr, len)?).into_owned())
+    };
+    let bi = buildinfo::parse(bi_bytes, &read_string)
+        .map_err(|e| GoInspectError::malformed(path, "build info", e.0))?;
+    let version = GoVersion::parse(&bi.go_version);
+    let abi = match version {
+        Some(v) => abi::detect_abi(img.arch, v),
+        None => Abi::Register, // devel toolchains are new
+    };
+    let located = located.map_err(|e| GoInspectError::malformed(path, "pclntab", e))?;
+    let tab = &located.tab;
+    let md = pclntab::find_moduledata(img, located.vaddr, tab);
+    let text = match (md, tab.relative_entries()) {
+        (Some(m), _) => m.text,
+        (None, false) => 0,
+        (None, true) => {
+            let sym = img.symbols(&["runtime.text"]).get("runtime.text").map(|s| s.addr);
+            match sym.or(if tab.text_start != 0 { Some(tab.text_start) } else { None }) {
+                Some(t) => t,
+                None => {
+                    return Err(GoInspectError::malformed(
+                        path,
+                        "module data",
+                        "firstmoduledata (text base) not found in writable segments",
+                    ))
+                }
+            }
+        }
+    };
+    let mut warnings = Vec::new();
+
+    // Offsets and code-reference table.
+    let table = version
+        .ok_or_else(|| format!("unparseable Go version {:?}", bi.go_version))
+        .and_then(|v| tables::lookup(v, img.arch));
+
+    let mut wanted: Vec<&str> = PROBE_TARGETS.to_vec();
+    if let Ok(t) = &table {
+        for r in t.code_refs.values() {
+            if !wanted.contains(&r.function.as_str()) {
+                wanted.push(r.function.as_str());
+            }
+        }
+    }
+    let resolved = resolve_functions(img, tab, text, &wanted);
+
+    let mut functions = BTreeMap::new();
+    let mut absent = Vec::new();
+    for &name in PROBE_TARGETS {
+        let Some(r) = resolved.get(name) else {
+            absent.push(name.to_string());
+            continue;
+        };
+        let code = img.bytes_at(r.entry, r.size).ok_or_else(|| {
+            GoInspectError::malformed(path, "function table", format!("{name} at {:#x}+{} is outside the file", r.entry, r.size))
+        })?;
+        let file_offset = img.vaddr_to_offset(r.entry).ok_or_else(|| {
+            GoInspectError::malformed(path, "function table", format!("{name} entry {:#x} not in a PT_LOAD segment", r.entry))
+        })?;
+        let rets = disasm::ret_offsets(img.arch, code, r.entry);
+        functions.insert(
+            name.to_string(),
+            Function {
+                name: name.to_string(),
+                entry: r.entry,
+                file_offset,
+                size: r.size,
+                ret_file_offsets: rets.iter().map(|o| file_offset + o).collect(),
+                ret_offsets: rets,
+                source: r.source,
+            },
+        );
+    }
+    let has_tls = functions.keys().any(|k| k.starts_with("crypto/tls."));
+
+    // Struct offsets.
+    let mut offsets = BTreeMap::new();
+    let mut offsets_error = None;
+    if img.has_dwarf {
+        match dwarf::struct_offsets(img) {
+            Ok(m) => {
+                for (k, v) in m {
+                    offsets.insert(k, FieldOffset { value: v, source: Source::Dwarf });
+                }
+            }
+            Err(e) => warnings.push(format!("DWARF unreadable ({e}); using tables")),
+        }
+    }
+    if offsets.is_empty() {
+        match &table {
+            Ok(t) => {
+                for (k, v) in &t.offsets {
+                    if k.starts_with("crypto/tls.") && !has_tls {
+                        continue;
+                    }
+                    offsets.insert(k.clone(), FieldOffset { value: *v, source: Source::Table });
+                }
+            }
+            Err(e) => offsets_error = Some(e.clone()),
+        }
+    }
+    if offsets_error.is_none() {
+        let missing: Vec<&str> = REQUIRED_OFFSETS.iter().copied().filter(|k| !offsets.contains_key(*k)).collect();
+        if !missing.is_empty() {
+            warnings.push(format!("missing struct offsets: {}", missing.join(", ")));
+        }
+    }
+
+    // Data symbols.
+    let mut data_symbols = BTreeMap::new();
+    let mut data_symbols_error = None;
+    let symtab = img.symbols(DATA_SYMBOLS);
+    for (name, s) in &symtab {
+        data_symbols.insert(name.clone(), DataSymbol { vaddr: s.addr, source: Source::Symtab });
+    }
+    match &table {
+        Ok(t) => {
+            for &name in DATA_SYMBOLS {
+                let Some(cr) = t.code_refs.get(name) else { continue };
+                let found = apply_code_ref(img, &resolved, cr);
+                match (found, data_symbols.get(name)) {
+                    (Ok(addr), Some(d)) if d.vaddr != addr => warnings.push(format!(
+                        "code reference for {name} gives {addr:#x} but .symtab says {:#x}; using .symtab",
+                        d.vaddr
+                    )),
+                    (Ok(_), Some(_)) => {}
+                    (Ok(addr), None) => {
+                        data_symbols.insert(name.to_string(), DataSymbol { vaddr: addr, source: Source::CodeRef });
+                    }
+                    (Err(e), Some(_)) => warnings.push(format!("code reference for {name}: {e}")),
+                    (Err(e), None) => warnings.push(format!("{name} not found: {e}")),
+                }
+            }
+        }
+        Err(e) if data_symbols.len() < DATA_SYMBOLS.len() => data_symbols_error = Some(e.clone()),
+        Err(_) => {}
+    }
+
+    let link_mode = link_mode(img, &bi);
+    Ok(GoBinary {
+        path: path.to_path_buf(),
+        go_version: bi.go_version.clone(),
+        version,
+        module_path: bi.path.clone().or_else(|| bi.main_module.clone()),
+        module_version: bi.main_version.clone(),
+        build_settings: bi.settings.clone(),
+        arch: img.arch,
+        pie: img.pie,
+        stripped: !img.has_symtab,
+        has_dwarf: img.has_dwarf,
+        link_mode,
+        abi,
+        registers: abi::register_abi(img.arch),
+        pclntab: PclntabInfo {
+            vaddr: located.vaddr,
+            format: match tab.version {
+                pclntab::PclnVersion::V116 => "1.16",
+                pclntab::PclnVersion::V118 => "1.18",
+                pclntab::PclnVersion::V120 => "1.20",
+            },
+            found_by: located.how,
+            nfunc: tab.nfunc,
+            text,
+            moduledata: md.map(|m| m.vaddr),
+        },
+        functions,
+        absent_functions: absent,
+        offsets,
+        offsets_error,
+        data_symbols,
+        data_symbols_error,
+        warnings,
+    })
+}
+
+fn link_mode(img: &ElfImage<'_>, bi: &BuildInfo) -> LinkMode {
+    if let Some(ld) = bi.setting("-ldflags") {
+        if ld.contains("-linkmode=external") || ld.contains("-linkmode external") {
+            return LinkMode::External;
+        }
+        if ld.contains("-linkmode=internal") || ld.contains("-linkmode internal") {
+            return LinkMode::Internal;
+        }
+    }
+    // External linkers (gcc/clang + ld) leave a .comment section; Go's internal linker does not.
+    if img.has_comment_section() || (bi.setting("CGO_ENABLED") == Some("1") && img.has_interp && img.section(".gopclntab").is_none() && img.section(".data.rel.ro.gopclntab").is_none()) {
+        LinkMode::External
+    } else {
+        LinkMode::Internal
+    }
+}
+
+fn apply_code_ref(img: &ElfImage<'_>, resolved: &HashMap<String, Resolved>, cr: &CodeRef) -> Result<u64, String> {
+    let f = resolved.get(&cr.function).ok_or_else(|| format!("function {} not found", cr.function))?;
+    let code = img.bytes_at(f.entry, f.size).ok_or_else(|| format!("{} is outside the file", cr.function))?;
+    let refs = disasm::pcrel_refs(img.arch, code, f.entry);
+    let target = refs.get(cr.ordinal).ok_or_else(|| {
+        format!("{} has {} PC-relative references, table expects #{}", cr.function, refs.len(), cr.ordinal)
+    })?;
+    let addr = target.wrapping_sub(cr.addend);
+    // Must land in a writable segment (data/bss).
+    let ok = img
+        .segments
+        .iter()
+        .any(|s| s.flags & object::elf::PF_W != 0 && addr >= s.vaddr && addr < s.vaddr.saturating_add(s.memsz));
+    if !ok {
+        return Err(format!("reference #{} in {} points at {addr:#x}, outside the data segments", cr.ordinal, cr.function));
+    }
+    Ok(addr)
+}
+
+/// What `cargo xtask codegen go-offsets` learns from one DWARF+symtab build.
+pub fn learn_table(path: &Path) -> Result<tables::VersionTable, String> {
+    let data = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let img = ElfImage::parse(path, &data).map_err(|e| e.to_string())?;
+    if !img.has_dwarf || !img.has_symtab {
+        return Err(format!("{}: need a build with DWARF and .symtab", path.display()));
+    }
+    let bin = inspect_bytes(path, &data).map_err(|e| e.to_string())?;
+    let offsets = dwarf::struct_offsets(&img)?;
+    let syms = img.symbols(DATA_SYMBOLS);
+    let funcs: Vec<&str> = CODE_REF_CANDIDATES.iter().flat_map(|(_, f)| f.iter().copied()).collect();
+    let fsyms = img.symbols(&funcs);
+    let mut code_refs = BTreeMap::new();
+    for (sym, cands) in CODE_REF_CANDIDATES {
+        let s = syms.get(*sym).ok_or_else(|| format!("{sym} not in .symtab"))?;
+        let mut best: Option<CodeRef> = None;
+        'outer: for f in *cands {
+            let Some(fi) = fsyms.get(*f) else { continue };
+            let Some(code) = img.bytes_at(fi.addr, fi.size) else { continue };
+            for (i, t) in disasm::pcrel_refs(img.arch, code, fi.addr).iter().enumerate() {
+                let size = s.size.max(1);
+                if *t >= s.addr && *t < s.addr + size {
+                    let cr = CodeRef { function: f.to_string(), ordinal: i, addend: t - s.addr };
+                    if cr.addend == 0 {
+                        best = Some(cr);
+                        break 'outer;
+                    }
+                    if best.is_none() {
+                        best = Some(cr);
+                    }
+                }
+            }
+        }
+        let cr = best.ok_or_else(|| format!("no PC-relative reference to {sym} in {cands:?}"))?;
+        code_refs.insert(sym.to_string(), cr);
+    }
+    Ok(tables::VersionTable { go_version: bin.go_version, offsets, code_refs })
+}
+
+/// Cache key: identity of the file's contents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct FileKey {
+    dev: u64,
+    ino: u64,
+    mtime: i64,
+    mtime_nsec: i64,
+    size: u64,
+}
+
+/// Process-wide inspector with a cache keyed by (device, inode, mtime, size).
+#[derive(Debug, Default)]
+pub struct Inspector {
+    cache: Mutex<HashMap<FileKey, Arc<GoBinary>>>,
+}
+
+impl Inspector {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The process-wide instance.
+    pub fn global() -> &'static Inspector {
+        static G: std::sync::OnceLock<Inspector> = std::sync::OnceLock::new();
+        G.get_or_init(Inspector::new)
+    }
+
+    /// Inspect `path`, reusing a cached result for an unchanged file (same dev/inode/mtime/size).
+    pub fn inspect_path(&self, path: &Path) -> Result<Arc<GoBinary>, GoInspectError> {
+        let meta = std::fs::metadata(path).map_err(|source| GoInspectError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if !meta.is_file() {
+            return Err(GoInspectError::NotAFile { path: path.to_path_buf() });
+        }
+        let key = FileKey {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            mtime: meta.mtime(),
+            mtime_nsec: meta.mtime_nsec(),
+            size: meta.len(),
+        };
+        if let Some(hit) = self.cache.lock().ok().and_then(|c| c.get(&key).cloned()) {
+            return Ok(hit);
+        }
+        let bin = Arc::new(inspect_path(path)?);
+        if let Ok(mut c) = self.cache.lock() {
+            c.insert(key, bin.clone());
+        }
+        Ok(bin)
+    }
+
+    /// Inspect the executable of process `pid` through `/proc/PID/exe` (works for containers: the
+    /// link opens the file in the process's own mount namespace).
+    pub fn inspect_pid(&self, pid: u32) -> Result<Arc<GoBinary>, GoInspectError> {
+        let exe = PathBuf::from(format!("/proc/{pid}/exe"));
+        match std::fs::metadata(&exe) {
+            Ok(_) => self.inspect_path(&exe),
+            Err(e) => {
+                // Fall back to /proc/PID/root/<exe path> (e.g. when exe was replaced).
+                let target = std::fs::read_link(&exe).map_err(|_| GoInspectError::Process {
+                    pid,
+                    reason: format!("cannot open /proc/{pid}/exe: {e}"),
+                })?;
+                let rel = target.strip_prefix("/").unwrap_or(&target);
+                let alt = PathBuf::from(format!("/proc/{pid}/root")).join(rel);
+                self.inspect_path(&alt).map_err(|e2| GoInspectError::Process {
+                    pid,
+                    reason: format!("cannot open /proc/{pid}/exe ({e}) nor {} ({e2})", alt.display()),
+                })
+            }
+        }
+    }
+
+    /// Number of cached binaries.
+    pub fn cached(&self) -> usize {
+        self.cache.lock().map(|c| c.len()).unwrap_or(0)
+    }
+
+    pub fn clear(&self) {
+        if let Ok(mut c) = self.cache.lock() {
+            c.clear();
+        }
+    }
+}
+
+/// Inspect the executable of a running process (global cache).
+pub fn inspect_pid(pid: u32) -> Result<Arc<GoBinary>, GoInspectError> {
+    Inspector::global().inspect_pid(pid)
+}
+
+fn src(s: Source) -> &'static str {
+    match s {
+        Source::Dwarf => "dwarf",
+        Source::Table => "table",
+        Source::Symtab => "symtab",
+        Source::Pclntab => "pclntab",
+        Source::CodeRef => "coderef",
+    }
+}
+
+/// Human-readable report.
+pub fn render_text(b: &GoBinary) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "binary:      {}", b.path.display());
+    let _ = writeln!(s, "go version:  {}", b.go_version);
+    let _ = writeln!(
+        s,
+        "module:      {} {}",
+        b.module_path.as_deref().unwrap_or("-"),
+        b.module_version.as_deref().unwrap_or("")
+    );
+    let _ = writeln!(
+        s,
+        "arch:        {}  pie: {}  stripped: {}  dwarf: {}  link: {:?}",
+        b.arch.as_str(),
+        b.pie,
+        b.stripped,
+        b.has_dwarf,
+        b.link_mode
+    );
+    let _ = writeln!(
+        s,
+        "abi:         {:?}{}  args: {}",
+        b.abi,
+        if b.supported() { "" } else { " (UNSUPPORTED for probing: Go too old)" },
+        b.registers.int_args.join(",")
+    );
+    let _ = writeln!(
+        s,
+        "pclntab:     {:#x} (format {}, found by {}, {} funcs, text {:#x})",
+        b.pclntab.vaddr, b.pclntab.format, b.pclntab.found_by, b.pclntab.nfunc, b.pclntab.text
+    );
+    if !b.build_settings.is_empty() {
+        let _ = writeln!(s, "build:");
+        for (k, v) in &b.build_settings {
+            let _ = writeln!(s, "  {k}={v}");
+        }
+    }
+    let _ = writeln!(s, "functions:");
+    for f in b.functions.values() {
+        let rets: Vec<String> = f.ret_offsets.iter().map(|o| format!("+{o:#x}")).collect();
+        let _ = writeln!(
+            s,
+            "  {:<42} entry {:#x} file_off {:#x} size {:<5} rets [{}] ({})",
+            f.name,
+            f.entry,
+            f.file_offset,
+            f.size,
+            rets.join(" "),
+            src(f.source)
+        );
+    }
+    for a in &b.absent_functions {
+        let _ = writeln!(s, "  {a:<42} absent");
+    }
+    let _ = writeln!(s, "data symbols:");
+    for (k, d) in &b.data_symbols {
+        let _ = writeln!(s, "  {k:<24} {:#x} ({})", d.vaddr, src(d.source));
+    }
+    if let Some(e) = &b.data_symbols_error {
+        let _ = writeln!(s, "  error: {e}");
+    }
+    let _ = writeln!(s, "struct offsets:");
+    for (k, o) in &b.offsets {
+        let _ = writeln!(s, "  {k:<40} {:<6} ({})", o.value, src(o.source));
+    }
+    if let Some(e) = &b.offsets_error {
+        let _ = writeln!(s, "  error: {e}");
+    }
+    for w in &b.warnings {
+        let _ = writeln!(s, "warning: {w}");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_elf_and_empty() {
+        let p = Path::new("x");
+        assert!(matches!(inspect_bytes(p, b""), Err(GoInspectError::Empty { .. })));
+        assert!(matches!(inspect_bytes(p, b"#!/bin/sh\necho hi\n"), Err(GoInspectError::NotElf { .. })));
+        assert!(matches!(inspect_bytes(p, b"\x7fELF\x02\x01\x01"), Err(GoInspectError::NotElf { .. })));
+        assert!(matches!(inspect_bytes(p, b"\x7fELF\x01\x01\x01\0"), Err(GoInspectError::UnsupportedElf { .. })));
+    }
+
+    #[test]
+    fn own_test_binary_is_not_go() {
+        let exe = std::env::current_exe().expect("exe");
+        match inspect_path(&exe) {
+            Err(GoInspectError::NotGo { .. }) => {}
+            other => panic!("expected NotGo, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn directory_is_rejected() {
+        let e = inspect_path(Path::new("/")).expect_err("dir");
+        assert!(matches!(e, GoInspectError::NotAFile { .. }), "{e}");
+        assert!(e.to_string().contains("not a regular file"));
+    }
+}

@@ -1,0 +1,288 @@
+//! Shared helpers of the integration tests: start the real daemon binary, scrape it, parse the
+//! exposition, and run exact workloads in forked children (raw syscalls only, so their counts are
+//! exactly what the test asks for).
+#![allow(dead_code)]
+use std::{
+    collections::BTreeMap,
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+/// A running `chainprobe run`, killed (SIGTERM, then SIGKILL) when dropped.
+pub struct Daemon {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub log: PathBuf,
+    _dir: TempDir,
+}
+
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("chainprobe-test-{tag}-{}-{}", std::process::id(), nanos()));
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn nanos() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+impl Daemon {
+    /// Starts the daemon with `extra_toml` appended to a test config (fast drains, 1 s grace)
+    /// and waits until /readyz says ready.
+    pub fn start(tag: &str, extra_toml: &str) -> Daemon {
+        let dir = TempDir::new(tag);
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let cfg = dir.0.join("chainprobe.toml");
+        let toml = format!(
+            "[server]\nlisten = \"{addr}\"\n[metrics]\nscrape_interval_seconds = 1.0\n[collect]\ndrain_interval_seconds = 0.2\nmap_count_interval_seconds = 0.5\n{extra_toml}"
+        );
+        std::fs::write(&cfg, toml).expect("write config");
+        let log = dir.0.join("daemon.log");
+        let logf = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_chainprobe"))
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .env("RUST_LOG", "chainprobe=debug,probe_ebpf=debug")
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone().expect("dup log"))
+            .stderr(logf)
+            .spawn()
+            .expect("spawn chainprobe");
+        let mut d = Daemon { child, addr, log, _dir: dir };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(status)) = d.child.try_wait() {
+                panic!("chainprobe exited early ({status}):\n{}", d.log_text());
+            }
+            if let Ok((200, body)) = d.get("/readyz") {
+                assert!(body.contains("ready"));
+                return d;
+            }
+            assert!(Instant::now() < deadline, "chainprobe not ready within 60 s:\n{}", d.log_text());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// A plain HTTP/1.1 GET; returns (status, body).
+    pub fn get(&self, path: &str) -> std::io::Result<(u16, String)> {
+        http_get(self.addr, path)
+    }
+
+    pub fn metrics(&self) -> Metrics {
+        let (status, body) = self.get("/metrics").expect("scrape /metrics");
+        assert_eq!(status, 200, "{body}");
+        Metrics::parse(&body)
+    }
+
+    /// Scrapes until `pred` holds (bounded); returns the last scrape.
+    pub fn wait_metrics(&self, what: &str, timeout: Duration, pred: impl Fn(&Metrics) -> bool) -> Metrics {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let m = self.metrics();
+            if pred(&m) {
+                return m;
+            }
+            if Instant::now() > deadline {
+                panic!("timed out waiting for {what}; last scrape:\n{}\n--- daemon log tail:\n{}", m.text, tail(&self.log_text(), 30));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .unwrap_or(0)
+    }
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = match text.find("\r\n\r\n") {
+        Some(i) => text[i + 4..].to_string(),
+        None => String::new(),
+    };
+    // Bodies may be chunked: good enough for line-oriented assertions once chunk sizes are dropped.
+    Ok((status, dechunk(&text, body)))
+}
+
+fn dechunk(full: &str, body: String) -> String {
+    if !full.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        return body;
+    }
+    let mut out = String::new();
+    let mut rest = body.as_str();
+    loop {
+        let Some(i) = rest.find("\r\n") else { break };
+        let Ok(n) = usize::from_str_radix(rest[..i].trim(), 16) else { break };
+        if n == 0 {
+            break;
+        }
+        let start = i + 2;
+        let end = (start + n).min(rest.len());
+        out.push_str(&rest[start..end]);
+        rest = rest.get(end + 2..).unwrap_or("");
+    }
+    out
+}
+
+/// One parsed sample.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub value: f64,
+}
+
+pub struct Metrics {
+    pub text: String,
+    pub samples: Vec<Sample>,
+}
+
+impl Metrics {
+    pub fn parse(text: &str) -> Metrics {
+        let mut samples = Vec::new();
+        for line in text.lines() {
+            if line.starts_with('#') || line.trim().is_empty() {
+                continue;
+            }
+            let (head, value) = match line.rsplit_once(' ') {
+                Some(x) => x,
+                None => continue,
+            };
+            let (name, labels) = match head.find('{') {
+                Some(i) => (&head[..i], parse_labels(&head[i + 1..head.len() - 1])),
+                None => (head, BTreeMap::new()),
+            };
+            if let Ok(v) = value.parse::<f64>() {
+                samples.push(Sample { name: name.to_string(), labels, value: v });
+            }
+        }
+        Metrics { text: text.to_string(), samples }
+    }
+
+    /// Value of the one sample named `name` whose labels include all of `labels`; 0 when absent
+    /// (chainprobe does not expose zero counters).
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let hits: Vec<&Sample> = self
+            .samples
+            .iter()
+            .filter(|s| s.name == name && labels.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v)))
+            .collect();
+        assert!(hits.len() <= 1, "{name} {labels:?} matches {} samples: {hits:?}", hits.len());
+        hits.first().map(|s| s.value).unwrap_or(0.0)
+    }
+
+    pub fn has(&self, name: &str, labels: &[(&str, &str)]) -> bool {
+        self.samples
+            .iter()
+            .any(|s| s.name == name && labels.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v)))
+    }
+
+    pub fn pids(&self) -> std::collections::BTreeSet<String> {
+        self.samples.iter().filter_map(|s| s.labels.get("pid").cloned()).collect()
+    }
+}
+
+fn parse_labels(s: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut rest = s;
+    while let Some(eq) = rest.find("=\"") {
+        let key = rest[..eq].trim_start_matches(',').to_string();
+        let after = &rest[eq + 2..];
+        let mut end = 0;
+        let bytes = after.as_bytes();
+        while end < bytes.len() {
+            if bytes[end] == b'\\' {
+                end += 2;
+                continue;
+            }
+            if bytes[end] == b'"' {
+                break;
+            }
+            end += 1;
+        }
+        out.insert(key, after[..end.min(after.len())].to_string());
+        rest = after.get(end + 1..).unwrap_or("");
+    }
+    out
+}
+
+/// Forks a child that runs `f` (which must only make raw syscalls: no allocation, no locks) and
+/// then `_exit`s with its return value.
+pub fn fork_child(f: impl FnOnce() -> i32) -> i32 {
+    // SAFETY: the child only runs `f` (raw syscalls by contract) and _exit.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed: {}", std::io::Error::last_os_error());
+    if pid == 0 {
+        let code = f();
+        unsafe { libc::_exit(code) };
+    }
+    pid
+}
+
+/// Waits for a child; returns the raw wait status.
+pub fn wait_child(pid: i32) -> i32 {
+    let mut status = 0;
+    // SAFETY: waiting for our own child with a valid status pointer.
+    let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+    assert_eq!(r, pid, "waitpid: {}", std::io::Error::last_os_error());
+    status
+}

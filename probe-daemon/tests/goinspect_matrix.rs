@@ -1,0 +1,370 @@
+//! Go binary inspection against the real-toolchain fixture matrix.
+//!
+//! Build the fixtures first:  tests/fixtures/go/build.sh   (see that file; ~5 minutes on 2 cores)
+//! The matrix lives in ${CHAINPROBE_FIXTURES:-<repo>/target/go-fixtures}/<go version>/<variant>/<program>.
+//! Each stripped variant is compared with its unstripped twin (same layout) and with the ground truth
+//! written by `go tool nm` / `go tool objdump` next to the twin. A missing matrix FAILS.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use chainprobe::goinspect::{self, Arch, GoBinary, GoInspectError, Inspector, LinkMode, Source};
+
+const VARIANTS: &[&str] = &[
+    "default",
+    "stripped",
+    "pie",
+    "pie-stripped",
+    "pie-ext",
+    "pie-ext-stripped",
+    "arm64-default",
+    "arm64-stripped",
+];
+
+fn fixtures_root() -> PathBuf {
+    match std::env::var_os("CHAINPROBE_FIXTURES") {
+        Some(p) => PathBuf::from(p),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/go-fixtures"),
+    }
+}
+
+fn variants() -> Vec<String> {
+    match std::env::var("CHAINPROBE_GO_VARIANTS") {
+        Ok(v) => v.split_whitespace().map(str::to_string).collect(),
+        Err(_) => VARIANTS.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+fn twin_of(variant: &str) -> &str {
+    match variant {
+        "stripped" => "default",
+        "pie-stripped" => "pie",
+        "pie-ext-stripped" => "pie-ext",
+        "arm64-stripped" => "arm64-default",
+        v => v,
+    }
+}
+
+/// Every (version dir, variant, program binary). Panics (test failure) when the matrix is missing.
+fn matrix() -> Vec<(String, String, PathBuf)> {
+    let root = fixtures_root();
+    let hint = "run `tests/fixtures/go/build.sh` (installs Go toolchains with tests/fixtures/go/install-go.sh \
+                and builds the fixture matrix) or set CHAINPROBE_FIXTURES";
+    let rd = std::fs::read_dir(&root)
+        .unwrap_or_else(|e| panic!("Go fixture matrix missing at {} ({e}): {hint}", root.display()));
+    let mut versions: Vec<String> = rd
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    versions.sort();
+    assert!(!versions.is_empty(), "no Go versions under {}: {hint}", root.display());
+    let mut out = Vec::new();
+    for v in &versions {
+        for variant in variants() {
+            let dir = root.join(v).join(&variant);
+            let rd = std::fs::read_dir(&dir)
+                .unwrap_or_else(|e| panic!("fixture dir {} missing ({e}): {hint}", dir.display()));
+            let mut n = 0;
+            for e in rd.filter_map(|e| e.ok()) {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if !name.contains('.') && e.path().is_file() {
+                    out.push((v.clone(), variant.clone(), e.path()));
+                    n += 1;
+                }
+            }
+            assert!(n > 0, "no binaries in {}: {hint}", dir.display());
+        }
+    }
+    out
+}
+
+struct Truth {
+    version: String,
+    /// name → (addr, size, type)
+    nm: BTreeMap<String, (u64, u64, String)>,
+    /// function → [(addr, bytes as printed, instruction)]
+    objdump: BTreeMap<String, Vec<(u64, String, String)>>,
+}
+
+fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_else(|e| panic!("ground truth {} missing ({e}); rerun build.sh", p.display()))
+}
+
+fn truth(bin: &Path) -> Truth {
+    let s = |ext: &str| PathBuf::from(format!("{}.{ext}", bin.display()));
+    let version = read(&s("version.txt"))
+        .split_whitespace()
+        .nth(2)
+        .expect("go version output")
+        .to_string();
+    let mut nm = BTreeMap::new();
+    for line in read(&s("nm.txt")).lines() {
+        let mut it = line.split_whitespace();
+        let (Some(a), Some(sz), Some(t)) = (it.next(), it.next(), it.next()) else { continue };
+        let name = it.collect::<Vec<_>>().join(" ");
+        let (Ok(a), Ok(sz)) = (u64::from_str_radix(a, 16), sz.parse::<u64>()) else { continue };
+        nm.entry(name).or_insert((a, sz, t.to_string()));
+    }
+    let mut objdump: BTreeMap<String, Vec<(u64, String, String)>> = BTreeMap::new();
+    let mut cur = None;
+    for line in read(&s("objdump.txt")).lines() {
+        if let Some(rest) = line.strip_prefix("TEXT ") {
+            let name = rest.split("(SB)").next().expect("TEXT line").to_string();
+            objdump.insert(name.clone(), Vec::new());
+            cur = Some(name);
+            continue;
+        }
+        let f: Vec<&str> = line.split('\t').map(str::trim).filter(|x| !x.is_empty()).collect();
+        if f.len() < 4 {
+            continue;
+        }
+        let Some(addr) = f[1].strip_prefix("0x").and_then(|a| u64::from_str_radix(a, 16).ok()) else { continue };
+        if let Some(c) = &cur {
+            objdump.get_mut(c).expect("current").push((addr, f[2].to_string(), f[3].to_string()));
+        }
+    }
+    Truth { version, nm, objdump }
+}
+
+fn hex_at(data: &[u8], off: u64, len: usize, arch: Arch) -> String {
+    let off = off as usize;
+    let b = &data[off..off + len];
+    match arch {
+        Arch::Amd64 => b.iter().map(|x| format!("{x:02x}")).collect(),
+        Arch::Arm64 => format!("{:08x}", u32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+    }
+}
+
+#[derive(Default)]
+struct Tally {
+    checks: usize,
+    failures: Vec<String>,
+}
+
+impl Tally {
+    fn check(&mut self, ok: bool, what: impl FnOnce() -> String) {
+        self.checks += 1;
+        if !ok {
+            self.failures.push(what());
+        }
+    }
+}
+
+fn check_binary(version: &str, variant: &str, bin: &Path, t: &mut Tally) {
+    let ctx = format!("{version}/{variant}/{}", bin.file_name().unwrap_or_default().to_string_lossy());
+    let twin_path = bin.parent().and_then(Path::parent).expect("layout").join(twin_of(variant)).join(bin.file_name().expect("name"));
+    let truth = truth(&twin_path);
+    let b: GoBinary = match goinspect::inspect_path(bin) {
+        Ok(b) => b,
+        Err(e) => {
+            t.check(false, || format!("{ctx}: inspect failed: {e}"));
+            return;
+        }
+    };
+    let twin = goinspect::inspect_path(&twin_path).expect("twin inspects");
+    let data = std::fs::read(bin).expect("read fixture");
+    let arch = if variant.starts_with("arm64") { Arch::Arm64 } else { Arch::Amd64 };
+    let stripped = variant.ends_with("stripped");
+
+    t.check(b.go_version == truth.version, || format!("{ctx}: version {} != {}", b.go_version, truth.version));
+    t.check(b.arch == arch, || format!("{ctx}: arch {:?}", b.arch));
+    t.check(b.pie == variant.starts_with("pie"), || format!("{ctx}: pie {}", b.pie));
+    t.check(b.stripped == stripped, || format!("{ctx}: stripped {}", b.stripped));
+    t.check(b.has_dwarf != stripped, || format!("{ctx}: has_dwarf {}", b.has_dwarf));
+    let want_link = if variant.contains("ext") { LinkMode::External } else { LinkMode::Internal };
+    t.check(b.link_mode == want_link, || format!("{ctx}: link mode {:?}", b.link_mode));
+    t.check(b.supported(), || format!("{ctx}: ABI {:?}", b.abi));
+    t.check(b.module_path.as_deref() == Some("fixture"), || format!("{ctx}: module {:?}", b.module_path));
+
+    // Functions: entry, file offset, RETs vs go tool nm / objdump of the twin.
+    for &name in goinspect::PROBE_TARGETS {
+        let in_nm = truth.nm.get(name).filter(|(_, _, ty)| ty.eq_ignore_ascii_case("t"));
+        match (b.function(name), in_nm) {
+            (None, None) => {
+                t.check(b.absent_functions.iter().any(|a| a == name), || format!("{ctx}: {name} neither found nor absent"));
+            }
+            (None, Some(_)) => t.check(false, || format!("{ctx}: {name} in nm but not found")),
+            (Some(_), None) => t.check(false, || format!("{ctx}: {name} found but not in nm")),
+            (Some(f), Some((addr, size, _))) => {
+                t.check(f.entry == *addr, || format!("{ctx}: {name} entry {:#x} != nm {addr:#x}", f.entry));
+                t.check(f.size >= *size && f.size < size + 64, || format!("{ctx}: {name} size {} vs nm {size}", f.size));
+                let want_src = if stripped { Source::Pclntab } else { Source::Symtab };
+                t.check(f.source == want_src, || format!("{ctx}: {name} source {:?}", f.source));
+                let ins = truth.objdump.get(name).cloned().unwrap_or_default();
+                t.check(!ins.is_empty(), || format!("{ctx}: {name} missing from objdump truth"));
+                let rets: Vec<u64> = ins.iter().filter(|(_, _, i)| i.starts_with("RET")).map(|(a, _, _)| a - addr).collect();
+                t.check(f.ret_offsets == rets, || format!("{ctx}: {name} RETs {:x?} != objdump {rets:x?}", f.ret_offsets));
+                t.check(!rets.is_empty(), || format!("{ctx}: {name} has no RET"));
+                // File offsets: the bytes at the reported offsets are what objdump printed.
+                if let Some((_, first, _)) = ins.first() {
+                    let n = if arch == Arch::Amd64 { first.len() / 2 } else { 4 };
+                    let got = hex_at(&data, f.file_offset, n, arch);
+                    t.check(&got == first, || format!("{ctx}: {name} bytes at file offset {:#x}: {got} != {first}", f.file_offset));
+                }
+                for (fo, (_, bytes, _)) in f.ret_file_offsets.iter().zip(ins.iter().filter(|(_, _, i)| i.starts_with("RET"))) {
+                    let n = if arch == Arch::Amd64 { bytes.len() / 2 } else { 4 };
+                    let got = hex_at(&data, *fo, n, arch);
+                    t.check(&got == bytes, || format!("{ctx}: {name} RET bytes at {fo:#x}: {got} != {bytes}"));
+                }
+                t.check(f.ret_file_offsets.iter().zip(&f.ret_offsets).all(|(fo, o)| *fo == f.file_offset + o), || {
+                    format!("{ctx}: {name} ret file offsets inconsistent")
+                });
+            }
+        }
+    }
+
+    // Struct offsets: stripped → tables, must equal the twin's DWARF.
+    for k in goinspect::REQUIRED_OFFSETS {
+        t.check(b.offset(k).is_some(), || format!("{ctx}: offset {k} missing ({:?})", b.offsets_error));
+    }
+    for (k, o) in &twin.offsets {
+        t.check(o.source == Source::Dwarf, || format!("{ctx}: twin {k} not from DWARF"));
+        let got = b.offsets.get(k);
+        t.check(got.map(|g| g.value) == Some(o.value), || format!("{ctx}: offset {k} {got:?} != DWARF {}", o.value));
+        let want_src = if stripped { Source::Table } else { Source::Dwarf };
+        t.check(got.map(|g| g.source) == Some(want_src), || format!("{ctx}: offset {k} source {got:?}"));
+    }
+    let complete = ["crypto/tls.Conn.isHandshakeComplete", "crypto/tls.Conn.handshakeStatus"];
+    t.check(complete.iter().any(|k| b.offset(k).is_some()), || format!("{ctx}: no TLS handshake-complete field"));
+
+    // Data symbols vs go tool nm (code references in stripped builds, symtab otherwise).
+    for &name in goinspect::DATA_SYMBOLS {
+        let want = truth.nm.get(name).map(|(a, _, _)| *a);
+        t.check(want.is_some(), || format!("{ctx}: {name} not in nm truth"));
+        let got = b.data_symbols.get(name);
+        t.check(got.map(|d| d.vaddr) == want, || format!("{ctx}: {name} {got:x?} != nm {want:x?}"));
+        let want_src = if stripped { Source::CodeRef } else { Source::Symtab };
+        t.check(got.map(|d| d.source) == Some(want_src), || format!("{ctx}: {name} source {got:?}"));
+    }
+    // The code-reference method is verified against .symtab on unstripped builds.
+    t.check(!b.warnings.iter().any(|w| w.contains("code reference")), || format!("{ctx}: warnings {:?}", b.warnings));
+    t.check(b.warnings.is_empty(), || format!("{ctx}: unexpected warnings {:?}", b.warnings));
+    // JSON and text rendering work.
+    t.check(serde_json::to_string(&b).is_ok(), || format!("{ctx}: serde"));
+    t.check(goinspect::render_text(&b).contains("runtime.gcStart"), || format!("{ctx}: render_text"));
+}
+
+#[test]
+fn fixture_matrix_matches_ground_truth() {
+    let m = matrix();
+    let mut t = Tally::default();
+    for (v, variant, bin) in &m {
+        check_binary(v, variant, bin, &mut t);
+    }
+    eprintln!("goinspect matrix: {} fixtures, {} checks, {} failures", m.len(), t.checks, t.failures.len());
+    assert!(t.failures.is_empty(), "{} of {} checks failed:\n{}", t.failures.len(), t.checks, t.failures.join("\n"));
+}
+
+fn some_fixture(variant: &str) -> PathBuf {
+    matrix()
+        .into_iter()
+        .rev()
+        .find(|(_, v, _)| v == variant)
+        .map(|(_, _, p)| p)
+        .unwrap_or_else(|| panic!("no {variant} fixture: run tests/fixtures/go/build.sh"))
+}
+
+fn tmpdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("goinspect-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).expect("tmpdir");
+    d
+}
+
+#[test]
+fn non_go_and_bad_inputs_give_clear_errors() {
+    // A non-Go ELF.
+    let ls = Path::new("/bin/ls");
+    if ls.exists() {
+        let e = goinspect::inspect_path(ls).expect_err("ls is not Go");
+        assert!(matches!(e, GoInspectError::NotGo { .. }), "{e}");
+        assert!(e.to_string().contains("not a Go binary"), "{e}");
+    }
+    // A directory.
+    let e = goinspect::inspect_path(Path::new("/tmp")).expect_err("dir");
+    assert!(matches!(e, GoInspectError::NotAFile { .. }), "{e}");
+    // Missing file.
+    let e = goinspect::inspect_path(Path::new("/nonexistent/chainprobe")).expect_err("missing");
+    assert!(matches!(e, GoInspectError::Io { .. }), "{e}");
+    let d = tmpdir("bad");
+    // Empty file.
+    let empty = d.join("empty");
+    std::fs::write(&empty, b"").expect("write");
+    let e = goinspect::inspect_path(&empty).expect_err("empty");
+    assert!(matches!(e, GoInspectError::Empty { .. }), "{e}");
+    // Text file.
+    let txt = d.join("script");
+    std::fs::write(&txt, b"#!/bin/sh\necho hello\n").expect("write");
+    assert!(matches!(goinspect::inspect_path(&txt), Err(GoInspectError::NotElf { .. })));
+    // Truncated Go binaries: an error (never a panic, never a bogus success without targets).
+    let src = std::fs::read(some_fixture("stripped")).expect("read");
+    for frac in [0.0001, 0.01, 0.1, 0.3, 0.5, 0.7, 0.9, 0.99] {
+        let n = ((src.len() as f64) * frac) as usize;
+        let p = d.join(format!("trunc-{n}"));
+        std::fs::write(&p, &src[..n]).expect("write");
+        match goinspect::inspect_path(&p) {
+            Err(e) => assert!(!e.to_string().is_empty()),
+            Ok(b) => panic!("truncated to {n} bytes yet inspected: {} functions", b.functions.len()),
+        }
+    }
+    std::fs::remove_dir_all(&d).ok();
+}
+
+#[test]
+fn corrupted_binaries_never_panic() {
+    let src = std::fs::read(some_fixture("pie-stripped")).expect("read");
+    let mut rng: u64 = 0x9e37_79b9_7f4a_7c15;
+    for round in 0..40 {
+        let mut d = src.clone();
+        for _ in 0..(1 + round * 50) {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let i = (rng as usize) % d.len();
+            d[i] = (rng >> 32) as u8;
+        }
+        let _ = goinspect::inspect_bytes(Path::new("corrupt"), &d);
+    }
+}
+
+#[test]
+fn inspector_caches_by_file_identity() {
+    let d = tmpdir("cache");
+    let p = d.join("hello");
+    std::fs::copy(some_fixture("stripped"), &p).expect("copy");
+    let insp = Inspector::new();
+    let a = insp.inspect_path(&p).expect("inspect");
+    let b = insp.inspect_path(&p).expect("inspect");
+    assert!(std::sync::Arc::ptr_eq(&a, &b), "second inspection must hit the cache");
+    assert_eq!(insp.cached(), 1);
+    // A changed file (new content, size, mtime) is inspected again.
+    std::fs::copy(some_fixture("default"), &p).expect("copy");
+    let c = insp.inspect_path(&p).expect("inspect");
+    assert!(!std::sync::Arc::ptr_eq(&a, &c));
+    assert!(!c.stripped);
+    assert_eq!(insp.cached(), 2);
+    std::fs::remove_dir_all(&d).ok();
+}
+
+#[test]
+fn inspect_running_process_by_pid() {
+    let bin = some_fixture("pie-stripped");
+    let mut child = std::process::Command::new(&bin)
+        .arg("forever")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn fixture");
+    let insp = Inspector::new();
+    let r = insp.inspect_pid(child.id());
+    let direct = goinspect::inspect_path(&bin);
+    child.kill().ok();
+    child.wait().ok();
+    let r = r.expect("inspect_pid");
+    let direct = direct.expect("inspect_path");
+    assert_eq!(r.go_version, direct.go_version);
+    assert_eq!(r.functions, direct.functions);
+    assert_eq!(r.data_symbols, direct.data_symbols);
+    let e = insp.inspect_pid(u32::MAX - 1).expect_err("no such pid");
+    assert!(matches!(e, GoInspectError::Process { .. }), "{e}");
+}
