@@ -39,10 +39,41 @@ pub enum ProgId {
     SchedProcessExec = 10,
     SchedProcessExit = 11,
     OomMarkVictim = 12,
+    GoGcStart = 13,
+    GoGcDone = 14,
+    GoStwStop = 15,
+    GoStwStart = 16,
+}
+
+/// Where in a Go function a uprobe goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GoSite {
+    /// The function's entry.
+    Entry,
+    /// Every RET instruction (uprobes there replace a uretprobe, which would crash Go).
+    Returns,
 }
 
 impl ProgId {
-    pub const COUNT: u32 = 13;
+    pub const COUNT: u32 = 17;
+    /// The Go runtime uprobes, attached per Go binary.
+    pub const GO: [ProgId; 4] = [ProgId::GoGcStart, ProgId::GoGcDone, ProgId::GoStwStop, ProgId::GoStwStart];
+    /// The tracepoint programs, attached once at start.
+    pub const TRACEPOINTS: [ProgId; 13] = [
+        ProgId::InetSockSetState,
+        ProgId::TcpSendReset,
+        ProgId::TcpReceiveReset,
+        ProgId::TcpRetransmitSkb,
+        ProgId::SysEnterMmap,
+        ProgId::SysExitMmap,
+        ProgId::SysEnterMunmap,
+        ProgId::SysExitMunmap,
+        ProgId::SysEnterBrk,
+        ProgId::SysExitBrk,
+        ProgId::SchedProcessExec,
+        ProgId::SchedProcessExit,
+        ProgId::OomMarkVictim,
+    ];
     pub const ALL: [ProgId; Self::COUNT as usize] = [
         ProgId::InetSockSetState,
         ProgId::TcpSendReset,
@@ -57,6 +88,10 @@ impl ProgId {
         ProgId::SchedProcessExec,
         ProgId::SchedProcessExit,
         ProgId::OomMarkVictim,
+        ProgId::GoGcStart,
+        ProgId::GoGcDone,
+        ProgId::GoStwStop,
+        ProgId::GoStwStart,
     ];
 
     /// The kernel program's function name (what the daemon loads by name).
@@ -75,10 +110,25 @@ impl ProgId {
             ProgId::SchedProcessExec => "sched_process_exec",
             ProgId::SchedProcessExit => "sched_process_exit",
             ProgId::OomMarkVictim => "oom_mark_victim",
+            ProgId::GoGcStart => "go_gc_start",
+            ProgId::GoGcDone => "go_gc_done",
+            ProgId::GoStwStop => "go_stw_stop",
+            ProgId::GoStwStart => "go_stw_start",
         }
     }
 
-    /// The tracepoint (category, name) the program attaches to.
+    /// The Go runtime function and site a uprobe program attaches to.
+    pub const fn go_site(self) -> Option<(&'static str, GoSite)> {
+        match self {
+            ProgId::GoGcStart => Some(("runtime.gcStart", GoSite::Entry)),
+            ProgId::GoGcDone => Some(("runtime.gcMarkTermination", GoSite::Returns)),
+            ProgId::GoStwStop => Some(("runtime.stopTheWorldWithSema", GoSite::Entry)),
+            ProgId::GoStwStart => Some(("runtime.startTheWorldWithSema", GoSite::Entry)),
+            _ => None,
+        }
+    }
+
+    /// The tracepoint (category, name) the program attaches to; `("", "")` for uprobes.
     pub const fn tracepoint(self) -> (&'static str, &'static str) {
         match self {
             ProgId::InetSockSetState => ("sock", "inet_sock_set_state"),
@@ -94,12 +144,16 @@ impl ProgId {
             ProgId::SchedProcessExec => ("sched", "sched_process_exec"),
             ProgId::SchedProcessExit => ("sched", "sched_process_exit"),
             ProgId::OomMarkVictim => ("oom", "mark_victim"),
+            ProgId::GoGcStart | ProgId::GoGcDone | ProgId::GoStwStop | ProgId::GoStwStart => ("", ""),
         }
     }
 
     /// Optional programs may be missing on a kernel without failing readiness.
     pub const fn optional(self) -> bool {
-        matches!(self, ProgId::OomMarkVictim)
+        matches!(
+            self,
+            ProgId::OomMarkVictim | ProgId::GoGcStart | ProgId::GoGcDone | ProgId::GoStwStop | ProgId::GoStwStart
+        )
     }
 }
 
@@ -263,6 +317,8 @@ pub enum EventKind {
     Exec = 1,
     Exit = 2,
     OomVictim = 3,
+    GoGc = 4,
+    GoStw = 5,
 }
 
 /// Header shared by every ring-buffer event; `kind` tells which struct follows.
@@ -308,6 +364,39 @@ pub struct OomEvent {
     pub victim: u32,
     pub _pad: u32,
 }
+
+/// A Go GC cycle finished (mark termination returned).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GoGcEvent {
+    pub header: EventHeader,
+    /// From the cycle's gcStart to the end of mark termination; [`DURATION_UNKNOWN`] when the
+    /// cycle began before the probes were attached.
+    pub duration_ns: u64,
+}
+
+/// A Go stop-the-world pause ended (startTheWorldWithSema).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GoStwEvent {
+    pub header: EventHeader,
+    pub duration_ns: u64,
+    /// stwReason (Go >= 1.21; the first argument register at stopTheWorldWithSema).
+    pub reason: u32,
+    pub _pad: u32,
+}
+
+/// A stop-the-world pause in progress (per process).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StwStart {
+    pub ktime_ns: u64,
+    pub reason: u32,
+    pub _pad: u32,
+}
+
+/// Duration of an interval whose start was not seen.
+pub const DURATION_UNKNOWN: u64 = u64::MAX;
 
 /// Exit code stored when the kernel layout for `task_struct.exit_code` was unknown.
 pub const EXIT_CODE_UNKNOWN: u32 = u32::MAX;

@@ -10,7 +10,36 @@ use std::{
     time::{Duration, Instant},
 };
 
-use probe_common::{FailureKey, MemSyscall, ProcCounters, ProgId, ProgStats, EXIT_CODE_UNKNOWN};
+use prometheus_client::metrics::histogram::Histogram;
+use probe_common::{
+    FailureKey, MemSyscall, ProcCounters, ProgId, ProgStats, DURATION_UNKNOWN, EXIT_CODE_UNKNOWN,
+};
+
+use crate::goruntime::{stw_reason, GoSample};
+
+/// GC cycle durations: 100 µs to ~13 s.
+fn gc_histogram() -> Histogram {
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(1e-4, 2.0, 18))
+}
+
+/// Stop-the-world pauses: 10 µs to ~1.3 s.
+fn stw_histogram() -> Histogram {
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(1e-5, 2.0, 18))
+}
+
+/// Go runtime state of a process.
+#[derive(Debug, Clone)]
+pub struct GoState {
+    pub go_version: String,
+    pub minor: u32,
+    /// GC cycles seen by the probes since tracking began.
+    pub gc_cycles: u64,
+    pub gc_duration: Histogram,
+    pub stw_pauses: BTreeMap<&'static str, Histogram>,
+    pub stw_count: u64,
+    /// The latest runtime read.
+    pub sample: Option<GoSample>,
+}
 
 /// Why a process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -106,11 +135,13 @@ pub struct ProcessState {
     pub map_count: Option<u64>,
     pub exit: Option<ExitInfo>,
     scrapes_since_exit: u32,
+    pub go: Option<GoState>,
 }
 
 impl ProcessState {
     fn new(pid: u32, comm: String) -> Self {
         ProcessState {
+            go: None,
             pid,
             comm,
             folded: ProcCounters::default(),
@@ -180,6 +211,8 @@ pub struct Aggregate {
     pub dropped_exited: u64,
     /// Ring-buffer records that could not be decoded.
     pub decode_errors: u64,
+    /// Exec/exit notifications Go discovery could not take (its queue was full).
+    pub discovery_dropped: u64,
 }
 
 impl Aggregate {
@@ -192,6 +225,7 @@ impl Aggregate {
             max_exited: max_exited.max(1),
             dropped_exited: 0,
             decode_errors: 0,
+            discovery_dropped: 0,
         }
     }
 
@@ -338,6 +372,47 @@ impl Aggregate {
     pub fn prune_unscraped(&mut self, now: Instant) {
         let limit = self.exited_grace * 4;
         self.procs.retain(|_, p| p.exit.as_ref().is_none_or(|e| now.saturating_duration_since(e.at) < limit));
+    }
+
+    /// A Go process is tracked from now on.
+    pub fn on_go_tracked(&mut self, pid: u32, go_version: &str, minor: u32, now: Instant) {
+        let p = self.entry(pid, now);
+        if p.go.is_none() {
+            p.go = Some(GoState {
+                go_version: go_version.to_string(),
+                minor,
+                gc_cycles: 0,
+                gc_duration: gc_histogram(),
+                stw_pauses: BTreeMap::new(),
+                stw_count: 0,
+                sample: None,
+            });
+        }
+    }
+
+    /// A GC cycle of `pid` completed.
+    pub fn on_go_gc(&mut self, pid: u32, duration_ns: u64) {
+        if let Some(go) = self.procs.get_mut(&pid).and_then(|p| p.go.as_mut()) {
+            go.gc_cycles += 1;
+            if duration_ns != DURATION_UNKNOWN {
+                go.gc_duration.observe(duration_ns as f64 / 1e9);
+            }
+        }
+    }
+
+    /// A stop-the-world pause of `pid` ended.
+    pub fn on_go_stw(&mut self, pid: u32, duration_ns: u64, reason: u32) {
+        if let Some(go) = self.procs.get_mut(&pid).and_then(|p| p.go.as_mut()) {
+            let name = stw_reason(go.minor, reason);
+            go.stw_count += 1;
+            go.stw_pauses.entry(name).or_insert_with(stw_histogram).observe(duration_ns as f64 / 1e9);
+        }
+    }
+
+    pub fn set_go_sample(&mut self, pid: u32, sample: GoSample) {
+        if let Some(go) = self.procs.get_mut(&pid).and_then(|p| p.go.as_mut()) {
+            go.sample = Some(sample);
+        }
     }
 
     /// A live process vanished without an exit event: keep its series for the grace period.

@@ -1,33 +1,145 @@
-//! The HTTP server: `/metrics` for Prometheus, `/healthz` and `/readyz` for Kubernetes probes.
-//! Handlers reach the rest of the daemon only through the narrow [`ApiState`] handles.
-use std::sync::Arc;
+//! The HTTP server: `/metrics` for Prometheus, `/healthz` and `/readyz` for Kubernetes probes,
+//! and the on-call API under `/api/v1/` (bearer token). Handlers reach the rest of the daemon only
+//! through the narrow [`ApiState`] handles.
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::SystemTime,
+};
 
 use axum::{
-    extract::State,
+    extract::{Request, State},
     http::{header, StatusCode},
+    middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::get,
-    Router,
+    Json, Router,
 };
+use tracing::info;
 
 /// Renders the metrics exposition, or says why it could not.
 pub type RenderMetrics = dyn Fn() -> Result<String, String> + Send + Sync;
 /// `Ok(())` when ready, else the reasons it is not.
 pub type Readiness = dyn Fn() -> Result<(), Vec<String>> + Send + Sync;
 
+/// The tracked Go processes as JSON (`GET /api/v1/targets`).
+pub type Targets = dyn Fn() -> serde_json::Value + Send + Sync;
+
 #[derive(Clone)]
 pub struct ApiState {
     pub render_metrics: Arc<RenderMetrics>,
     pub readiness: Arc<Readiness>,
+    pub targets: Arc<Targets>,
+    pub auth: Arc<ApiAuth>,
+}
+
+/// Who may use `/api/`: holders of the bearer token (from the environment or a file, re-read when
+/// it changes); with no token configured, anyone, but only while the server listens on loopback.
+pub struct ApiAuth {
+    env_token: Option<String>,
+    token_file: Option<PathBuf>,
+    file_cache: Mutex<Option<(SystemTime, String)>>,
+    loopback: bool,
+}
+
+impl ApiAuth {
+    pub fn new(env_token: Option<String>, token_file: Option<PathBuf>, loopback: bool) -> Self {
+        let env_token = env_token.map(|t| t.trim().to_string()).filter(|t| !t.is_empty());
+        ApiAuth { env_token, token_file, file_cache: Mutex::new(None), loopback }
+    }
+
+    /// The token in force now, if any.
+    pub fn token(&self) -> Option<String> {
+        if let Some(t) = &self.env_token {
+            return Some(t.clone());
+        }
+        let path = self.token_file.as_ref()?;
+        let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok()?;
+        let mut cache = self.file_cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((t, tok)) = cache.as_ref() {
+            if *t == mtime {
+                return Some(tok.clone());
+            }
+        }
+        let tok = std::fs::read_to_string(path).ok()?.trim().to_string();
+        if tok.is_empty() {
+            return None;
+        }
+        *cache = Some((mtime, tok.clone()));
+        Some(tok)
+    }
+
+    /// Whether the API answers at all (a token exists, or the server is loopback-only).
+    pub fn enabled(&self) -> bool {
+        self.loopback || self.token().is_some()
+    }
+
+    fn check(&self, authorization: Option<&str>) -> Result<(), Response> {
+        match self.token() {
+            None if self.loopback => Ok(()),
+            None => Err((
+                StatusCode::FORBIDDEN,
+                "the API is disabled: no token configured and the server does not listen on loopback (set CHAINPROBE_API_TOKEN or [api] token_file)\n",
+            )
+                .into_response()),
+            Some(expected) => {
+                let given = authorization.and_then(|h| h.strip_prefix("Bearer ")).unwrap_or("");
+                if constant_time_eq(given.as_bytes(), expected.as_bytes()) {
+                    Ok(())
+                } else {
+                    Err((StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")], "").into_response())
+                }
+            }
+        }
+    }
+}
+
+/// Compares without an early exit, so timing does not reveal how much of a guess was right.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = (a.len() ^ b.len()) as u8 | u8::from(a.len() != b.len());
+    for i in 0..a.len().max(b.len()) {
+        diff |= a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0xff);
+    }
+    diff == 0
+}
+
+async fn require_token(State(st): State<ApiState>, req: Request, next: Next) -> Response {
+    let who = req
+        .headers()
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.to_string()))
+        .unwrap_or_else(|| "unknown".into());
+    let what = format!("{} {}", req.method(), req.uri().path());
+    let auth = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let resp = match st.auth.check(auth.as_deref()) {
+        Ok(()) => next.run(req).await,
+        Err(r) => r,
+    };
+    info!(target: "chainprobe::audit", client = %who, request = %what, status = resp.status().as_u16(), "api");
+    resp
 }
 
 pub fn router(state: ApiState) -> Router {
+    let api = Router::new()
+        .route("/api/v1/targets", get(targets))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .merge(api)
         .fallback(not_found)
         .with_state(state)
+}
+
+async fn targets(State(st): State<ApiState>) -> Response {
+    let f = st.targets.clone();
+    match tokio::task::spawn_blocking(move || f()).await {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("listing targets failed: {e}\n")).into_response(),
+    }
 }
 
 async fn metrics(State(st): State<ApiState>) -> Response {
@@ -55,5 +167,41 @@ async fn readyz(State(st): State<ApiState>) -> Response {
 }
 
 async fn not_found() -> Response {
-    (StatusCode::NOT_FOUND, "not found: chainprobe serves /metrics, /healthz and /readyz\n").into_response()
+    (StatusCode::NOT_FOUND, "not found: chainprobe serves /metrics, /healthz, /readyz and /api/v1/targets\n").into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_time_comparison() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"x"));
+        assert!(constant_time_eq(b"", b""));
+    }
+
+    #[test]
+    fn token_from_file_is_reread_when_it_changes() {
+        let dir = std::env::temp_dir().join(format!("chainprobe-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("token");
+        std::fs::write(&f, "one\n").unwrap();
+        let auth = ApiAuth::new(None, Some(f.clone()), false);
+        assert_eq!(auth.token().as_deref(), Some("one"));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&f, "two").unwrap();
+        let t = SystemTime::now() + std::time::Duration::from_secs(1);
+        let _ = std::fs::File::options().write(true).open(&f).and_then(|h| h.set_modified(t));
+        assert_eq!(auth.token().as_deref(), Some("two"));
+        assert!(auth.check(Some("Bearer two")).is_ok());
+        assert!(auth.check(Some("Bearer one")).is_err());
+        assert!(auth.check(None).is_err());
+        std::fs::remove_dir_all(&dir).ok();
+        // No token: only loopback servers answer.
+        assert!(ApiAuth::new(None, None, true).check(None).is_ok());
+        assert!(ApiAuth::new(None, None, false).check(None).is_err());
+    }
 }

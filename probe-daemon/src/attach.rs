@@ -4,7 +4,10 @@ use std::path::Path;
 
 use aya::{
     maps::{Array, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::TracePoint,
+    programs::{
+        uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope},
+        TracePoint, UProbe,
+    },
     Ebpf,
 };
 use probe_common::{FailureKey, KernelConfig, ProcCounters, ProgId, ProgStats};
@@ -43,6 +46,34 @@ impl Probes {
     pub fn all_required_attached(&self) -> bool {
         self.programs.iter().all(|p| p.attached || p.prog.optional())
     }
+
+    fn uprobe(&mut self, prog: ProgId) -> Result<&mut UProbe, String> {
+        let program = self
+            ._ebpf
+            .program_mut(prog.program_name())
+            .ok_or_else(|| format!("program {} missing from the eBPF object", prog.program_name()))?;
+        program.try_into().map_err(|e| format!("{e}"))
+    }
+
+    /// Attaches uprobe program `prog` at `file_offset` of the executable `target` (for every
+    /// process that maps that file).
+    pub fn attach_uprobe(&mut self, prog: ProgId, target: &Path, file_offset: u64) -> Result<UProbeLinkId, String> {
+        let up = self.uprobe(prog)?;
+        up.attach(UProbeAttachLocation::AbsoluteOffset(file_offset), target, UProbeScope::AllProcesses)
+            .map_err(|e| format!("attach {} at {}+{file_offset:#x}: {e}", prog.program_name(), target.display()))
+    }
+
+    /// Detaches one uprobe link (errors are logged: the link may already be gone).
+    pub fn detach_uprobe(&mut self, prog: ProgId, link: UProbeLinkId) {
+        match self.uprobe(prog) {
+            Ok(up) => {
+                if let Err(e) = up.detach(link) {
+                    debug!(program = prog.program_name(), error = %e, "uprobe detach");
+                }
+            }
+            Err(e) => debug!(error = %e, "uprobe detach"),
+        }
+    }
 }
 
 /// User-space handles on the kernel maps the collector reads.
@@ -80,7 +111,21 @@ pub fn load(kcfg: KernelConfig, tracefs: &Path) -> Result<(Probes, KernelMaps), 
     }
 
     let mut programs = Vec::new();
-    for prog in ProgId::ALL {
+    // Go uprobes are loaded now and attached per Go binary as processes are discovered.
+    for prog in ProgId::GO {
+        let loaded = (|| -> Result<(), String> {
+            let program = ebpf
+                .program_mut(prog.program_name())
+                .ok_or_else(|| format!("program {} missing from the eBPF object", prog.program_name()))?;
+            let up: &mut UProbe = program.try_into().map_err(|e| format!("{e}"))?;
+            up.load().map_err(|e| format!("load: {e}"))
+        })();
+        if let Err(e) = &loaded {
+            warn!(program = prog.program_name(), error = %e, "Go runtime probe unavailable");
+        }
+        programs.push(ProgramStatus { prog, attached: loaded.is_ok(), error: loaded.err() });
+    }
+    for prog in ProgId::TRACEPOINTS {
         let status = attach_one(&mut ebpf, prog, tracefs);
         match &status.error {
             None => debug!(program = prog.program_name(), "attached"),

@@ -16,13 +16,20 @@ use tracing::{debug, error, info, warn};
 
 use crate::{
     aggregate::Aggregate,
-    api::{self, ApiState},
+    api::{self, ApiAuth, ApiState},
     attach::{self, KernelMaps, ProgramStatus},
     config::Config,
-    events,
+    events::{self, Event},
+    goruntime::{Discovery, GoTracker, ProcMem},
     kernel::{self, Status},
     metrics::ScrapeView,
 };
+
+/// What the ring-buffer reader tells Go discovery.
+enum Lifecycle {
+    Exec(u32),
+    Exit(u32),
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -56,6 +63,8 @@ struct Shared {
     programs: Vec<ProgramStatus>,
     kernel: String,
     serving: AtomicBool,
+    go: Option<Arc<Mutex<GoTracker>>>,
+    lifecycle: Option<std::sync::mpsc::SyncSender<Lifecycle>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -82,6 +91,46 @@ impl Shared {
             ScrapeView::from_aggregate(&agg, &self.programs, &self.kernel)
         };
         view.render().map_err(|e| e.to_string())
+    }
+
+    /// `GET /api/v1/targets`: every tracked Go process with its probes and latest runtime read.
+    fn targets(&self) -> serde_json::Value {
+        let Some(go) = &self.go else {
+            return serde_json::json!({ "targets": [], "go_tracking": "disabled in the configuration ([go] enabled = false)" });
+        };
+        let targets: Vec<crate::goruntime::GoTarget> = lock(go).targets().cloned().collect();
+        let agg = lock(&self.agg);
+        let mut out: Vec<serde_json::Value> = targets
+            .into_iter()
+            .map(|t| {
+                let p = agg.process(t.pid);
+                let g = p.and_then(|p| p.go.as_ref());
+                let s = g.and_then(|g| g.sample.as_ref());
+                serde_json::json!({
+                    "pid": t.pid,
+                    "comm": p.map(|p| p.comm.clone()),
+                    "exe": t.exe,
+                    "go_version": t.go_version,
+                    "build": { "pie": t.pie, "stripped": t.stripped, "link_mode": t.link_mode },
+                    "abi": t.abi,
+                    "supported": t.supported,
+                    "probes": t.probes,
+                    "creation_probes": { "active": false, "reason": "off: goroutines are counted from memory reads; per-goroutine probes are not switched on" },
+                    "runtime_reads": match &t.reads_error { None => "ok".to_string(), Some(e) => e.clone() },
+                    "runtime": {
+                        "goroutines": s.map(|s| s.goroutines),
+                        "goroutines_created": s.map(|s| s.goidgen),
+                        "gc_cycles_probed": g.map(|g| g.gc_cycles),
+                        "gc_cycles_memstats": s.map(|s| s.numgc),
+                        "stw_pauses_probed": g.map(|g| g.stw_count),
+                        "heap_live_bytes": s.map(|s| s.heap_live),
+                        "heap_goal_bytes": s.map(|s| s.heap_goal),
+                    },
+                })
+            })
+            .collect();
+        out.sort_by_key(|v| v["pid"].as_u64());
+        serde_json::json!({ "targets": out })
     }
 
     fn readiness(&self) -> Result<(), Vec<String>> {
@@ -127,14 +176,33 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     let (probes, KernelMaps { counters, failures, stats, events: ring }) = attach::load(kcfg, &tracefs)?;
     let attached = probes.programs.iter().filter(|p| p.attached).count();
     info!(attached, total = probes.programs.len(), "kernel programs loaded");
+    let programs = probes.programs.clone();
+    let probes = Arc::new(Mutex::new(probes));
 
+    let (go, lifecycle_rx, lifecycle) = if cfg.go.enabled {
+        let (tx, rx) = std::sync::mpsc::sync_channel(16_384);
+        (Some(Arc::new(Mutex::new(GoTracker::new(probes.clone())))), Some(rx), Some(tx))
+    } else {
+        (None, None, None)
+    };
     let shared = Arc::new(Shared {
         agg: Mutex::new(Aggregate::new(cfg.scrape_interval()?, cfg.metrics.max_exited_processes)),
         maps: Mutex::new(DrainMaps { counters, failures, stats }),
-        programs: probes.programs.clone(),
+        programs,
         kernel: kernel::kernel_release(),
         serving: AtomicBool::new(false),
+        go,
+        lifecycle,
     });
+    let mut go_tasks = Vec::new();
+    if let (Some(rx), Some(_)) = (lifecycle_rx, &shared.go) {
+        let s = shared.clone();
+        std::thread::Builder::new()
+            .name("go-discovery".into())
+            .spawn(move || discovery_thread(s, rx))
+            .map_err(DaemonError::Serve)?;
+        go_tasks.push(tokio::spawn(go_read_loop(shared.clone(), cfg.go_read_interval()?)));
+    }
 
     // SAFETY: the RingBuf owns its map fd and keeps it open for as long as the AsyncFd owns it.
     let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
@@ -147,6 +215,14 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         .await
         .map_err(|source| DaemonError::Listen { addr: cfg.server.listen, source })?;
     let local = listener.local_addr().map_err(DaemonError::Serve)?;
+    let auth = ApiAuth::new(
+        std::env::var("CHAINPROBE_API_TOKEN").ok(),
+        Some(cfg.api.token_file.as_str()).filter(|f| !f.is_empty()).map(std::path::PathBuf::from),
+        local.ip().is_loopback(),
+    );
+    if !auth.enabled() {
+        warn!("no API token configured and not listening on loopback: /api/ answers 403 (set CHAINPROBE_API_TOKEN or [api] token_file)");
+    }
     let state = ApiState {
         render_metrics: {
             let s = shared.clone();
@@ -156,19 +232,27 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             let s = shared.clone();
             Arc::new(move || s.readiness())
         },
+        targets: {
+            let s = shared.clone();
+            Arc::new(move || s.targets())
+        },
+        auth: Arc::new(auth),
     };
     shared.serving.store(true, Ordering::Relaxed);
     match shared.readiness() {
         Ok(()) => info!(listen = %local, "chainprobe ready"),
         Err(r) => warn!(listen = %local, reasons = ?r, "chainprobe serving but not ready"),
     }
-    let served = axum::serve(listener, api::router(state))
+    let served = axum::serve(listener, api::router(state).into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(shutdown_signal())
         .await;
 
     ring_task.abort();
     drain_task.abort();
     maps_task.abort();
+    for t in go_tasks {
+        t.abort();
+    }
     drop(probes);
     info!("kernel programs detached; bye");
     served.map_err(DaemonError::Serve)
@@ -216,6 +300,18 @@ async fn read_ring(mut fd: AsyncFd<RingBuf<MapData>>, shared: Arc<Shared>) {
             let mut agg = lock(&shared.agg);
             agg.decode_errors += bad;
             for ev in decoded {
+                if let Some(tx) = &shared.lifecycle {
+                    let msg = match ev {
+                        Event::Exec { tgid, .. } => Some(Lifecycle::Exec(tgid)),
+                        Event::Exit { tgid, .. } => Some(Lifecycle::Exit(tgid)),
+                        _ => None,
+                    };
+                    if let Some(m) = msg {
+                        if tx.try_send(m).is_err() {
+                            agg.discovery_dropped += 1;
+                        }
+                    }
+                }
                 events::apply(&mut agg, ev, now);
             }
         }
@@ -256,6 +352,61 @@ async fn map_count_loop(shared: Arc<Shared>, every: Duration) {
                     // Gone without an exit event (ring buffer overflow, or exited mid-read).
                     None if !crate::procfs::alive(pid) => agg.mark_gone(pid, now),
                     None => agg.set_map_count(pid, None),
+                }
+            }
+        })
+        .await;
+    }
+}
+
+/// Go discovery: the /proc scan at start, then each exec (inspect, attach) and exit (detach).
+fn discovery_thread(shared: Arc<Shared>, rx: std::sync::mpsc::Receiver<Lifecycle>) {
+    let Some(go) = shared.go.clone() else { return };
+    let consider = |pid: u32| {
+        let outcome = lock(&go).consider(pid);
+        if outcome == Discovery::Tracked {
+            if let Some(t) = lock(&go).target(pid).cloned() {
+                let minor = t.layout.as_ref().map(|l| l.minor).unwrap_or_else(|| minor_of(&t.go_version));
+                lock(&shared.agg).on_go_tracked(pid, &t.go_version, minor, Instant::now());
+            }
+        }
+        outcome
+    };
+    let started = Instant::now();
+    let pids: Vec<u32> = std::fs::read_dir("/proc")
+        .map(|d| d.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
+        .unwrap_or_default();
+    let me = std::process::id();
+    let found = pids.into_iter().filter(|&p| p != me && consider(p) == Discovery::Tracked).count();
+    info!(found, elapsed_ms = started.elapsed().as_millis() as u64, "Go processes found at start");
+    while let Ok(msg) = rx.recv() {
+        match msg {
+            Lifecycle::Exec(pid) => {
+                consider(pid);
+            }
+            Lifecycle::Exit(pid) => lock(&go).forget(pid),
+        }
+    }
+}
+
+fn minor_of(version: &str) -> u32 {
+    version.trim_start_matches("go").split('.').nth(1).and_then(|m| m.parse().ok()).unwrap_or(0)
+}
+
+/// Reads every tracked Go process's runtime state on a timer.
+async fn go_read_loop(shared: Arc<Shared>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let s = shared.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let Some(go) = &s.go else { return };
+            let readable = lock(go).readable();
+            for (pid, layout) in readable {
+                match ProcMem::open(pid).and_then(|m| m.sample(&layout)) {
+                    Ok(sample) => lock(&s.agg).set_go_sample(pid, sample),
+                    Err(e) => debug!(pid, error = %e, "Go runtime read failed"),
                 }
             }
         })

@@ -4,8 +4,8 @@ use std::time::Instant;
 
 use aya::maps::{MapData, PerCpuArray, PerCpuHashMap};
 use probe_common::{
-    EventHeader, EventKind, ExecEvent, ExitEvent, FailureKey, OomEvent, ProcCounters, ProgId,
-    ProgStats,
+    EventHeader, EventKind, ExecEvent, ExitEvent, FailureKey, GoGcEvent, GoStwEvent, OomEvent,
+    ProcCounters, ProgId, ProgStats,
 };
 use tracing::{debug, warn};
 
@@ -20,6 +20,8 @@ pub enum Event {
     Exec { tgid: u32, comm: String, filename: String },
     Exit { tgid: u32, comm: String, exit_code: u32 },
     OomVictim { tgid: u32 },
+    GoGc { tgid: u32, duration_ns: u64 },
+    GoStw { tgid: u32, duration_ns: u64, reason: u32 },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -63,6 +65,14 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             let e: OomEvent = read(bytes, k)?;
             Ok(Event::OomVictim { tgid: e.victim })
         }
+        k if k == EventKind::GoGc as u32 => {
+            let e: GoGcEvent = read(bytes, k)?;
+            Ok(Event::GoGc { tgid: e.header.tgid, duration_ns: e.duration_ns })
+        }
+        k if k == EventKind::GoStw as u32 => {
+            let e: GoStwEvent = read(bytes, k)?;
+            Ok(Event::GoStw { tgid: e.header.tgid, duration_ns: e.duration_ns, reason: e.reason })
+        }
         k => Err(DecodeError::UnknownKind(k)),
     }
 }
@@ -82,6 +92,8 @@ pub fn apply(agg: &mut Aggregate, ev: Event, now: Instant) {
             warn!(pid = tgid, "OOM killer chose a victim");
             agg.on_oom_victim(tgid, now);
         }
+        Event::GoGc { tgid, duration_ns } => agg.on_go_gc(tgid, duration_ns),
+        Event::GoStw { tgid, duration_ns, reason } => agg.on_go_stw(tgid, duration_ns, reason),
     }
 }
 

@@ -12,6 +12,7 @@ pub mod config;
 pub mod daemon;
 pub mod events;
 pub mod goinspect;
+pub mod goruntime;
 pub mod kernel;
 pub mod metrics;
 pub mod procfs;

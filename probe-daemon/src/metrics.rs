@@ -14,7 +14,7 @@ use prometheus_client::{
 use probe_common::{MemSyscall, ProcCounters, ProgId, ProgStats};
 
 use crate::{
-    aggregate::{errno_name, Aggregate, ExitInfo},
+    aggregate::{errno_name, Aggregate, ExitInfo, GoState},
     attach::ProgramStatus,
 };
 
@@ -31,6 +31,7 @@ pub struct ProcView {
     pub failures: Vec<(MemSyscall, u16, u64)>,
     pub map_count: Option<u64>,
     pub exit: Option<ExitInfo>,
+    pub go: Option<GoState>,
 }
 
 /// Everything a scrape encodes, copied out of the shared state.
@@ -59,6 +60,7 @@ impl ScrapeView {
                 failures: p.failures().into_iter().map(|((s, e), n)| (s, e, n)).collect(),
                 map_count: p.map_count,
                 exit: p.exit.clone(),
+                go: p.go.clone(),
             })
             .collect();
         procs.sort_by_key(|p| p.pid);
@@ -226,6 +228,8 @@ impl Collector for ScrapeView {
             )?;
         }
 
+        self.encode_go(&mut enc)?;
+
         // Self metrics.
         let info = Info::new(vec![("version", self.version.clone()), ("kernel", self.kernel.clone())]);
         info.encode(enc.encode_descriptor("chainprobe_build", "chainprobe version and the kernel it runs on.", None, MetricType::Info)?)?;
@@ -287,6 +291,83 @@ impl Collector for ScrapeView {
     }
 }
 
+fn go_labels(p: &ProcView, go: &GoState) -> Labels {
+    vec![("pid", p.pid.to_string()), ("comm", p.comm.clone()), ("go_version", go.go_version.clone())]
+}
+
+impl ScrapeView {
+    fn go_procs(&self) -> impl Iterator<Item = (&ProcView, &GoState)> {
+        self.procs.iter().filter_map(|p| p.go.as_ref().map(|g| (p, g)))
+    }
+
+    fn encode_go(&self, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        family(
+            enc,
+            "chainprobe_go_gc_cycles",
+            "Go GC cycles completed (uprobes on the runtime; counted since chainprobe began tracking the process).",
+            MetricType::Counter,
+            self.go_procs().map(|(p, g)| (go_labels(p, g), ConstCounter::new(g.gc_cycles))),
+        )?;
+        family(
+            enc,
+            "chainprobe_go_gc_duration_seconds",
+            "Go GC cycle duration, from gcStart to the end of mark termination.",
+            MetricType::Histogram,
+            self.go_procs().map(|(p, g)| (go_labels(p, g), g.gc_duration.clone())),
+        )?;
+        family(
+            enc,
+            "chainprobe_go_stw_pause_seconds",
+            "Go stop-the-world pauses by reason (reason is \"unknown\" before Go 1.21).",
+            MetricType::Histogram,
+            self.go_procs().flat_map(|(p, g)| {
+                g.stw_pauses.iter().map(move |(reason, h)| (with(go_labels(p, g), &[("reason", reason)]), h.clone()))
+            }),
+        )?;
+        let sampled = || self.go_procs().filter_map(|(p, g)| g.sample.as_ref().map(|s| (p, g, s)));
+        family(
+            enc,
+            "chainprobe_go_goroutines",
+            "Live goroutines, as runtime.NumGoroutine counts them (read from the process's memory).",
+            MetricType::Gauge,
+            sampled().map(|(p, g, s)| (go_labels(p, g), ConstGauge::new(s.goroutines))),
+        )?;
+        family(
+            enc,
+            "chainprobe_go_goroutines_by_state",
+            "Live goroutines (system ones included) by status and, for waiting ones, wait reason.",
+            MetricType::Gauge,
+            sampled().flat_map(|(p, g, s)| {
+                s.by_state.iter().map(move |((state, wait), n)| {
+                    (with(go_labels(p, g), &[("state", state), ("wait_reason", wait)]), ConstGauge::new(*n as i64))
+                })
+            }),
+        )?;
+        family(
+            enc,
+            "chainprobe_go_goroutines_created",
+            "Goroutine ids handed out since the process started (sched.goidgen): goroutines created, within 16 per P.",
+            MetricType::Counter,
+            sampled().map(|(p, g, s)| (go_labels(p, g), ConstCounter::new(s.goidgen))),
+        )?;
+        family(
+            enc,
+            "chainprobe_go_heap_live_bytes",
+            "Go heap live bytes as the GC pacer sees them (gcController.heapLive).",
+            MetricType::Gauge,
+            sampled().map(|(p, g, s)| (go_labels(p, g), ConstGauge::new(s.heap_live as i64))),
+        )?;
+        family(
+            enc,
+            "chainprobe_go_heap_goal_bytes",
+            "Go heap size at which the next GC cycle is due (gcController.gcPercentHeapGoal).",
+            MetricType::Gauge,
+            sampled().map(|(p, g, s)| (go_labels(p, g), ConstGauge::new(s.heap_goal as i64))),
+        )?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -306,6 +387,7 @@ mod tests {
                     failures: vec![(MemSyscall::Mmap, 22, 1)],
                     map_count: Some(40),
                     exit: None,
+                    go: None,
                 },
                 ProcView {
                     pid: 11,
@@ -314,6 +396,7 @@ mod tests {
                     active_connections: 0,
                     failures: vec![],
                     map_count: None,
+                    go: None,
                     exit: Some(ExitInfo { reason: ExitReason::Signal, code: "SIGKILL".into(), at: Instant::now() }),
                 },
             ],

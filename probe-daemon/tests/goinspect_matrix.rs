@@ -60,6 +60,15 @@ fn matrix() -> Vec<(String, String, PathBuf)> {
         .collect();
     versions.sort();
     assert!(!versions.is_empty(), "no Go versions under {}: {hint}", root.display());
+    // Every toolchain of the matrix must be there (a failed build must not shrink the matrix).
+    let wanted = std::env::var("CHAINPROBE_GO_VERSIONS").unwrap_or_else(|_| "1.19 1.21.13 1.23.9 1.25.5 1.27.3".into());
+    for w in wanted.split_whitespace() {
+        assert!(
+            versions.iter().any(|v| v == w || v.starts_with(&format!("{w}."))),
+            "fixtures for Go {w} missing under {}: {hint}",
+            root.display()
+        );
+    }
     let mut out = Vec::new();
     for v in &versions {
         for variant in variants() {

@@ -24,6 +24,28 @@ pub struct Config {
     pub log: LogConfig,
     pub metrics: MetricsConfig,
     pub collect: CollectConfig,
+    pub go: GoConfig,
+    pub api: ApiConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GoConfig {
+    pub enabled: bool,
+    pub read_interval_seconds: f64,
+}
+
+impl Default for GoConfig {
+    fn default() -> Self {
+        GoConfig { enabled: true, read_interval_seconds: 5.0 }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Empty: no file (the environment variable may still set a token).
+    pub token_file: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -91,6 +113,8 @@ impl Default for Config {
             log: LogConfig::default(),
             metrics: MetricsConfig::default(),
             collect: CollectConfig::default(),
+            go: GoConfig::default(),
+            api: ApiConfig::default(),
         }
     }
 }
@@ -130,6 +154,7 @@ impl Config {
         self.scrape_interval()?;
         self.drain_interval()?;
         self.map_count_interval()?;
+        self.go_read_interval()?;
         if self.metrics.max_exited_processes == 0 {
             return Err(ConfigError::Invalid {
                 key: "metrics.max_exited_processes",
@@ -144,6 +169,9 @@ impl Config {
     }
     pub fn drain_interval(&self) -> Result<Duration, ConfigError> {
         seconds("collect.drain_interval_seconds", self.collect.drain_interval_seconds, 0.05)
+    }
+    pub fn go_read_interval(&self) -> Result<Duration, ConfigError> {
+        seconds("go.read_interval_seconds", self.go.read_interval_seconds, 0.05)
     }
     pub fn map_count_interval(&self) -> Result<Duration, ConfigError> {
         seconds("collect.map_count_interval_seconds", self.collect.map_count_interval_seconds, 0.1)

@@ -17,7 +17,7 @@ pub fn ret_offsets(arch: Arch, code: &[u8], ip: u64) -> Vec<u64> {
             while dec.can_decode() {
                 let ins = dec.decode();
                 if ins.code() != Code::INVALID && ins.mnemonic() == Mnemonic::Ret {
-                    out.push(ins.ip() - ip);
+                    out.push(ins.ip().wrapping_sub(ip));
                 }
             }
             out

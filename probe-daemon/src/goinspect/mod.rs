@@ -418,7 +418,7 @@ fn analyze(path: &Path, img: &ElfImage<'_>) -> Result<GoBinary, GoInspectError> 
                 entry: r.entry,
                 file_offset,
                 size: r.size,
-                ret_file_offsets: rets.iter().map(|o| file_offset + o).collect(),
+                ret_file_offsets: rets.iter().map(|o| file_offset.saturating_add(*o)).collect(),
                 ret_offsets: rets,
                 source: r.source,
             },
@@ -583,7 +583,7 @@ pub fn learn_table(path: &Path) -> Result<tables::VersionTable, String> {
             let Some(code) = img.bytes_at(fi.addr, fi.size) else { continue };
             for (i, t) in disasm::pcrel_refs(img.arch, code, fi.addr).iter().enumerate() {
                 let size = s.size.max(1);
-                if *t >= s.addr && *t < s.addr + size {
+                if *t >= s.addr && *t < s.addr.saturating_add(size) {
                     let cr = CodeRef { function: f.to_string(), ordinal: i, addend: t - s.addr };
                     if cr.addend == 0 {
                         best = Some(cr);

@@ -116,13 +116,13 @@ impl<'a> PclnTab<'a> {
             PclnVersion::V116 => {
                 let off = self.pcln_offset.checked_add(i.checked_mul(16)?)?;
                 let e = u64_at(self.data, off)?;
-                let f = u64_at(self.data, off + 8)?;
+                let f = u64_at(self.data, off.checked_add(8)?)?;
                 Some((e, usize::try_from(f).ok()?))
             }
             _ => {
                 let off = self.pcln_offset.checked_add(i.checked_mul(8)?)?;
                 let e = u32_at(self.data, off)?;
-                let f = u32_at(self.data, off + 4)?;
+                let f = u32_at(self.data, off.checked_add(4)?)?;
                 Some((u64::from(e), f as usize))
             }
         }
@@ -143,9 +143,9 @@ impl<'a> PclnTab<'a> {
         let (end, _) = self.functab(i + 1)?;
         let f = self.pcln_offset.checked_add(funcoff)?;
         let (name_off, id_off) = match self.version {
-            PclnVersion::V116 => (f + 8, f + 8 + 32),
-            PclnVersion::V118 => (f + 4, f + 36),
-            PclnVersion::V120 => (f + 4, f + 40),
+            PclnVersion::V116 => (f.checked_add(8)?, f.checked_add(8 + 32)?),
+            PclnVersion::V118 => (f.checked_add(4)?, f.checked_add(36)?),
+            PclnVersion::V120 => (f.checked_add(4)?, f.checked_add(40)?),
         };
         let name_off = u32_at(self.data, name_off)? as usize;
         let func_id = *self.data.get(id_off)?;
@@ -233,12 +233,13 @@ pub(crate) fn find_moduledata(img: &ElfImage<'_>, pcln_vaddr: u64, tab: &PclnTab
         if img.read_ptr(md)? != pcln_vaddr {
             return None;
         }
-        if img.read_ptr(md + 8)? != pcln_vaddr.checked_add(tab.funcname_offset)? {
+        let word = |i: u64| img.read_ptr(md.checked_add(i * 8)?);
+        if word(1)? != pcln_vaddr.checked_add(tab.funcname_offset)? {
             return None;
         }
-        let text = img.read_ptr(md + 22 * 8)?;
-        let etext = img.read_ptr(md + 23 * 8)?;
-        let minpc = img.read_ptr(md + 20 * 8)?;
+        let text = word(22)?;
+        let etext = word(23)?;
+        let minpc = word(20)?;
         if text == 0 || etext < text || minpc < text {
             return None;
         }
@@ -264,10 +265,11 @@ pub(crate) fn find_moduledata(img: &ElfImage<'_>, pcln_vaddr: u64, tab: &PclnTab
         let end = start.checked_add(usize::try_from(seg.filesz).ok()?)?;
         let Some(d) = img.data.get(start..end) else { continue };
         for pos in memchr::memmem::find_iter(d, &needle) {
-            if !(seg.vaddr + pos as u64).is_multiple_of(8) {
+            let Some(at) = seg.vaddr.checked_add(pos as u64) else { continue };
+            if !at.is_multiple_of(8) {
                 continue;
             }
-            if let Some(m) = validate(seg.vaddr + pos as u64) {
+            if let Some(m) = validate(at) {
                 return Some(m);
             }
         }

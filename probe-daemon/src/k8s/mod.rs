@@ -1,0 +1,354 @@
+//! Kubernetes: which container and pod a process belongs to, and cardinality control of the
+//! labels that adds.
+//!
+//! - [`cgroup`] reads container id, pod UID and QoS class from `/proc/PID/cgroup` (cgroup v1 and
+//!   v2; containerd, CRI-O, Docker; systemd and cgroupfs drivers). Needs nothing but procfs.
+//! - [`api`] keeps a cache of this node's pods from a node-scoped list+watch on the API server,
+//!   which turns ids into names (namespace, pod, container, owning workload).
+//! - [`PodResolver`] puts both together: `resolve(pid)` gives a [`PodMeta`] with the cgroup
+//!   fields always, and the names once the API cache knows the pod.
+//! - [`policy`] drops or keeps labels and caps the number of series.
+//!
+//! Outside a cluster (no `KUBERNETES_SERVICE_HOST` or no service-account token) the resolver
+//! works from cgroups alone.
+
+pub mod api;
+pub mod cgroup;
+pub mod policy;
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use tracing::{info, warn};
+
+pub use api::{ApiConfig, PodCache, PodInfo, Watcher};
+pub use cgroup::{parse_proc_cgroup, CgroupIdentity, QosClass, Runtime};
+pub use policy::{LabelPolicy, LabelPolicyConfig, PolicyError, SeriesLimiter};
+
+/// Errors of the Kubernetes integration; each says what failed and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum K8sError {
+    #[error("not running in a Kubernetes pod ({missing} is missing): pod names come from cgroups only; set kubernetes.api = \"off\" to silence this, or run as the DaemonSet in deploy/")]
+    NotInCluster { missing: String },
+    #[error("the node name is unknown: set NODE_NAME from the downward API (fieldRef spec.nodeName, as deploy/daemonset.yaml does) or kubernetes.node_name")]
+    NoNodeName,
+    #[error("cannot read {path}: {source} (is the service account token mounted? automountServiceAccountToken must not be false)")]
+    ReadFile { path: PathBuf, source: std::io::Error },
+    #[error("the Kubernetes API CA bundle is not valid PEM: {source}")]
+    InvalidCa { source: reqwest::Error },
+    #[error("cannot build the HTTPS client for the Kubernetes API: {source}")]
+    Client { source: reqwest::Error },
+    #[error("Kubernetes API request failed ({what}): {source}; check that the API server is reachable from the node (egress NetworkPolicy, KUBERNETES_SERVICE_HOST)")]
+    Http { what: &'static str, source: reqwest::Error },
+    #[error("Kubernetes API answered {code} on {url}: {message}{}", hint(*code))]
+    Status { url: String, code: u16, message: String },
+    #[error("cannot decode the Kubernetes API's {what}: {source}")]
+    Decode { what: &'static str, source: serde_json::Error },
+}
+
+fn hint(code: u16) -> &'static str {
+    match code {
+        401 => " (the service-account token was rejected: is it expired or from another cluster?)",
+        403 => " (RBAC: the chainprobe ServiceAccount needs get/list/watch on pods; apply deploy/rbac.yaml)",
+        _ => "",
+    }
+}
+
+/// When to use the API server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ApiMode {
+    /// Use it when running in a pod (service host and token present), else cgroups only.
+    #[default]
+    Auto,
+    /// Require it: [`PodResolver::start`] fails when it cannot be configured.
+    On,
+    /// Never: cgroup labels only.
+    Off,
+}
+
+/// The `[kubernetes]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KubernetesConfig {
+    pub api: ApiMode,
+    /// This node's name; empty = `$NODE_NAME`, then the host name.
+    pub node_name: String,
+    /// Where the host's procfs is (the DaemonSet runs with hostPID, so `/proc`).
+    pub proc_root: String,
+    /// API server URL override (e.g. `http://127.0.0.1:8001` for `kubectl proxy`); empty = in-cluster.
+    pub api_server: String,
+    /// Server-side timeout of one watch request before it is re-opened.
+    pub watch_timeout_seconds: u64,
+    /// Upper bound of the retry backoff after API errors.
+    pub max_backoff_seconds: u64,
+}
+
+impl Default for KubernetesConfig {
+    fn default() -> Self {
+        KubernetesConfig {
+            api: ApiMode::Auto,
+            node_name: String::new(),
+            proc_root: "/proc".into(),
+            api_server: String::new(),
+            watch_timeout_seconds: 290,
+            max_backoff_seconds: 30,
+        }
+    }
+}
+
+impl KubernetesConfig {
+    /// `node_name`, else `$NODE_NAME`, else the kernel's host name.
+    pub fn effective_node_name(&self) -> String {
+        if !self.node_name.is_empty() {
+            return self.node_name.clone();
+        }
+        if let Ok(n) = std::env::var("NODE_NAME") {
+            if !n.is_empty() {
+                return n;
+            }
+        }
+        std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
+    }
+}
+
+/// Everything known about the container/pod of a process. Names are `None` until the API cache
+/// knows the pod (or always, without the API).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PodMeta {
+    pub namespace: Option<String>,
+    pub pod: Option<String>,
+    pub container: Option<String>,
+    pub container_id: Option<String>,
+    pub pod_uid: Option<String>,
+    pub qos: Option<QosClass>,
+    pub owner_kind: Option<String>,
+    pub owner_name: Option<String>,
+    pub runtime: Option<Runtime>,
+}
+
+/// Values of the `namespace`, `pod`, `container` labels.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PodLabels {
+    pub namespace: String,
+    pub pod: String,
+    pub container: String,
+}
+
+impl PodMeta {
+    /// True when the API supplied the names.
+    pub fn has_names(&self) -> bool {
+        self.pod.is_some()
+    }
+
+    /// Label values: names when known; otherwise `pod` is the pod UID and `container` the first
+    /// 12 characters of the container id (as `crictl ps` shows them), `namespace` is empty.
+    pub fn labels(&self) -> PodLabels {
+        PodLabels {
+            namespace: self.namespace.clone().unwrap_or_default(),
+            pod: self.pod.clone().or_else(|| self.pod_uid.clone()).unwrap_or_default(),
+            container: self
+                .container
+                .clone()
+                .or_else(|| self.container_id.as_ref().map(|id| id.chars().take(12).collect()))
+                .unwrap_or_default(),
+        }
+    }
+
+    fn from_identity(id: CgroupIdentity) -> PodMeta {
+        PodMeta {
+            container_id: id.container_id,
+            pod_uid: id.pod_uid,
+            qos: id.qos,
+            runtime: id.runtime,
+            ..PodMeta::default()
+        }
+    }
+
+    fn fill(&mut self, pod: &PodInfo, container: Option<String>) {
+        self.namespace = Some(pod.namespace.clone());
+        self.pod = Some(pod.name.clone());
+        self.container = container;
+        self.pod_uid = Some(pod.uid.clone());
+        self.qos = pod.qos.or(self.qos);
+        self.owner_kind = pod.owner_kind.clone();
+        self.owner_name = pod.owner_name.clone();
+    }
+}
+
+/// Maps processes to pods. Create once (inside the tokio runtime when the API is used); cheap
+/// to share behind an `Arc`. Dropping it stops the watch.
+pub struct PodResolver {
+    proc_root: PathBuf,
+    cache: Option<PodCache>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for PodResolver {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+impl PodResolver {
+    /// cgroup labels only.
+    pub fn cgroup_only(proc_root: impl Into<PathBuf>) -> PodResolver {
+        PodResolver { proc_root: proc_root.into(), cache: None, task: None }
+    }
+
+    /// With a cache someone else fills (tests, or a caller that runs its own [`Watcher`]).
+    pub fn with_cache(proc_root: impl Into<PathBuf>, cache: PodCache) -> PodResolver {
+        PodResolver { proc_root: proc_root.into(), cache: Some(cache), task: None }
+    }
+
+    /// From the `[kubernetes]` section: starts the node-scoped watch on the current tokio
+    /// runtime when the API is to be used. In `auto` mode a missing in-cluster setup is logged
+    /// and the resolver works from cgroups; in `on` mode it is an error.
+    pub fn start(cfg: &KubernetesConfig) -> Result<PodResolver, K8sError> {
+        if cfg.api == ApiMode::Off {
+            info!("kubernetes: API disabled; pod labels come from cgroups only");
+            return Ok(Self::cgroup_only(&cfg.proc_root));
+        }
+        let node = cfg.effective_node_name();
+        let api = if cfg.api_server.is_empty() {
+            ApiConfig::in_cluster(&node)
+        } else if node.is_empty() {
+            Err(K8sError::NoNodeName)
+        } else {
+            Ok(ApiConfig::new(cfg.api_server.clone(), node.clone()))
+        };
+        let mut api = match (api, cfg.api) {
+            (Ok(a), _) => a,
+            (Err(e @ K8sError::NotInCluster { .. }), ApiMode::Auto) => {
+                info!("kubernetes: {e}");
+                return Ok(Self::cgroup_only(&cfg.proc_root));
+            }
+            (Err(e), ApiMode::Auto) => {
+                warn!("kubernetes: {e}");
+                return Ok(Self::cgroup_only(&cfg.proc_root));
+            }
+            (Err(e), _) => return Err(e),
+        };
+        api.watch_timeout = std::time::Duration::from_secs(cfg.watch_timeout_seconds.max(1));
+        api.max_backoff = std::time::Duration::from_secs(cfg.max_backoff_seconds.max(1));
+        info!(api = %api.base_url, node = %api.node_name, "kubernetes: watching the pods of this node");
+        let cache = PodCache::new();
+        let watcher = Watcher::new(api, cache.clone())?;
+        let task = tokio::spawn(watcher.run());
+        Ok(PodResolver { proc_root: cfg.proc_root.clone().into(), cache: Some(cache), task: Some(task) })
+    }
+
+    pub fn cache(&self) -> Option<&PodCache> {
+        self.cache.as_ref()
+    }
+
+    /// True when the API is used and its first list has loaded.
+    pub fn api_synced(&self) -> bool {
+        self.cache.as_ref().is_some_and(PodCache::is_synced)
+    }
+
+    /// The pod/container of `pid`, or `None` for processes outside containers (or gone).
+    /// Reads `/proc/PID/cgroup` on every call: call it once per new process and again while
+    /// `!meta.has_names()` if names matter (a new pod may reach the cache after its process).
+    pub fn resolve(&self, pid: u32) -> Option<PodMeta> {
+        let contents = std::fs::read_to_string(self.proc_root.join(pid.to_string()).join("cgroup")).ok()?;
+        self.resolve_cgroup(&contents)
+    }
+
+    /// [`PodResolver::resolve`] on given `/proc/PID/cgroup` contents.
+    pub fn resolve_cgroup(&self, contents: &str) -> Option<PodMeta> {
+        let id = parse_proc_cgroup(contents)?;
+        let mut meta = PodMeta::from_identity(id);
+        if let Some(cache) = &self.cache {
+            let by_container = meta.container_id.as_deref().and_then(|cid| cache.container(cid));
+            if let Some((pod, name)) = by_container {
+                meta.fill(&pod, Some(name));
+            } else if let Some(pod) = meta.pod_uid.as_deref().and_then(|uid| cache.pod(uid)) {
+                meta.fill(&pod, None);
+            }
+        }
+        Some(meta)
+    }
+
+    /// PIDs of the processes in pod `namespace/pod` (and `container`, when given), for
+    /// `POST /api/v1/snapshots {"namespace","pod","container"}`. Needs the API cache for names.
+    pub fn pids_of(&self, namespace: &str, pod: &str, container: Option<&str>) -> Vec<u32> {
+        let Some(info) = self.cache.as_ref().and_then(|c| c.find(namespace, pod)) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for pid in list_pids(&self.proc_root) {
+            let Some(meta) = self.resolve(pid) else { continue };
+            if meta.pod_uid.as_deref() != Some(info.uid.as_str()) {
+                continue;
+            }
+            if let Some(c) = container {
+                if meta.container.as_deref() != Some(c) {
+                    continue;
+                }
+            }
+            out.push(pid);
+        }
+        out
+    }
+}
+
+fn list_pids(proc_root: &Path) -> Vec<u32> {
+    let Ok(rd) = std::fs::read_dir(proc_root) else { return Vec::new() };
+    let mut v: Vec<u32> = rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
+    v.sort_unstable();
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UID: &str = "2c6e8a4c-6a7e-4b8e-9e5c-3f1a2b3c4d5e";
+    const CID: &str = "8f3b2c1d0e9f8a7b6c5d4e3f2a1b0c9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b";
+
+    #[test]
+    fn cgroup_only_labels() {
+        let r = PodResolver::cgroup_only("/proc");
+        let m = r.resolve_cgroup(&format!("0::/kubepods/burstable/pod{UID}/{CID}\n")).unwrap();
+        assert!(!m.has_names());
+        let l = m.labels();
+        assert_eq!(l.pod, UID);
+        assert_eq!(l.container, &CID[..12]);
+        assert_eq!(l.namespace, "");
+    }
+
+    #[test]
+    fn resolve_own_process_outside_containers() {
+        // The test runner is not in a pod cgroup.
+        let r = PodResolver::cgroup_only("/proc");
+        let m = r.resolve(std::process::id());
+        assert!(m.as_ref().is_none_or(|m| m.pod_uid.is_none()), "{m:?}");
+        assert_eq!(r.resolve(u32::MAX), None);
+    }
+
+    #[test]
+    fn config_defaults_and_toml() {
+        let c: KubernetesConfig = toml::from_str("").unwrap();
+        assert_eq!(c, KubernetesConfig::default());
+        let c: KubernetesConfig = toml::from_str("api = \"off\"\nnode_name = \"n1\"").unwrap();
+        assert_eq!(c.api, ApiMode::Off);
+        assert_eq!(c.effective_node_name(), "n1");
+        assert!(toml::from_str::<KubernetesConfig>("api = \"maybe\"").is_err());
+    }
+
+    #[tokio::test]
+    async fn start_off_and_auto_outside_cluster() {
+        let mut c = KubernetesConfig { api: ApiMode::Off, ..KubernetesConfig::default() };
+        assert!(PodResolver::start(&c).unwrap().cache().is_none());
+        if std::env::var_os("KUBERNETES_SERVICE_HOST").is_none() {
+            c.api = ApiMode::Auto;
+            assert!(PodResolver::start(&c).unwrap().cache().is_none());
+            c.api = ApiMode::On;
+            let e = PodResolver::start(&c).err().expect("on without a cluster fails");
+            assert!(e.to_string().contains("KUBERNETES_SERVICE_HOST"), "{e}");
+        }
+    }
+}

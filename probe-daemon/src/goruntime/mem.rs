@@ -1,0 +1,267 @@
+//! Reads a Go process's runtime state from its memory (/proc/PID/mem), with the addresses and
+//! offsets goinspect found: no probe on the target's hot path, no stop of the target.
+use std::{collections::BTreeMap, fs::File, os::unix::fs::FileExt, path::Path};
+
+use crate::goinspect::GoBinary;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MemError {
+    #[error("process {pid} is gone")]
+    Gone { pid: u32 },
+    #[error("cannot read memory of process {pid}: {source} (chainprobe needs CAP_SYS_PTRACE to read other processes)")]
+    Read { pid: u32, source: std::io::Error },
+    #[error("{0} is unknown for this binary ({1}): runtime reads are off for it")]
+    Missing(&'static str, String),
+    #[error("cannot find where {0} is mapped in process {1}")]
+    NoMapping(String, u32),
+    #[error("implausible runtime state in process {pid}: {what}")]
+    Implausible { pid: u32, what: String },
+}
+
+/// Addresses (already relocated for this process) and offsets of what the reader needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    pub allgs: u64,
+    pub allglen: u64,
+    pub sched: u64,
+    pub memstats: u64,
+    pub gc_controller: u64,
+    pub g_status: u64,
+    pub g_waitreason: u64,
+    pub sched_goidgen: u64,
+    pub sched_ngsys: u64,
+    pub numgc: u64,
+    pub heap_live: u64,
+    pub heap_goal: u64,
+    pub minor: u32,
+}
+
+impl Layout {
+    /// Builds the layout of `bin` as loaded with `bias` (0 for non-PIE).
+    pub fn new(bin: &GoBinary, bias: u64) -> Result<Layout, MemError> {
+        let why = || {
+            bin.data_symbols_error
+                .clone()
+                .or_else(|| bin.offsets_error.clone())
+                .unwrap_or_else(|| bin.go_version.clone())
+        };
+        let sym = |n: &'static str| bin.data_symbol(n).map(|a| a + bias).ok_or_else(|| MemError::Missing(n, why()));
+        let off = |n: &'static str| bin.offset(n).ok_or_else(|| MemError::Missing(n, why()));
+        Ok(Layout {
+            allgs: sym("runtime.allgs")?,
+            allglen: sym("runtime.allglen")?,
+            sched: sym("runtime.sched")?,
+            memstats: sym("runtime.memstats")?,
+            gc_controller: sym("runtime.gcController")?,
+            g_status: off("g.atomicstatus")?,
+            g_waitreason: off("g.waitreason")?,
+            sched_goidgen: off("schedt.goidgen")?,
+            sched_ngsys: off("schedt.ngsys")?,
+            numgc: off("mstats.numgc")?,
+            heap_live: off("gcControllerState.heapLive")?,
+            heap_goal: off("gcControllerState.gcPercentHeapGoal")?,
+            minor: bin.version.as_ref().map(|v| v.minor).unwrap_or(0),
+        })
+    }
+}
+
+/// Load bias of the executable in process `pid`: where its first PT_LOAD landed minus where it was
+/// linked. 0 for position-dependent executables.
+pub fn load_bias(pid: u32, exe: &Path) -> Result<u64, MemError> {
+    let first_vaddr = first_load_vaddr(exe).map_err(|source| MemError::Read { pid, source })?;
+    let exe_target = std::fs::read_link(format!("/proc/{pid}/exe")).map_err(|_| MemError::Gone { pid })?;
+    let target = exe_target.to_string_lossy().trim_end_matches(" (deleted)").to_string();
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).map_err(|_| MemError::Gone { pid })?;
+    for line in maps.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(range), Some(_perms), Some(offset), Some(_dev), Some(_inode)) = (f.next(), f.next(), f.next(), f.next(), f.next()) else {
+            continue;
+        };
+        let path: Vec<&str> = f.collect();
+        let path = path.join(" ");
+        if path.trim_end_matches(" (deleted)") != target || u64::from_str_radix(offset, 16).ok() != Some(0) {
+            continue;
+        }
+        let start = range.split('-').next().and_then(|s| u64::from_str_radix(s, 16).ok());
+        if let Some(start) = start {
+            return Ok(start.wrapping_sub(first_vaddr & !0xfff));
+        }
+    }
+    Err(MemError::NoMapping(target, pid))
+}
+
+/// p_vaddr of the first PT_LOAD of a 64-bit little-endian ELF file.
+fn first_load_vaddr(path: &Path) -> std::io::Result<u64> {
+    let f = File::open(path)?;
+    let mut hdr = [0u8; 64];
+    f.read_exact_at(&mut hdr, 0)?;
+    let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "not a 64-bit little-endian ELF file");
+    if &hdr[..4] != b"\x7fELF" || hdr[4] != 2 || hdr[5] != 1 {
+        return Err(bad());
+    }
+    let u16_at = |o: usize| u16::from_le_bytes([hdr[o], hdr[o + 1]]);
+    let phoff = u64::from_le_bytes(hdr[0x20..0x28].try_into().map_err(|_| bad())?);
+    let (phentsize, phnum) = (u64::from(u16_at(0x36)), u64::from(u16_at(0x38)));
+    if phentsize < 56 || phnum == 0 || phnum > 512 {
+        return Err(bad());
+    }
+    let mut ph = vec![0u8; (phentsize * phnum) as usize];
+    f.read_exact_at(&mut ph, phoff)?;
+    for i in 0..phnum as usize {
+        let e = &ph[i * phentsize as usize..];
+        let p_type = u32::from_le_bytes(e[0..4].try_into().map_err(|_| bad())?);
+        if p_type == 1 {
+            return Ok(u64::from_le_bytes(e[0x10..0x18].try_into().map_err(|_| bad())?));
+        }
+    }
+    Err(bad())
+}
+
+/// One reading of a Go process's runtime.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GoSample {
+    /// As runtime.NumGoroutine counts: live g's minus system goroutines.
+    pub goroutines: i64,
+    /// Live g's (system ones included) by (status, wait reason).
+    pub by_state: BTreeMap<(&'static str, String), u64>,
+    /// Goroutine ids handed out so far (sched.goidgen): goroutines created, within the per-P id
+    /// cache slack (16 per P).
+    pub goidgen: u64,
+    /// Completed GC cycles (memstats.numgc).
+    pub numgc: u32,
+    pub heap_live: u64,
+    pub heap_goal: u64,
+}
+
+const G_DEAD: u32 = 6;
+const G_DEAD_EXTRA: u32 = 11; // Go 1.27
+const G_SCAN: u32 = 0x1000;
+/// Goroutines read at most (beyond it the count is still exact; states are sampled).
+const MAX_G: u64 = 4_000_000;
+
+pub fn status_name(status: u32) -> &'static str {
+    match status & !G_SCAN {
+        0 => "idle",
+        1 => "runnable",
+        2 => "running",
+        3 => "syscall",
+        4 => "waiting",
+        6 | 11 => "dead",
+        8 => "copystack",
+        9 => "preempted",
+        10 => "leaked",
+        _ => "other",
+    }
+}
+
+/// Open /proc/PID/mem of one process.
+pub struct ProcMem {
+    pid: u32,
+    file: File,
+}
+
+impl ProcMem {
+    pub fn open(pid: u32) -> Result<ProcMem, MemError> {
+        let file = File::open(format!("/proc/{pid}/mem")).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::NotFound {
+                MemError::Gone { pid }
+            } else {
+                MemError::Read { pid, source }
+            }
+        })?;
+        Ok(ProcMem { pid, file })
+    }
+
+    pub fn read_exact(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemError> {
+        self.file.read_exact_at(buf, addr).map_err(|source| MemError::Read { pid: self.pid, source })
+    }
+
+    pub fn u64(&self, addr: u64) -> Result<u64, MemError> {
+        let mut b = [0u8; 8];
+        self.read_exact(addr, &mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    pub fn u32(&self, addr: u64) -> Result<u32, MemError> {
+        let mut b = [0u8; 4];
+        self.read_exact(addr, &mut b)?;
+        Ok(u32::from_le_bytes(b))
+    }
+
+    /// Reads the runtime figures described by `l`.
+    pub fn sample(&self, l: &Layout) -> Result<GoSample, MemError> {
+        let pid = self.pid;
+        let allglen = self.u64(l.allglen)?;
+        let allgs_ptr = self.u64(l.allgs)?;
+        if allglen > MAX_G * 4 {
+            return Err(MemError::Implausible { pid, what: format!("allglen = {allglen}") });
+        }
+        let n = allglen.min(MAX_G) as usize;
+        let mut ptrs = vec![0u8; n * 8];
+        if n > 0 {
+            self.read_exact(allgs_ptr, &mut ptrs)?;
+        }
+        let reasons = super::tables::wait_reasons(l.minor);
+        // status (u32) and waitreason (u8) lie within a few dozen bytes: one read per g.
+        let (lo, hi) = (l.g_status.min(l.g_waitreason), l.g_status.max(l.g_waitreason) + 4);
+        let mut chunk = vec![0u8; (hi - lo) as usize];
+        let mut sample = GoSample::default();
+        let mut live = 0i64;
+        for p in ptrs.chunks_exact(8) {
+            let g = u64::from_le_bytes(p.try_into().unwrap_or([0; 8]));
+            if g == 0 || self.read_exact(g + lo, &mut chunk).is_err() {
+                continue;
+            }
+            let at = |off: u64| (off - lo) as usize;
+            let s = at(l.g_status);
+            let status = u32::from_le_bytes([chunk[s], chunk[s + 1], chunk[s + 2], chunk[s + 3]]) & !G_SCAN;
+            if status == G_DEAD || status == G_DEAD_EXTRA {
+                continue;
+            }
+            live += 1;
+            let wait = if status == 4 {
+                let r = chunk[at(l.g_waitreason)] as usize;
+                reasons.get(r).map(|s| (*s).to_string()).unwrap_or_else(|| format!("reason {r}"))
+            } else {
+                String::new()
+            };
+            *sample.by_state.entry((status_name(status), wait)).or_insert(0) += 1;
+        }
+        let ngsys = i64::from(self.u32(l.sched + l.sched_ngsys)?);
+        sample.goroutines = (live - ngsys).max(0);
+        sample.goidgen = self.u64(l.sched + l.sched_goidgen)?;
+        sample.numgc = self.u32(l.memstats + l.numgc)?;
+        sample.heap_live = self.u64(l.gc_controller + l.heap_live)?;
+        sample.heap_goal = self.u64(l.gc_controller + l.heap_goal)?;
+        Ok(sample)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_load_of_this_test_binary_and_bias() {
+        let exe = std::env::current_exe().unwrap();
+        let v = first_load_vaddr(&exe).unwrap();
+        assert_eq!(v & 0xfff, 0);
+        // Our own mapping: the bias makes link-time addresses runtime addresses.
+        let bias = load_bias(std::process::id(), &exe).unwrap();
+        let f = first_load_of_this_test_binary_and_bias as *const () as u64;
+        assert!(f > bias, "function address {f:#x} above the bias {bias:#x}");
+    }
+
+    #[test]
+    fn non_elf_is_an_error() {
+        assert!(first_load_vaddr(Path::new("/proc/self/status")).is_err());
+        assert!(first_load_vaddr(Path::new("/nonexistent")).is_err());
+    }
+
+    #[test]
+    fn status_names() {
+        assert_eq!(status_name(0x1004), "waiting");
+        assert_eq!(status_name(6), "dead");
+        assert_eq!(status_name(10), "leaked");
+    }
+}
