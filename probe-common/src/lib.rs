@@ -121,7 +121,9 @@ impl ProgId {
     pub const fn go_site(self) -> Option<(&'static str, GoSite)> {
         match self {
             ProgId::GoGcStart => Some(("runtime.gcStart", GoSite::Entry)),
-            ProgId::GoGcDone => Some(("runtime.gcMarkTermination", GoSite::Returns)),
+            // Entry, not the RETs: mark termination wakes runtime.GC's waiters before it returns,
+            // so the next cycle's gcStart can run before the RET of this one.
+            ProgId::GoGcDone => Some(("runtime.gcMarkTermination", GoSite::Entry)),
             ProgId::GoStwStop => Some(("runtime.stopTheWorldWithSema", GoSite::Entry)),
             ProgId::GoStwStart => Some(("runtime.startTheWorldWithSema", GoSite::Entry)),
             _ => None,
@@ -365,12 +367,12 @@ pub struct OomEvent {
     pub _pad: u32,
 }
 
-/// A Go GC cycle finished (mark termination returned).
+/// A Go GC cycle reached mark termination (marking done).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GoGcEvent {
     pub header: EventHeader,
-    /// From the cycle's gcStart to the end of mark termination; [`DURATION_UNKNOWN`] when the
+    /// From the cycle's gcStart to the start of mark termination; [`DURATION_UNKNOWN`] when the
     /// cycle began before the probes were attached.
     pub duration_ns: u64,
 }

@@ -20,7 +20,7 @@ use crate::{
     attach::{self, KernelMaps, ProgramStatus},
     config::Config,
     events::{self, Event},
-    goruntime::{Discovery, GoTracker, ProcMem},
+    goruntime::{Discoverer, Discovery, GoTracker, ProcMem},
     kernel::{self, Status},
     metrics::ScrapeView,
 };
@@ -362,30 +362,45 @@ async fn map_count_loop(shared: Arc<Shared>, every: Duration) {
 /// Go discovery: the /proc scan at start, then each exec (inspect, attach) and exit (detach).
 fn discovery_thread(shared: Arc<Shared>, rx: std::sync::mpsc::Receiver<Lifecycle>) {
     let Some(go) = shared.go.clone() else { return };
-    let consider = |pid: u32| {
-        let outcome = lock(&go).consider(pid);
+    let mut discoverer = Discoverer::default();
+    let mut consider = |pid: u32| {
+        let outcome = match discoverer.inspect(&go, pid) {
+            Ok(ins) => lock(&go).track(ins),
+            Err(d) => d,
+        };
         if outcome == Discovery::Tracked {
-            if let Some(t) = lock(&go).target(pid).cloned() {
+            let t = lock(&go).target(pid).cloned();
+            if let Some(t) = t {
                 let minor = t.layout.as_ref().map(|l| l.minor).unwrap_or_else(|| minor_of(&t.go_version));
                 lock(&shared.agg).on_go_tracked(pid, &t.go_version, minor, Instant::now());
             }
         }
         outcome
     };
+    let handle = |msg: Lifecycle, consider: &mut dyn FnMut(u32) -> Discovery| match msg {
+        Lifecycle::Exec(pid) => {
+            consider(pid);
+        }
+        Lifecycle::Exit(pid) => lock(&go).forget(pid),
+    };
     let started = Instant::now();
     let pids: Vec<u32> = std::fs::read_dir("/proc")
         .map(|d| d.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
         .unwrap_or_default();
     let me = std::process::id();
-    let found = pids.into_iter().filter(|&p| p != me && consider(p) == Discovery::Tracked).count();
+    let mut found = 0;
+    for pid in pids.into_iter().filter(|&p| p != me) {
+        // New processes first: the scan of old ones must not delay their discovery.
+        while let Ok(msg) = rx.try_recv() {
+            handle(msg, &mut consider);
+        }
+        if consider(pid) == Discovery::Tracked {
+            found += 1;
+        }
+    }
     info!(found, elapsed_ms = started.elapsed().as_millis() as u64, "Go processes found at start");
     while let Ok(msg) = rx.recv() {
-        match msg {
-            Lifecycle::Exec(pid) => {
-                consider(pid);
-            }
-            Lifecycle::Exit(pid) => lock(&go).forget(pid),
-        }
+        handle(msg, &mut consider);
     }
 }
 

@@ -311,7 +311,7 @@ impl ScrapeView {
         family(
             enc,
             "chainprobe_go_gc_duration_seconds",
-            "Go GC cycle duration, from gcStart to the end of mark termination.",
+            "Go GC cycle duration, from gcStart to the start of mark termination (the end of marking).",
             MetricType::Histogram,
             self.go_procs().map(|(p, g)| (go_labels(p, g), g.gc_duration.clone())),
         )?;

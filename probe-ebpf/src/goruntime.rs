@@ -63,7 +63,7 @@ pub fn go_gc_start(_ctx: ProbeContext) -> u32 {
     0
 }
 
-/// Every RET of runtime.gcMarkTermination: the cycle is complete.
+/// runtime.gcMarkTermination entry: marking is complete; the cycle is counted.
 #[uprobe]
 pub fn go_gc_done(_ctx: ProbeContext) -> u32 {
     let prog = ProgId::GoGcDone;

@@ -35,12 +35,16 @@ fn child(path: &Path, cached_n: u32) -> Result<()> {
     let before = vm_hwm_kb();
     let insp = goinspect::Inspector::new();
     let t0 = Instant::now();
-    let b = insp.inspect_path(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let b = insp
+        .inspect_path(path)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let cold = t0.elapsed();
     let after = vm_hwm_kb();
     let t1 = Instant::now();
     for _ in 0..cached_n {
-        let _ = insp.inspect_path(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let _ = insp
+            .inspect_path(path)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
     }
     let cached = t1.elapsed() / cached_n.max(1);
     println!(
@@ -60,26 +64,43 @@ fn child(path: &Path, cached_n: u32) -> Result<()> {
 }
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
 }
 
 fn default_targets() -> Vec<PathBuf> {
     let cache = std::env::var_os("CHAINPROBE_GO_CACHE")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/chainprobe/go"));
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/chainprobe/go")
+        });
     let goroot = cache.join("1.27.3/go");
-    let mut v = vec![goroot.join("bin/go"), goroot.join("pkg/tool/linux_amd64/compile")];
-    let fix = std::env::var_os("CHAINPROBE_FIXTURES").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target/go-fixtures"));
+    let mut v = vec![
+        goroot.join("bin/go"),
+        goroot.join("pkg/tool/linux_amd64/compile"),
+    ];
+    let fix = std::env::var_os("CHAINPROBE_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/go-fixtures"));
     let mut largest: Option<(u64, PathBuf)> = None;
     if let Ok(vers) = std::fs::read_dir(&fix) {
         for ver in vers.filter_map(|e| e.ok()) {
-            let Ok(vars) = std::fs::read_dir(ver.path()) else { continue };
+            let Ok(vars) = std::fs::read_dir(ver.path()) else {
+                continue;
+            };
             for var in vars.filter_map(|e| e.ok()) {
-                let Ok(files) = std::fs::read_dir(var.path()) else { continue };
+                let Ok(files) = std::fs::read_dir(var.path()) else {
+                    continue;
+                };
                 for f in files.filter_map(|e| e.ok()) {
                     let name = f.file_name().to_string_lossy().into_owned();
                     let Ok(m) = f.metadata() else { continue };
-                    if !name.contains('.') && m.is_file() && largest.as_ref().is_none_or(|(s, _)| m.len() > *s) {
+                    if !name.contains('.')
+                        && m.is_file()
+                        && largest.as_ref().is_none_or(|(s, _)| m.len() > *s)
+                    {
                         largest = Some((m.len(), f.path()));
                     }
                 }
@@ -104,7 +125,9 @@ fn release_exe() -> Result<PathBuf> {
     if !st.success() {
         bail!("cargo build --release -p xtask failed");
     }
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target"));
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"));
     Ok(target.join("release/xtask"))
 }
 
@@ -137,13 +160,19 @@ pub fn run(args: &[String]) -> Result<()> {
     }
     // The words before our own args select this benchmark in the child (wiring-independent).
     let all: Vec<String> = std::env::args().collect();
-    let prefix: Vec<String> = all.get(1..all.len().saturating_sub(args.len())).unwrap_or(&[]).to_vec();
+    let prefix: Vec<String> = all
+        .get(1..all.len().saturating_sub(args.len()))
+        .unwrap_or(&[])
+        .to_vec();
     let exe = release_exe()?;
     println!("| binary | size | stripped | DWARF | cold median (min–max) | cached | peak RSS added / total |");
     println!("|---|---|---|---|---|---|---|");
     for t in &targets {
         if !t.is_file() {
-            eprintln!("skipping {} (missing; run tests/fixtures/go/install-go.sh / build.sh)", t.display());
+            eprintln!(
+                "skipping {} (missing; run tests/fixtures/go/install-go.sh / build.sh)",
+                t.display()
+            );
             continue;
         }
         let size = std::fs::metadata(t)?.len();
@@ -161,12 +190,20 @@ pub fn run(args: &[String]) -> Result<()> {
                 .output()
                 .with_context(|| format!("running {}", exe.display()))?;
             if !out.status.success() {
-                bail!("child failed on {}: {}", t.display(), String::from_utf8_lossy(&out.stderr));
+                bail!(
+                    "child failed on {}: {}",
+                    t.display(),
+                    String::from_utf8_lossy(&out.stderr)
+                );
             }
-            let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("child output")?;
+            let v: serde_json::Value =
+                serde_json::from_slice(&out.stdout).context("child output")?;
             colds.push(v["cold_ms"].as_f64().unwrap_or(f64::NAN));
             cacheds.push(v["cached_us"].as_f64().unwrap_or(f64::NAN));
-            let (b, a) = (v["hwm_before_kb"].as_u64().unwrap_or(0), v["hwm_after_kb"].as_u64().unwrap_or(0));
+            let (b, a) = (
+                v["hwm_before_kb"].as_u64().unwrap_or(0),
+                v["hwm_after_kb"].as_u64().unwrap_or(0),
+            );
             added = added.max(a.saturating_sub(b));
             total = total.max(a);
             info = v;

@@ -33,7 +33,8 @@ pub struct RegisterAbi {
 
 const AMD64_INT: &[&str] = &["rax", "rbx", "rcx", "rdi", "rsi", "r8", "r9", "r10", "r11"];
 const ARM64_INT: &[&str] = &[
-    "x0", "x1", "x2", "x3", "x4", "x5", "x6", "x7", "x8", "x9", "x10", "x11", "x12", "x13", "x14", "x15",
+    "x0", "x1", "x2", "x3", "x4", "x5", "x6", "x7", "x8", "x9", "x10", "x11", "x12", "x13", "x14",
+    "x15",
 ];
 
 /// Register mapping for `arch`.
@@ -77,7 +78,11 @@ mod tests {
     use super::*;
 
     fn v(minor: u32) -> GoVersion {
-        GoVersion { major: 1, minor, patch: 0 }
+        GoVersion {
+            major: 1,
+            minor,
+            patch: 0,
+        }
     }
 
     #[test]
@@ -92,7 +97,10 @@ mod tests {
     #[test]
     fn register_maps() {
         let a = register_abi(Arch::Amd64);
-        assert_eq!(a.int_args, ["rax", "rbx", "rcx", "rdi", "rsi", "r8", "r9", "r10", "r11"]);
+        assert_eq!(
+            a.int_args,
+            ["rax", "rbx", "rcx", "rdi", "rsi", "r8", "r9", "r10", "r11"]
+        );
         assert_eq!(a.int_results.len(), 9);
         assert_eq!(a.current_g, "r14");
         assert_eq!(int_arg_register(Arch::Amd64, 1), Some("rbx")); // newproc1 callergp

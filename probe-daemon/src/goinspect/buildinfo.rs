@@ -26,7 +26,10 @@ pub struct BuildInfo {
 
 impl BuildInfo {
     pub fn setting(&self, key: &str) -> Option<&str> {
-        self.settings.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.settings
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -56,9 +59,11 @@ fn read_inline_string(b: &[u8]) -> Result<(String, usize), ParseError> {
     let end = n
         .checked_add(len)
         .ok_or_else(|| ParseError("string length overflow".into()))?;
-    let s = b
-        .get(n..end)
-        .ok_or_else(|| ParseError(format!("string of {len} bytes runs past the end of the data")))?;
+    let s = b.get(n..end).ok_or_else(|| {
+        ParseError(format!(
+            "string of {len} bytes runs past the end of the data"
+        ))
+    })?;
     Ok((String::from_utf8_lossy(s).into_owned(), end))
 }
 
@@ -69,7 +74,10 @@ pub fn parse(
     read_string: &dyn Fn(u64, u8) -> Option<String>,
 ) -> Result<BuildInfo, ParseError> {
     if data.len() < 32 {
-        return Err(ParseError(format!("header is {} bytes, need 32", data.len())));
+        return Err(ParseError(format!(
+            "header is {} bytes, need 32",
+            data.len()
+        )));
     }
     if &data[..14] != MAGIC {
         return Err(ParseError("missing \"\\xff Go buildinf:\" magic".into()));
@@ -103,7 +111,9 @@ pub fn parse(
         (v, m)
     };
     if !version.starts_with("go") && !version.starts_with("devel") {
-        return Err(ParseError(format!("implausible Go version string {version:?}")));
+        return Err(ParseError(format!(
+            "implausible Go version string {version:?}"
+        )));
     }
     let mut bi = BuildInfo {
         go_version: version,
@@ -125,7 +135,9 @@ fn strip_sentinels(m: &str) -> String {
 fn parse_modinfo(m: &str, bi: &mut BuildInfo) {
     for line in m.lines() {
         let mut it = line.splitn(2, '\t');
-        let (Some(kind), Some(rest)) = (it.next(), it.next()) else { continue };
+        let (Some(kind), Some(rest)) = (it.next(), it.next()) else {
+            continue;
+        };
         match kind {
             "path" => bi.path = Some(rest.to_string()),
             "mod" => {
@@ -135,7 +147,10 @@ fn parse_modinfo(m: &str, bi: &mut BuildInfo) {
             }
             "build" => {
                 if let Some((k, v)) = rest.split_once('=') {
-                    let v = v.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(v);
+                    let v = v
+                        .strip_prefix('"')
+                        .and_then(|v| v.strip_suffix('"'))
+                        .unwrap_or(v);
                     bi.settings.push((k.to_string(), v.replace("\\\"", "\"")));
                 }
             }
@@ -160,7 +175,11 @@ impl GoVersion {
         let major = num_prefix(parts.next()?)?;
         let minor = num_prefix(parts.next()?)?;
         let patch = parts.next().and_then(num_prefix).unwrap_or(0);
-        Some(GoVersion { major, minor, patch })
+        Some(GoVersion {
+            major,
+            minor,
+            patch,
+        })
     }
     pub fn at_least(&self, major: u32, minor: u32) -> bool {
         (self.major, self.minor) >= (major, minor)
@@ -240,7 +259,10 @@ mod tests {
     fn truncated_and_garbage() {
         let d = inline("go1.21.13", "");
         for n in 0..d.len() - 1 {
-            assert!(parse(&d[..n], &|_, _| None).is_err(), "truncated to {n} bytes must fail");
+            assert!(
+                parse(&d[..n], &|_, _| None).is_err(),
+                "truncated to {n} bytes must fail"
+            );
         }
         let mut bad = d.clone();
         bad[32] = 0xff; // unterminated varint / huge length
@@ -252,11 +274,18 @@ mod tests {
     fn versions() {
         assert_eq!(
             GoVersion::parse("go1.21.13"),
-            Some(GoVersion { major: 1, minor: 21, patch: 13 })
+            Some(GoVersion {
+                major: 1,
+                minor: 21,
+                patch: 13
+            })
         );
         assert_eq!(GoVersion::parse("go1.19").map(|v| v.minor), Some(19));
         assert_eq!(GoVersion::parse("go1.22rc1").map(|v| v.minor), Some(22));
-        assert_eq!(GoVersion::parse("go1.27.3 X:nocoverageredesign").map(|v| v.patch), Some(3));
+        assert_eq!(
+            GoVersion::parse("go1.27.3 X:nocoverageredesign").map(|v| v.patch),
+            Some(3)
+        );
         assert_eq!(GoVersion::parse("devel +abc"), None);
         assert!(GoVersion::parse("go1.17.1").is_some_and(|v| v.at_least(1, 17)));
     }

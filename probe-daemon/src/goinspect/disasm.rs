@@ -93,7 +93,11 @@ fn arm64_refs(code: &[u8], ip: u64) -> Vec<u64> {
             let size = next >> 30;
             let v = (next >> 26) & 1;
             let opc = (next >> 22) & 3;
-            let scale = if v == 1 && size == 0 && opc & 2 != 0 { 4 } else { size };
+            let scale = if v == 1 && size == 0 && opc & 2 != 0 {
+                4
+            } else {
+                size
+            };
             let imm = u64::from((next >> 10) & 0xfff) << scale;
             out.push(page.wrapping_add(imm));
         }
@@ -109,7 +113,7 @@ mod tests {
     fn amd64_rets_and_riprel() {
         // lea rax,[rip+0x10]; nop; ret; int3; mov rcx,[rip-8]; ret
         let code = [
-            0x48, 0x8d, 0x05, 0x10, 0, 0, 0, // lea rax,[rip+0x10]
+            0x48, 0x8d, 0x05, 0x10, 0, 0, 0,    // lea rax,[rip+0x10]
             0x90, // nop
             0xc3, // ret
             0xcc, // int3
@@ -118,7 +122,10 @@ mod tests {
         ];
         let ip = 0x401000;
         assert_eq!(ret_offsets(Arch::Amd64, &code, ip), vec![8, 17]);
-        assert_eq!(pcrel_refs(Arch::Amd64, &code, ip), vec![ip + 7 + 0x10, ip + 17 - 8]);
+        assert_eq!(
+            pcrel_refs(Arch::Amd64, &code, ip),
+            vec![ip + 7 + 0x10, ip + 17 - 8]
+        );
         // A C3 byte inside an immediate is not a RET.
         let code2 = [0xb8, 0xc3, 0xc3, 0xc3, 0xc3, 0xc3];
         assert_eq!(ret_offsets(Arch::Amd64, &code2, 0), vec![5]);
@@ -133,7 +140,15 @@ mod tests {
         // adrp x27, page; ldr x1, [x27, #16]  (size=3 → scale 8: imm12 = 2)
         let adrp27 = 0x9000_0000u32 | (1 << 5) | 27;
         let ldr = 0xf940_0000u32 | (2 << 10) | (27 << 5) | 1;
-        for w in [adrp, add, 0xd503_201f /* nop */, 0xd65f_03c0 /* ret */, adrp27, ldr, 0xd65f_03c0] {
+        for w in [
+            adrp,
+            add,
+            0xd503_201f, /* nop */
+            0xd65f_03c0, /* ret */
+            adrp27,
+            ldr,
+            0xd65f_03c0,
+        ] {
             code.extend_from_slice(&w.to_le_bytes());
         }
         let ip = 0x10_0000;
@@ -146,7 +161,9 @@ mod tests {
 
     #[test]
     fn garbage_does_not_panic() {
-        let junk: Vec<u8> = (0..4099u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let junk: Vec<u8> = (0..4099u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
         for arch in [Arch::Amd64, Arch::Arm64] {
             let _ = ret_offsets(arch, &junk, u64::MAX - 10);
             let _ = pcrel_refs(arch, &junk, u64::MAX - 10);

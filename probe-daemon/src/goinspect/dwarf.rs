@@ -13,15 +13,38 @@ pub(crate) const STRUCTS: &[(&str, &str, &[&str])] = &[
     (
         "runtime.g",
         "g",
-        &["stack", "m", "sched", "atomicstatus", "goid", "waitreason", "parentGoid", "gopc", "startpc", "labels"],
+        &[
+            "stack",
+            "m",
+            "sched",
+            "atomicstatus",
+            "goid",
+            "waitreason",
+            "parentGoid",
+            "gopc",
+            "startpc",
+            "labels",
+        ],
     ),
     ("runtime.stack", "stack", &["lo", "hi"]),
     ("runtime.gobuf", "gobuf", &["sp", "pc", "bp"]),
-    ("runtime.schedt", "schedt", &["goidgen", "ngsys", "gFree", "gcwaiting", "stopwait"]),
+    (
+        "runtime.schedt",
+        "schedt",
+        &["goidgen", "ngsys", "gFree", "gcwaiting", "stopwait"],
+    ),
     (
         "runtime.mstats",
         "mstats",
-        &["numgc", "pause_ns", "pause_total_ns", "pause_end", "last_gc_unix", "numforcedgc", "gc_cpu_fraction"],
+        &[
+            "numgc",
+            "pause_ns",
+            "pause_total_ns",
+            "pause_end",
+            "last_gc_unix",
+            "numforcedgc",
+            "gc_cpu_fraction",
+        ],
     ),
     (
         "runtime.gcControllerState",
@@ -67,23 +90,29 @@ fn package_of(struct_name: &str) -> &str {
 pub(crate) fn struct_offsets(img: &ElfImage<'_>) -> Result<BTreeMap<String, u64>, String> {
     let load = |id: gimli::SectionId| -> Result<Cow<'_, [u8]>, gimli::Error> {
         let name = id.name();
-        let sec = img
-            .file
-            .section_by_name(name)
-            .or_else(|| img.file.section_by_name(&format!(".zdebug_{}", name.trim_start_matches(".debug_"))));
+        let sec = img.file.section_by_name(name).or_else(|| {
+            img.file
+                .section_by_name(&format!(".zdebug_{}", name.trim_start_matches(".debug_")))
+        });
         match sec {
             Some(s) => s.uncompressed_data().map_err(|_| gimli::Error::Io),
             None => Ok(Cow::Borrowed(&[][..])),
         }
     };
-    let owned = gimli::DwarfSections::load(load).map_err(|e| format!("loading DWARF sections: {e}"))?;
+    let owned =
+        gimli::DwarfSections::load(load).map_err(|e| format!("loading DWARF sections: {e}"))?;
     let dwarf = owned.borrow(|s| gimli::EndianSlice::new(s, gimli::LittleEndian));
     let packages: Vec<&str> = STRUCTS.iter().map(|(n, _, _)| package_of(n)).collect();
     let mut out = BTreeMap::new();
     let mut units = dwarf.units();
-    while let Some(header) = units.next().map_err(|e| format!("DWARF unit header: {e}"))? {
+    while let Some(header) = units
+        .next()
+        .map_err(|e| format!("DWARF unit header: {e}"))?
+    {
         let unit = dwarf.unit(header).map_err(|e| format!("DWARF unit: {e}"))?;
-        let mut tree = unit.entries_tree(None).map_err(|e| format!("DWARF tree: {e}"))?;
+        let mut tree = unit
+            .entries_tree(None)
+            .map_err(|e| format!("DWARF tree: {e}"))?;
         let root = tree.root().map_err(|e| format!("DWARF root: {e}"))?;
         let cu_name = match root.entry().attr_value(gimli::DW_AT_name).ok().flatten() {
             Some(v) => dwarf
@@ -110,11 +139,18 @@ pub(crate) fn struct_offsets(img: &ElfImage<'_>) -> Result<BTreeMap<String, u64>
             else {
                 continue;
             };
-            let Some((_, prefix, fields)) = STRUCTS.iter().find(|(n, _, _)| *n == name) else { continue };
+            let Some((_, prefix, fields)) = STRUCTS.iter().find(|(n, _, _)| *n == name) else {
+                continue;
+            };
             if out.contains_key(&format!("sizeof({prefix})")) {
                 continue;
             }
-            if let Some(sz) = e.attr_value(gimli::DW_AT_byte_size).ok().flatten().and_then(|v| v.udata_value()) {
+            if let Some(sz) = e
+                .attr_value(gimli::DW_AT_byte_size)
+                .ok()
+                .flatten()
+                .and_then(|v| v.udata_value())
+            {
                 out.insert(format!("sizeof({prefix})"), sz);
             }
             let mut members = child.children();

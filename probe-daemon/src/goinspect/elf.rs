@@ -268,6 +268,11 @@ impl<'a> ElfImage<'a> {
     /// Raw `.symtab` symbol type check helper, used by tests.
     #[allow(dead_code)]
     pub fn symbol_count(&self) -> usize {
-        self.file.elf_symbol_table().symbols().iter().filter(|s| s.st_name(self.file.endian()) != 0).count()
+        self.file
+            .elf_symbol_table()
+            .symbols()
+            .iter()
+            .filter(|s| s.st_name(self.file.endian()) != 0)
+            .count()
     }
 }

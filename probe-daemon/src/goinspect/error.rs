@@ -11,11 +11,15 @@ pub enum GoInspectError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path} is not a regular file (give the path of an executable, not a directory or device)")]
+    #[error(
+        "{path} is not a regular file (give the path of an executable, not a directory or device)"
+    )]
     NotAFile { path: PathBuf },
     #[error("{path} is empty (0 bytes): not an executable")]
     Empty { path: PathBuf },
-    #[error("{path} is not a valid ELF file ({reason}); only Linux ELF executables can be inspected")]
+    #[error(
+        "{path} is not a valid ELF file ({reason}); only Linux ELF executables can be inspected"
+    )]
     NotElf { path: PathBuf, reason: String },
     #[error("{path}: unsupported ELF ({reason}); chainprobe supports 64-bit little-endian x86-64 and arm64 executables")]
     UnsupportedElf { path: PathBuf, reason: String },
@@ -39,7 +43,11 @@ pub enum GoInspectError {
 }
 
 impl GoInspectError {
-    pub(crate) fn malformed(path: &std::path::Path, what: &'static str, reason: impl Into<String>) -> Self {
+    pub(crate) fn malformed(
+        path: &std::path::Path,
+        what: &'static str,
+        reason: impl Into<String>,
+    ) -> Self {
         GoInspectError::Malformed {
             path: path.to_path_buf(),
             what,

@@ -67,12 +67,47 @@ pub const DATA_SYMBOLS: &[&str] = &[
 
 /// Functions in which the code-reference learner looks for references to each data symbol.
 pub const CODE_REF_CANDIDATES: &[(&str, &[&str])] = &[
-    ("runtime.allgs", &["runtime.forEachG", "runtime.allgadd", "runtime.checkdead"]),
-    ("runtime.allglen", &["runtime.allgadd", "runtime.forEachG", "runtime.atomicAllG"]),
-    ("runtime.sched", &["runtime.gcStart", "runtime.newproc1", "runtime.goexit0", "runtime.stopTheWorldWithSema"]),
-    ("runtime.memstats", &["runtime.gcMarkTermination", "runtime.gcStart", "runtime.readmemstats_m"]),
-    ("runtime.gcController", &["runtime.gcStart", "runtime.gcMarkDone", "runtime.gcMarkTermination"]),
-    ("runtime.mheap_", &["runtime.gcStart", "runtime.gcMarkTermination", "runtime.mallocinit"]),
+    (
+        "runtime.allgs",
+        &["runtime.forEachG", "runtime.allgadd", "runtime.checkdead"],
+    ),
+    (
+        "runtime.allglen",
+        &["runtime.allgadd", "runtime.forEachG", "runtime.atomicAllG"],
+    ),
+    (
+        "runtime.sched",
+        &[
+            "runtime.gcStart",
+            "runtime.newproc1",
+            "runtime.goexit0",
+            "runtime.stopTheWorldWithSema",
+        ],
+    ),
+    (
+        "runtime.memstats",
+        &[
+            "runtime.gcMarkTermination",
+            "runtime.gcStart",
+            "runtime.readmemstats_m",
+        ],
+    ),
+    (
+        "runtime.gcController",
+        &[
+            "runtime.gcStart",
+            "runtime.gcMarkDone",
+            "runtime.gcMarkTermination",
+        ],
+    ),
+    (
+        "runtime.mheap_",
+        &[
+            "runtime.gcStart",
+            "runtime.gcMarkTermination",
+            "runtime.mallocinit",
+        ],
+    ),
 ];
 
 /// Offsets every supported binary must have (others such as g.parentGoid are optional).
@@ -245,7 +280,9 @@ pub fn inspect_path(path: &Path) -> Result<GoBinary, GoInspectError> {
         source,
     })?;
     if !meta.is_file() {
-        return Err(GoInspectError::NotAFile { path: path.to_path_buf() });
+        return Err(GoInspectError::NotAFile {
+            path: path.to_path_buf(),
+        });
     }
     let data = std::fs::read(path).map_err(|source| GoInspectError::Io {
         path: path.to_path_buf(),
@@ -257,7 +294,9 @@ pub fn inspect_path(path: &Path) -> Result<GoBinary, GoInspectError> {
 /// Inspect an in-memory image; `path` is only used in messages and the report.
 pub fn inspect_bytes(path: &Path, data: &[u8]) -> Result<GoBinary, GoInspectError> {
     if data.is_empty() {
-        return Err(GoInspectError::Empty { path: path.to_path_buf() });
+        return Err(GoInspectError::Empty {
+            path: path.to_path_buf(),
+        });
     }
     let img = ElfImage::parse(path, data)?;
     let core = analyze(path, &img)?;
@@ -294,11 +333,26 @@ fn resolve_functions(
     let mut out = HashMap::new();
     for (name, s) in img.symbols(names) {
         if s.addr != 0 {
-            out.insert(name, Resolved { entry: s.addr, size: s.size, source: Source::Symtab });
+            out.insert(
+                name,
+                Resolved {
+                    entry: s.addr,
+                    size: s.size,
+                    source: Source::Symtab,
+                },
+            );
         }
     }
-    let missing: HashSet<&str> = names.iter().copied().filter(|n| !out.contains_key(*n)).collect();
-    let need_sizes: HashSet<&str> = out.iter().filter(|(_, r)| r.size == 0).map(|(n, _)| n.as_str()).collect();
+    let missing: HashSet<&str> = names
+        .iter()
+        .copied()
+        .filter(|n| !out.contains_key(*n))
+        .collect();
+    let need_sizes: HashSet<&str> = out
+        .iter()
+        .filter(|(_, r)| r.size == 0)
+        .map(|(n, _)| n.as_str())
+        .collect();
     if missing.is_empty() && need_sizes.is_empty() {
         return out;
     }
@@ -309,7 +363,9 @@ fn resolve_functions(
         if !missing.contains(name) && !need_sizes.contains(name) {
             continue;
         }
-        let (Some(entry), Some(end)) = (base.checked_add(f.entry), base.checked_add(f.end)) else { continue };
+        let (Some(entry), Some(end)) = (base.checked_add(f.entry), base.checked_add(f.end)) else {
+            continue;
+        };
         let size = end.saturating_sub(entry);
         match found.get(name) {
             Some((_, _, id)) if *id == 0 => {}
@@ -324,7 +380,14 @@ fn resolve_functions(
                 r.size = size;
             }
         } else {
-            out.insert(name.to_string(), Resolved { entry, size, source: Source::Pclntab });
+            out.insert(
+                name.to_string(),
+                Resolved {
+                    entry,
+                    size,
+                    source: Source::Pclntab,
+                },
+            );
         }
     }
     out
@@ -335,7 +398,11 @@ fn analyze(path: &Path, img: &ElfImage<'_>) -> Result<GoBinary, GoInspectError> 
     let located = pclntab::locate(img);
     let bi_bytes = match (bi_bytes, &located) {
         (Some(b), _) => b,
-        (None, Err(_)) => return Err(GoInspectError::NotGo { path: path.to_path_buf() }),
+        (None, Err(_)) => {
+            return Err(GoInspectError::NotGo {
+                path: path.to_path_buf(),
+            })
+        }
         (None, Ok(_)) => {
             return Err(GoInspectError::UnsupportedGoVersion {
                 path: path.to_path_buf(),
@@ -367,8 +434,15 @@ fn analyze(path: &Path, img: &ElfImage<'_>) -> Result<GoBinary, GoInspectError> 
         (Some(m), _) => m.text,
         (None, false) => 0,
         (None, true) => {
-            let sym = img.symbols(&["runtime.text"]).get("runtime.text").map(|s| s.addr);
-            match sym.or(if tab.text_start != 0 { Some(tab.text_start) } else { None }) {
+            let sym = img
+                .symbols(&["runtime.text"])
+                .get("runtime.text")
+                .map(|s| s.addr);
+            match sym.or(if tab.text_start != 0 {
+                Some(tab.text_start)
+            } else {
+                None
+            }) {
                 Some(t) => t,
                 None => {
                     return Err(GoInspectError::malformed(
@@ -405,10 +479,18 @@ fn analyze(path: &Path, img: &ElfImage<'_>) -> Result<GoBinary, GoInspectError> 
             continue;
         };
         let code = img.bytes_at(r.entry, r.size).ok_or_else(|| {
-            GoInspectError::malformed(path, "function table", format!("{name} at {:#x}+{} is outside the file", r.entry, r.size))
+            GoInspectError::malformed(
+                path,
+                "function table",
+                format!("{name} at {:#x}+{} is outside the file", r.entry, r.size),
+            )
         })?;
         let file_offset = img.vaddr_to_offset(r.entry).ok_or_else(|| {
-            GoInspectError::malformed(path, "function table", format!("{name} entry {:#x} not in a PT_LOAD segment", r.entry))
+            GoInspectError::malformed(
+                path,
+                "function table",
+                format!("{name} entry {:#x} not in a PT_LOAD segment", r.entry),
+            )
         })?;
         let rets = disasm::ret_offsets(img.arch, code, r.entry);
         functions.insert(
@@ -418,7 +500,10 @@ fn analyze(path: &Path, img: &ElfImage<'_>) -> Result<GoBinary, GoInspectError> 
                 entry: r.entry,
                 file_offset,
                 size: r.size,
-                ret_file_offsets: rets.iter().map(|o| file_offset.saturating_add(*o)).collect(),
+                ret_file_offsets: rets
+                    .iter()
+                    .map(|o| file_offset.saturating_add(*o))
+                    .collect(),
                 ret_offsets: rets,
                 source: r.source,
             },
@@ -433,7 +518,13 @@ fn analyze(path: &Path, img: &ElfImage<'_>) -> Result<GoBinary, GoInspectError> 
         match dwarf::struct_offsets(img) {
             Ok(m) => {
                 for (k, v) in m {
-                    offsets.insert(k, FieldOffset { value: v, source: Source::Dwarf });
+                    offsets.insert(
+                        k,
+                        FieldOffset {
+                            value: v,
+                            source: Source::Dwarf,
+                        },
+                    );
                 }
             }
             Err(e) => warnings.push(format!("DWARF unreadable ({e}); using tables")),
@@ -446,14 +537,24 @@ fn analyze(path: &Path, img: &ElfImage<'_>) -> Result<GoBinary, GoInspectError> 
                     if k.starts_with("crypto/tls.") && !has_tls {
                         continue;
                     }
-                    offsets.insert(k.clone(), FieldOffset { value: *v, source: Source::Table });
+                    offsets.insert(
+                        k.clone(),
+                        FieldOffset {
+                            value: *v,
+                            source: Source::Table,
+                        },
+                    );
                 }
             }
             Err(e) => offsets_error = Some(e.clone()),
         }
     }
     if offsets_error.is_none() {
-        let missing: Vec<&str> = REQUIRED_OFFSETS.iter().copied().filter(|k| !offsets.contains_key(*k)).collect();
+        let missing: Vec<&str> = REQUIRED_OFFSETS
+            .iter()
+            .copied()
+            .filter(|k| !offsets.contains_key(*k))
+            .collect();
         if !missing.is_empty() {
             warnings.push(format!("missing struct offsets: {}", missing.join(", ")));
         }
@@ -464,12 +565,20 @@ fn analyze(path: &Path, img: &ElfImage<'_>) -> Result<GoBinary, GoInspectError> 
     let mut data_symbols_error = None;
     let symtab = img.symbols(DATA_SYMBOLS);
     for (name, s) in &symtab {
-        data_symbols.insert(name.clone(), DataSymbol { vaddr: s.addr, source: Source::Symtab });
+        data_symbols.insert(
+            name.clone(),
+            DataSymbol {
+                vaddr: s.addr,
+                source: Source::Symtab,
+            },
+        );
     }
     match &table {
         Ok(t) => {
             for &name in DATA_SYMBOLS {
-                let Some(cr) = t.code_refs.get(name) else { continue };
+                let Some(cr) = t.code_refs.get(name) else {
+                    continue;
+                };
                 let found = apply_code_ref(img, &resolved, cr);
                 match (found, data_symbols.get(name)) {
                     (Ok(addr), Some(d)) if d.vaddr != addr => warnings.push(format!(
@@ -536,28 +645,50 @@ fn link_mode(img: &ElfImage<'_>, bi: &BuildInfo) -> LinkMode {
         }
     }
     // External linkers (gcc/clang + ld) leave a .comment section; Go's internal linker does not.
-    if img.has_comment_section() || (bi.setting("CGO_ENABLED") == Some("1") && img.has_interp && img.section(".gopclntab").is_none() && img.section(".data.rel.ro.gopclntab").is_none()) {
+    if img.has_comment_section()
+        || (bi.setting("CGO_ENABLED") == Some("1")
+            && img.has_interp
+            && img.section(".gopclntab").is_none()
+            && img.section(".data.rel.ro.gopclntab").is_none())
+    {
         LinkMode::External
     } else {
         LinkMode::Internal
     }
 }
 
-fn apply_code_ref(img: &ElfImage<'_>, resolved: &HashMap<String, Resolved>, cr: &CodeRef) -> Result<u64, String> {
-    let f = resolved.get(&cr.function).ok_or_else(|| format!("function {} not found", cr.function))?;
-    let code = img.bytes_at(f.entry, f.size).ok_or_else(|| format!("{} is outside the file", cr.function))?;
+fn apply_code_ref(
+    img: &ElfImage<'_>,
+    resolved: &HashMap<String, Resolved>,
+    cr: &CodeRef,
+) -> Result<u64, String> {
+    let f = resolved
+        .get(&cr.function)
+        .ok_or_else(|| format!("function {} not found", cr.function))?;
+    let code = img
+        .bytes_at(f.entry, f.size)
+        .ok_or_else(|| format!("{} is outside the file", cr.function))?;
     let refs = disasm::pcrel_refs(img.arch, code, f.entry);
     let target = refs.get(cr.ordinal).ok_or_else(|| {
-        format!("{} has {} PC-relative references, table expects #{}", cr.function, refs.len(), cr.ordinal)
+        format!(
+            "{} has {} PC-relative references, table expects #{}",
+            cr.function,
+            refs.len(),
+            cr.ordinal
+        )
     })?;
     let addr = target.wrapping_sub(cr.addend);
     // Must land in a writable segment (data/bss).
-    let ok = img
-        .segments
-        .iter()
-        .any(|s| s.flags & object::elf::PF_W != 0 && addr >= s.vaddr && addr < s.vaddr.saturating_add(s.memsz));
+    let ok = img.segments.iter().any(|s| {
+        s.flags & object::elf::PF_W != 0
+            && addr >= s.vaddr
+            && addr < s.vaddr.saturating_add(s.memsz)
+    });
     if !ok {
-        return Err(format!("reference #{} in {} points at {addr:#x}, outside the data segments", cr.ordinal, cr.function));
+        return Err(format!(
+            "reference #{} in {} points at {addr:#x}, outside the data segments",
+            cr.ordinal, cr.function
+        ));
     }
     Ok(addr)
 }
@@ -567,24 +698,41 @@ pub fn learn_table(path: &Path) -> Result<tables::VersionTable, String> {
     let data = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let img = ElfImage::parse(path, &data).map_err(|e| e.to_string())?;
     if !img.has_dwarf || !img.has_symtab {
-        return Err(format!("{}: need a build with DWARF and .symtab", path.display()));
+        return Err(format!(
+            "{}: need a build with DWARF and .symtab",
+            path.display()
+        ));
     }
     let bin = inspect_bytes(path, &data).map_err(|e| e.to_string())?;
     let offsets = dwarf::struct_offsets(&img)?;
     let syms = img.symbols(DATA_SYMBOLS);
-    let funcs: Vec<&str> = CODE_REF_CANDIDATES.iter().flat_map(|(_, f)| f.iter().copied()).collect();
+    let funcs: Vec<&str> = CODE_REF_CANDIDATES
+        .iter()
+        .flat_map(|(_, f)| f.iter().copied())
+        .collect();
     let fsyms = img.symbols(&funcs);
     let mut code_refs = BTreeMap::new();
     for (sym, cands) in CODE_REF_CANDIDATES {
-        let s = syms.get(*sym).ok_or_else(|| format!("{sym} not in .symtab"))?;
+        let s = syms
+            .get(*sym)
+            .ok_or_else(|| format!("{sym} not in .symtab"))?;
         let mut best: Option<CodeRef> = None;
         'outer: for f in *cands {
             let Some(fi) = fsyms.get(*f) else { continue };
-            let Some(code) = img.bytes_at(fi.addr, fi.size) else { continue };
-            for (i, t) in disasm::pcrel_refs(img.arch, code, fi.addr).iter().enumerate() {
+            let Some(code) = img.bytes_at(fi.addr, fi.size) else {
+                continue;
+            };
+            for (i, t) in disasm::pcrel_refs(img.arch, code, fi.addr)
+                .iter()
+                .enumerate()
+            {
                 let size = s.size.max(1);
                 if *t >= s.addr && *t < s.addr.saturating_add(size) {
-                    let cr = CodeRef { function: f.to_string(), ordinal: i, addend: t - s.addr };
+                    let cr = CodeRef {
+                        function: f.to_string(),
+                        ordinal: i,
+                        addend: t - s.addr,
+                    };
                     if cr.addend == 0 {
                         best = Some(cr);
                         break 'outer;
@@ -598,7 +746,11 @@ pub fn learn_table(path: &Path) -> Result<tables::VersionTable, String> {
         let cr = best.ok_or_else(|| format!("no PC-relative reference to {sym} in {cands:?}"))?;
         code_refs.insert(sym.to_string(), cr);
     }
-    Ok(tables::VersionTable { go_version: bin.go_version, offsets, code_refs })
+    Ok(tables::VersionTable {
+        go_version: bin.go_version,
+        offsets,
+        code_refs,
+    })
 }
 
 /// Cache key: identity of the file's contents.
@@ -635,7 +787,9 @@ impl Inspector {
             source,
         })?;
         if !meta.is_file() {
-            return Err(GoInspectError::NotAFile { path: path.to_path_buf() });
+            return Err(GoInspectError::NotAFile {
+                path: path.to_path_buf(),
+            });
         }
         let key = FileKey {
             dev: meta.dev(),
@@ -668,10 +822,14 @@ impl Inspector {
                 })?;
                 let rel = target.strip_prefix("/").unwrap_or(&target);
                 let alt = PathBuf::from(format!("/proc/{pid}/root")).join(rel);
-                self.inspect_path(&alt).map_err(|e2| GoInspectError::Process {
-                    pid,
-                    reason: format!("cannot open /proc/{pid}/exe ({e}) nor {} ({e2})", alt.display()),
-                })
+                self.inspect_path(&alt)
+                    .map_err(|e2| GoInspectError::Process {
+                        pid,
+                        reason: format!(
+                            "cannot open /proc/{pid}/exe ({e}) nor {} ({e2})",
+                            alt.display()
+                        ),
+                    })
             }
         }
     }
@@ -727,7 +885,11 @@ pub fn render_text(b: &GoBinary) -> String {
         s,
         "abi:         {:?}{}  args: {}",
         b.abi,
-        if b.supported() { "" } else { " (UNSUPPORTED for probing: Go too old)" },
+        if b.supported() {
+            ""
+        } else {
+            " (UNSUPPORTED for probing: Go too old)"
+        },
         b.registers.int_args.join(",")
     );
     let _ = writeln!(
@@ -785,10 +947,22 @@ mod tests {
     #[test]
     fn non_elf_and_empty() {
         let p = Path::new("x");
-        assert!(matches!(inspect_bytes(p, b""), Err(GoInspectError::Empty { .. })));
-        assert!(matches!(inspect_bytes(p, b"#!/bin/sh\necho hi\n"), Err(GoInspectError::NotElf { .. })));
-        assert!(matches!(inspect_bytes(p, b"\x7fELF\x02\x01\x01"), Err(GoInspectError::NotElf { .. })));
-        assert!(matches!(inspect_bytes(p, b"\x7fELF\x01\x01\x01\0"), Err(GoInspectError::UnsupportedElf { .. })));
+        assert!(matches!(
+            inspect_bytes(p, b""),
+            Err(GoInspectError::Empty { .. })
+        ));
+        assert!(matches!(
+            inspect_bytes(p, b"#!/bin/sh\necho hi\n"),
+            Err(GoInspectError::NotElf { .. })
+        ));
+        assert!(matches!(
+            inspect_bytes(p, b"\x7fELF\x02\x01\x01"),
+            Err(GoInspectError::NotElf { .. })
+        ));
+        assert!(matches!(
+            inspect_bytes(p, b"\x7fELF\x01\x01\x01\0"),
+            Err(GoInspectError::UnsupportedElf { .. })
+        ));
     }
 
     #[test]

@@ -47,10 +47,14 @@ pub struct FuncEntry<'a> {
 }
 
 fn u32_at(d: &[u8], off: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(d.get(off..off.checked_add(4)?)?.try_into().ok()?))
+    Some(u32::from_le_bytes(
+        d.get(off..off.checked_add(4)?)?.try_into().ok()?,
+    ))
 }
 fn u64_at(d: &[u8], off: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(d.get(off..off.checked_add(8)?)?.try_into().ok()?))
+    Some(u64::from_le_bytes(
+        d.get(off..off.checked_add(8)?)?.try_into().ok()?,
+    ))
 }
 
 impl<'a> PclnTab<'a> {
@@ -61,7 +65,9 @@ impl<'a> PclnTab<'a> {
             MAGIC_116 => PclnVersion::V116,
             MAGIC_118 => PclnVersion::V118,
             MAGIC_120 => PclnVersion::V120,
-            MAGIC_12 => return Err("pclntab of Go 1.2–1.15 (magic 0xfffffffb) is not supported".into()),
+            MAGIC_12 => {
+                return Err("pclntab of Go 1.2–1.15 (magic 0xfffffffb) is not supported".into())
+            }
             m => return Err(format!("bad pclntab magic {m:#x}")),
         };
         if data.get(4) != Some(&0) || data.get(5) != Some(&0) {
@@ -70,7 +76,9 @@ impl<'a> PclnTab<'a> {
         let min_lc = *data.get(6).ok_or("pclntab header truncated")?;
         let ptr_size = *data.get(7).ok_or("pclntab header truncated")?;
         if !matches!(min_lc, 1 | 2 | 4) || ptr_size != 8 {
-            return Err(format!("unsupported pclntab quantum {min_lc} / pointer size {ptr_size}"));
+            return Err(format!(
+                "unsupported pclntab quantum {min_lc} / pointer size {ptr_size}"
+            ));
         }
         let word = |i: usize| u64_at(data, 8 + 8 * i).ok_or("pclntab header truncated");
         let nfunc = word(0)?;
@@ -82,7 +90,8 @@ impl<'a> PclnTab<'a> {
         let pcln_offset = word(base + 4)?;
         let nfunc = usize::try_from(nfunc).map_err(|_| "nfunc overflow")?;
         let pcln_offset = usize::try_from(pcln_offset).map_err(|_| "pclnOffset overflow")?;
-        let funcname_start = usize::try_from(funcname_offset).map_err(|_| "funcnameOffset overflow")?;
+        let funcname_start =
+            usize::try_from(funcname_offset).map_err(|_| "funcnameOffset overflow")?;
         if nfunc == 0 || nfunc > 10_000_000 {
             return Err(format!("implausible function count {nfunc}"));
         }
@@ -150,7 +159,12 @@ impl<'a> PclnTab<'a> {
         let name_off = u32_at(self.data, name_off)? as usize;
         let func_id = *self.data.get(id_off)?;
         let name = self.cstr(self.funcname_start.checked_add(name_off)?)?;
-        Some(FuncEntry { entry, end, name, func_id })
+        Some(FuncEntry {
+            entry,
+            end,
+            name,
+            func_id,
+        })
     }
 
     pub fn iter(&self) -> impl Iterator<Item = FuncEntry<'a>> + '_ {
@@ -180,7 +194,13 @@ pub(crate) fn locate<'a>(img: &ElfImage<'a>) -> Result<Located<'a>, String> {
                 continue;
             };
             match PclnTab::parse(d) {
-                Ok(tab) => return Ok(Located { tab, vaddr: s.addr, how: "section" }),
+                Ok(tab) => {
+                    return Ok(Located {
+                        tab,
+                        vaddr: s.addr,
+                        how: "section",
+                    })
+                }
                 Err(e) => last_err = Some(format!("section {name}: {e}")),
             }
         }
@@ -188,7 +208,11 @@ pub(crate) fn locate<'a>(img: &ElfImage<'a>) -> Result<Located<'a>, String> {
     if let Some(sym) = img.symbols(&["runtime.pclntab"]).get("runtime.pclntab") {
         if let Some(d) = img.bytes_from(sym.addr) {
             if let Ok(tab) = PclnTab::parse(d) {
-                return Ok(Located { tab, vaddr: sym.addr, how: "symtab" });
+                return Ok(Located {
+                    tab,
+                    vaddr: sym.addr,
+                    how: "symtab",
+                });
             }
         }
     }
@@ -200,12 +224,20 @@ pub(crate) fn locate<'a>(img: &ElfImage<'a>) -> Result<Located<'a>, String> {
             if pos % 4 != 0 {
                 continue;
             }
-            let Some(vaddr) = img.offset_to_vaddr(pos as u64) else { continue };
-            let Some(d) = img.bytes_from(vaddr) else { continue };
+            let Some(vaddr) = img.offset_to_vaddr(pos as u64) else {
+                continue;
+            };
+            let Some(d) = img.bytes_from(vaddr) else {
+                continue;
+            };
             let Ok(tab) = PclnTab::parse(d) else { continue };
             // Validate through firstmoduledata, which must point at this table.
             if find_moduledata(img, vaddr, &tab).is_some() {
-                return Ok(Located { tab, vaddr, how: "magic scan" });
+                return Ok(Located {
+                    tab,
+                    vaddr,
+                    how: "magic scan",
+                });
             }
             // Also accept a table whose first entries are sane when no moduledata can be found.
             if last_err.is_none() && tab.func(0).is_some() && tab.func(tab.nfunc - 1).is_some() {
@@ -228,7 +260,11 @@ pub(crate) struct ModuleData {
 /// Search writable segments for moduledata: its first word points at the pclntab and its
 /// funcnametab slice points at pclntab + funcnameOffset. Layout (words): pcHeader, funcnametab[3],
 /// cutab[3], filetab[3], pctab[3], pclntable[3], ftab[3], findfunctab, minpc, maxpc, text, etext.
-pub(crate) fn find_moduledata(img: &ElfImage<'_>, pcln_vaddr: u64, tab: &PclnTab<'_>) -> Option<ModuleData> {
+pub(crate) fn find_moduledata(
+    img: &ElfImage<'_>,
+    pcln_vaddr: u64,
+    tab: &PclnTab<'_>,
+) -> Option<ModuleData> {
     let validate = |md: u64| -> Option<ModuleData> {
         if img.read_ptr(md)? != pcln_vaddr {
             return None;
@@ -243,7 +279,11 @@ pub(crate) fn find_moduledata(img: &ElfImage<'_>, pcln_vaddr: u64, tab: &PclnTab
         if text == 0 || etext < text || minpc < text {
             return None;
         }
-        Some(ModuleData { vaddr: md, text, etext })
+        Some(ModuleData {
+            vaddr: md,
+            text,
+            etext,
+        })
     };
     if img.pie {
         let mut cands: Vec<u64> = img
@@ -260,12 +300,20 @@ pub(crate) fn find_moduledata(img: &ElfImage<'_>, pcln_vaddr: u64, tab: &PclnTab
         }
     }
     let needle = pcln_vaddr.to_le_bytes();
-    for seg in img.segments.iter().filter(|s| s.flags & object::elf::PF_W != 0) {
+    for seg in img
+        .segments
+        .iter()
+        .filter(|s| s.flags & object::elf::PF_W != 0)
+    {
         let start = usize::try_from(seg.offset).ok()?;
         let end = start.checked_add(usize::try_from(seg.filesz).ok()?)?;
-        let Some(d) = img.data.get(start..end) else { continue };
+        let Some(d) = img.data.get(start..end) else {
+            continue;
+        };
         for pos in memchr::memmem::find_iter(d, &needle) {
-            let Some(at) = seg.vaddr.checked_add(pos as u64) else { continue };
+            let Some(at) = seg.vaddr.checked_add(pos as u64) else {
+                continue;
+            };
             if !at.is_multiple_of(8) {
                 continue;
             }
@@ -297,7 +345,16 @@ mod tests {
         let mut d = Vec::new();
         d.extend_from_slice(&MAGIC_120.to_le_bytes());
         d.extend_from_slice(&[0, 0, 1, 8]);
-        for w in [funcs.len() as u64, 0, 0x401000, funcname_off as u64, 0, 0, 0, pcln_off as u64] {
+        for w in [
+            funcs.len() as u64,
+            0,
+            0x401000,
+            funcname_off as u64,
+            0,
+            0,
+            0,
+            pcln_off as u64,
+        ] {
             d.extend_from_slice(&w.to_le_bytes());
         }
         d.extend_from_slice(&names);
@@ -320,7 +377,14 @@ mod tests {
 
     #[test]
     fn parses_synthetic_120() {
-        let d = synth(&[(0, "runtime.a", 0), (0x40, "runtime.b", 21), (0x80, "runtime.b", 0)], 0x100);
+        let d = synth(
+            &[
+                (0, "runtime.a", 0),
+                (0x40, "runtime.b", 21),
+                (0x80, "runtime.b", 0),
+            ],
+            0x100,
+        );
         let t = PclnTab::parse(&d).expect("parse");
         assert_eq!(t.version, PclnVersion::V120);
         assert_eq!(t.nfunc, 3);
@@ -347,7 +411,15 @@ mod tests {
         let mut d = Vec::new();
         d.extend_from_slice(&MAGIC_116.to_le_bytes());
         d.extend_from_slice(&[0, 0, 1, 8]);
-        for w in [funcs.len() as u64, 0, funcname_off as u64, 0, 0, 0, pcln_off as u64] {
+        for w in [
+            funcs.len() as u64,
+            0,
+            funcname_off as u64,
+            0,
+            0,
+            0,
+            pcln_off as u64,
+        ] {
             d.extend_from_slice(&w.to_le_bytes());
         }
         d.extend_from_slice(&names);
@@ -369,13 +441,19 @@ mod tests {
 
     #[test]
     fn parses_synthetic_116() {
-        let d = synth116(&[(0x401000, "runtime.gcStart"), (0x401200, "main.main")], 0x401400);
+        let d = synth116(
+            &[(0x401000, "runtime.gcStart"), (0x401200, "main.main")],
+            0x401400,
+        );
         let t = PclnTab::parse(&d).expect("parse");
         assert_eq!(t.version, PclnVersion::V116);
         assert!(!t.relative_entries());
         let all: Vec<_> = t.iter().collect();
         assert_eq!(all.len(), 2);
-        assert_eq!((all[0].name, all[0].entry, all[0].end), ("runtime.gcStart", 0x401000, 0x401200));
+        assert_eq!(
+            (all[0].name, all[0].entry, all[0].end),
+            ("runtime.gcStart", 0x401000, 0x401200)
+        );
         assert_eq!((all[1].name, all[1].end), ("main.main", 0x401400));
     }
 

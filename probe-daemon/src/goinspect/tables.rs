@@ -91,7 +91,11 @@ mod tests {
 
     #[test]
     fn unknown_minor_is_an_error() {
-        let v = GoVersion { major: 1, minor: 99, patch: 0 };
+        let v = GoVersion {
+            major: 1,
+            minor: 99,
+            patch: 0,
+        };
         let e = lookup(v, Arch::Amd64).expect_err("must not guess");
         assert!(e.contains("go1.99"), "{e}");
     }
@@ -101,9 +105,29 @@ mod tests {
         for k in known() {
             let (ver, arch) = k.split_once('/').expect("key");
             let minor: u32 = ver.trim_start_matches("1.").parse().expect("minor");
-            let arch = if arch == "amd64" { Arch::Amd64 } else { Arch::Arm64 };
-            let a = lookup(GoVersion { major: 1, minor, patch: 0 }, arch).expect("table");
-            let b = lookup(GoVersion { major: 1, minor, patch: 99 }, arch).expect("table");
+            let arch = if arch == "amd64" {
+                Arch::Amd64
+            } else {
+                Arch::Arm64
+            };
+            let a = lookup(
+                GoVersion {
+                    major: 1,
+                    minor,
+                    patch: 0,
+                },
+                arch,
+            )
+            .expect("table");
+            let b = lookup(
+                GoVersion {
+                    major: 1,
+                    minor,
+                    patch: 99,
+                },
+                arch,
+            )
+            .expect("table");
             assert_eq!(a, b);
         }
     }

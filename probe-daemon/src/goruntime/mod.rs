@@ -85,13 +85,116 @@ pub enum Discovery {
     Gone,
 }
 
+/// Tracked Go processes and what is attached to their binaries. Shared with the API and the
+/// runtime reader, so it is only locked briefly: inspection happens in [`Discoverer`], outside.
 pub struct GoTracker {
     probes: Arc<Mutex<Probes>>,
-    inspector: Inspector,
     targets: HashMap<u32, GoTarget>,
     binaries: HashMap<BinaryKey, AttachedBinary>,
+}
+
+/// A process inspected and ready to be tracked.
+pub struct Inspected {
+    pid: u32,
+    key: BinaryKey,
+    bin: Arc<GoBinary>,
+    layout: Result<Layout, String>,
+}
+
+/// Looks at processes (owned by the discovery thread): inspects their executables, remembering
+/// which ones are not Go, without holding the tracker's lock.
+pub struct Discoverer {
+    inspector: Inspector,
     /// Executables known not to be (supported) Go.
     not_go: HashSet<BinaryKey>,
+}
+
+impl Default for Discoverer {
+    fn default() -> Self {
+        Discoverer { inspector: Inspector::new(), not_go: HashSet::new() }
+    }
+}
+
+impl Discoverer {
+    /// Inspects the executable of `pid`. `Err` says why it is not to be tracked.
+    pub fn inspect(&mut self, tracker: &Mutex<GoTracker>, pid: u32) -> Result<Inspected, Discovery> {
+        let Some(key) = binary_key(pid) else {
+            debug!(pid, "process gone before it could be inspected");
+            return Err(Discovery::Gone);
+        };
+        if lock(tracker).targets.get(&pid).is_some_and(|t| t.key == Some(key)) {
+            return Err(Discovery::AlreadyTracked);
+        }
+        if self.not_go.contains(&key) {
+            return Err(Discovery::NotGo);
+        }
+        let exe = PathBuf::from(format!("/proc/{pid}/exe"));
+        if !elf_may_be_go(&exe) {
+            self.not_go.insert(key);
+            return Err(Discovery::NotGo);
+        }
+        let bin = match self.inspector.inspect_pid(pid) {
+            Ok(b) => b,
+            Err(e @ (GoInspectError::Process { .. } | GoInspectError::Io { .. })) => {
+                // Transient (the process or file went away): not remembered as "not Go".
+                debug!(pid, error = %e, "could not inspect the process's binary");
+                return Err(Discovery::Gone);
+            }
+            Err(e) => {
+                debug!(pid, error = %e, "not a Go process we can probe");
+                self.not_go.insert(key);
+                return Err(Discovery::NotGo);
+            }
+        };
+        let layout = if bin.supported() {
+            match mem::load_bias(pid, &exe).and_then(|bias| Layout::new(&bin, bias)) {
+                Ok(l) => Ok(l),
+                Err(MemError::Gone { .. }) => return Err(Discovery::Gone),
+                Err(e) => Err(e.to_string()),
+            }
+        } else {
+            Err(format!("{} uses the stack ABI (Go < 1.17): unsupported", bin.go_version))
+        };
+        Ok(Inspected { pid, key, bin, layout })
+    }
+}
+
+/// Cheap first look at an executable: false when its section headers show none of the sections
+/// every Go binary has (`.go.buildinfo`, `.gopclntab`, `.note.go.buildid`), so a node's many
+/// non-Go programs are not parsed in full. Files without section headers get the full inspection.
+pub fn elf_may_be_go(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::FileExt;
+    let Ok(f) = std::fs::File::open(path) else { return true };
+    let mut h = [0u8; 64];
+    if f.read_exact_at(&mut h, 0).is_err() || &h[..4] != b"\x7fELF" || h[4] != 2 || h[5] != 1 {
+        return true;
+    }
+    let u16_at = |b: &[u8], o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as u64;
+    let u32_at = |b: &[u8], o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]) as u64;
+    let u64_at = |b: &[u8], o: usize| u64::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3], b[o + 4], b[o + 5], b[o + 6], b[o + 7]]);
+    let (shoff, shentsize, shnum, shstrndx) = (u64_at(&h, 0x28), u16_at(&h, 0x3a), u16_at(&h, 0x3c), u16_at(&h, 0x3e));
+    if shoff == 0 || shnum == 0 || shentsize < 64 || shnum > 4096 || shstrndx >= shnum {
+        return true;
+    }
+    let mut sh = vec![0u8; (shentsize * shnum) as usize];
+    if f.read_exact_at(&mut sh, shoff).is_err() {
+        return true;
+    }
+    let str_hdr = &sh[(shstrndx * shentsize) as usize..];
+    let (str_off, str_size) = (u64_at(str_hdr, 0x18), u64_at(str_hdr, 0x20));
+    if str_size == 0 || str_size > 1 << 20 {
+        return true;
+    }
+    let mut names = vec![0u8; str_size as usize];
+    if f.read_exact_at(&mut names, str_off).is_err() {
+        return true;
+    }
+    (0..shnum as usize).any(|i| {
+        let start = u32_at(&sh[i * shentsize as usize..], 0) as usize;
+        let name = names.get(start..).unwrap_or(&[]);
+        let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+        matches!(&name[..end], b".go.buildinfo" | b".gopclntab" | b".data.rel.ro.gopclntab" | b".note.go.buildid" | b".go.module")
+    })
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -100,7 +203,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl GoTracker {
     pub fn new(probes: Arc<Mutex<Probes>>) -> Self {
-        GoTracker { probes, inspector: Inspector::new(), targets: HashMap::new(), binaries: HashMap::new(), not_go: HashSet::new() }
+        GoTracker { probes, targets: HashMap::new(), binaries: HashMap::new() }
     }
 
     pub fn targets(&self) -> impl Iterator<Item = &GoTarget> {
@@ -111,30 +214,13 @@ impl GoTracker {
         self.targets.get(&pid)
     }
 
-    /// Looks at one process (after exec or at start): tracks it if it runs Go.
-    pub fn consider(&mut self, pid: u32) -> Discovery {
-        let Some(key) = binary_key(pid) else { return Discovery::Gone };
-        if let Some(t) = self.targets.get(&pid) {
-            if t.key == Some(key) {
-                return Discovery::AlreadyTracked;
-            }
+    /// Tracks an inspected process: attaches its binary's probes unless already attached.
+    pub fn track(&mut self, ins: Inspected) -> Discovery {
+        let Inspected { pid, key, bin, layout } = ins;
+        if self.targets.contains_key(&pid) {
             // The pid exec'd another binary.
             self.forget(pid);
         }
-        if self.not_go.contains(&key) {
-            return Discovery::NotGo;
-        }
-        let bin = match self.inspector.inspect_pid(pid) {
-            Ok(b) => b,
-            Err(GoInspectError::Process { .. }) => return Discovery::Gone,
-            Err(e) => {
-                if !matches!(e, GoInspectError::NotGo { .. } | GoInspectError::NotElf { .. } | GoInspectError::Empty { .. }) {
-                    debug!(pid, error = %e, "binary not inspectable; skipping it");
-                }
-                self.not_go.insert(key);
-                return Discovery::NotGo;
-            }
-        };
         let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_else(|_| bin.path.clone());
         let mut target = GoTarget {
             pid,
@@ -150,19 +236,17 @@ impl GoTracker {
             layout: None,
             key: Some(key),
         };
+        match layout {
+            Ok(l) => target.layout = Some(l),
+            Err(e) => {
+                warn!(pid, error = %e, "Go runtime reads unavailable for this process");
+                target.reads_error = Some(e);
+            }
+        }
         if !bin.supported() {
-            target.reads_error = Some(format!("{} uses the stack ABI (Go < 1.17): unsupported", bin.go_version));
             info!(pid, version = %bin.go_version, "Go process with the stack ABI: not probed");
             self.targets.insert(pid, target);
             return Discovery::Tracked;
-        }
-        match mem::load_bias(pid, &PathBuf::from(format!("/proc/{pid}/exe"))).and_then(|bias| Layout::new(&bin, bias)) {
-            Ok(l) => target.layout = Some(l),
-            Err(MemError::Gone { .. }) => return Discovery::Gone,
-            Err(e) => {
-                warn!(pid, error = %e, "Go runtime reads unavailable for this process");
-                target.reads_error = Some(e.to_string());
-            }
         }
         let entry = self.binaries.entry(key).or_insert_with(|| {
             let (links, probes) = attach_binary(&self.probes, pid, &bin);
@@ -272,6 +356,13 @@ pub type StateCounts = BTreeMap<(&'static str, String), u64>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cheap_go_check() {
+        // This test binary is not Go; a Go fixture, when built, is.
+        assert!(!elf_may_be_go(&std::env::current_exe().unwrap()));
+        assert!(elf_may_be_go(std::path::Path::new("/nonexistent")), "unknown: leave it to the full inspection");
+    }
 
     #[test]
     fn stw_reasons_by_version() {

@@ -354,7 +354,10 @@ impl Watcher {
     pub fn new(cfg: ApiConfig, cache: PodCache) -> Result<Watcher, K8sError> {
         let mut b = reqwest::Client::builder().connect_timeout(cfg.request_timeout).user_agent(concat!("chainprobe/", env!("CARGO_PKG_VERSION")));
         if let Some(pem) = &cfg.ca_pem {
-            let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|source| K8sError::InvalidCa { source })?;
+            let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| K8sError::InvalidCa { reason: e.to_string() })?;
+            if certs.is_empty() {
+                return Err(K8sError::InvalidCa { reason: "no PEM certificate in it".into() });
+            }
             for c in certs {
                 b = b.add_root_certificate(c);
             }

@@ -34,8 +34,8 @@ pub enum K8sError {
     NoNodeName,
     #[error("cannot read {path}: {source} (is the service account token mounted? automountServiceAccountToken must not be false)")]
     ReadFile { path: PathBuf, source: std::io::Error },
-    #[error("the Kubernetes API CA bundle is not valid PEM: {source}")]
-    InvalidCa { source: reqwest::Error },
+    #[error("the Kubernetes API CA bundle (service account ca.crt) is not usable: {reason}")]
+    InvalidCa { reason: String },
     #[error("cannot build the HTTPS client for the Kubernetes API: {source}")]
     Client { source: reqwest::Error },
     #[error("Kubernetes API request failed ({what}): {source}; check that the API server is reachable from the node (egress NetworkPolicy, KUBERNETES_SERVICE_HOST)")]

@@ -1,0 +1,301 @@
+//! End to end with a real Prometheus server (Debian's `prometheus`, on 127.0.0.1 with a temp data
+//! dir): it scrapes a real `chainprobe run`, loads deploy/'s alert rules, and a PromQL query
+//! through its HTTP API returns chainprobe's series for a process this test starts. Also:
+//! `promtool check metrics` is clean on chainprobe's exposition. Needs root (eBPF) and
+//! tests/tools/install.sh (prometheus, promtool); a missing tool fails the test.
+mod common;
+
+use std::{
+    io::Write,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::{fork_child, free_port, Daemon, TempDir};
+use serde_json::Value;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_path_buf()
+}
+
+fn tool(name: &str) -> PathBuf {
+    let found = std::env::var_os("PATH")
+        .and_then(|p| std::env::split_paths(&p).map(|d| d.join(name)).find(|p| p.is_file()))
+        .or_else(|| Some(PathBuf::from("/usr/bin").join(name)).filter(|p| p.is_file()));
+    found.unwrap_or_else(|| panic!("{name} not found: install the test tools with `bash tests/tools/install.sh` (Debian package prometheus)"))
+}
+
+/// A Prometheus server, SIGTERM then SIGKILL on drop.
+struct Prometheus {
+    child: Child,
+    addr: SocketAddr,
+    log: PathBuf,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Prometheus {
+    fn log_text(&self) -> String {
+        let t = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = t.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    fn get(&self, path_and_query: &str) -> Value {
+        let url = format!("http://{}{}", self.addr, path_and_query);
+        let resp = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("client")
+            .get(&url)
+            .send()
+            .unwrap_or_else(|e| panic!("GET {url}: {e}\n--- prometheus log:\n{}", self.log_text()));
+        let status = resp.status();
+        let body = resp.text().unwrap_or_default();
+        assert!(status.is_success(), "GET {url}: {status}\n{body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {url}: not JSON ({e}): {body}"))
+    }
+
+    fn query(&self, promql: &str) -> Vec<Value> {
+        let v = self.get(&format!("/api/v1/query?query={}", encode(promql)));
+        assert_eq!(v["status"], "success", "{v}");
+        v["data"]["result"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn start_prometheus(dir: &Path, target: SocketAddr) -> Prometheus {
+    let rules = repo().join("deploy/prometheus/chainprobe-rules.yaml");
+    assert!(rules.is_file(), "{} missing", rules.display());
+    let cfg = dir.join("prometheus.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: chainprobe\n    static_configs:\n      - targets: ['{target}']\n        labels:\n          node: e2e-node\n",
+            rules.display()
+        ),
+    )
+    .expect("write prometheus.yml");
+    let (ok, out) = run(Command::new(tool("promtool")).arg("check").arg("config").arg(&cfg));
+    assert!(ok, "promtool check config:\n{out}");
+    let port = free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let log = dir.join("prometheus.log");
+    let logf = std::fs::File::create(&log).expect("log");
+    let child = Command::new(tool("prometheus"))
+        .arg(format!("--config.file={}", cfg.display()))
+        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+        .arg(format!("--web.listen-address={addr}"))
+        .arg("--storage.tsdb.retention.time=1h")
+        .stdin(Stdio::null())
+        .stdout(logf.try_clone().expect("dup"))
+        .stderr(logf)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start prometheus: {e} (bash tests/tools/install.sh)"));
+    let mut p = Prometheus { child, addr, log };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(Some(st)) = p.child.try_wait() {
+            panic!("prometheus exited ({st}):\n{}", p.log_text());
+        }
+        if let Ok((200, _)) = common::http_get(addr, "/-/ready") {
+            return p;
+        }
+        assert!(Instant::now() < deadline, "prometheus not ready within 60 s:\n{}", p.log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn run(cmd: &mut Command) -> (bool, String) {
+    let o = cmd.output().unwrap_or_else(|e| panic!("cannot run {:?}: {e} (bash tests/tools/install.sh)", cmd.get_program()));
+    (o.status.success(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+}
+
+/// Kills and reaps a forked child on drop.
+struct Kid(i32);
+impl Drop for Kid {
+    fn drop(&mut self) {
+        // SAFETY: our own child.
+        unsafe {
+            libc::kill(self.0, libc::SIGKILL);
+            let mut st = 0;
+            libc::waitpid(self.0, &mut st, 0);
+        }
+    }
+}
+
+/// OpenMetrics text → Prometheus text format 0.0.4 (families renamed to their sample names,
+/// `# EOF`/`# UNIT` and exemplars dropped). Samples are passed through unchanged.
+fn openmetrics_to_text(om: &str) -> String {
+    use std::collections::HashMap;
+    let mut kinds: HashMap<&str, &str> = HashMap::new();
+    for l in om.lines() {
+        if let Some(rest) = l.strip_prefix("# TYPE ") {
+            if let Some((name, kind)) = rest.split_once(' ') {
+                kinds.insert(name, kind.trim());
+            }
+        }
+    }
+    let rename = |name: &str| -> String {
+        match kinds.get(name).copied() {
+            Some("counter") => format!("{name}_total"),
+            Some("info") => format!("{name}_info"),
+            _ => name.to_string(),
+        }
+    };
+    let mut out = String::new();
+    for l in om.lines() {
+        if l == "# EOF" || l.starts_with("# UNIT ") {
+            continue;
+        }
+        if let Some(rest) = l.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "unknown"));
+            let kind = match kind.trim() {
+                "info" | "stateset" => "gauge",
+                "unknown" => "untyped",
+                k => k,
+            };
+            out.push_str(&format!("# TYPE {} {kind}\n", rename(name)));
+        } else if let Some(rest) = l.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
+            out.push_str(&format!("# HELP {} {help}\n", rename(name)));
+        } else {
+            // Drop an exemplar (" # {...} v").
+            let sample = match l.find(" # {") {
+                Some(i) => &l[..i],
+                None => l,
+            };
+            out.push_str(sample);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+const K: usize = 7;
+
+#[test]
+fn prometheus_scrapes_chainprobe_and_loads_the_alerts() {
+    let promtool = tool("promtool");
+    tool("prometheus");
+    let d = Daemon::start("prom-e2e", "");
+
+    // A fixture process: K anonymous mmaps, then it waits to be killed.
+    let child = fork_child(|| unsafe {
+        for _ in 0..K {
+            libc::mmap(std::ptr::null_mut(), 8192, libc::PROT_READ, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0);
+        }
+        let ts = libc::timespec { tv_sec: 1, tv_nsec: 0 };
+        for _ in 0..180 {
+            libc::nanosleep(&ts, std::ptr::null_mut());
+        }
+        0
+    });
+    let _kid = Kid(child);
+    let pid = child.to_string();
+    d.wait_metrics("the child's mmaps", Duration::from_secs(20), |m| m.value("chainprobe_mmap_calls_total", &[("pid", &pid)]) >= K as f64);
+
+    // The exposition is clean for promtool. chainprobe serves OpenMetrics; Debian's promtool
+    // (2.42) lints the Prometheus text format only, so the exposition is mapped the way Prometheus
+    // itself maps OpenMetrics families (counter `x` → `x_total`, info `x` → gauge `x_info`).
+    let (status, om) = d.get("/metrics").expect("scrape");
+    assert_eq!(status, 200);
+    assert!(om.trim_end().ends_with("# EOF"), "OpenMetrics exposition must end with # EOF");
+    let body = openmetrics_to_text(&om);
+    let mut pt = Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool");
+    pt.stdin.take().expect("stdin").write_all(body.as_bytes()).expect("feed promtool");
+    let out = pt.wait_with_output().expect("promtool");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    // Asserted at the end, so that the Prometheus half runs (and reports) either way.
+    let lint_clean = out.status.success() && text.trim().is_empty();
+
+    let dir = TempDir::new("prometheus");
+    let prom = start_prometheus(&dir.0, d.addr);
+
+    // The alert rules are loaded.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let names = loop {
+        let v = prom.get("/api/v1/rules?type=alert");
+        let names: Vec<String> = v["data"]["groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+            .filter_map(|r| r["name"].as_str().map(String::from))
+            .collect();
+        if names.len() >= 6 || Instant::now() > deadline {
+            break names;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    for a in ["ChainprobeHealthScoreLow", "ChainprobeSnapshotFailures", "ChainprobeAttachFailures", "ChainprobeEventsLost", "ChainprobeTargetDown", "ChainprobeSeriesDropped"] {
+        assert!(names.iter().any(|n| n == a), "alert {a} not loaded; loaded: {names:?}\n{}", prom.log_text());
+    }
+
+    // The target is up and the fixture's series are queryable through Prometheus.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let q = format!("chainprobe_mmap_calls_total{{job=\"chainprobe\", pid=\"{pid}\"}}");
+    let series = loop {
+        let r = prom.query(&q);
+        let up = prom.query("up{job=\"chainprobe\"}");
+        if !r.is_empty() && up.first().is_some_and(|s| s["value"][1] == "1") {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "no {q} in Prometheus within 30 s; targets: {}\n{}", prom.get("/api/v1/targets"), prom.log_text());
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert_eq!(series.len(), 1, "{series:?}");
+    let s = &series[0];
+    assert_eq!(s["metric"]["pid"], pid.as_str());
+    assert_eq!(s["metric"]["node"], "e2e-node");
+    let v: f64 = s["value"][1].as_str().and_then(|v| v.parse().ok()).expect("sample value");
+    assert!(v >= K as f64, "{v} < {K}: {s}");
+
+    // Every rule evaluates without error against real chainprobe data.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let v = prom.get("/api/v1/rules?type=alert");
+        let rules: Vec<Value> = v["data"]["groups"].as_array().into_iter().flatten().flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default()).collect();
+        let bad: Vec<&Value> = rules.iter().filter(|r| r["health"] != "ok").collect();
+        if bad.is_empty() {
+            // No alert fires for a healthy run (the target is up, nothing failed to attach).
+            let firing: Vec<&Value> = rules.iter().filter(|r| r["state"] == "firing").collect();
+            assert!(firing.is_empty(), "alerts firing on a healthy chainprobe: {firing:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "rules not healthy: {bad:?}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    drop(prom);
+    assert!(lint_clean, "promtool check metrics is not clean:\n{text}\n--- exposition (as Prometheus text):\n{body}");
+}
