@@ -43,6 +43,8 @@ pub enum ProgId {
     GoGcDone = 14,
     GoStwStop = 15,
     GoStwStart = 16,
+    GoNewproc = 17,
+    GoExit = 18,
 }
 
 /// Where in a Go function a uprobe goes.
@@ -55,7 +57,9 @@ pub enum GoSite {
 }
 
 impl ProgId {
-    pub const COUNT: u32 = 17;
+    pub const COUNT: u32 = 19;
+    /// The on-demand goroutine probes, attached per process while creation tracking is on.
+    pub const GO_CREATION: [ProgId; 2] = [ProgId::GoNewproc, ProgId::GoExit];
     /// The Go runtime uprobes, attached per Go binary.
     pub const GO: [ProgId; 4] = [ProgId::GoGcStart, ProgId::GoGcDone, ProgId::GoStwStop, ProgId::GoStwStart];
     /// The tracepoint programs, attached once at start.
@@ -92,6 +96,8 @@ impl ProgId {
         ProgId::GoGcDone,
         ProgId::GoStwStop,
         ProgId::GoStwStart,
+        ProgId::GoNewproc,
+        ProgId::GoExit,
     ];
 
     /// The kernel program's function name (what the daemon loads by name).
@@ -114,6 +120,8 @@ impl ProgId {
             ProgId::GoGcDone => "go_gc_done",
             ProgId::GoStwStop => "go_stw_stop",
             ProgId::GoStwStart => "go_stw_start",
+            ProgId::GoNewproc => "go_newproc",
+            ProgId::GoExit => "go_goexit",
         }
     }
 
@@ -126,6 +134,9 @@ impl ProgId {
             ProgId::GoGcDone => Some(("runtime.gcMarkTermination", GoSite::Entry)),
             ProgId::GoStwStop => Some(("runtime.stopTheWorldWithSema", GoSite::Entry)),
             ProgId::GoStwStart => Some(("runtime.startTheWorldWithSema", GoSite::Entry)),
+            // newproc1 returns the new g: read it at every RET (never a uretprobe).
+            ProgId::GoNewproc => Some(("runtime.newproc1", GoSite::Returns)),
+            ProgId::GoExit => Some(("runtime.goexit1", GoSite::Entry)),
             _ => None,
         }
     }
@@ -146,7 +157,12 @@ impl ProgId {
             ProgId::SchedProcessExec => ("sched", "sched_process_exec"),
             ProgId::SchedProcessExit => ("sched", "sched_process_exit"),
             ProgId::OomMarkVictim => ("oom", "mark_victim"),
-            ProgId::GoGcStart | ProgId::GoGcDone | ProgId::GoStwStop | ProgId::GoStwStart => ("", ""),
+            ProgId::GoGcStart
+            | ProgId::GoGcDone
+            | ProgId::GoStwStop
+            | ProgId::GoStwStart
+            | ProgId::GoNewproc
+            | ProgId::GoExit => ("", ""),
         }
     }
 
@@ -154,7 +170,13 @@ impl ProgId {
     pub const fn optional(self) -> bool {
         matches!(
             self,
-            ProgId::OomMarkVictim | ProgId::GoGcStart | ProgId::GoGcDone | ProgId::GoStwStop | ProgId::GoStwStart
+            ProgId::OomMarkVictim
+                | ProgId::GoGcStart
+                | ProgId::GoGcDone
+                | ProgId::GoStwStop
+                | ProgId::GoStwStart
+                | ProgId::GoNewproc
+                | ProgId::GoExit
         )
     }
 }
@@ -397,6 +419,38 @@ pub struct StwStart {
     pub _pad: u32,
 }
 
+/// Per-process settings of the on-demand goroutine probes (present = counting is on). Offsets are
+/// those of this process's Go version, computed in user space.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GoCreationConfig {
+    /// `runtime.g` field offsets.
+    pub g_gopc: u32,
+    pub g_goid: u32,
+}
+
+/// Goroutines created while the creation probes were on, and how many of those exited
+/// (per-CPU, per process).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GoCreationCounts {
+    pub created: u64,
+    pub exited: u64,
+}
+
+/// Key of the creation-site table: process and creation PC (runtime address of the `go`
+/// statement, g.gopc). Also keys the live goroutines of a window by (process, goid).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CreationSite {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub gopc: u64,
+}
+
+/// Creation sites remembered at once (over all processes); further sites count as lost.
+pub const MAX_CREATION_SITES: u32 = 16_384;
+
 /// Duration of an interval whose start was not seen.
 pub const DURATION_UNKNOWN: u64 = u64::MAX;
 
@@ -476,4 +530,7 @@ mod user {
     unsafe impl aya::Pod for ListenKey {}
     unsafe impl aya::Pod for KernelConfig {}
     unsafe impl aya::Pod for InflightCall {}
+    unsafe impl aya::Pod for GoCreationConfig {}
+    unsafe impl aya::Pod for GoCreationCounts {}
+    unsafe impl aya::Pod for CreationSite {}
 }

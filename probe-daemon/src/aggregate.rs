@@ -39,6 +39,8 @@ pub struct GoState {
     pub stw_count: u64,
     /// The latest runtime read.
     pub sample: Option<GoSample>,
+    /// Goroutine-creation probes of this process.
+    pub creation: Option<crate::goruntime::creation::CreationStatus>,
 }
 
 /// Why a process ended.
@@ -386,6 +388,7 @@ impl Aggregate {
                 stw_pauses: BTreeMap::new(),
                 stw_count: 0,
                 sample: None,
+                creation: None,
             });
         }
     }
@@ -406,6 +409,12 @@ impl Aggregate {
             let name = stw_reason(go.minor, reason);
             go.stw_count += 1;
             go.stw_pauses.entry(name).or_insert_with(stw_histogram).observe(duration_ns as f64 / 1e9);
+        }
+    }
+
+    pub fn set_go_creation(&mut self, pid: u32, status: Option<crate::goruntime::creation::CreationStatus>) {
+        if let Some(go) = self.procs.get_mut(&pid).and_then(|p| p.go.as_mut()) {
+            go.creation = status;
         }
     }
 

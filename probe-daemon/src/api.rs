@@ -24,12 +24,16 @@ pub type Readiness = dyn Fn() -> Result<(), Vec<String>> + Send + Sync;
 
 /// The tracked Go processes as JSON (`GET /api/v1/targets`).
 pub type Targets = dyn Fn() -> serde_json::Value + Send + Sync;
+/// Switches a process's goroutine-creation probes: (pid, on, seconds) → state, or (HTTP status,
+/// message).
+pub type SetCreation = dyn Fn(u32, bool, Option<f64>) -> Result<serde_json::Value, (u16, String)> + Send + Sync;
 
 #[derive(Clone)]
 pub struct ApiState {
     pub render_metrics: Arc<RenderMetrics>,
     pub readiness: Arc<Readiness>,
     pub targets: Arc<Targets>,
+    pub set_creation: Arc<SetCreation>,
     pub auth: Arc<ApiAuth>,
 }
 
@@ -124,6 +128,7 @@ async fn require_token(State(st): State<ApiState>, req: Request, next: Next) -> 
 pub fn router(state: ApiState) -> Router {
     let api = Router::new()
         .route("/api/v1/targets", get(targets))
+        .route("/api/v1/targets/{pid}/creation-probes", axum::routing::post(creation_probes))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/metrics", get(metrics))
@@ -132,6 +137,39 @@ pub fn router(state: ApiState) -> Router {
         .merge(api)
         .fallback(not_found)
         .with_state(state)
+}
+
+/// Body of `POST /api/v1/targets/{pid}/creation-probes`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreationRequest {
+    pub enabled: bool,
+    /// How long to keep them on (default: go.creation_window_seconds).
+    pub seconds: Option<f64>,
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
+}
+
+async fn creation_probes(
+    State(st): State<ApiState>,
+    axum::extract::Path(pid): axum::extract::Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let Ok(pid) = pid.parse::<u32>() else {
+        return error(StatusCode::BAD_REQUEST, format!("{pid:?} is not a process id"));
+    };
+    let req: CreationRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("body must be {{\"enabled\": true|false, \"seconds\": N}}: {e}")),
+    };
+    let f = st.set_creation.clone();
+    match tokio::task::spawn_blocking(move || f(pid, req.enabled, req.seconds)).await {
+        Ok(Ok(v)) => Json(v).into_response(),
+        Ok(Err((code, msg))) => error(StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), msg),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
 }
 
 async fn targets(State(st): State<ApiState>) -> Response {

@@ -2,15 +2,20 @@
 //! tracepoint. Dropping [`Probes`] detaches everything.
 use std::path::Path;
 
+use std::num::NonZeroU32;
+
 use aya::{
-    maps::{Array, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{
         uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope},
         TracePoint, UProbe,
     },
     Ebpf,
 };
-use probe_common::{FailureKey, KernelConfig, ProcCounters, ProgId, ProgStats};
+use probe_common::{
+    CreationSite, FailureKey, GoCreationConfig, GoCreationCounts, KernelConfig, ProcCounters,
+    ProgId, ProgStats,
+};
 use tracing::{debug, info, warn};
 
 /// The kernel programs, built by build.rs for the BPF target.
@@ -55,11 +60,21 @@ impl Probes {
         program.try_into().map_err(|e| format!("{e}"))
     }
 
-    /// Attaches uprobe program `prog` at `file_offset` of the executable `target` (for every
-    /// process that maps that file).
-    pub fn attach_uprobe(&mut self, prog: ProgId, target: &Path, file_offset: u64) -> Result<UProbeLinkId, String> {
+    /// Attaches uprobe program `prog` at `file_offset` of the executable `target`: for every
+    /// process that maps that file, or only for `pid`.
+    pub fn attach_uprobe(
+        &mut self,
+        prog: ProgId,
+        target: &Path,
+        file_offset: u64,
+        pid: Option<u32>,
+    ) -> Result<UProbeLinkId, String> {
         let up = self.uprobe(prog)?;
-        up.attach(UProbeAttachLocation::AbsoluteOffset(file_offset), target, UProbeScope::AllProcesses)
+        let scope = match pid.and_then(NonZeroU32::new) {
+            Some(p) => UProbeScope::OneProcess(p),
+            None => UProbeScope::AllProcesses,
+        };
+        up.attach(UProbeAttachLocation::AbsoluteOffset(file_offset), target, scope)
             .map_err(|e| format!("attach {} at {}+{file_offset:#x}: {e}", prog.program_name(), target.display()))
     }
 
@@ -82,6 +97,16 @@ pub struct KernelMaps {
     pub failures: PerCpuHashMap<MapData, FailureKey, u64>,
     pub stats: PerCpuArray<MapData, ProgStats>,
     pub events: RingBuf<MapData>,
+    pub creation: CreationMaps,
+}
+
+/// The on-demand goroutine-creation maps.
+pub struct CreationMaps {
+    pub config: HashMap<MapData, u32, GoCreationConfig>,
+    pub counts: PerCpuHashMap<MapData, u32, GoCreationCounts>,
+    pub sites: PerCpuHashMap<MapData, CreationSite, u64>,
+    /// (tgid, goid) of goroutines created in the window and still alive.
+    pub window_goids: HashMap<MapData, CreationSite, u8>,
 }
 
 fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
@@ -112,7 +137,7 @@ pub fn load(kcfg: KernelConfig, tracefs: &Path) -> Result<(Probes, KernelMaps), 
 
     let mut programs = Vec::new();
     // Go uprobes are loaded now and attached per Go binary as processes are discovered.
-    for prog in ProgId::GO {
+    for prog in ProgId::GO.into_iter().chain(ProgId::GO_CREATION) {
         let loaded = (|| -> Result<(), String> {
             let program = ebpf
                 .program_mut(prog.program_name())
@@ -140,6 +165,12 @@ pub fn load(kcfg: KernelConfig, tracefs: &Path) -> Result<(Probes, KernelMaps), 
         failures: take(&mut ebpf, "FAILURES")?,
         stats: take(&mut ebpf, "PROG_STATS")?,
         events: take(&mut ebpf, "EVENTS")?,
+        creation: CreationMaps {
+            config: take(&mut ebpf, "GO_CREATION")?,
+            counts: take(&mut ebpf, "GO_CREATION_COUNTS")?,
+            sites: take(&mut ebpf, "CREATION_SITES")?,
+            window_goids: take(&mut ebpf, "WINDOW_GOIDS")?,
+        },
     };
     Ok((Probes { _ebpf: ebpf, programs }, maps))
 }

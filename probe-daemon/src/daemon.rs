@@ -20,7 +20,10 @@ use crate::{
     attach::{self, KernelMaps, ProgramStatus},
     config::Config,
     events::{self, Event},
-    goruntime::{Discoverer, Discovery, GoTracker, ProcMem},
+    goruntime::{
+        creation::{CreationProbes, CreationStatus},
+        Discoverer, Discovery, GoTracker, ProcMem,
+    },
     kernel::{self, Status},
     metrics::ScrapeView,
 };
@@ -64,6 +67,8 @@ struct Shared {
     kernel: String,
     serving: AtomicBool,
     go: Option<Arc<Mutex<GoTracker>>>,
+    creation: Option<Mutex<CreationProbes>>,
+    probes: Arc<Mutex<attach::Probes>>,
     lifecycle: Option<std::sync::mpsc::SyncSender<Lifecycle>>,
 }
 
@@ -115,7 +120,11 @@ impl Shared {
                     "abi": t.abi,
                     "supported": t.supported,
                     "probes": t.probes,
-                    "creation_probes": { "active": false, "reason": "off: goroutines are counted from memory reads; per-goroutine probes are not switched on" },
+                    "creation_probes": g.and_then(|g| g.creation.clone()).unwrap_or_else(|| CreationStatus {
+                        active: false,
+                        reason: "off: goroutines are counted from memory reads; the per-goroutine probes switch on for a suspected leak or on request".into(),
+                        ..Default::default()
+                    }),
                     "runtime_reads": match &t.reads_error { None => "ok".to_string(), Some(e) => e.clone() },
                     "runtime": {
                         "goroutines": s.map(|s| s.goroutines),
@@ -131,6 +140,34 @@ impl Shared {
             .collect();
         out.sort_by_key(|v| v["pid"].as_u64());
         serde_json::json!({ "targets": out })
+    }
+
+    /// `POST /api/v1/targets/{pid}/creation-probes`: switches a process's creation probes.
+    fn set_creation(&self, pid: u32, enable: bool, seconds: Option<f64>) -> Result<serde_json::Value, (u16, String)> {
+        let (Some(go), Some(creation)) = (&self.go, &self.creation) else {
+            return Err((409, "Go tracking is disabled in the configuration ([go] enabled = false)".into()));
+        };
+        let Some(t) = lock(go).target(pid).cloned() else {
+            return Err((404, format!("process {pid} is not a tracked Go process (see GET /api/v1/targets)")));
+        };
+        let window = match seconds {
+            Some(s) if !(s.is_finite() && s > 0.0 && s <= 3600.0) => {
+                return Err((400, "seconds must be between 0 and 3600".into()));
+            }
+            Some(s) => Some(Duration::from_secs_f64(s)),
+            None => None,
+        };
+        let status = {
+            let mut c = lock(creation);
+            if enable {
+                c.enable(&self.probes, &t, "requested through the API".into(), window).map_err(|e| (422, format!("cannot switch on creation probes: {e}")))?;
+            } else {
+                c.disable(&self.probes, pid, "requested through the API");
+            }
+            c.status(pid).cloned()
+        };
+        lock(&self.agg).set_go_creation(pid, status.clone());
+        Ok(serde_json::json!({ "pid": pid, "creation_probes": status }))
     }
 
     fn readiness(&self) -> Result<(), Vec<String>> {
@@ -173,12 +210,13 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     let mut kcfg = report.config;
     kcfg.self_tgid = std::process::id();
 
-    let (probes, KernelMaps { counters, failures, stats, events: ring }) = attach::load(kcfg, &tracefs)?;
+    let (probes, KernelMaps { counters, failures, stats, events: ring, creation }) = attach::load(kcfg, &tracefs)?;
     let attached = probes.programs.iter().filter(|p| p.attached).count();
     info!(attached, total = probes.programs.len(), "kernel programs loaded");
     let programs = probes.programs.clone();
     let probes = Arc::new(Mutex::new(probes));
 
+    let creation_settings = cfg.creation_settings()?;
     let (go, lifecycle_rx, lifecycle) = if cfg.go.enabled {
         let (tx, rx) = std::sync::mpsc::sync_channel(16_384);
         (Some(Arc::new(Mutex::new(GoTracker::new(probes.clone())))), Some(rx), Some(tx))
@@ -191,7 +229,9 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         programs,
         kernel: kernel::kernel_release(),
         serving: AtomicBool::new(false),
+        creation: go.as_ref().map(|_| Mutex::new(CreationProbes::new(creation, creation_settings))),
         go,
+        probes: probes.clone(),
         lifecycle,
     });
     let mut go_tasks = Vec::new();
@@ -235,6 +275,10 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         targets: {
             let s = shared.clone();
             Arc::new(move || s.targets())
+        },
+        set_creation: {
+            let s = shared.clone();
+            Arc::new(move |pid, on, secs| s.set_creation(pid, on, secs))
         },
         auth: Arc::new(auth),
     };
@@ -418,10 +462,23 @@ async fn go_read_loop(shared: Arc<Shared>, every: Duration) {
         let _ = tokio::task::spawn_blocking(move || {
             let Some(go) = &s.go else { return };
             let readable = lock(go).readable();
+            let mut counts = Vec::new();
             for (pid, layout) in readable {
                 match ProcMem::open(pid).and_then(|m| m.sample(&layout)) {
-                    Ok(sample) => lock(&s.agg).set_go_sample(pid, sample),
+                    Ok(sample) => {
+                        counts.push((pid, sample.goroutines));
+                        lock(&s.agg).set_go_sample(pid, sample);
+                    }
                     Err(e) => debug!(pid, error = %e, "Go runtime read failed"),
+                }
+            }
+            if let Some(creation) = &s.creation {
+                let targets: Vec<crate::goruntime::GoTarget> = lock(go).targets().cloned().collect();
+                let mut c = lock(creation);
+                c.tick(&s.probes, &targets, &counts);
+                let mut agg = lock(&s.agg);
+                for t in &targets {
+                    agg.set_go_creation(t.pid, c.status(t.pid).cloned());
                 }
             }
         })

@@ -364,6 +364,27 @@ impl ScrapeView {
             MetricType::Gauge,
             sampled().map(|(p, g, s)| (go_labels(p, g), ConstGauge::new(s.heap_goal as i64))),
         )?;
+        family(
+            enc,
+            "chainprobe_go_creation_probes_active",
+            "1 while the goroutine-creation probes are on for the process (see /api/v1/targets for why).",
+            MetricType::Gauge,
+            self.go_procs().map(|(p, g)| {
+                (go_labels(p, g), ConstGauge::new(i64::from(g.creation.as_ref().is_some_and(|c| c.active))))
+            }),
+        )?;
+        family(
+            enc,
+            "chainprobe_go_goroutine_creations",
+            "Goroutines created per creating function while the creation probes are on (top N functions).",
+            MetricType::Counter,
+            self.go_procs().flat_map(|(p, g)| {
+                g.creation
+                    .iter()
+                    .filter(|c| c.active)
+                    .flat_map(move |c| c.top.iter().map(move |(f, n)| (with(go_labels(p, g), &[("function", f)]), ConstCounter::new(*n))))
+            }),
+        )?;
         Ok(())
     }
 }

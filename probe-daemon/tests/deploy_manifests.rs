@@ -37,11 +37,9 @@ fn run(cmd: &mut Command) -> (bool, String) {
 
 /// All YAML documents of a file, as JSON (PyYAML, which kubernetes-validate brings).
 fn yaml_docs(path: &Path) -> Vec<Value> {
-    let (ok, out) = run(Command::new("python3").args([
-        "-c",
-        "import sys, json, yaml; json.dump([d for d in yaml.safe_load_all(open(sys.argv[1])) if d is not None], sys.stdout)",
-    ])
-    .arg(path));
+    let (ok, out) = run(Command::new("python3")
+        .args(["-c", "import sys, json, yaml; json.dump([d for d in yaml.safe_load_all(open(sys.argv[1])) if d is not None], sys.stdout)"])
+        .arg(path));
     assert!(ok, "cannot parse {} as YAML (PyYAML missing? bash tests/tools/install.sh):\n{out}", path.display());
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("{}: {e}\n{out}", path.display()))
 }
@@ -100,15 +98,17 @@ fn kustomization_lists_every_manifest_and_they_exist() {
 
 #[test]
 fn manifests_validate_against_the_kubernetes_openapi_schema() {
+    let (ok, out) = run(Command::new("python3").args(["-m", "kubernetes_validate", "--version"]));
+    assert!(ok, "kubernetes-validate is not installed ({out}): run bash tests/tools/install.sh");
     // The validator itself must reject a wrong manifest, or a pass means nothing.
     let bad = std::env::temp_dir().join(format!("chainprobe-bad-{}.yaml", std::process::id()));
     std::fs::write(&bad, "apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {name: x}\nspec:\n  selector: {matchLabels: {a: b}}\n  template:\n    metadata: {labels: {a: b}}\n    spec:\n      hostPID: \"yes\"\n      containers: [{name: c, image: i, ports: [{containerPort: http}]}]\n").expect("write");
-    let (ok, out) = run(Command::new("kubernetes-validate").args(["--strict"]).arg(&bad));
+    let (ok, out) = run(Command::new("python3").args(["-m", "kubernetes_validate", "--strict"]).arg(&bad));
     let _ = std::fs::remove_file(&bad);
     assert!(!ok, "kubernetes-validate accepted an invalid DaemonSet:\n{out}");
 
     let files: Vec<PathBuf> = resources();
-    let (ok, out) = run(Command::new("kubernetes-validate").args(["--strict"]).args(&files));
+    let (ok, out) = run(Command::new("python3").args(["-m", "kubernetes_validate", "--strict"]).args(&files));
     assert!(ok, "kubernetes-validate --strict failed:\n{out}");
     // Every built-in kind must have been checked against a schema (only the CRDs have none there).
     for line in out.lines().filter(|l| l.contains("Couldn't find schema")) {
@@ -179,7 +179,8 @@ fn alert_rules_pass_promtool_and_their_unit_tests() {
     assert!(ok, "promtool check rules on the PrometheusRule's spec:\n{out}");
 
     // What the issue asks alerts for.
-    let exprs: Vec<String> = plain["groups"][0]["rules"].as_array().expect("rules").iter().map(|r| r["expr"].as_str().unwrap_or_default().to_string()).collect();
+    let exprs: Vec<String> =
+        plain["groups"][0]["rules"].as_array().expect("rules").iter().map(|r| r["expr"].as_str().unwrap_or_default().to_string()).collect();
     for needle in [
         "chainprobe_health_score < 50",
         "chainprobe_snapshots_total{result=\"failed\"}",
@@ -189,7 +190,12 @@ fn alert_rules_pass_promtool_and_their_unit_tests() {
     ] {
         assert!(exprs.iter().any(|e| e.contains(needle)), "no alert on {needle}: {exprs:?}");
     }
-    let health = plain["groups"][0]["rules"].as_array().expect("rules").iter().find(|r| r["expr"].as_str().is_some_and(|e| e.contains("health_score"))).expect("health rule");
+    let health = plain["groups"][0]["rules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .find(|r| r["expr"].as_str().is_some_and(|e| e.contains("health_score")))
+        .expect("health rule");
     assert_eq!(health["for"], "5m");
 }
 
@@ -259,7 +265,13 @@ fn dashboard_and_rules_name_only_known_metrics() {
         }
     }
     // The dashboard covers each family chainprobe exposes.
-    for family in ["chainprobe_tcp_connects_total", "chainprobe_mmap_calls_total", "chainprobe_process_exits_total", "chainprobe_events_lost_total", "chainprobe_health_score"] {
+    for family in [
+        "chainprobe_tcp_connects_total",
+        "chainprobe_mmap_calls_total",
+        "chainprobe_process_exits_total",
+        "chainprobe_events_lost_total",
+        "chainprobe_health_score",
+    ] {
         assert!(used.contains(family), "dashboard/rules never use {family}");
     }
     // Every PromQL query is syntactically valid: promtool parses each as a recording rule.
@@ -303,9 +315,18 @@ fn daemonset_is_least_privilege_and_wired() {
         .map(|m| (m["name"].as_str().unwrap_or(""), m["mountPath"].as_str().unwrap_or(""), m["readOnly"] == true))
         .collect();
     let host = |name: &str| -> String {
-        pod["volumes"].as_array().expect("volumes").iter().find(|v| v["name"] == name).and_then(|v| v["hostPath"]["path"].as_str()).unwrap_or("").to_string()
+        pod["volumes"]
+            .as_array()
+            .expect("volumes")
+            .iter()
+            .find(|v| v["name"] == name)
+            .and_then(|v| v["hostPath"]["path"].as_str())
+            .unwrap_or("")
+            .to_string()
     };
-    for (path, ro) in [("/sys/kernel/tracing", true), ("/sys/fs/bpf", false), ("/sys/kernel/btf", true), ("/var/lib/chainprobe/snapshots", false)] {
+    for (path, ro) in
+        [("/sys/kernel/tracing", true), ("/sys/fs/bpf", false), ("/sys/kernel/btf", true), ("/var/lib/chainprobe/snapshots", false)]
+    {
         let m = mounts.iter().find(|m| m.1 == path).unwrap_or_else(|| panic!("no mount at {path}"));
         assert_eq!(m.2, ro, "{path} readOnly");
         assert_eq!(host(m.0), path, "{path} comes from the host");
@@ -360,4 +381,21 @@ fn dockerfile_is_multi_stage_with_the_bpf_toolchain() {
     for needle in ["nightly", "rust-src", "bpf-linker", "COPY --from=builder", "ENTRYPOINT"] {
         assert!(d.contains(needle), "Dockerfile lacks {needle}");
     }
+}
+
+#[test]
+fn systemd_unit_verifies() {
+    let unit = std::fs::read_to_string(deploy().join("chainprobe.service")).expect("deploy/chainprobe.service");
+    // Point it at the binary under test so that systemd-analyze can check the commands too.
+    let dir = std::env::temp_dir().join(format!("chainprobe-unit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let f = dir.join("chainprobe.service");
+    std::fs::write(&f, unit.replace("/usr/local/bin/chainprobe", env!("CARGO_BIN_EXE_chainprobe"))).expect("write unit");
+    let (ok, out) = run(Command::new("systemd-analyze").arg("verify").arg(&f));
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(ok && !out.contains("chainprobe.service:"), "systemd-analyze verify deploy/chainprobe.service:\n{out}");
+    for cap in ["CAP_BPF", "CAP_PERFMON", "CAP_SYS_PTRACE", "CAP_SYS_RESOURCE"] {
+        assert!(unit.contains(cap), "unit lacks {cap}");
+    }
+    assert!(!unit.contains("CAP_SYS_ADMIN"), "the unit must not grant CAP_SYS_ADMIN");
 }

@@ -270,3 +270,152 @@ fn deep_recursion_and_stack_growth_while_probed_never_crash_the_target() {
         assert!(go_value(&m, "chainprobe_go_gc_cycles_total", g.pid, &[]) >= 3.0, "{}", g.label);
     }
 }
+
+fn post_creation(d: &Daemon, pid: u32, body: &str) -> (u16, serde_json::Value) {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(d.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "POST /api/v1/targets/{pid}/creation-probes HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let code = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let json = out.split("\r\n\r\n").nth(1).and_then(|b| serde_json::from_str(b).ok()).unwrap_or(serde_json::Value::Null);
+    (code, json)
+}
+
+fn creation(d: &Daemon, pid: u32) -> serde_json::Value {
+    target(&targets(d), pid).map(|t| t["creation_probes"].clone()).unwrap_or(serde_json::Value::Null)
+}
+
+fn wait_tracked(d: &Daemon, g: &Gorun) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !target(&targets(d), g.pid).is_some_and(|t| t["runtime"]["goroutines"].is_number()) {
+        assert!(Instant::now() < deadline, "{} not tracked", g.label);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn creation_probes_count_exactly_and_name_the_creating_function() {
+    let fx = fixtures();
+    let d = Daemon::start("go-creation", "[go]\nread_interval_seconds = 0.2\ncreation_probes = \"manual\"\n");
+    for (l, p) in &fx {
+        let mut g = Gorun::start(l, p);
+        wait_tracked(&d, &g);
+        let (code, body) = post_creation(&d, g.pid, r#"{"enabled": true, "seconds": 60}"#);
+        assert_eq!(code, 200, "{l}: {body}");
+        assert_eq!(body["creation_probes"]["active"], true, "{l}: {body}");
+        g.cmd("spawn 300");
+        g.cmd("leak 25");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let c = loop {
+            let c = creation(&d, g.pid);
+            if c["created"] == 325 && c["exited"] == 300 {
+                break c;
+            }
+            assert!(Instant::now() < deadline, "{l}: creation counts never reached 325/300: {c}");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let top = c["top"].as_array().unwrap();
+        assert!(top.iter().any(|f| f[0] == "main.leakOne" && f[1] == 25), "{l}: {c}");
+        assert!(top.iter().any(|f| f[0] == "main.main" && f[1] == 300), "{l}: {c}");
+        let m = d.metrics();
+        let pid = g.pid.to_string();
+        assert_eq!(
+            m.value("chainprobe_go_goroutine_creations_total", &[("pid", &pid), ("function", "main.leakOne")]),
+            25.0,
+            "{l}: {}",
+            m.text.lines().filter(|x| x.contains("creation")).collect::<Vec<_>>().join("\n")
+        );
+        assert_eq!(m.value("chainprobe_go_creation_probes_active", &[("pid", &pid)]), 1.0);
+        let (code, body) = post_creation(&d, g.pid, r#"{"enabled": false}"#);
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(body["creation_probes"]["active"], false);
+        // Off: further goroutines are not counted, and the target is fine.
+        g.cmd("spawn 100");
+        assert_eq!(creation(&d, g.pid)["created"], 325, "{l}");
+        assert!(g.alive());
+    }
+    // Bad requests.
+    assert_eq!(post_creation(&d, 999_999_999, r#"{"enabled": true}"#).0, 404);
+    let g = Gorun::start("any", &fx[0].1);
+    wait_tracked(&d, &g);
+    assert_eq!(post_creation(&d, g.pid, r#"{"on": true}"#).0, 400);
+    assert_eq!(post_creation(&d, g.pid, r#"{"enabled": true, "seconds": -1}"#).0, 400);
+}
+
+#[test]
+fn a_leak_switches_creation_probes_on_by_itself_then_the_window_switches_them_off() {
+    let fx = fixtures();
+    let d = Daemon::start(
+        "go-leak",
+        "[go]\nread_interval_seconds = 0.2\ncreation_probes = \"auto\"\ncreation_window_seconds = 2.0\nleak_reads = 3\nleak_growth = 60\n",
+    );
+    let (l, p) = &fx[fx.len() - 1];
+    let mut g = Gorun::start(l, p);
+    wait_tracked(&d, &g);
+    assert_eq!(creation(&d, g.pid)["active"], false);
+    // Leak 30 goroutines at every read, until the probes switch on.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        g.cmd("leak 30");
+        let c = creation(&d, g.pid);
+        if c["active"] == true {
+            assert!(c["reason"].as_str().unwrap().contains("leak suspected"), "{c}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "leak never detected: {c}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    g.cmd("leak 10");
+    // The window (2 s) ends; the leaking function was named meanwhile.
+    let deadline = Instant::now() + Duration::from_secs(6);
+    let c = loop {
+        let c = creation(&d, g.pid);
+        if c["active"] == false {
+            break c;
+        }
+        assert!(Instant::now() < deadline, "probes never switched off: {c}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(c["reason"].as_str().unwrap().contains("window ended"), "{c}");
+    assert!(c["top"].as_array().unwrap().iter().any(|f| f[0] == "main.leakOne"), "{c}");
+    // Cooldown: more leaking does not switch them on again right away.
+    for _ in 0..5 {
+        g.cmd("leak 30");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(creation(&d, g.pid)["active"], false);
+    assert!(g.alive());
+}
+
+#[test]
+fn creation_probes_switch_off_when_goroutines_are_created_too_fast() {
+    let fx = fixtures();
+    let d = Daemon::start("go-rate", "[go]\nread_interval_seconds = 0.2\ncreation_probes = \"always\"\ncreation_max_rate = 500.0\n");
+    let (l, p) = &fx[0];
+    let mut g = Gorun::start(l, p);
+    wait_tracked(&d, &g);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while creation(&d, g.pid)["active"] != true {
+        assert!(Instant::now() < deadline, "always mode did not switch on: {}", creation(&d, g.pid));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    g.cmd("spawn 20000");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let c = loop {
+        let c = creation(&d, g.pid);
+        if c["active"] == false {
+            break c;
+        }
+        assert!(Instant::now() < deadline, "rate guard never fired: {c}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(c["reason"].as_str().unwrap().contains("creations/s exceeds"), "{c}");
+    assert!(g.alive());
+}

@@ -24,7 +24,9 @@ fn tool(name: &str) -> PathBuf {
     let found = std::env::var_os("PATH")
         .and_then(|p| std::env::split_paths(&p).map(|d| d.join(name)).find(|p| p.is_file()))
         .or_else(|| Some(PathBuf::from("/usr/bin").join(name)).filter(|p| p.is_file()));
-    found.unwrap_or_else(|| panic!("{name} not found: install the test tools with `bash tests/tools/install.sh` (Debian package prometheus)"))
+    found.unwrap_or_else(|| {
+        panic!("{name} not found: install the test tools with `bash tests/tools/install.sh` (Debian package prometheus)")
+    })
 }
 
 /// A Prometheus server, SIGTERM then SIGKILL on drop.
@@ -258,7 +260,14 @@ fn prometheus_scrapes_chainprobe_and_loads_the_alerts() {
         }
         std::thread::sleep(Duration::from_millis(200));
     };
-    for a in ["ChainprobeHealthScoreLow", "ChainprobeSnapshotFailures", "ChainprobeAttachFailures", "ChainprobeEventsLost", "ChainprobeTargetDown", "ChainprobeSeriesDropped"] {
+    for a in [
+        "ChainprobeHealthScoreLow",
+        "ChainprobeSnapshotFailures",
+        "ChainprobeAttachFailures",
+        "ChainprobeEventsLost",
+        "ChainprobeTargetDown",
+        "ChainprobeSeriesDropped",
+    ] {
         assert!(names.iter().any(|n| n == a), "alert {a} not loaded; loaded: {names:?}\n{}", prom.log_text());
     }
 
@@ -271,7 +280,12 @@ fn prometheus_scrapes_chainprobe_and_loads_the_alerts() {
         if !r.is_empty() && up.first().is_some_and(|s| s["value"][1] == "1") {
             break r;
         }
-        assert!(Instant::now() < deadline, "no {q} in Prometheus within 30 s; targets: {}\n{}", prom.get("/api/v1/targets"), prom.log_text());
+        assert!(
+            Instant::now() < deadline,
+            "no {q} in Prometheus within 30 s; targets: {}\n{}",
+            prom.get("/api/v1/targets"),
+            prom.log_text()
+        );
         std::thread::sleep(Duration::from_millis(250));
     };
     assert_eq!(series.len(), 1, "{series:?}");
@@ -285,7 +299,8 @@ fn prometheus_scrapes_chainprobe_and_loads_the_alerts() {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let v = prom.get("/api/v1/rules?type=alert");
-        let rules: Vec<Value> = v["data"]["groups"].as_array().into_iter().flatten().flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default()).collect();
+        let rules: Vec<Value> =
+            v["data"]["groups"].as_array().into_iter().flatten().flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default()).collect();
         let bad: Vec<&Value> = rules.iter().filter(|r| r["health"] != "ok").collect();
         if bad.is_empty() {
             // No alert fires for a healthy run (the target is up, nothing failed to attach).

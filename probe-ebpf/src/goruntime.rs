@@ -2,13 +2,14 @@
 //! binary (function entries and RET instructions; never uretprobes, which crash Go). Each of these
 //! fires a few times per GC cycle, so they are cheap enough to stay on.
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
     macros::{map, uprobe},
-    maps::HashMap,
+    maps::{HashMap, PerCpuHashMap},
     programs::ProbeContext,
 };
 use probe_common::{
-    EventHeader, EventKind, GoGcEvent, GoStwEvent, ProgId, StwStart, DURATION_UNKNOWN, MAX_PROCS,
+    CreationSite, EventHeader, EventKind, GoCreationConfig, GoCreationCounts, GoGcEvent, GoStwEvent,
+    ProgId, StwStart, DURATION_UNKNOWN, MAX_CREATION_SITES, MAX_PROCS,
 };
 
 use crate::maps::{count_event, count_lost_map_full, count_lost_ringbuf, EVENTS};
@@ -21,7 +22,109 @@ static GC_START: HashMap<u32, u64> = HashMap::with_max_entries(MAX_PROCS, 0);
 #[map]
 static STW_START: HashMap<u32, StwStart> = HashMap::with_max_entries(MAX_PROCS, 0);
 
+/// Processes whose goroutine creations are being counted, with their g offsets.
+#[map]
+pub static GO_CREATION: HashMap<u32, GoCreationConfig> = HashMap::with_max_entries(MAX_PROCS, 0);
+
+/// Goroutines created / exited per process while counting.
+#[map]
+pub static GO_CREATION_COUNTS: PerCpuHashMap<u32, GoCreationCounts> = PerCpuHashMap::with_max_entries(MAX_PROCS, 0);
+
+/// Goroutines created per (process, creation PC) while counting (per CPU: exact without atomics).
+#[map]
+pub static CREATION_SITES: PerCpuHashMap<CreationSite, u64> = PerCpuHashMap::with_max_entries(MAX_CREATION_SITES, 0);
+
+/// Goroutines created while counting and still alive: (tgid, goid). Exits count only these, so a
+/// goroutine that began before the window does not count as an exit of the window.
+#[map]
+static WINDOW_GOIDS: HashMap<CreationSite, u8> = HashMap::with_max_entries(65_536, 0);
+
 const BPF_NOEXIST: u64 = 1;
+
+/// The current goroutine under Go's register ABI (amd64 R14, arm64 X28).
+#[inline(always)]
+fn go_current_g(ctx: &ProbeContext) -> u64 {
+    #[cfg(bpf_target_arch = "x86_64")]
+    {
+        unsafe { (*ctx.regs).r14 }
+    }
+    #[cfg(bpf_target_arch = "aarch64")]
+    {
+        let regs = ctx.regs as *const aya_ebpf::bindings::user_pt_regs;
+        unsafe { (*regs).regs[28] }
+    }
+    #[cfg(not(any(bpf_target_arch = "x86_64", bpf_target_arch = "aarch64")))]
+    {
+        let _ = ctx;
+        0
+    }
+}
+
+#[inline(always)]
+fn creation_counts(prog: ProgId, tgid: u32) -> Option<&'static mut GoCreationCounts> {
+    if let Some(p) = GO_CREATION_COUNTS.get_ptr_mut(&tgid) {
+        return Some(unsafe { &mut *p });
+    }
+    let _ = GO_CREATION_COUNTS.insert(&tgid, &GoCreationCounts::default(), BPF_NOEXIST);
+    match GO_CREATION_COUNTS.get_ptr_mut(&tgid) {
+        Some(p) => Some(unsafe { &mut *p }),
+        None => {
+            count_lost_map_full(prog);
+            None
+        }
+    }
+}
+
+/// Every RET of runtime.newproc1 (on demand, one process): the new g is the result register.
+#[uprobe]
+pub fn go_newproc(ctx: ProbeContext) -> u32 {
+    let prog = ProgId::GoNewproc;
+    count_event(prog);
+    let tgid = tgid();
+    let Some(cfg) = (unsafe { GO_CREATION.get(&tgid) }).copied() else { return 0 };
+    let newg = go_arg0(&ctx);
+    if newg == 0 {
+        return 0;
+    }
+    if let Some(c) = creation_counts(prog, tgid) {
+        c.created += 1;
+    }
+    let goid: u64 = unsafe { bpf_probe_read_user((newg + cfg.g_goid as u64) as *const u64) }.unwrap_or(0);
+    if WINDOW_GOIDS.insert(&CreationSite { tgid, _pad: 0, gopc: goid }, &1u8, 0).is_err() {
+        count_lost_map_full(prog);
+    }
+    let gopc: u64 = unsafe { bpf_probe_read_user((newg + cfg.g_gopc as u64) as *const u64) }.unwrap_or(0);
+    let key = CreationSite { tgid, _pad: 0, gopc };
+    if let Some(n) = CREATION_SITES.get_ptr_mut(&key) {
+        unsafe { *n += 1 };
+    } else if CREATION_SITES.insert(&key, &1u64, BPF_NOEXIST).is_err() {
+        match CREATION_SITES.get_ptr_mut(&key) {
+            Some(n) => unsafe { *n += 1 },
+            None => count_lost_map_full(prog),
+        }
+    }
+    0
+}
+
+/// runtime.goexit1 entry (on demand, one process): a goroutine ends (it runs on that goroutine).
+#[uprobe]
+pub fn go_goexit(ctx: ProbeContext) -> u32 {
+    let prog = ProgId::GoExit;
+    count_event(prog);
+    let tgid = tgid();
+    let Some(cfg) = (unsafe { GO_CREATION.get(&tgid) }).copied() else { return 0 };
+    let g = go_current_g(&ctx);
+    if g == 0 {
+        return 0;
+    }
+    let goid: u64 = unsafe { bpf_probe_read_user((g + cfg.g_goid as u64) as *const u64) }.unwrap_or(0);
+    if WINDOW_GOIDS.remove(&CreationSite { tgid, _pad: 0, gopc: goid }).is_ok() {
+        if let Some(c) = creation_counts(prog, tgid) {
+            c.exited += 1;
+        }
+    }
+    0
+}
 
 #[inline(always)]
 fn tgid() -> u32 {

@@ -8,6 +8,8 @@
 #   @kubernetes-models/prometheus-operator
 #                           npm, the ServiceMonitor/PrometheusRule CRD schemas, installed under
 #                           $CHAINPROBE_TEST_TOOLS (default /opt/chainprobe-test-tools)
+#   openssl                 Debian (usually present)
+#   systemd-analyze         Debian package systemd (usually present)
 #
 # The tests fail (not skip) with a pointer to this script when a tool is missing.
 set -euo pipefail
@@ -15,16 +17,28 @@ TOOLS=${CHAINPROBE_TEST_TOOLS:-/opt/chainprobe-test-tools}
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
 
+# apt-get install, with `apt-get update` first only when the package lists are missing or stale.
+apt_install() {
+  if ! DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$@" >/dev/null 2>&1; then
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+  fi
+}
+
+# pip install into the python3 on PATH (Debian's own python3 needs --break-system-packages).
+pip_install() {
+  python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip
+  python3 -m pip install -q --disable-pip-version-check "$@" 2>/dev/null \
+    || python3 -m pip install -q --disable-pip-version-check --break-system-packages "$@"
+}
+
 # 1. Prometheus server and promtool (Debian).
 if command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; then
   echo "prometheus: present ($(promtool --version 2>&1 | head -1))"
 else
-  if ! apt-cache show prometheus >/dev/null 2>&1; then
-    $SUDO apt-get update -qq
-  fi
   # The package's postinst may try to start the service; on a machine without systemd as init
   # that fails harmlessly. The tests run their own server on 127.0.0.1.
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  apt_install prometheus
   echo "prometheus: installed ($(promtool --version 2>&1 | head -1))"
 fi
 # Debian starts a system Prometheus on :9090 where systemd runs; the tests do not need it.
@@ -33,21 +47,37 @@ if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet prometheu
 fi
 
 # 2. kubernetes-validate (PyPI), with the schemas of current Kubernetes releases inside.
-if python3 -c 'import kubernetes_validate, yaml' 2>/dev/null && command -v kubernetes-validate >/dev/null 2>&1; then
-  echo "kubernetes-validate: present ($(kubernetes-validate --version 2>&1 | tail -1))"
+# The tests run it as `python3 -m kubernetes_validate` (no dependence on PATH or pyenv shims).
+if python3 -c 'import kubernetes_validate, yaml' 2>/dev/null; then
+  echo "kubernetes-validate: present ($(python3 -m kubernetes_validate --version 2>&1 | tail -1))"
 else
-  python3 -m pip install -q --disable-pip-version-check 'kubernetes-validate>=1.33' pyyaml
-  echo "kubernetes-validate: installed ($(kubernetes-validate --version 2>&1 | tail -1))"
+  pip_install 'kubernetes-validate>=1.33' pyyaml
+  if command -v pyenv >/dev/null 2>&1; then pyenv rehash || true; fi
+  echo "kubernetes-validate: installed ($(python3 -m kubernetes_validate --version 2>&1 | tail -1))"
 fi
 
 # 3. Prometheus Operator CRD schemas (npm).
 if [ -f "$TOOLS/node_modules/@kubernetes-models/prometheus-operator/package.json" ]; then
   echo "prometheus-operator schemas: present ($TOOLS)"
 else
-  command -v npm >/dev/null 2>&1 || { DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nodejs npm >/dev/null; }
+  command -v npm >/dev/null 2>&1 || apt_install nodejs npm
   mkdir -p "$TOOLS"
   [ -f "$TOOLS/package.json" ] || echo '{"private": true}' > "$TOOLS/package.json"
   npm install --prefix "$TOOLS" --no-audit --no-fund --loglevel=error '@kubernetes-models/prometheus-operator@6' >/dev/null
   echo "prometheus-operator schemas: installed ($TOOLS)"
+fi
+# 4. openssl (k8s_api.rs makes a throwaway CA and server certificate with it).
+if command -v openssl >/dev/null 2>&1; then
+  echo "openssl: present"
+else
+  apt_install openssl
+  echo "openssl: installed"
+fi
+# 5. systemd-analyze (deploy_manifests.rs verifies deploy/chainprobe.service with it).
+if command -v systemd-analyze >/dev/null 2>&1; then
+  echo "systemd-analyze: present"
+else
+  apt_install systemd
+  echo "systemd-analyze: installed"
 fi
 echo "test tools ready"

@@ -33,11 +33,28 @@ pub struct Config {
 pub struct GoConfig {
     pub enabled: bool,
     pub read_interval_seconds: f64,
+    pub creation_probes: crate::goruntime::creation::CreationMode,
+    pub creation_window_seconds: f64,
+    pub creation_max_rate: f64,
+    pub leak_reads: usize,
+    pub leak_growth: i64,
+    pub creation_cooldown_seconds: f64,
+    pub creation_top_n: usize,
 }
 
 impl Default for GoConfig {
     fn default() -> Self {
-        GoConfig { enabled: true, read_interval_seconds: 5.0 }
+        GoConfig {
+            enabled: true,
+            read_interval_seconds: 5.0,
+            creation_probes: crate::goruntime::creation::CreationMode::Auto,
+            creation_window_seconds: 60.0,
+            creation_max_rate: 5000.0,
+            leak_reads: 6,
+            leak_growth: 200,
+            creation_cooldown_seconds: 600.0,
+            creation_top_n: 20,
+        }
     }
 }
 
@@ -155,6 +172,7 @@ impl Config {
         self.drain_interval()?;
         self.map_count_interval()?;
         self.go_read_interval()?;
+        self.creation_settings()?;
         if self.metrics.max_exited_processes == 0 {
             return Err(ConfigError::Invalid {
                 key: "metrics.max_exited_processes",
@@ -172,6 +190,24 @@ impl Config {
     }
     pub fn go_read_interval(&self) -> Result<Duration, ConfigError> {
         seconds("go.read_interval_seconds", self.go.read_interval_seconds, 0.05)
+    }
+    pub fn creation_settings(&self) -> Result<crate::goruntime::creation::CreationSettings, ConfigError> {
+        let g = &self.go;
+        if !(g.creation_max_rate > 0.0) {
+            return Err(ConfigError::Invalid { key: "go.creation_max_rate", message: "must be above 0".into() });
+        }
+        if g.creation_top_n == 0 || g.creation_top_n > 1000 {
+            return Err(ConfigError::Invalid { key: "go.creation_top_n", message: "must be 1 to 1000".into() });
+        }
+        Ok(crate::goruntime::creation::CreationSettings {
+            mode: g.creation_probes,
+            window: seconds("go.creation_window_seconds", g.creation_window_seconds, 0.1)?,
+            max_rate: g.creation_max_rate,
+            leak_reads: g.leak_reads,
+            leak_growth: g.leak_growth,
+            cooldown: seconds("go.creation_cooldown_seconds", g.creation_cooldown_seconds, 0.0)?,
+            top_n: g.creation_top_n,
+        })
     }
     pub fn map_count_interval(&self) -> Result<Duration, ConfigError> {
         seconds("collect.map_count_interval_seconds", self.collect.map_count_interval_seconds, 0.1)

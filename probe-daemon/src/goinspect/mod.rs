@@ -981,3 +981,44 @@ mod tests {
         assert!(e.to_string().contains("not a regular file"));
     }
 }
+
+/// Every function of a Go binary (from its pclntab), to name code addresses such as a goroutine's
+/// creation PC.
+#[derive(Debug, Clone, Default)]
+pub struct FuncTable {
+    /// (start, end, name), sorted by start; link-time addresses.
+    funcs: Vec<(u64, u64, String)>,
+}
+
+impl FuncTable {
+    /// Reads the function table of the binary at `path`.
+    pub fn load(path: &Path) -> Result<FuncTable, GoInspectError> {
+        let data = std::fs::read(path).map_err(|source| GoInspectError::Io { path: path.to_path_buf(), source })?;
+        let bin = inspect_bytes(path, &data)?;
+        let img = ElfImage::parse(path, &data)?;
+        let located = pclntab::locate(&img).map_err(|e| GoInspectError::malformed(path, "pclntab", e))?;
+        let tab = &located.tab;
+        let base = if tab.relative_entries() { bin.pclntab.text } else { 0 };
+        let mut funcs: Vec<(u64, u64, String)> = tab
+            .iter()
+            .map(|f| (base.wrapping_add(f.entry), base.wrapping_add(f.end), f.name.to_string()))
+            .collect();
+        funcs.sort_by_key(|f| f.0);
+        Ok(FuncTable { funcs })
+    }
+
+    /// The function containing link-time address `pc`.
+    pub fn lookup(&self, pc: u64) -> Option<&str> {
+        let i = self.funcs.partition_point(|f| f.0 <= pc);
+        let (start, end, name) = self.funcs.get(i.checked_sub(1)?)?;
+        (pc >= *start && pc < *end).then_some(name.as_str())
+    }
+
+    pub fn len(&self) -> usize {
+        self.funcs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.funcs.is_empty()
+    }
+}

@@ -34,6 +34,8 @@ pub struct Layout {
     pub heap_live: u64,
     pub heap_goal: u64,
     pub minor: u32,
+    /// Load bias of the executable (runtime address − link-time address).
+    pub bias: u64,
 }
 
 impl Layout {
@@ -61,6 +63,7 @@ impl Layout {
             heap_live: off("gcControllerState.heapLive")?,
             heap_goal: off("gcControllerState.gcPercentHeapGoal")?,
             minor: bin.version.as_ref().map(|v| v.minor).unwrap_or(0),
+            bias,
         })
     }
 }

@@ -2,6 +2,7 @@
 //! cycles and stop-the-world pauses (attached once per executable file, detached when its last
 //! process exits), and zero-probe runtime reads (goroutines, goroutine ids, GC count, heap) from
 //! /proc/PID/mem on a timer.
+pub mod creation;
 pub mod mem;
 pub mod tables;
 
@@ -72,6 +73,8 @@ pub struct GoTarget {
     pub probes: Vec<ProbeState>,
     #[serde(skip)]
     pub layout: Option<Layout>,
+    #[serde(skip)]
+    pub binary: Option<Arc<GoBinary>>,
     #[serde(skip)]
     key: Option<BinaryKey>,
 }
@@ -235,6 +238,7 @@ impl GoTracker {
             probes: Vec::new(),
             layout: None,
             key: Some(key),
+            binary: Some(bin.clone()),
         };
         match layout {
             Ok(l) => target.layout = Some(l),
@@ -311,7 +315,7 @@ fn attach_binary(probes: &Mutex<Probes>, pid: u32, bin: &GoBinary) -> (Vec<(Prog
         let mut error = if offsets.is_empty() { Some("no RET instruction found".to_string()) } else { None };
         let mut attached = 0;
         for off in offsets {
-            match probes.attach_uprobe(prog, &target, off) {
+            match probes.attach_uprobe(prog, &target, off, None) {
                 Ok(link) => {
                     links.push((prog, link));
                     attached += 1;

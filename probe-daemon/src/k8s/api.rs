@@ -352,7 +352,8 @@ pub struct Watcher {
 
 impl Watcher {
     pub fn new(cfg: ApiConfig, cache: PodCache) -> Result<Watcher, K8sError> {
-        let mut b = reqwest::Client::builder().connect_timeout(cfg.request_timeout).user_agent(concat!("chainprobe/", env!("CARGO_PKG_VERSION")));
+        let mut b =
+            reqwest::Client::builder().connect_timeout(cfg.request_timeout).user_agent(concat!("chainprobe/", env!("CARGO_PKG_VERSION")));
         if let Some(pem) = &cfg.ca_pem {
             let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| K8sError::InvalidCa { reason: e.to_string() })?;
             if certs.is_empty() {
@@ -507,7 +508,8 @@ impl Watcher {
         let ev: WatchEvent = serde_json::from_slice(line).map_err(|source| K8sError::Decode { what: "watch event", source })?;
         match ev.kind.as_str() {
             "ADDED" | "MODIFIED" | "DELETED" => {
-                let pod: Pod = serde_json::from_value(ev.object).map_err(|source| K8sError::Decode { what: "pod in a watch event", source })?;
+                let pod: Pod =
+                    serde_json::from_value(ev.object).map_err(|source| K8sError::Decode { what: "pod in a watch event", source })?;
                 let rv = pod.metadata.resource_version.clone();
                 let info = PodInfo::from(pod);
                 debug!(event = %ev.kind, namespace = %info.namespace, pod = %info.name, "kubernetes: pod event");

@@ -179,11 +179,7 @@ pub fn parse_cgroup_path(path: &str) -> Option<CgroupIdentity> {
     // Container: the component right below the pod, or for non-Kubernetes Docker the last one.
     let container = match pod_at {
         Some(i) => comps.get(i + 1).and_then(|c| container_of(c)),
-        None => comps
-            .iter()
-            .rev()
-            .find_map(|c| docker_standalone_of(c))
-            .or_else(|| docker_cgroupfs(path).map(|id| (id, Runtime::Docker))),
+        None => comps.iter().rev().find_map(|c| docker_standalone_of(c)).or_else(|| docker_cgroupfs(path).map(|id| (id, Runtime::Docker))),
     };
     if pod_uid.is_none() && container.is_none() {
         return None;
@@ -218,9 +214,7 @@ fn is_uid(s: &str) -> bool {
     let groups: Vec<&str> = s.split('-').collect();
     let hex = |g: &str| !g.is_empty() && g.bytes().all(|b| b.is_ascii_hexdigit());
     match groups.as_slice() {
-        [a, b, c, d, e] => {
-            a.len() == 8 && b.len() == 4 && c.len() == 4 && d.len() == 4 && e.len() == 12 && groups.iter().all(|g| hex(g))
-        }
+        [a, b, c, d, e] => a.len() == 8 && b.len() == 4 && c.len() == 4 && d.len() == 4 && e.len() == 12 && groups.iter().all(|g| hex(g)),
         [one] => one.len() == 32 && hex(one),
         _ => false,
     }
@@ -393,7 +387,8 @@ mod tests {
 
     #[test]
     fn static_pod_hash_uid() {
-        let c = "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0123456789abcdef0123456789abcdef.slice/cri-containerd-".to_string()
+        let c = "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0123456789abcdef0123456789abcdef.slice/cri-containerd-"
+            .to_string()
             + CID
             + ".scope\n";
         assert_eq!(ident(&c).pod_uid.as_deref(), Some("0123456789abcdef0123456789abcdef"));

@@ -156,13 +156,7 @@ impl PodMeta {
     }
 
     fn from_identity(id: CgroupIdentity) -> PodMeta {
-        PodMeta {
-            container_id: id.container_id,
-            pod_uid: id.pod_uid,
-            qos: id.qos,
-            runtime: id.runtime,
-            ..PodMeta::default()
-        }
+        PodMeta { container_id: id.container_id, pod_uid: id.pod_uid, qos: id.qos, runtime: id.runtime, ..PodMeta::default() }
     }
 
     fn fill(&mut self, pod: &PodInfo, container: Option<String>) {

@@ -77,13 +77,12 @@ impl LabelPolicy {
                 return Err(PolicyError::InvalidName(n.clone()));
             }
         }
-        let mut p = LabelPolicy::default();
-        p.mode = if cfg.keep_labels.is_empty() {
+        let mode = if cfg.keep_labels.is_empty() {
             Mode::Drop(cfg.drop_labels.iter().cloned().collect())
         } else {
             Mode::Keep(cfg.keep_labels.iter().cloned().collect())
         };
-        Ok(p)
+        Ok(LabelPolicy { mode, ..LabelPolicy::default() })
     }
 
     /// Whether series keep label `name`.
