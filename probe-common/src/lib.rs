@@ -58,26 +58,6 @@ pub enum GoSite {
 
 impl ProgId {
     pub const COUNT: u32 = 19;
-    /// The on-demand goroutine probes, attached per process while creation tracking is on.
-    pub const GO_CREATION: [ProgId; 2] = [ProgId::GoNewproc, ProgId::GoExit];
-    /// The Go runtime uprobes, attached per Go binary.
-    pub const GO: [ProgId; 4] = [ProgId::GoGcStart, ProgId::GoGcDone, ProgId::GoStwStop, ProgId::GoStwStart];
-    /// The tracepoint programs, attached once at start.
-    pub const TRACEPOINTS: [ProgId; 13] = [
-        ProgId::InetSockSetState,
-        ProgId::TcpSendReset,
-        ProgId::TcpReceiveReset,
-        ProgId::TcpRetransmitSkb,
-        ProgId::SysEnterMmap,
-        ProgId::SysExitMmap,
-        ProgId::SysEnterMunmap,
-        ProgId::SysExitMunmap,
-        ProgId::SysEnterBrk,
-        ProgId::SysExitBrk,
-        ProgId::SchedProcessExec,
-        ProgId::SchedProcessExit,
-        ProgId::OomMarkVictim,
-    ];
     pub const ALL: [ProgId; Self::COUNT as usize] = [
         ProgId::InetSockSetState,
         ProgId::TcpSendReset,
@@ -99,6 +79,12 @@ impl ProgId {
         ProgId::GoNewproc,
         ProgId::GoExit,
     ];
+    /// The tracepoint programs, attached once at start.
+    pub const TRACEPOINTS: &'static [ProgId] = Self::ALL.split_at(13).0;
+    /// The Go runtime uprobes, attached per Go binary.
+    pub const GO: &'static [ProgId] = Self::ALL.split_at(13).1.split_at(4).0;
+    /// The on-demand goroutine probes, attached per process while creation tracking is on.
+    pub const GO_CREATION: &'static [ProgId] = Self::ALL.split_at(17).1;
 
     /// The kernel program's function name (what the daemon loads by name).
     pub const fn program_name(self) -> &'static str {
@@ -519,6 +505,21 @@ pub const IPPROTO_TCP: u16 = 6;
 pub const ECONNRESET: i32 = 104;
 pub const ETIMEDOUT: i32 = 110;
 pub const ECONNREFUSED: i32 = 111;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn program_groups_partition_all() {
+        assert!(ProgId::TRACEPOINTS.iter().all(|p| p.go_site().is_none() && !p.tracepoint().0.is_empty()));
+        assert!(ProgId::GO.iter().chain(ProgId::GO_CREATION).all(|p| p.go_site().is_some()));
+        assert_eq!(ProgId::TRACEPOINTS.len() + ProgId::GO.len() + ProgId::GO_CREATION.len(), ProgId::COUNT as usize);
+        for (i, p) in ProgId::ALL.iter().enumerate() {
+            assert_eq!(*p as usize, i, "ALL is in index order");
+        }
+    }
+}
 
 #[cfg(feature = "user")]
 mod user {

@@ -137,7 +137,7 @@ pub fn load(kcfg: KernelConfig, tracefs: &Path) -> Result<(Probes, KernelMaps), 
 
     let mut programs = Vec::new();
     // Go uprobes are loaded now and attached per Go binary as processes are discovered.
-    for prog in ProgId::GO.into_iter().chain(ProgId::GO_CREATION) {
+    for &prog in ProgId::GO.iter().chain(ProgId::GO_CREATION) {
         let loaded = (|| -> Result<(), String> {
             let program = ebpf
                 .program_mut(prog.program_name())
@@ -150,7 +150,7 @@ pub fn load(kcfg: KernelConfig, tracefs: &Path) -> Result<(Probes, KernelMaps), 
         }
         programs.push(ProgramStatus { prog, attached: loaded.is_ok(), error: loaded.err() });
     }
-    for prog in ProgId::TRACEPOINTS {
+    for &prog in ProgId::TRACEPOINTS {
         let status = attach_one(&mut ebpf, prog, tracefs);
         match &status.error {
             None => debug!(program = prog.program_name(), "attached"),

@@ -241,15 +241,15 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             .name("go-discovery".into())
             .spawn(move || discovery_thread(s, rx))
             .map_err(DaemonError::Serve)?;
-        go_tasks.push(tokio::spawn(go_read_loop(shared.clone(), cfg.go_read_interval()?)));
+        go_tasks.push(tokio::spawn(every(shared.clone(), cfg.go_read_interval()?, go_read_job)));
     }
 
     // SAFETY: the RingBuf owns its map fd and keeps it open for as long as the AsyncFd owns it.
     let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(|e| DaemonError::RingBuf(e.into()))?;
     let ring_task = tokio::spawn(read_ring(ring, shared.clone()));
-    let drain_task = tokio::spawn(drain_loop(shared.clone(), cfg.drain_interval()?));
-    let maps_task = tokio::spawn(map_count_loop(shared.clone(), cfg.map_count_interval()?));
+    let drain_task = tokio::spawn(every(shared.clone(), cfg.drain_interval()?, drain_job));
+    let maps_task = tokio::spawn(every(shared.clone(), cfg.map_count_interval()?, map_count_job));
 
     let listener = tokio::net::TcpListener::bind(cfg.server.listen)
         .await
@@ -363,43 +363,35 @@ async fn read_ring(mut fd: AsyncFd<RingBuf<MapData>>, shared: Arc<Shared>) {
     }
 }
 
-async fn drain_loop(shared: Arc<Shared>, every: Duration) {
+/// Runs `job` on a blocking thread every `every` (a slow round delays the next, never overlaps).
+async fn every(shared: Arc<Shared>, every: Duration, job: fn(&Shared)) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let s = shared.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            let now = Instant::now();
-            s.drain(now);
-            lock(&s.agg).prune_unscraped(now);
-        })
-        .await;
+        let _ = tokio::task::spawn_blocking(move || job(&s)).await;
     }
 }
 
-async fn map_count_loop(shared: Arc<Shared>, every: Duration) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let s = shared.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            let pids = lock(&s.agg).live_pids();
-            let counts: Vec<(u32, Option<u64>)> =
-                pids.into_iter().map(|pid| (pid, crate::procfs::map_count(pid).ok())).collect();
-            let now = Instant::now();
-            let mut agg = lock(&s.agg);
-            for (pid, n) in counts {
-                match n {
-                    Some(n) => agg.set_map_count(pid, Some(n)),
-                    // Gone without an exit event (ring buffer overflow, or exited mid-read).
-                    None if !crate::procfs::alive(pid) => agg.mark_gone(pid, now),
-                    None => agg.set_map_count(pid, None),
-                }
-            }
-        })
-        .await;
+fn drain_job(s: &Shared) {
+    let now = Instant::now();
+    s.drain(now);
+    lock(&s.agg).prune_unscraped(now);
+}
+
+fn map_count_job(s: &Shared) {
+    let pids = lock(&s.agg).live_pids();
+    let counts: Vec<(u32, Option<u64>)> = pids.into_iter().map(|pid| (pid, crate::procfs::map_count(pid).ok())).collect();
+    let now = Instant::now();
+    let mut agg = lock(&s.agg);
+    for (pid, n) in counts {
+        match n {
+            Some(n) => agg.set_map_count(pid, Some(n)),
+            // Gone without an exit event (ring buffer overflow, or exited mid-read).
+            None if !crate::procfs::alive(pid) => agg.mark_gone(pid, now),
+            None => agg.set_map_count(pid, None),
+        }
     }
 }
 
@@ -452,36 +444,29 @@ fn minor_of(version: &str) -> u32 {
     version.trim_start_matches("go").split('.').nth(1).and_then(|m| m.parse().ok()).unwrap_or(0)
 }
 
-/// Reads every tracked Go process's runtime state on a timer.
-async fn go_read_loop(shared: Arc<Shared>, every: Duration) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let s = shared.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            let Some(go) = &s.go else { return };
-            let readable = lock(go).readable();
-            let mut counts = Vec::new();
-            for (pid, layout) in readable {
-                match ProcMem::open(pid).and_then(|m| m.sample(&layout)) {
-                    Ok(sample) => {
-                        counts.push((pid, sample.goroutines));
-                        lock(&s.agg).set_go_sample(pid, sample);
-                    }
-                    Err(e) => debug!(pid, error = %e, "Go runtime read failed"),
-                }
+/// Reads every tracked Go process's runtime state (on a timer), then lets the creation probes
+/// react to what was read.
+fn go_read_job(s: &Shared) {
+    let Some(go) = &s.go else { return };
+    let readable = lock(go).readable();
+    let mut counts = Vec::new();
+    for (pid, layout) in readable {
+        match ProcMem::open(pid).and_then(|m| m.sample(&layout)) {
+            Ok(sample) => {
+                counts.push((pid, sample.goroutines));
+                lock(&s.agg).set_go_sample(pid, sample);
             }
-            if let Some(creation) = &s.creation {
-                let targets: Vec<crate::goruntime::GoTarget> = lock(go).targets().cloned().collect();
-                let mut c = lock(creation);
-                c.tick(&s.probes, &targets, &counts);
-                let mut agg = lock(&s.agg);
-                for t in &targets {
-                    agg.set_go_creation(t.pid, c.status(t.pid).cloned());
-                }
-            }
-        })
-        .await;
+            Err(e) => debug!(pid, error = %e, "Go runtime read failed"),
+        }
+    }
+    if let Some(creation) = &s.creation {
+        let targets: Vec<crate::goruntime::GoTarget> = lock(go).targets().cloned().collect();
+        let mut c = lock(creation);
+        c.tick(&s.probes, &targets, &counts);
+        let mut agg = lock(&s.agg);
+        for t in &targets {
+            agg.set_go_creation(t.pid, c.status(t.pid).cloned());
+        }
     }
 }
+

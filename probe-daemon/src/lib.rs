@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod events;
 pub mod goinspect;
 pub mod goruntime;
+pub mod k8s;
 pub mod kernel;
 pub mod metrics;
 pub mod procfs;

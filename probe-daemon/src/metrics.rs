@@ -199,8 +199,8 @@ impl Collector for ScrapeView {
         )?;
         family(
             &mut enc,
-            "chainprobe_process_map_count",
-            "Memory mappings of the process (lines of /proc/PID/maps); compare with chainprobe_vm_max_map_count.",
+            "chainprobe_process_memory_maps",
+            "Memory mappings of the process (lines of /proc/PID/maps); compare with chainprobe_vm_max_memory_maps.",
             MetricType::Gauge,
             procs
                 .iter()
@@ -221,7 +221,7 @@ impl Collector for ScrapeView {
         if let Some(n) = self.max_map_count {
             single(
                 &mut enc,
-                "chainprobe_vm_max_map_count",
+                "chainprobe_vm_max_memory_maps",
                 "The kernel's per-process limit on memory mappings (vm.max_map_count).",
                 MetricType::Gauge,
                 ConstGauge::new(n as i64),
@@ -440,9 +440,9 @@ mod tests {
             r#"chainprobe_mmap_calls_total{pid="10",comm="svc"} 2"#,
             r#"chainprobe_mmap_bytes_total{pid="10",comm="svc"} 8192"#,
             r#"chainprobe_mmap_failures_total{pid="10",comm="svc",syscall="mmap",errno="EINVAL"} 1"#,
-            r#"chainprobe_process_map_count{pid="10",comm="svc"} 40"#,
+            r#"chainprobe_process_memory_maps{pid="10",comm="svc"} 40"#,
             r#"chainprobe_process_exits_total{pid="11",comm="gone",reason="signal",code="SIGKILL"} 1"#,
-            r#"chainprobe_vm_max_map_count 65530"#,
+            r#"chainprobe_vm_max_memory_maps 65530"#,
             r#"chainprobe_build_info{version="0.1.0",kernel="6.1.0"} 1"#,
             r#"chainprobe_events_lost_total{program="sys_exit_mmap",reason="map_full"} 1"#,
         ] {

@@ -213,10 +213,10 @@ fn mmap_calls_bytes_and_failures() {
     });
     let p = pid_s(child);
     let m = d.wait_metrics("map count of the live child", Duration::from_secs(10), |m| {
-        m.has("chainprobe_process_map_count", &[("pid", &p)]) && m.value("chainprobe_munmap_calls_total", &[("pid", &p)]) == K as f64
+        m.has("chainprobe_process_memory_maps", &[("pid", &p)]) && m.value("chainprobe_munmap_calls_total", &[("pid", &p)]) == K as f64
     });
-    assert!(m.value("chainprobe_process_map_count", &[("pid", &p)]) > 5.0);
-    assert!(m.value("chainprobe_vm_max_map_count", &[]) >= 1000.0);
+    assert!(m.value("chainprobe_process_memory_maps", &[("pid", &p)]) > 5.0);
+    assert!(m.value("chainprobe_vm_max_memory_maps", &[]) >= 1000.0);
     unsafe { libc::kill(child, libc::SIGTERM) };
     let st = wait_child(child);
     assert!(libc::WIFSIGNALED(st) && libc::WTERMSIG(st) == libc::SIGTERM);
@@ -228,7 +228,7 @@ fn mmap_calls_bytes_and_failures() {
     assert_eq!(m.value("chainprobe_munmap_bytes_total", &[("pid", &p)]), (K * SIZE) as f64);
     assert_eq!(m.value("chainprobe_mmap_failures_total", &[("pid", &p), ("syscall", "mmap"), ("errno", "EINVAL")]), 1.0);
     assert_eq!(m.value("chainprobe_process_exits_total", &[("pid", &p), ("reason", "signal"), ("code", "SIGTERM")]), 1.0);
-    assert!(!m.has("chainprobe_process_map_count", &[("pid", &p)]), "no map count for an exited process");
+    assert!(!m.has("chainprobe_process_memory_maps", &[("pid", &p)]), "no map count for an exited process");
 }
 
 #[test]

@@ -232,6 +232,14 @@ fn known_metrics() -> BTreeSet<String> {
     let planned = chainprobe_names(section);
     assert!(!planned.is_empty(), "no metric names in docs/deploy.md '## Metrics being built'");
     known.extend(planned);
+    // A histogram (README table rows typed `histogram`) is queried through its series.
+    for line in readme.lines().filter(|l| l.contains("| histogram |")) {
+        for h in chainprobe_names(line) {
+            for suffix in ["_bucket", "_sum", "_count"] {
+                known.insert(format!("{h}{suffix}"));
+            }
+        }
+    }
     known
 }
 
@@ -271,6 +279,8 @@ fn dashboard_and_rules_name_only_known_metrics() {
         "chainprobe_process_exits_total",
         "chainprobe_events_lost_total",
         "chainprobe_health_score",
+        "chainprobe_go_stw_pause_seconds_bucket",
+        "chainprobe_go_goroutines",
     ] {
         assert!(used.contains(family), "dashboard/rules never use {family}");
     }

@@ -219,7 +219,11 @@ fn prometheus_scrapes_chainprobe_and_loads_the_alerts() {
     });
     let _kid = Kid(child);
     let pid = child.to_string();
-    d.wait_metrics("the child's mmaps", Duration::from_secs(20), |m| m.value("chainprobe_mmap_calls_total", &[("pid", &pid)]) >= K as f64);
+    // Wait for every per-process family of the child (map count included) so the lint below
+    // sees all of them.
+    d.wait_metrics("the child's mmaps and map count", Duration::from_secs(20), |m| {
+        m.value("chainprobe_mmap_calls_total", &[("pid", &pid)]) >= K as f64 && m.has("chainprobe_process_memory_maps", &[("pid", &pid)])
+    });
 
     // The exposition is clean for promtool. chainprobe serves OpenMetrics; Debian's promtool
     // (2.42) lints the Prometheus text format only, so the exposition is mapped the way Prometheus

@@ -41,25 +41,6 @@ static WINDOW_GOIDS: HashMap<CreationSite, u8> = HashMap::with_max_entries(65_53
 
 const BPF_NOEXIST: u64 = 1;
 
-/// The current goroutine under Go's register ABI (amd64 R14, arm64 X28).
-#[inline(always)]
-fn go_current_g(ctx: &ProbeContext) -> u64 {
-    #[cfg(bpf_target_arch = "x86_64")]
-    {
-        unsafe { (*ctx.regs).r14 }
-    }
-    #[cfg(bpf_target_arch = "aarch64")]
-    {
-        let regs = ctx.regs as *const aya_ebpf::bindings::user_pt_regs;
-        unsafe { (*regs).regs[28] }
-    }
-    #[cfg(not(any(bpf_target_arch = "x86_64", bpf_target_arch = "aarch64")))]
-    {
-        let _ = ctx;
-        0
-    }
-}
-
 #[inline(always)]
 fn creation_counts(prog: ProgId, tgid: u32) -> Option<&'static mut GoCreationCounts> {
     if let Some(p) = GO_CREATION_COUNTS.get_ptr_mut(&tgid) {
@@ -82,7 +63,7 @@ pub fn go_newproc(ctx: ProbeContext) -> u32 {
     count_event(prog);
     let tgid = tgid();
     let Some(cfg) = (unsafe { GO_CREATION.get(&tgid) }).copied() else { return 0 };
-    let newg = go_arg0(&ctx);
+    let newg = go_reg(&ctx, GoReg::Arg0);
     if newg == 0 {
         return 0;
     }
@@ -113,7 +94,7 @@ pub fn go_goexit(ctx: ProbeContext) -> u32 {
     count_event(prog);
     let tgid = tgid();
     let Some(cfg) = (unsafe { GO_CREATION.get(&tgid) }).copied() else { return 0 };
-    let g = go_current_g(&ctx);
+    let g = go_reg(&ctx, GoReg::CurrentG);
     if g == 0 {
         return 0;
     }
@@ -131,21 +112,36 @@ fn tgid() -> u32 {
     (bpf_get_current_pid_tgid() >> 32) as u32
 }
 
-/// First integer argument under Go's register ABI (amd64 RAX, arm64 X0).
+/// The registers Go's register ABI gives a meaning to.
+#[derive(Clone, Copy)]
+enum GoReg {
+    /// First integer argument / result (amd64 RAX, arm64 X0).
+    Arg0,
+    /// The current goroutine (amd64 R14, arm64 X28).
+    CurrentG,
+}
+
 #[inline(always)]
-fn go_arg0(ctx: &ProbeContext) -> u64 {
+fn go_reg(ctx: &ProbeContext, reg: GoReg) -> u64 {
     #[cfg(bpf_target_arch = "x86_64")]
     {
-        unsafe { (*ctx.regs).rax }
+        let regs = unsafe { &*ctx.regs };
+        match reg {
+            GoReg::Arg0 => regs.rax,
+            GoReg::CurrentG => regs.r14,
+        }
     }
     #[cfg(bpf_target_arch = "aarch64")]
     {
-        let regs = ctx.regs as *const aya_ebpf::bindings::user_pt_regs;
-        unsafe { (*regs).regs[0] }
+        let regs = unsafe { &*(ctx.regs as *const aya_ebpf::bindings::user_pt_regs) };
+        match reg {
+            GoReg::Arg0 => regs.regs[0],
+            GoReg::CurrentG => regs.regs[28],
+        }
     }
     #[cfg(not(any(bpf_target_arch = "x86_64", bpf_target_arch = "aarch64")))]
     {
-        let _ = ctx;
+        let _ = (ctx, reg);
         0
     }
 }
@@ -195,7 +191,7 @@ pub fn go_stw_stop(ctx: ProbeContext) -> u32 {
     count_event(prog);
     let start = StwStart {
         ktime_ns: unsafe { bpf_ktime_get_ns() },
-        reason: (go_arg0(&ctx) & 0xff) as u32,
+        reason: (go_reg(&ctx, GoReg::Arg0) & 0xff) as u32,
         _pad: 0,
     };
     if STW_START.insert(&tgid(), &start, 0).is_err() {

@@ -5,6 +5,7 @@
 //!   cargo xtask fixtures             only install Go toolchains and build the Go fixtures
 //!   cargo xtask bench syscalls       loopback connect and mmap rates with and without chainprobe
 //!   cargo xtask bench goinspect      Go binary inspection time and memory
+//!   cargo xtask bench goruntime      goroutine-spawn and HTTP cost of the Go runtime probes
 //!   cargo xtask codegen go-offsets   regenerate the per-Go-version offset tables
 use std::{
     path::{Path, PathBuf},
@@ -14,6 +15,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 
 mod bench_goinspect;
+mod bench_goruntime;
 mod bench_syscalls;
 mod codegen;
 
@@ -30,6 +32,7 @@ fn usage() -> &'static str {
        build                build chainprobe (release): target/release/chainprobe\n  \
        bench syscalls       loopback connect and mmap rates with and without chainprobe\n  \
        bench goinspect      Go binary inspection time and peak memory\n  \
+       bench goruntime      goroutine-spawn and HTTP throughput with and without the Go probes\n  \
        codegen go-offsets   regenerate the per-Go-version offset tables from real toolchains\n"
 }
 
@@ -72,12 +75,14 @@ fn dispatch(args: &[String]) -> Result<()> {
         "test" => {
             require_root("the integration tests load eBPF programs")?;
             fixtures()?;
-            cargo(&[&["test", "--workspace"][..], &rest_after_dashes(rest).iter().map(String::as_str).collect::<Vec<_>>()].concat())
+            // The workspace's default members: everything but the BPF-target crate.
+            cargo(&[&["test"][..], &rest_after_dashes(rest).iter().map(String::as_str).collect::<Vec<_>>()].concat())
         }
         "bench" => match rest.first().map(String::as_str) {
             Some("syscalls") => bench_syscalls::run(&rest[1..]),
             Some("goinspect") => bench_goinspect::run(&rest[1..]),
-            _ => bail!("bench what? `cargo xtask bench syscalls` or `cargo xtask bench goinspect`"),
+            Some("goruntime") => bench_goruntime::run(&rest[1..]),
+            _ => bail!("bench what? `cargo xtask bench syscalls`, `goinspect` or `goruntime`"),
         },
         "codegen" => codegen::run(rest),
         "-h" | "--help" | "help" => {
@@ -116,14 +121,18 @@ fn build_release() -> Result<()> {
     cargo(&["build", "--release", "-p", "probe-daemon", "--bin", "chainprobe"])
 }
 
-/// Installs the Go toolchains and builds the Go fixture matrix (both idempotent).
+/// Installs the test tools and Go toolchains and builds the Go fixture matrix (all idempotent).
 fn fixtures() -> Result<()> {
-    let dir = repo_root().join("tests/fixtures/go");
-    for script in ["install-go.sh", "build.sh"] {
-        let path = dir.join(script);
-        let status = Command::new("bash")
-            .arg(&path)
-            .current_dir(repo_root())
+    let root = repo_root();
+    for path in [root.join("tests/tools/install.sh"), root.join("tests/fixtures/go/install-go.sh"), root.join("tests/fixtures/go/build.sh")] {
+        let mut cmd = Command::new("bash");
+        cmd.arg(&path).current_dir(repo_root());
+        // The test matrix needs `hello` (inspection) and `gorun` (runtime tests); the benchmark
+        // programs are built by their benchmarks.
+        if std::env::var_os("CHAINPROBE_GO_PROGRAMS").is_none() {
+            cmd.env("CHAINPROBE_GO_PROGRAMS", "hello gorun");
+        }
+        let status = cmd
             .status()
             .with_context(|| format!("running {}", path.display()))?;
         if !status.success() {

@@ -420,8 +420,13 @@ fn analyze(path: &Path, img: &ElfImage<'_>) -> Result<GoBinary, GoInspectError> 
         }
         Some(String::from_utf8_lossy(img.bytes_at(ptr, len)?).into_owned())
     };
-    let bi = buildinfo::parse(bi_bytes, &read_string)
-        .map_err(|e| GoInspectError::malformed(path, "build info", e.0))?;
+    let bi = match buildinfo::parse(bi_bytes, &read_string) {
+        Ok(bi) => bi,
+        // The build-info magic can appear as plain data in a non-Go program (chainprobe itself
+        // holds it as a constant): without a Go pclntab, that is not a Go binary.
+        Err(_) if located.is_err() => return Err(GoInspectError::NotGo { path: path.to_path_buf() }),
+        Err(e) => return Err(GoInspectError::malformed(path, "build info", e.0)),
+    };
     let version = GoVersion::parse(&bi.go_version);
     let abi = match version {
         Some(v) => abi::detect_abi(img.arch, v),

@@ -129,7 +129,7 @@ impl CreationProbes {
         let mut failure = None;
         {
             let mut p = lock(probes);
-            for prog in ProgId::GO_CREATION {
+            for &prog in ProgId::GO_CREATION {
                 let Some((function, site)) = prog.go_site() else { continue };
                 let Some(f) = bin.function(function) else {
                     failure = Some(format!("{function} not found in the binary"));

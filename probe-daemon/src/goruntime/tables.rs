@@ -157,7 +157,7 @@ pub fn wait_reasons(minor: u32) -> &'static [&'static str] {
             "sync.WaitGroup.Wait (durable)",
             "cleanup wait",
         ],
-        27..=99 => &[
+        27 => &[
             "none",
             "GC assist marking",
             "IO wait",

@@ -1,0 +1,213 @@
+//! `cargo xtask bench goruntime [--rounds R] [--goroutines N] [--http-seconds S]`: what chainprobe's
+//! Go runtime probing costs the programs it watches, measured side by side in one run.
+//!
+//! Goroutine-spawn microbenchmark (tests/fixtures/go/src/spawnbench, Go 1.27), ns per goroutine:
+//!   none     no probe at all
+//!   floor    an empty uprobe on runtime.newproc1 (bpftrace `uprobe:…:runtime.newproc1 {}`)
+//!   default  chainprobe in its default mode (GC/STW probes, memory reads; no per-goroutine probe)
+//!   forced   chainprobe with the goroutine-creation probes switched on for the benchmark process
+//!            (newproc1 RET + goexit1: two probe hits per goroutine)
+//! HTTP: tests/fixtures/go/src/httpbench under `wrk` with and without chainprobe (default mode).
+//! Rounds alternate the configurations so drift hits all alike; medians are reported.
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::TcpStream,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn http(port: u16, method: &str, path: &str, body: &str) -> Result<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: b\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+fn start_daemon(bin: &Path, dir: &Path) -> Result<(Proc, u16)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let cfg = dir.join("bench.toml");
+    std::fs::write(
+        &cfg,
+        format!("[server]\nlisten = \"127.0.0.1:{port}\"\n[go]\ncreation_probes = \"manual\"\ncreation_max_rate = 1e12\ncreation_window_seconds = 3600.0\n"),
+    )?;
+    let child = Command::new(bin).args(["run", "--config"]).arg(&cfg).env("RUST_LOG", "warn").stdout(Stdio::null()).spawn()?;
+    let p = Proc(child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if http(port, "GET", "/readyz", "").map(|r| r.contains("ready")).unwrap_or(false) {
+            return Ok((p, port));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("chainprobe did not become ready")
+}
+
+/// Runs spawnbench; `before_go` runs once it printed its pid and before it starts.
+fn spawn_round(bench: &Path, n: u64, before_go: impl FnOnce(u32) -> Result<()>) -> Result<f64> {
+    let mut child = Command::new(bench)
+        .args(["-n", &n.to_string(), "-rounds", "3"])
+        .env("GOMAXPROCS", "2")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut out = BufReader::new(child.stdout.take().context("stdout")?);
+    let mut line = String::new();
+    out.read_line(&mut line)?;
+    let pid = child.id();
+    // Give discovery time to find the process (and attach per-binary probes).
+    std::thread::sleep(Duration::from_millis(1500));
+    before_go(pid)?;
+    child.stdin.take().context("stdin")?.write_all(b"go\n")?;
+    line.clear();
+    out.read_line(&mut line)?;
+    let _ = child.wait();
+    line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).with_context(|| format!("unexpected spawnbench output {line:?}"))
+}
+
+fn wrk_rate(port: u16, secs: u64) -> Result<f64> {
+    let out = Command::new("wrk")
+        .args(["-t2", "-c32", &format!("-d{secs}s"), &format!("http://127.0.0.1:{port}/")])
+        .output()
+        .context("running wrk (apt-get install wrk)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("no Requests/sec in wrk output:\n{text}"))
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    v[v.len() / 2]
+}
+
+pub fn run(args: &[String]) -> Result<()> {
+    let (mut rounds, mut n, mut http_secs) = (5usize, 200_000u64, 5u64);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = || it.next().context("missing value");
+        match a.as_str() {
+            "--rounds" => rounds = val()?.parse()?,
+            "--goroutines" => n = val()?.parse()?,
+            "--http-seconds" => http_secs = val()?.parse()?,
+            other => bail!("unknown argument {other:?}"),
+        }
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the benchmark loads eBPF programs: run as root");
+    }
+    for tool in ["bpftrace", "wrk"] {
+        if Command::new("which").arg(tool).output().map(|o| !o.status.success()).unwrap_or(true) {
+            bail!("{tool} is needed: apt-get install -y bpftrace wrk");
+        }
+    }
+    crate::build_release()?;
+    let root = crate::repo_root();
+    let status = Command::new("bash")
+        .arg(root.join("tests/fixtures/go/build.sh"))
+        .env("CHAINPROBE_GO_PROGRAMS", "spawnbench httpbench")
+        .env("CHAINPROBE_GO_VERSIONS", "1.27.3")
+        .env("CHAINPROBE_GO_VARIANTS", "default")
+        .status()?;
+    if !status.success() {
+        bail!("building the Go benchmark programs failed");
+    }
+    let fx: PathBuf = std::env::var_os("CHAINPROBE_FIXTURES").map(PathBuf::from).unwrap_or_else(|| root.join("target/go-fixtures"));
+    let spawn = fx.join("1.27.3/default/spawnbench");
+    let httpb = fx.join("1.27.3/default/httpbench");
+    let daemon = root.join("target/release/chainprobe");
+    let dir = std::env::temp_dir().join(format!("chainprobe-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+
+    let (mut none, mut floor, mut default, mut forced) = (vec![], vec![], vec![], vec![]);
+    for r in 0..rounds {
+        none.push(spawn_round(&spawn, n, |_| Ok(()))?);
+        {
+            let bt = Proc(
+                Command::new("bpftrace")
+                    .args(["-e", &format!("uprobe:{}:runtime.newproc1 {{}}", spawn.display())])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .context("starting bpftrace")?,
+            );
+            std::thread::sleep(Duration::from_secs(3));
+            floor.push(spawn_round(&spawn, n, |_| Ok(()))?);
+            drop(bt);
+        }
+        {
+            let (_d, port) = start_daemon(&daemon, &dir)?;
+            default.push(spawn_round(&spawn, n, |_| Ok(()))?);
+            forced.push(spawn_round(&spawn, n, |pid| {
+                let r = http(port, "POST", &format!("/api/v1/targets/{pid}/creation-probes"), r#"{"enabled": true}"#)?;
+                if !r.starts_with("HTTP/1.1 200") {
+                    bail!("could not switch on creation probes: {r}");
+                }
+                Ok(())
+            })?);
+        }
+        eprintln!("round {}: ns/goroutine none {:.0}, floor {:.0}, default {:.0}, forced {:.0}", r + 1, none[r], floor[r], default[r], forced[r]);
+    }
+
+    let (mut h_off, mut h_on) = (vec![], vec![]);
+    for r in 0..rounds.min(3) {
+        let mut srv = Command::new(&httpb).stdout(Stdio::piped()).spawn()?;
+        let mut line = String::new();
+        BufReader::new(srv.stdout.take().context("stdout")?).read_line(&mut line)?;
+        let srv = Proc(srv);
+        let port: u16 = line.trim().rsplit(':').next().and_then(|p| p.parse().ok()).context("httpbench address")?;
+        h_off.push(wrk_rate(port, http_secs)?);
+        let (_d, _) = start_daemon(&daemon, &dir)?;
+        std::thread::sleep(Duration::from_secs(2));
+        h_on.push(wrk_rate(port, http_secs)?);
+        drop(srv);
+        eprintln!("round {}: HTTP req/s {:.0} -> {:.0}", r + 1, h_off[r], h_on[r]);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let (n0, f, d, c) = (median(&mut none), median(&mut floor), median(&mut default), median(&mut forced));
+    let (ho, hn) = (median(&mut h_off), median(&mut h_on));
+    println!("| goroutine spawn (Go 1.27, GOMAXPROCS=2) | ns/goroutine | throughput vs none |");
+    println!("|---|---|---|");
+    println!("| none | {n0:.0} | 1.000× |");
+    println!("| floor: empty uprobe on newproc1 (bpftrace) | {f:.0} | {:.3}× |", n0 / f);
+    println!("| chainprobe default | {d:.0} | {:.3}× |", n0 / d);
+    println!("| chainprobe, creation probes forced on | {c:.0} | {:.3}× |", n0 / c);
+    println!();
+    println!(
+        "cost per probe hit: floor {:.0} ns (1 hit per goroutine), forced {:.0} ns ({:.0} ns per goroutine, 2 hits: newproc1 RET + goexit1) = {:.2}× the floor per hit",
+        f - n0,
+        (c - n0) / 2.0,
+        c - n0,
+        ((c - n0) / 2.0) / (f - n0)
+    );
+    println!();
+    println!("| HTTP (httpbench under wrk -t2 -c32) | req/s | ratio |");
+    println!("|---|---|---|");
+    println!("| without chainprobe | {ho:.0} | 1.000× |");
+    println!("| with chainprobe (default) | {hn:.0} | {:.3}× |", hn / ho);
+    Ok(())
+}
