@@ -9,7 +9,8 @@ use chainprobe::{
 use clap::{Parser, Subcommand};
 
 /// eBPF health probe for the Go services on this node: TCP, memory-mapping and process-exit
-/// signals per process, exported as Prometheus metrics.
+/// signals per process, and the Go runtime of every Go process (GC, stop-the-world pauses,
+/// goroutines, heap), exported as Prometheus metrics and through an on-call API.
 #[derive(Parser)]
 #[command(name = "chainprobe", version, about, long_about = None)]
 struct Cli {
@@ -19,8 +20,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Load the kernel programs and serve /metrics, /healthz and /readyz until SIGTERM/SIGINT.
+    /// Load the kernel programs, track Go processes, and serve /metrics, /healthz, /readyz and
+    /// /api/v1/ until SIGTERM/SIGINT.
     ///
+    /// The API needs `Authorization: Bearer $CHAINPROBE_API_TOKEN` when that variable (or
+    /// [api] token_file) sets a token; without one it answers only on a loopback listen address.
     /// Needs root (or CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE, CAP_SYS_RESOURCE). Without --config the
     /// built-in defaults apply (print them with `chainprobe config`).
     Run {

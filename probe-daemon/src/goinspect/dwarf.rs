@@ -87,6 +87,18 @@ fn package_of(struct_name: &str) -> &str {
 }
 
 /// Read the wanted struct offsets. Returns an empty map when there is no DWARF.
+type Slice<'a> = gimli::EndianSlice<'a, gimli::LittleEndian>;
+
+/// The DW_AT_name of a DWARF entry, if it has one.
+fn entry_name(
+    dwarf: &gimli::Dwarf<Slice<'_>>,
+    unit: &gimli::Unit<Slice<'_>>,
+    e: &gimli::DebuggingInformationEntry<'_, '_, Slice<'_>>,
+) -> Option<String> {
+    let v = e.attr_value(gimli::DW_AT_name).ok().flatten()?;
+    dwarf.attr_string(unit, v).ok().map(|s| s.to_string_lossy().into_owned())
+}
+
 pub(crate) fn struct_offsets(img: &ElfImage<'_>) -> Result<BTreeMap<String, u64>, String> {
     let load = |id: gimli::SectionId| -> Result<Cow<'_, [u8]>, gimli::Error> {
         let name = id.name();
@@ -130,13 +142,7 @@ pub(crate) fn struct_offsets(img: &ElfImage<'_>) -> Result<BTreeMap<String, u64>
             if e.tag() != gimli::DW_TAG_structure_type {
                 continue;
             }
-            let Some(name) = e
-                .attr_value(gimli::DW_AT_name)
-                .ok()
-                .flatten()
-                .and_then(|v| dwarf.attr_string(&unit, v).ok())
-                .map(|s| s.to_string_lossy().into_owned())
-            else {
+            let Some(name) = entry_name(&dwarf, &unit, e) else {
                 continue;
             };
             let Some((_, prefix, fields)) = STRUCTS.iter().find(|(n, _, _)| *n == name) else {
@@ -159,13 +165,7 @@ pub(crate) fn struct_offsets(img: &ElfImage<'_>) -> Result<BTreeMap<String, u64>
                 if me.tag() != gimli::DW_TAG_member {
                     continue;
                 }
-                let Some(mname) = me
-                    .attr_value(gimli::DW_AT_name)
-                    .ok()
-                    .flatten()
-                    .and_then(|v| dwarf.attr_string(&unit, v).ok())
-                    .map(|s| s.to_string_lossy().into_owned())
-                else {
+                let Some(mname) = entry_name(&dwarf, &unit, me) else {
                     continue;
                 };
                 if !fields.contains(&mname.as_str()) {

@@ -273,17 +273,18 @@ impl GoBinary {
     }
 }
 
+/// Metadata of `path`, which must be a regular file.
+fn regular_file(path: &Path) -> Result<std::fs::Metadata, GoInspectError> {
+    let meta = std::fs::metadata(path).map_err(|source| GoInspectError::Io { path: path.to_path_buf(), source })?;
+    if !meta.is_file() {
+        return Err(GoInspectError::NotAFile { path: path.to_path_buf() });
+    }
+    Ok(meta)
+}
+
 /// Inspect the file at `path` (no caching).
 pub fn inspect_path(path: &Path) -> Result<GoBinary, GoInspectError> {
-    let meta = std::fs::metadata(path).map_err(|source| GoInspectError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    if !meta.is_file() {
-        return Err(GoInspectError::NotAFile {
-            path: path.to_path_buf(),
-        });
-    }
+    regular_file(path)?;
     let data = std::fs::read(path).map_err(|source| GoInspectError::Io {
         path: path.to_path_buf(),
         source,
@@ -787,15 +788,7 @@ impl Inspector {
 
     /// Inspect `path`, reusing a cached result for an unchanged file (same dev/inode/mtime/size).
     pub fn inspect_path(&self, path: &Path) -> Result<Arc<GoBinary>, GoInspectError> {
-        let meta = std::fs::metadata(path).map_err(|source| GoInspectError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        if !meta.is_file() {
-            return Err(GoInspectError::NotAFile {
-                path: path.to_path_buf(),
-            });
-        }
+        let meta = regular_file(path)?;
         let key = FileKey {
             dev: meta.dev(),
             ino: meta.ino(),
