@@ -138,12 +138,18 @@ pub struct ProcessState {
     pub exit: Option<ExitInfo>,
     scrapes_since_exit: u32,
     pub go: Option<GoState>,
+    /// Container/pod labels; `None` until looked up, empty values outside containers.
+    pub pod: Option<crate::k8s::PodLabels>,
+    /// The API named the pod (no further look-ups needed).
+    pub pod_named: bool,
 }
 
 impl ProcessState {
     fn new(pid: u32, comm: String) -> Self {
         ProcessState {
             go: None,
+            pod: None,
+            pod_named: false,
             pid,
             comm,
             folded: ProcCounters::default(),
@@ -352,14 +358,21 @@ impl Aggregate {
 
     /// Called right before a scrape renders: forgets exited processes whose series have been
     /// scraped and are past the grace period, and counts this scrape for the others.
-    pub fn prune_for_scrape(&mut self, now: Instant) {
+    pub fn prune_for_scrape(&mut self, now: Instant) -> Vec<u32> {
         let grace = self.exited_grace;
-        self.procs.retain(|_, p| match &p.exit {
-            None => true,
-            Some(e) => {
-                let age = now.saturating_duration_since(e.at);
-                !((p.scrapes_since_exit >= 1 && age >= grace) || age >= grace * 4)
+        let mut removed = Vec::new();
+        self.procs.retain(|pid, p| {
+            let keep = match &p.exit {
+                None => true,
+                Some(e) => {
+                    let age = now.saturating_duration_since(e.at);
+                    !((p.scrapes_since_exit >= 1 && age >= grace) || age >= grace * 4)
+                }
+            };
+            if !keep {
+                removed.push(*pid);
             }
+            keep
         });
         for p in self.procs.values_mut() {
             if p.exit.is_some() {
@@ -368,12 +381,33 @@ impl Aggregate {
         }
         // OOM marks whose exit never came (a victim can survive when memory is freed meanwhile).
         self.oom_victims.retain(|_, at| now.saturating_duration_since(*at) < Duration::from_secs(300));
+        removed
+    }
+
+    /// Pids of live processes whose pod labels are still to be looked up (or named).
+    pub fn pods_to_resolve(&self) -> Vec<u32> {
+        self.procs.values().filter(|p| p.exit.is_none() && p.pid != 0 && !p.pod_named).map(|p| p.pid).collect()
+    }
+
+    pub fn set_pod(&mut self, pid: u32, meta: Option<crate::k8s::PodMeta>) {
+        if let Some(p) = self.procs.get_mut(&pid) {
+            p.pod_named = meta.as_ref().is_none_or(|m| m.has_names());
+            p.pod = Some(meta.map(|m| m.labels()).unwrap_or_default());
+        }
     }
 
     /// Forgets exited processes past 4 × grace even when nobody scrapes.
-    pub fn prune_unscraped(&mut self, now: Instant) {
+    pub fn prune_unscraped(&mut self, now: Instant) -> Vec<u32> {
         let limit = self.exited_grace * 4;
-        self.procs.retain(|_, p| p.exit.as_ref().is_none_or(|e| now.saturating_duration_since(e.at) < limit));
+        let mut removed = Vec::new();
+        self.procs.retain(|pid, p| {
+            let keep = p.exit.as_ref().is_none_or(|e| now.saturating_duration_since(e.at) < limit);
+            if !keep {
+                removed.push(*pid);
+            }
+            keep
+        });
+        removed
     }
 
     /// A Go process is tracked from now on.

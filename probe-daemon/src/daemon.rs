@@ -25,6 +25,7 @@ use crate::{
         Discoverer, Discovery, GoTracker, ProcMem,
     },
     kernel::{self, Status},
+    k8s::{LabelPolicy, PodResolver, SeriesLimiter},
     metrics::ScrapeView,
 };
 
@@ -50,6 +51,8 @@ pub enum DaemonError {
     Serve(std::io::Error),
     #[error("cannot watch the ring buffer: {0}")]
     RingBuf(std::io::Error),
+    #[error(transparent)]
+    Kubernetes(#[from] crate::k8s::K8sError),
 }
 
 /// The per-CPU maps the collector drains.
@@ -70,6 +73,9 @@ struct Shared {
     creation: Option<Mutex<CreationProbes>>,
     probes: Arc<Mutex<attach::Probes>>,
     lifecycle: Option<std::sync::mpsc::SyncSender<Lifecycle>>,
+    pods: Arc<PodResolver>,
+    policy: LabelPolicy,
+    limiter: Arc<Mutex<SeriesLimiter>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -92,10 +98,22 @@ impl Shared {
         self.drain(now);
         let view = {
             let mut agg = lock(&self.agg);
-            agg.prune_for_scrape(now);
-            ScrapeView::from_aggregate(&agg, &self.programs, &self.kernel)
+            let removed = agg.prune_for_scrape(now);
+            self.release_series(&removed);
+            ScrapeView::with_policy(&agg, &self.programs, &self.kernel, self.policy.clone(), Some(self.limiter.clone()))
         };
         view.render().map_err(|e| e.to_string())
+    }
+
+    /// The series of processes that are gone no longer count against metrics.max_series.
+    fn release_series(&self, pids: &[u32]) {
+        if pids.is_empty() {
+            return;
+        }
+        let mut lim = lock(&self.limiter);
+        for pid in pids {
+            lim.release_label("pid", &pid.to_string());
+        }
     }
 
     /// `GET /api/v1/targets`: every tracked Go process with its probes and latest runtime read.
@@ -217,6 +235,8 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     let probes = Arc::new(Mutex::new(probes));
 
     let creation_settings = cfg.creation_settings()?;
+    let policy = cfg.label_policy()?;
+    let pods = Arc::new(PodResolver::start(&cfg.kubernetes)?);
     let (go, lifecycle_rx, lifecycle) = if cfg.go.enabled {
         let (tx, rx) = std::sync::mpsc::sync_channel(16_384);
         (Some(Arc::new(Mutex::new(GoTracker::new(probes.clone())))), Some(rx), Some(tx))
@@ -233,6 +253,9 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         go,
         probes: probes.clone(),
         lifecycle,
+        pods,
+        policy,
+        limiter: Arc::new(Mutex::new(SeriesLimiter::new(cfg.metrics.max_series))),
     });
     let mut go_tasks = Vec::new();
     if let (Some(rx), Some(_)) = (lifecycle_rx, &shared.go) {
@@ -377,10 +400,20 @@ async fn every(shared: Arc<Shared>, every: Duration, job: fn(&Shared)) {
 fn drain_job(s: &Shared) {
     let now = Instant::now();
     s.drain(now);
-    lock(&s.agg).prune_unscraped(now);
+    let removed = lock(&s.agg).prune_unscraped(now);
+    s.release_series(&removed);
 }
 
 fn map_count_job(s: &Shared) {
+    // Container and pod of processes not yet named (cgroup now, names once the API knows the pod).
+    let unresolved = lock(&s.agg).pods_to_resolve();
+    let metas: Vec<_> = unresolved.into_iter().map(|pid| (pid, s.pods.resolve(pid))).collect();
+    {
+        let mut agg = lock(&s.agg);
+        for (pid, meta) in metas {
+            agg.set_pod(pid, meta);
+        }
+    }
     let pids = lock(&s.agg).live_pids();
     let counts: Vec<(u32, Option<u64>)> = pids.into_iter().map(|pid| (pid, crate::procfs::map_count(pid).ok())).collect();
     let now = Instant::now();

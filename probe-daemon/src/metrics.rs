@@ -3,12 +3,15 @@
 //! A scrape takes a [`ScrapeView`] (a copy made under the aggregate's lock) and encodes it with
 //! prometheus-client. Per-process series carry `pid` and `comm`; a counter is exposed once it is
 //! non-zero, so idle processes cost no series. Names are a contract: see README.md.
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
 use prometheus_client::{
-    encoding::{text::encode, DescriptorEncoder, EncodeMetric},
-    metrics::{
-        counter::ConstCounter, gauge::ConstGauge, info::Info, MetricType,
-    },
     collector::Collector,
+    encoding::{text::encode, DescriptorEncoder, EncodeMetric},
+    metrics::{counter::ConstCounter, gauge::ConstGauge, histogram::Histogram, info::Info, MetricType},
     registry::Registry,
 };
 use probe_common::{MemSyscall, ProcCounters, ProgId, ProgStats};
@@ -16,6 +19,7 @@ use probe_common::{MemSyscall, ProcCounters, ProgId, ProgStats};
 use crate::{
     aggregate::{errno_name, Aggregate, ExitInfo, GoState},
     attach::ProgramStatus,
+    k8s::{LabelPolicy, PodLabels, SeriesLimiter},
 };
 
 /// OpenMetrics content type for `GET /metrics`.
@@ -32,6 +36,7 @@ pub struct ProcView {
     pub map_count: Option<u64>,
     pub exit: Option<ExitInfo>,
     pub go: Option<GoState>,
+    pub pod: Option<PodLabels>,
 }
 
 /// Everything a scrape encodes, copied out of the shared state.
@@ -46,10 +51,24 @@ pub struct ScrapeView {
     pub dropped_exited: u64,
     pub decode_errors: u64,
     pub tracked: usize,
+    /// Which labels are kept (dropped ones merge series by summing).
+    pub policy: LabelPolicy,
+    /// The cap on exposed series (shared across scrapes, so admitted series stay stable).
+    pub limiter: Option<Arc<Mutex<SeriesLimiter>>>,
 }
 
 impl ScrapeView {
     pub fn from_aggregate(agg: &Aggregate, programs: &[ProgramStatus], kernel: &str) -> Self {
+        Self::with_policy(agg, programs, kernel, LabelPolicy::default(), None)
+    }
+
+    pub fn with_policy(
+        agg: &Aggregate,
+        programs: &[ProgramStatus],
+        kernel: &str,
+        policy: LabelPolicy,
+        limiter: Option<Arc<Mutex<SeriesLimiter>>>,
+    ) -> Self {
         let mut procs: Vec<ProcView> = agg
             .processes()
             .map(|p| ProcView {
@@ -61,6 +80,7 @@ impl ScrapeView {
                 map_count: p.map_count,
                 exit: p.exit.clone(),
                 go: p.go.clone(),
+                pod: p.pod.clone(),
             })
             .collect();
         procs.sort_by_key(|p| p.pid);
@@ -74,6 +94,8 @@ impl ScrapeView {
             dropped_exited: agg.dropped_exited,
             decode_errors: agg.decode_errors,
             tracked: agg.tracked(),
+            policy,
+            limiter,
         }
     }
 
@@ -90,7 +112,13 @@ impl ScrapeView {
 type Labels = Vec<(&'static str, String)>;
 
 fn proc_labels(p: &ProcView) -> Labels {
-    vec![("pid", p.pid.to_string()), ("comm", p.comm.clone())]
+    let mut l = vec![("pid", p.pid.to_string()), ("comm", p.comm.clone())];
+    if let Some(pod) = p.pod.as_ref().filter(|pod| !pod.pod.is_empty()) {
+        l.push(("namespace", pod.namespace.clone()));
+        l.push(("pod", pod.pod.clone()));
+        l.push(("container", pod.container.clone()));
+    }
+    l
 }
 
 fn with(mut base: Labels, extra: &[(&'static str, &str)]) -> Labels {
@@ -98,29 +126,77 @@ fn with(mut base: Labels, extra: &[(&'static str, &str)]) -> Labels {
     base
 }
 
-/// Encodes one family: `series` yields (labels, value). A family with no series still gets its
-/// HELP and TYPE lines, which tells a reader what exists.
-fn family<V: EncodeMetric>(
-    enc: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    kind: MetricType,
-    series: impl IntoIterator<Item = (Labels, V)>,
-) -> Result<(), std::fmt::Error> {
-    let mut me = enc.encode_descriptor(name, help, None, kind)?;
-    for (labels, v) in series {
-        v.encode(me.encode_family(&labels)?)?;
+/// A sample value. Counters and gauges of series that the label policy merges are summed; a
+/// histogram cannot be summed here, so the first of merged histograms is kept.
+#[derive(Debug, Clone)]
+enum Value {
+    Counter(u64),
+    Gauge(i64),
+    Histogram(Histogram),
+}
+
+impl Value {
+    fn merge(&mut self, other: Value) {
+        match (self, other) {
+            (Value::Counter(a), Value::Counter(b)) => *a += b,
+            (Value::Gauge(a), Value::Gauge(b)) => *a += b,
+            _ => {}
+        }
     }
-    Ok(())
+
+    fn encode(&self, e: prometheus_client::encoding::MetricEncoder) -> Result<(), std::fmt::Error> {
+        match self {
+            Value::Counter(v) => ConstCounter::new(*v).encode(e),
+            Value::Gauge(v) => ConstGauge::new(*v).encode(e),
+            Value::Histogram(h) => h.encode(e),
+        }
+    }
+}
+
+impl ScrapeView {
+    /// Encodes one family: `series` yields (labels, value). The label policy drops labels (merging
+    /// the series that become equal) and the series cap refuses new series beyond it. A family
+    /// with no series still gets its HELP and TYPE lines, which tells a reader what exists.
+    fn family(
+        &self,
+        enc: &mut DescriptorEncoder,
+        name: &str,
+        help: &str,
+        kind: MetricType,
+        series: impl IntoIterator<Item = (Labels, Value)>,
+    ) -> Result<(), std::fmt::Error> {
+        let mut merged: Vec<(Labels, Value)> = Vec::new();
+        let mut index: HashMap<Labels, usize> = HashMap::new();
+        for (labels, v) in series {
+            let labels = self.policy.apply(labels);
+            match index.get(&labels) {
+                Some(&i) => merged[i].1.merge(v),
+                None => {
+                    index.insert(labels.clone(), merged.len());
+                    merged.push((labels, v));
+                }
+            }
+        }
+        // The cap applies to per-process series (they carry `comm`); chainprobe's own are exempt.
+        if let Some(limiter) = &self.limiter {
+            let mut lim = limiter.lock().unwrap_or_else(|e| e.into_inner());
+            merged.retain(|(l, _)| !l.iter().any(|(k, _)| *k == "comm") || lim.admit(name, l));
+        }
+        let mut me = enc.encode_descriptor(name, help, None, kind)?;
+        for (labels, v) in &merged {
+            v.encode(me.encode_family(labels)?)?;
+        }
+        Ok(())
+    }
 }
 
 /// Encodes one family that has a single series without labels.
-fn single<V: EncodeMetric>(
+fn single(
     enc: &mut DescriptorEncoder,
     name: &str,
     help: &str,
     kind: MetricType,
-    value: V,
+    value: Value,
 ) -> Result<(), std::fmt::Error> {
     value.encode(enc.encode_descriptor(name, help, None, kind)?)
 }
@@ -151,7 +227,7 @@ const CONNECT_RESULTS: &[(&str, fn(&ProcCounters) -> u64)] = &[
 impl Collector for ScrapeView {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let procs = &self.procs;
-        family(
+        self.family(
             &mut enc,
             "chainprobe_tcp_connects",
             "TCP connect outcomes: ok, refused (RST), timeout (no answer, or the application gave up first), reset, error.",
@@ -159,23 +235,23 @@ impl Collector for ScrapeView {
             procs.iter().flat_map(|p| {
                 CONNECT_RESULTS.iter().filter_map(move |(result, f)| {
                     let v = f(&p.counters);
-                    (v > 0).then(|| (with(proc_labels(p), &[("result", result)]), ConstCounter::new(v)))
+                    (v > 0).then(|| (with(proc_labels(p), &[("result", result)]), Value::Counter(v)))
                 })
             }),
         )?;
         for (name, help, f) in PROC_COUNTERS {
-            family(
+            self.family(
                 &mut enc,
                 name,
                 help,
                 MetricType::Counter,
                 procs.iter().filter_map(|p| {
                     let v = f(&p.counters);
-                    (v > 0).then(|| (proc_labels(p), ConstCounter::new(v)))
+                    (v > 0).then(|| (proc_labels(p), Value::Counter(v)))
                 }),
             )?;
         }
-        family(
+        self.family(
             &mut enc,
             "chainprobe_tcp_active_connections",
             "TCP connections of the process currently established.",
@@ -183,9 +259,9 @@ impl Collector for ScrapeView {
             procs
                 .iter()
                 .filter(|p| p.counters.tcp_established_opened > 0)
-                .map(|p| (proc_labels(p), ConstGauge::new(p.active_connections as i64))),
+                .map(|p| (proc_labels(p), Value::Gauge(p.active_connections as i64))),
         )?;
-        family(
+        self.family(
             &mut enc,
             "chainprobe_mmap_failures",
             "Failed memory-mapping calls by syscall (mmap, munmap, brk) and errno.",
@@ -193,11 +269,11 @@ impl Collector for ScrapeView {
             procs.iter().flat_map(|p| {
                 p.failures.iter().map(move |(sc, errno, n)| {
                     let errno = errno_name(*errno);
-                    (with(proc_labels(p), &[("syscall", sc.name()), ("errno", &errno)]), ConstCounter::new(*n))
+                    (with(proc_labels(p), &[("syscall", sc.name()), ("errno", &errno)]), Value::Counter(*n))
                 })
             }),
         )?;
-        family(
+        self.family(
             &mut enc,
             "chainprobe_process_memory_maps",
             "Memory mappings of the process (lines of /proc/PID/maps); compare with chainprobe_vm_max_memory_maps.",
@@ -205,16 +281,16 @@ impl Collector for ScrapeView {
             procs
                 .iter()
                 .filter(|p| p.exit.is_none())
-                .filter_map(|p| p.map_count.map(|n| (proc_labels(p), ConstGauge::new(n as i64)))),
+                .filter_map(|p| p.map_count.map(|n| (proc_labels(p), Value::Gauge(n as i64)))),
         )?;
-        family(
+        self.family(
             &mut enc,
             "chainprobe_process_exits",
             "Process exits: reason exit (code = status), signal (code = signal name) or oom (killed by the OOM killer).",
             MetricType::Counter,
             procs.iter().filter_map(|p| {
                 p.exit.as_ref().map(|e| {
-                    (with(proc_labels(p), &[("reason", e.reason.as_str()), ("code", &e.code)]), ConstCounter::new(1u64))
+                    (with(proc_labels(p), &[("reason", e.reason.as_str()), ("code", &e.code)]), Value::Counter(1u64))
                 })
             }),
         )?;
@@ -224,7 +300,7 @@ impl Collector for ScrapeView {
                 "chainprobe_vm_max_memory_maps",
                 "The kernel's per-process limit on memory mappings (vm.max_map_count).",
                 MetricType::Gauge,
-                ConstGauge::new(n as i64),
+                Value::Gauge(n as i64),
             )?;
         }
 
@@ -234,14 +310,14 @@ impl Collector for ScrapeView {
         let info = Info::new(vec![("version", self.version.clone()), ("kernel", self.kernel.clone())]);
         info.encode(enc.encode_descriptor("chainprobe_build", "chainprobe version and the kernel it runs on.", None, MetricType::Info)?)?;
         let prog = |id: ProgId| vec![("program", id.program_name().to_string())];
-        family(
+        self.family(
             &mut enc,
             "chainprobe_events_processed",
             "Events handled by each kernel program.",
             MetricType::Counter,
-            self.prog_stats.iter().map(|(id, s)| (prog(*id), ConstCounter::new(s.events))),
+            self.prog_stats.iter().map(|(id, s)| (prog(*id), Value::Counter(s.events))),
         )?;
-        family(
+        self.family(
             &mut enc,
             "chainprobe_events_lost",
             "Events dropped by each kernel program: reason ringbuf_full or map_full.",
@@ -249,50 +325,58 @@ impl Collector for ScrapeView {
             self.prog_stats.iter().flat_map(|(id, s)| {
                 [("ringbuf_full", s.lost_ringbuf), ("map_full", s.lost_map_full)]
                     .into_iter()
-                    .map(move |(reason, n)| (with(prog(*id), &[("reason", reason)]), ConstCounter::new(n)))
+                    .map(move |(reason, n)| (with(prog(*id), &[("reason", reason)]), Value::Counter(n)))
             }),
         )?;
-        family(
+        self.family(
             &mut enc,
             "chainprobe_attach_failures",
             "Kernel programs that could not be attached (see the log or `chainprobe check` for why).",
             MetricType::Counter,
-            self.programs.iter().map(|s| (prog(s.prog), ConstCounter::new(u64::from(!s.attached)))),
+            self.programs.iter().map(|s| (prog(s.prog), Value::Counter(u64::from(!s.attached)))),
         )?;
-        family(
+        self.family(
             &mut enc,
             "chainprobe_program_attached",
             "1 when the kernel program is attached.",
             MetricType::Gauge,
-            self.programs.iter().map(|s| (prog(s.prog), ConstGauge::new(i64::from(s.attached)))),
+            self.programs.iter().map(|s| (prog(s.prog), Value::Gauge(i64::from(s.attached)))),
         )?;
         single(
             &mut enc,
             "chainprobe_tracked_processes",
             "Processes whose series chainprobe currently exposes (exited ones included until scraped).",
             MetricType::Gauge,
-            ConstGauge::new(self.tracked as i64),
+            Value::Gauge(self.tracked as i64),
         )?;
         single(
             &mut enc,
             "chainprobe_exited_series_dropped",
             "Exited processes whose series were dropped early because metrics.max_exited_processes was reached.",
             MetricType::Counter,
-            ConstCounter::new(self.dropped_exited),
+            Value::Counter(self.dropped_exited),
+        )?;
+        let series_dropped = self.limiter.as_ref().map(|l| l.lock().unwrap_or_else(|e| e.into_inner()).dropped_total()).unwrap_or(0);
+        single(
+            &mut enc,
+            "chainprobe_series_dropped",
+            "Series refused because metrics.max_series was reached.",
+            MetricType::Counter,
+            Value::Counter(series_dropped),
         )?;
         single(
             &mut enc,
             "chainprobe_event_decode_errors",
             "Ring-buffer records that could not be decoded.",
             MetricType::Counter,
-            ConstCounter::new(self.decode_errors),
+            Value::Counter(self.decode_errors),
         )?;
         Ok(())
     }
 }
 
 fn go_labels(p: &ProcView, go: &GoState) -> Labels {
-    vec![("pid", p.pid.to_string()), ("comm", p.comm.clone()), ("go_version", go.go_version.clone())]
+    with(proc_labels(p), &[("go_version", &go.go_version)])
 }
 
 impl ScrapeView {
@@ -301,79 +385,79 @@ impl ScrapeView {
     }
 
     fn encode_go(&self, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        family(
+        self.family(
             enc,
             "chainprobe_go_gc_cycles",
             "Go GC cycles completed (uprobes on the runtime; counted since chainprobe began tracking the process).",
             MetricType::Counter,
-            self.go_procs().map(|(p, g)| (go_labels(p, g), ConstCounter::new(g.gc_cycles))),
+            self.go_procs().map(|(p, g)| (go_labels(p, g), Value::Counter(g.gc_cycles))),
         )?;
-        family(
+        self.family(
             enc,
             "chainprobe_go_gc_duration_seconds",
             "Go GC cycle duration, from gcStart to the start of mark termination (the end of marking).",
             MetricType::Histogram,
-            self.go_procs().map(|(p, g)| (go_labels(p, g), g.gc_duration.clone())),
+            self.go_procs().map(|(p, g)| (go_labels(p, g), Value::Histogram(g.gc_duration.clone()))),
         )?;
-        family(
+        self.family(
             enc,
             "chainprobe_go_stw_pause_seconds",
             "Go stop-the-world pauses by reason (reason is \"unknown\" before Go 1.21).",
             MetricType::Histogram,
             self.go_procs().flat_map(|(p, g)| {
-                g.stw_pauses.iter().map(move |(reason, h)| (with(go_labels(p, g), &[("reason", reason)]), h.clone()))
+                g.stw_pauses.iter().map(move |(reason, h)| (with(go_labels(p, g), &[("reason", reason)]), Value::Histogram(h.clone())))
             }),
         )?;
         let sampled = || self.go_procs().filter_map(|(p, g)| g.sample.as_ref().map(|s| (p, g, s)));
-        family(
+        self.family(
             enc,
             "chainprobe_go_goroutines",
             "Live goroutines, as runtime.NumGoroutine counts them (read from the process's memory).",
             MetricType::Gauge,
-            sampled().map(|(p, g, s)| (go_labels(p, g), ConstGauge::new(s.goroutines))),
+            sampled().map(|(p, g, s)| (go_labels(p, g), Value::Gauge(s.goroutines))),
         )?;
-        family(
+        self.family(
             enc,
             "chainprobe_go_goroutines_by_state",
             "Live goroutines (system ones included) by status and, for waiting ones, wait reason.",
             MetricType::Gauge,
             sampled().flat_map(|(p, g, s)| {
                 s.by_state.iter().map(move |((state, wait), n)| {
-                    (with(go_labels(p, g), &[("state", state), ("wait_reason", wait)]), ConstGauge::new(*n as i64))
+                    (with(go_labels(p, g), &[("state", state), ("wait_reason", wait)]), Value::Gauge(*n as i64))
                 })
             }),
         )?;
-        family(
+        self.family(
             enc,
             "chainprobe_go_goroutines_created",
             "Goroutine ids handed out since the process started (sched.goidgen): goroutines created, within 16 per P.",
             MetricType::Counter,
-            sampled().map(|(p, g, s)| (go_labels(p, g), ConstCounter::new(s.goidgen))),
+            sampled().map(|(p, g, s)| (go_labels(p, g), Value::Counter(s.goidgen))),
         )?;
-        family(
+        self.family(
             enc,
             "chainprobe_go_heap_live_bytes",
             "Go heap live bytes as the GC pacer sees them (gcController.heapLive).",
             MetricType::Gauge,
-            sampled().map(|(p, g, s)| (go_labels(p, g), ConstGauge::new(s.heap_live as i64))),
+            sampled().map(|(p, g, s)| (go_labels(p, g), Value::Gauge(s.heap_live as i64))),
         )?;
-        family(
+        self.family(
             enc,
             "chainprobe_go_heap_goal_bytes",
             "Go heap size at which the next GC cycle is due (gcController.gcPercentHeapGoal).",
             MetricType::Gauge,
-            sampled().map(|(p, g, s)| (go_labels(p, g), ConstGauge::new(s.heap_goal as i64))),
+            sampled().map(|(p, g, s)| (go_labels(p, g), Value::Gauge(s.heap_goal as i64))),
         )?;
-        family(
+        self.family(
             enc,
             "chainprobe_go_creation_probes_active",
             "1 while the goroutine-creation probes are on for the process (see /api/v1/targets for why).",
             MetricType::Gauge,
             self.go_procs().map(|(p, g)| {
-                (go_labels(p, g), ConstGauge::new(i64::from(g.creation.as_ref().is_some_and(|c| c.active))))
+                (go_labels(p, g), Value::Gauge(i64::from(g.creation.as_ref().is_some_and(|c| c.active))))
             }),
         )?;
-        family(
+        self.family(
             enc,
             "chainprobe_go_goroutine_creations",
             "Goroutines created per creating function while the creation probes are on (top N functions).",
@@ -382,7 +466,7 @@ impl ScrapeView {
                 g.creation
                     .iter()
                     .filter(|c| c.active)
-                    .flat_map(move |c| c.top.iter().map(move |(f, n)| (with(go_labels(p, g), &[("function", f)]), ConstCounter::new(*n))))
+                    .flat_map(move |c| c.top.iter().map(move |(f, n)| (with(go_labels(p, g), &[("function", f)]), Value::Counter(*n))))
             }),
         )?;
         Ok(())
@@ -409,6 +493,7 @@ mod tests {
                     map_count: Some(40),
                     exit: None,
                     go: None,
+                    pod: Some(PodLabels { namespace: "shop".into(), pod: "cart-1".into(), container: "app".into() }),
                 },
                 ProcView {
                     pid: 11,
@@ -418,6 +503,7 @@ mod tests {
                     failures: vec![],
                     map_count: None,
                     go: None,
+                    pod: None,
                     exit: Some(ExitInfo { reason: ExitReason::Signal, code: "SIGKILL".into(), at: Instant::now() }),
                 },
             ],
@@ -427,6 +513,8 @@ mod tests {
             dropped_exited: 0,
             decode_errors: 0,
             tracked: 2,
+            policy: LabelPolicy::default(),
+            limiter: None,
         }
     }
 
@@ -434,13 +522,13 @@ mod tests {
     fn renders_contract_names_and_labels() {
         let text = view().render().unwrap();
         for line in [
-            r#"chainprobe_tcp_connects_total{pid="10",comm="svc",result="ok"} 3"#,
-            r#"chainprobe_tcp_connects_total{pid="10",comm="svc",result="refused"} 1"#,
-            r#"chainprobe_tcp_active_connections{pid="10",comm="svc"} 2"#,
-            r#"chainprobe_mmap_calls_total{pid="10",comm="svc"} 2"#,
-            r#"chainprobe_mmap_bytes_total{pid="10",comm="svc"} 8192"#,
-            r#"chainprobe_mmap_failures_total{pid="10",comm="svc",syscall="mmap",errno="EINVAL"} 1"#,
-            r#"chainprobe_process_memory_maps{pid="10",comm="svc"} 40"#,
+            r#"chainprobe_tcp_connects_total{pid="10",comm="svc",namespace="shop",pod="cart-1",container="app",result="ok"} 3"#,
+            r#"chainprobe_tcp_connects_total{pid="10",comm="svc",namespace="shop",pod="cart-1",container="app",result="refused"} 1"#,
+            r#"chainprobe_tcp_active_connections{pid="10",comm="svc",namespace="shop",pod="cart-1",container="app"} 2"#,
+            r#"chainprobe_mmap_calls_total{pid="10",comm="svc",namespace="shop",pod="cart-1",container="app"} 2"#,
+            r#"chainprobe_mmap_bytes_total{pid="10",comm="svc",namespace="shop",pod="cart-1",container="app"} 8192"#,
+            r#"chainprobe_mmap_failures_total{pid="10",comm="svc",namespace="shop",pod="cart-1",container="app",syscall="mmap",errno="EINVAL"} 1"#,
+            r#"chainprobe_process_memory_maps{pid="10",comm="svc",namespace="shop",pod="cart-1",container="app"} 40"#,
             r#"chainprobe_process_exits_total{pid="11",comm="gone",reason="signal",code="SIGKILL"} 1"#,
             r#"chainprobe_vm_max_memory_maps 65530"#,
             r#"chainprobe_build_info{version="0.1.0",kernel="6.1.0"} 1"#,
@@ -450,5 +538,28 @@ mod tests {
         }
         assert!(!text.contains(r#"result="timeout""#), "zero counters are not exposed");
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn dropping_pid_sums_series_and_the_cap_refuses_new_ones() {
+        let mut v = view();
+        // A second process of the same comm: without pid their series merge.
+        let mut twin = v.procs[0].clone();
+        twin.pid = 12;
+        twin.counters.mmap_calls = 5;
+        v.procs.push(twin);
+        v.policy = LabelPolicy::from_config(&crate::k8s::LabelPolicyConfig { drop_labels: vec!["pid".into()], keep_labels: vec![], max_series: 0 }).unwrap();
+        let text = v.clone().render().unwrap();
+        assert!(text.lines().any(|l| l == r#"chainprobe_mmap_calls_total{comm="svc",namespace="shop",pod="cart-1",container="app"} 7"#), "{text}");
+        assert!(!text.contains("pid=\"10\""));
+
+        let limiter = Arc::new(Mutex::new(SeriesLimiter::new(3)));
+        let mut capped = view();
+        capped.limiter = Some(limiter.clone());
+        let text = capped.render().unwrap();
+        let per_process = text.lines().filter(|l| l.contains("pid=\"")).count();
+        assert_eq!(per_process, 3, "{text}");
+        assert!(limiter.lock().unwrap().dropped_total() > 0);
+        assert!(text.contains("chainprobe_series_dropped_total"));
     }
 }

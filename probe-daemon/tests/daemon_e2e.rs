@@ -363,9 +363,34 @@ fn survives_200_short_lived_processes_per_second_for_10_s() {
 /// when dropped.
 struct MemCgroup {
     dir: std::path::PathBuf,
+    /// Directories to remove after `dir` (parents created for a nested layout), innermost first.
+    parents: Vec<std::path::PathBuf>,
 }
 
 impl MemCgroup {
+    /// A cgroup-v1 memory cgroup at `<own cgroup>/<rel...>` (no limit), e.g. a kubepods layout.
+    fn nested_v1(rel: &[String]) -> MemCgroup {
+        let own = std::fs::read_to_string("/proc/self/cgroup").expect("read /proc/self/cgroup");
+        let path = own
+            .lines()
+            .find_map(|l| {
+                let mut f = l.splitn(3, ':');
+                let (_, ctrl, path) = (f.next()?, f.next()?, f.next()?);
+                ctrl.split(',').any(|c| c == "memory").then(|| path.to_string())
+            })
+            .expect("this test needs the cgroup-v1 memory controller (as on this project's machines)");
+        let mut dir = std::path::Path::new("/sys/fs/cgroup/memory").join(path.trim_start_matches('/'));
+        let mut parents = Vec::new();
+        for c in rel {
+            dir = dir.join(c);
+            std::fs::create_dir_all(&dir).expect("create cgroup");
+            parents.push(dir.clone());
+        }
+        parents.pop();
+        parents.reverse();
+        MemCgroup { dir, parents }
+    }
+
     fn create(tag: &str, limit: u64) -> MemCgroup {
         let own = std::fs::read_to_string("/proc/self/cgroup").expect("read /proc/self/cgroup");
         let name = format!("chainprobe-test-{tag}-{}", std::process::id());
@@ -379,7 +404,7 @@ impl MemCgroup {
             std::fs::create_dir_all(&dir).expect("create v1 memory cgroup");
             std::fs::write(dir.join("memory.limit_in_bytes"), limit.to_string()).expect("set limit");
             let _ = std::fs::write(dir.join("memory.memsw.limit_in_bytes"), limit.to_string());
-            return MemCgroup { dir };
+            return MemCgroup { dir, parents: Vec::new() };
         }
         // cgroup v2
         let path = own.lines().find_map(|l| l.strip_prefix("0::")).expect("no memory cgroup (v1 or v2) for this process");
@@ -391,7 +416,7 @@ impl MemCgroup {
                 std::fs::create_dir_all(&dir).expect("create v2 cgroup");
                 std::fs::write(dir.join("memory.max"), limit.to_string()).expect("set memory.max");
                 let _ = std::fs::write(dir.join("memory.swap.max"), "0");
-                return MemCgroup { dir };
+                return MemCgroup { dir, parents: Vec::new() };
             }
         }
         panic!("this machine has no usable memory cgroup controller (v1 memory or v2 memory in subtree_control): the OOM test needs one");
@@ -402,11 +427,51 @@ impl Drop for MemCgroup {
     fn drop(&mut self) {
         for _ in 0..50 {
             if std::fs::remove_dir(&self.dir).is_ok() {
-                return;
+                break;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+        for p in &self.parents {
+            let _ = std::fs::remove_dir(p);
+        }
     }
+}
+
+#[test]
+fn processes_in_kubernetes_pods_get_pod_and_container_labels() {
+    // Without an API server (not in a cluster) the labels come from the cgroup path: pod UID and
+    // the container id's first 12 characters.
+    let d = Daemon::start("pods", "[kubernetes]\napi = \"off\"\n");
+    let uid = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
+    let cid = "3f1c2a9b8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a";
+    let tag = format!("chainprobe-pods-{}", std::process::id());
+    let cg = MemCgroup::nested_v1(&[tag, "kubepods".into(), "burstable".into(), format!("pod{uid}"), cid.into()]);
+    let procs = std::ffi::CString::new(cg.dir.join("cgroup.procs").to_string_lossy().into_owned()).unwrap();
+    let child = fork_child(|| unsafe {
+        let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+        if fd < 0 || libc::write(fd, b"0".as_ptr() as *const libc::c_void, 1) != 1 {
+            return 40;
+        }
+        libc::close(fd);
+        for _ in 0..3 {
+            let p = libc::mmap(std::ptr::null_mut(), 8192, libc::PROT_READ, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0);
+            if p == libc::MAP_FAILED {
+                return 41;
+            }
+        }
+        libc::pause();
+        0
+    });
+    let p = pid_s(child);
+    let m = d.wait_metrics("pod labels on the child's series", Duration::from_secs(10), |m| {
+        m.has("chainprobe_mmap_calls_total", &[("pid", &p), ("pod", uid), ("container", &cid[..12])])
+    });
+    assert_eq!(m.value("chainprobe_mmap_calls_total", &[("pid", &p), ("pod", uid), ("container", &cid[..12])]), 3.0, "{}", m.text);
+    // A process outside any pod has no pod labels.
+    let me = d.pid().to_string();
+    assert!(m.samples.iter().any(|s| s.labels.get("pid") == Some(&me) && !s.labels.contains_key("pod")));
+    unsafe { libc::kill(child, libc::SIGKILL) };
+    wait_child(child);
 }
 
 #[test]

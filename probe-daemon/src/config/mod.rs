@@ -26,6 +26,7 @@ pub struct Config {
     pub collect: CollectConfig,
     pub go: GoConfig,
     pub api: ApiConfig,
+    pub kubernetes: crate::k8s::KubernetesConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -90,6 +91,9 @@ pub struct LogConfig {
 pub struct MetricsConfig {
     pub scrape_interval_seconds: f64,
     pub max_exited_processes: usize,
+    pub drop_labels: Vec<String>,
+    pub keep_labels: Vec<String>,
+    pub max_series: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -113,7 +117,13 @@ impl Default for LogConfig {
 
 impl Default for MetricsConfig {
     fn default() -> Self {
-        MetricsConfig { scrape_interval_seconds: 15.0, max_exited_processes: 20_000 }
+        MetricsConfig {
+            scrape_interval_seconds: 15.0,
+            max_exited_processes: 20_000,
+            drop_labels: Vec::new(),
+            keep_labels: Vec::new(),
+            max_series: 20_000,
+        }
     }
 }
 
@@ -132,6 +142,7 @@ impl Default for Config {
             collect: CollectConfig::default(),
             go: GoConfig::default(),
             api: ApiConfig::default(),
+            kubernetes: crate::k8s::KubernetesConfig::default(),
         }
     }
 }
@@ -173,6 +184,7 @@ impl Config {
         self.map_count_interval()?;
         self.go_read_interval()?;
         self.creation_settings()?;
+        self.label_policy()?;
         if self.metrics.max_exited_processes == 0 {
             return Err(ConfigError::Invalid {
                 key: "metrics.max_exited_processes",
@@ -208,6 +220,14 @@ impl Config {
             cooldown: seconds("go.creation_cooldown_seconds", g.creation_cooldown_seconds, 0.0)?,
             top_n: g.creation_top_n,
         })
+    }
+    pub fn label_policy(&self) -> Result<crate::k8s::LabelPolicy, ConfigError> {
+        crate::k8s::LabelPolicy::from_config(&crate::k8s::LabelPolicyConfig {
+            drop_labels: self.metrics.drop_labels.clone(),
+            keep_labels: self.metrics.keep_labels.clone(),
+            max_series: self.metrics.max_series,
+        })
+        .map_err(|e| ConfigError::Invalid { key: "metrics.drop_labels / metrics.keep_labels", message: e.to_string() })
     }
     pub fn map_count_interval(&self) -> Result<Duration, ConfigError> {
         seconds("collect.map_count_interval_seconds", self.collect.map_count_interval_seconds, 0.1)
