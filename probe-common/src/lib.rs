@@ -14,8 +14,14 @@ pub const MAX_LISTENERS: u32 = 8_192;
 pub const MAX_FAILURE_KEYS: u32 = 4_096;
 /// Syscalls in flight between sys_enter and sys_exit (one per thread at a time).
 pub const MAX_INFLIGHT: u32 = 16_384;
-/// Ring buffer for rare events (exec, exit, OOM kill), bytes. Must be a power of two.
-pub const EVENTS_RING_BYTES: u32 = 256 * 1024;
+/// Ring buffer for rare events (exec, exit, OOM kill, Go GC/STW), bytes. Must be a power of two.
+/// Producers do not wake the consumer (a wake-up costs ~10–20 µs on a VM); the daemon polls every
+/// [`EVENTS_POLL_MS`], so the ring must hold that long a burst: 1 MiB ≈ 6,000 events.
+pub const EVENTS_RING_BYTES: u32 = 1024 * 1024;
+/// How often the daemon drains the event ring buffer, in milliseconds.
+pub const EVENTS_POLL_MS: u64 = 50;
+/// `bpf_ringbuf_output`/`submit` flag: do not wake the consumer.
+pub const BPF_RB_NO_WAKEUP: u64 = 1;
 /// Length of the executable path carried by exec events.
 pub const FILENAME_LEN: usize = 128;
 /// Length of a task's comm.

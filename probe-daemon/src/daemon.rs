@@ -11,7 +11,6 @@ use std::{
 
 use aya::maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf};
 use probe_common::{FailureKey, ProcCounters, ProgStats};
-use tokio::io::unix::AsyncFd;
 use tracing::{debug, error, info, warn};
 
 use crate::{
@@ -49,8 +48,6 @@ pub enum DaemonError {
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error("HTTP server failed: {0}")]
     Serve(std::io::Error),
-    #[error("cannot watch the ring buffer: {0}")]
-    RingBuf(std::io::Error),
     #[error(transparent)]
     Kubernetes(#[from] crate::k8s::K8sError),
 }
@@ -65,6 +62,9 @@ struct DrainMaps {
 /// State shared by the collector tasks and the HTTP handlers.
 struct Shared {
     agg: Mutex<Aggregate>,
+    /// Rare events; drained every EVENTS_POLL_MS and before each scrape (the kernel side does
+    /// not wake us: a wake-up per event would cost more than the event).
+    ring: Mutex<RingBuf<MapData>>,
     maps: Mutex<DrainMaps>,
     programs: Vec<ProgramStatus>,
     kernel: String,
@@ -93,8 +93,48 @@ impl Shared {
         events::delete_exited(counters, failures, &delete);
     }
 
+    /// Decodes and applies every event waiting in the ring buffer.
+    fn drain_ring(&self) {
+        let now = Instant::now();
+        let mut decoded = Vec::new();
+        let mut bad = 0u64;
+        {
+            let mut ring = lock(&self.ring);
+            while let Some(item) = ring.next() {
+                match events::decode(&item) {
+                    Ok(ev) => decoded.push(ev),
+                    Err(e) => {
+                        bad += 1;
+                        debug!(error = %e, "undecodable ring-buffer record");
+                    }
+                }
+            }
+        }
+        if decoded.is_empty() && bad == 0 {
+            return;
+        }
+        let mut agg = lock(&self.agg);
+        agg.decode_errors += bad;
+        for ev in decoded {
+            if let Some(tx) = &self.lifecycle {
+                let msg = match ev {
+                    Event::Exec { tgid, .. } => Some(Lifecycle::Exec(tgid)),
+                    Event::Exit { tgid, .. } => Some(Lifecycle::Exit(tgid)),
+                    _ => None,
+                };
+                if let Some(m) = msg {
+                    if tx.try_send(m).is_err() {
+                        agg.discovery_dropped += 1;
+                    }
+                }
+            }
+            events::apply(&mut agg, ev, now);
+        }
+    }
+
     fn render(&self) -> Result<String, String> {
         let now = Instant::now();
+        self.drain_ring();
         self.drain(now);
         let view = {
             let mut agg = lock(&self.agg);
@@ -244,6 +284,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         (None, None, None)
     };
     let shared = Arc::new(Shared {
+        ring: Mutex::new(ring),
         agg: Mutex::new(Aggregate::new(cfg.scrape_interval()?, cfg.metrics.max_exited_processes)),
         maps: Mutex::new(DrainMaps { counters, failures, stats }),
         programs,
@@ -267,10 +308,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         go_tasks.push(tokio::spawn(every(shared.clone(), cfg.go_read_interval()?, go_read_job)));
     }
 
-    // SAFETY: the RingBuf owns its map fd and keeps it open for as long as the AsyncFd owns it.
-    let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-        .map_err(|e| DaemonError::RingBuf(e.into()))?;
-    let ring_task = tokio::spawn(read_ring(ring, shared.clone()));
+    let ring_task = tokio::spawn(every(shared.clone(), Duration::from_millis(probe_common::EVENTS_POLL_MS), |s| s.drain_ring()));
     let drain_task = tokio::spawn(every(shared.clone(), cfg.drain_interval()?, drain_job));
     let maps_task = tokio::spawn(every(shared.clone(), cfg.map_count_interval()?, map_count_job));
 
@@ -338,51 +376,6 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => info!("SIGTERM: shutting down"),
         _ = tokio::signal::ctrl_c() => info!("SIGINT: shutting down"),
-    }
-}
-
-async fn read_ring(mut fd: AsyncFd<RingBuf<MapData>>, shared: Arc<Shared>) {
-    loop {
-        let mut guard = match fd.readable_mut().await {
-            Ok(g) => g,
-            Err(e) => {
-                error!(error = %e, "ring buffer reader stopped");
-                return;
-            }
-        };
-        let ring = guard.get_inner_mut();
-        let now = Instant::now();
-        let mut decoded = Vec::new();
-        let mut bad = 0u64;
-        while let Some(item) = ring.next() {
-            match events::decode(&item) {
-                Ok(ev) => decoded.push(ev),
-                Err(e) => {
-                    bad += 1;
-                    debug!(error = %e, "undecodable ring-buffer record");
-                }
-            }
-        }
-        {
-            let mut agg = lock(&shared.agg);
-            agg.decode_errors += bad;
-            for ev in decoded {
-                if let Some(tx) = &shared.lifecycle {
-                    let msg = match ev {
-                        Event::Exec { tgid, .. } => Some(Lifecycle::Exec(tgid)),
-                        Event::Exit { tgid, .. } => Some(Lifecycle::Exit(tgid)),
-                        _ => None,
-                    };
-                    if let Some(m) = msg {
-                        if tx.try_send(m).is_err() {
-                            agg.discovery_dropped += 1;
-                        }
-                    }
-                }
-                events::apply(&mut agg, ev, now);
-            }
-        }
-        guard.clear_ready();
     }
 }
 

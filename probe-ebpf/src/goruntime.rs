@@ -8,6 +8,7 @@ use aya_ebpf::{
     programs::ProbeContext,
 };
 use probe_common::{
+    BPF_RB_NO_WAKEUP,
     CreationSite, EventHeader, EventKind, GoCreationConfig, GoCreationCounts, GoGcEvent, GoStwEvent,
     ProgId, StwStart, DURATION_UNKNOWN, MAX_CREATION_SITES, MAX_PROCS,
 };
@@ -178,7 +179,7 @@ pub fn go_gc_done(_ctx: ProbeContext) -> u32 {
         header: EventHeader { kind: EventKind::GoGc as u32, tgid, ktime_ns: now },
         duration_ns,
     };
-    if EVENTS.output::<GoGcEvent>(&ev, 0).is_err() {
+    if EVENTS.output::<GoGcEvent>(&ev, BPF_RB_NO_WAKEUP).is_err() {
         count_lost_ringbuf(prog);
     }
     0
@@ -217,7 +218,7 @@ pub fn go_stw_start(_ctx: ProbeContext) -> u32 {
         reason: start.reason,
         _pad: 0,
     };
-    if EVENTS.output::<GoStwEvent>(&ev, 0).is_err() {
+    if EVENTS.output::<GoStwEvent>(&ev, BPF_RB_NO_WAKEUP).is_err() {
         count_lost_ringbuf(prog);
     }
     0

@@ -10,6 +10,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use probe_common::{
+    BPF_RB_NO_WAKEUP,
     tp, EventHeader, EventKind, ExecEvent, ExitEvent, OomEvent, ProgId, EXIT_CODE_UNKNOWN,
     OFFSET_NONE,
 };
@@ -45,7 +46,7 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
             }
         }
     }
-    entry.submit(0);
+    entry.submit(BPF_RB_NO_WAKEUP);
     0
 }
 
@@ -86,7 +87,7 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     };
     let comm = unsafe { ctx.read_at::<[u8; 16]>(tp::EXIT_COMM as usize) }.unwrap_or([0; 16]);
     let ev = ExitEvent { header: header(EventKind::Exit, tgid), pid, exit_code, comm };
-    if EVENTS.output::<ExitEvent>(&ev, 0).is_err() {
+    if EVENTS.output::<ExitEvent>(&ev, BPF_RB_NO_WAKEUP).is_err() {
         count_lost_ringbuf(prog);
     }
     0
@@ -99,7 +100,7 @@ pub fn oom_mark_victim(ctx: TracePointContext) -> u32 {
     let victim: i32 = unsafe { ctx.read_at(tp::MARK_VICTIM_PID as usize) }.unwrap_or(0);
     debug!(&ctx, "OOM killer marked pid {} as victim", victim);
     let ev = OomEvent { header: header(EventKind::OomVictim, victim as u32), victim: victim as u32, _pad: 0 };
-    if EVENTS.output::<OomEvent>(&ev, 0).is_err() {
+    if EVENTS.output::<OomEvent>(&ev, BPF_RB_NO_WAKEUP).is_err() {
         count_lost_ringbuf(prog);
     }
     0
