@@ -66,6 +66,12 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
     let sk: u64 = unsafe { ctx.read_at(tp::INET_SOCK_SET_STATE_SKADDR as usize)? };
     let old: i32 = unsafe { ctx.read_at(tp::INET_SOCK_SET_STATE_OLDSTATE as usize)? };
     let new: i32 = unsafe { ctx.read_at(tp::INET_SOCK_SET_STATE_NEWSTATE as usize)? };
+    // Most transitions of a connection's life (FIN_WAIT*, CLOSE_WAIT, LAST_ACK, TIME_WAIT, …)
+    // count nothing: leave before any map work.
+    let counts = new == TCP_SYN_SENT || new == TCP_LISTEN || old == TCP_LISTEN || old == TCP_SYN_SENT || old == TCP_ESTABLISHED || (old == TCP_SYN_RECV && new == TCP_ESTABLISHED);
+    if !counts {
+        return Ok(());
+    }
     let cfg = config();
 
     if new == TCP_SYN_SENT {
