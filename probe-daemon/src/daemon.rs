@@ -48,6 +48,8 @@ pub enum DaemonError {
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error("HTTP server failed: {0}")]
     Serve(std::io::Error),
+    #[error("cannot start the Go discovery thread: {0}")]
+    Thread(std::io::Error),
     #[error(transparent)]
     Kubernetes(#[from] crate::k8s::K8sError),
 }
@@ -304,7 +306,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         std::thread::Builder::new()
             .name("go-discovery".into())
             .spawn(move || discovery_thread(s, rx))
-            .map_err(DaemonError::Serve)?;
+            .map_err(DaemonError::Thread)?;
         go_tasks.push(tokio::spawn(every(shared.clone(), cfg.go_read_interval()?, go_read_job)));
     }
 

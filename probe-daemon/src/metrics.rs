@@ -50,6 +50,7 @@ pub struct ScrapeView {
     pub max_map_count: Option<u64>,
     pub dropped_exited: u64,
     pub decode_errors: u64,
+    pub discovery_dropped: u64,
     pub tracked: usize,
     /// Which labels are kept (dropped ones merge series by summing).
     pub policy: LabelPolicy,
@@ -93,6 +94,7 @@ impl ScrapeView {
             max_map_count: crate::procfs::max_map_count(),
             dropped_exited: agg.dropped_exited,
             decode_errors: agg.decode_errors,
+            discovery_dropped: agg.discovery_dropped,
             tracked: agg.tracked(),
             policy,
             limiter,
@@ -366,6 +368,13 @@ impl Collector for ScrapeView {
         )?;
         single(
             &mut enc,
+            "chainprobe_go_discovery_dropped",
+            "Exec/exit notifications Go discovery could not take because its queue was full (those processes are found at their next exec, or not at all).",
+            MetricType::Counter,
+            Value::Counter(self.discovery_dropped),
+        )?;
+        single(
+            &mut enc,
             "chainprobe_event_decode_errors",
             "Ring-buffer records that could not be decoded.",
             MetricType::Counter,
@@ -512,6 +521,7 @@ mod tests {
             max_map_count: Some(65530),
             dropped_exited: 0,
             decode_errors: 0,
+            discovery_dropped: 0,
             tracked: 2,
             policy: LabelPolicy::default(),
             limiter: None,
