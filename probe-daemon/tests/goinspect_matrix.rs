@@ -35,6 +35,20 @@ fn variants() -> Vec<String> {
     }
 }
 
+/// p_vaddr of the first writable PT_LOAD of a 64-bit little-endian ELF file.
+fn rw_load_vaddr(path: &Path) -> u64 {
+    let d = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let u16_at = |o: usize| u16::from_le_bytes([d[o], d[o + 1]]) as usize;
+    let u32_at = |o: usize| u32::from_le_bytes(d[o..o + 4].try_into().unwrap());
+    let u64_at = |o: usize| u64::from_le_bytes(d[o..o + 8].try_into().unwrap());
+    let (phoff, phentsize, phnum) = (u64_at(0x20) as usize, u16_at(0x36), u16_at(0x38));
+    (0..phnum)
+        .map(|i| phoff + i * phentsize)
+        .find(|&e| u32_at(e) == 1 && u32_at(e + 4) & 2 != 0)
+        .map(|e| u64_at(e + 0x10))
+        .unwrap_or_else(|| panic!("{}: no writable PT_LOAD", path.display()))
+}
+
 fn twin_of(variant: &str) -> &str {
     match variant {
         "stripped" => "default",
@@ -372,9 +386,12 @@ fn check_binary(version: &str, variant: &str, bin: &Path, t: &mut Tally) {
         );
     }
 
-    // Data symbols vs go tool nm (code references in stripped builds, symtab otherwise).
+    // Data symbols vs go tool nm (code references in stripped builds, symtab otherwise). Stripping
+    // can shrink the read-only segment across a page boundary, moving the writable segment (and
+    // every data symbol) by a page relative to the twin: compare within that segment.
+    let shift = rw_load_vaddr(bin).wrapping_sub(rw_load_vaddr(&twin_path));
     for &name in goinspect::DATA_SYMBOLS {
-        let want = truth.nm.get(name).map(|(a, _, _)| *a);
+        let want = truth.nm.get(name).map(|(a, _, _)| a.wrapping_add(shift));
         t.check(want.is_some(), || format!("{ctx}: {name} not in nm truth"));
         let got = b.data_symbols.get(name);
         t.check(got.map(|d| d.vaddr) == want, || {
