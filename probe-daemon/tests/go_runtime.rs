@@ -303,6 +303,19 @@ fn creation(d: &Daemon, pid: u32) -> serde_json::Value {
     target(&targets(d), pid).map(|t| t["creation_probes"].clone()).unwrap_or(serde_json::Value::Null)
 }
 
+/// Polls the creation-probe state of `pid` until it is `active` (bounded); returns that state.
+fn wait_creation(d: &Daemon, pid: u32, active: bool, what: &str, timeout: Duration) -> serde_json::Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let c = creation(d, pid);
+        if c["active"] == active {
+            return c;
+        }
+        assert!(Instant::now() < deadline, "{what}: {c}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn wait_tracked(d: &Daemon, g: &Gorun) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !target(&targets(d), g.pid).is_some_and(|t| t["runtime"]["goroutines"].is_number()) {
@@ -387,15 +400,7 @@ fn a_leak_switches_creation_probes_on_by_itself_then_the_window_switches_them_of
     }
     g.cmd("leak 10");
     // The window (2 s) ends; the leaking function was named meanwhile.
-    let deadline = Instant::now() + Duration::from_secs(6);
-    let c = loop {
-        let c = creation(&d, g.pid);
-        if c["active"] == false {
-            break c;
-        }
-        assert!(Instant::now() < deadline, "probes never switched off: {c}");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let c = wait_creation(&d, g.pid, false, "probes never switched off", Duration::from_secs(6));
     assert!(c["reason"].as_str().unwrap().contains("window ended"), "{c}");
     assert!(c["top"].as_array().unwrap().iter().any(|f| f[0] == "main.leakOne"), "{c}");
     // Cooldown: more leaking does not switch them on again right away.
@@ -415,21 +420,9 @@ fn creation_probes_switch_off_when_goroutines_are_created_too_fast() {
     let (l, p) = &fx[0];
     let mut g = Gorun::start(l, p);
     wait_tracked(&d, &g);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while creation(&d, g.pid)["active"] != true {
-        assert!(Instant::now() < deadline, "always mode did not switch on: {}", creation(&d, g.pid));
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_creation(&d, g.pid, true, "always mode did not switch on", Duration::from_secs(15));
     g.cmd("spawn 20000");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let c = loop {
-        let c = creation(&d, g.pid);
-        if c["active"] == false {
-            break c;
-        }
-        assert!(Instant::now() < deadline, "rate guard never fired: {c}");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let c = wait_creation(&d, g.pid, false, "rate guard never fired", Duration::from_secs(15));
     assert!(c["reason"].as_str().unwrap().contains("creations/s exceeds"), "{c}");
     assert!(g.alive());
 }
