@@ -89,3 +89,61 @@ fn sigterm_detaches_and_exits_cleanly_with_json_logs() {
     assert!(lines.iter().any(|v| v["fields"]["message"].as_str().is_some_and(|m| m.contains("detached"))), "{text}");
     assert!(lines.iter().any(|v| v["fields"]["message"].as_str().is_some_and(|m| m.contains("SIGTERM"))), "{text}");
 }
+
+fn get_with(addr: std::net::SocketAddr, path: &str, auth: Option<&str>) -> u16 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let h = auth.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: t\r\n{h}Connection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
+#[test]
+fn api_requires_the_bearer_token_when_one_is_set() {
+    let port = common::free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chainprobe"))
+        .args(["run", "--listen", &format!("127.0.0.1:{port}")])
+        .env("CHAINPROBE_API_TOKEN", "s3cret-token")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !matches!(common::http_get(addr, "/readyz"), Ok((200, _))) {
+        assert!(Instant::now() < deadline, "not ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(get_with(addr, "/api/v1/targets", None), 401);
+    assert_eq!(get_with(addr, "/api/v1/targets", Some("Bearer wrong")), 401);
+    assert_eq!(get_with(addr, "/api/v1/targets", Some("s3cret-token")), 401, "scheme required");
+    assert_eq!(get_with(addr, "/api/v1/targets", Some("Bearer s3cret-token")), 200);
+    // /metrics and the probes stay open for Prometheus and the kubelet.
+    assert_eq!(get_with(addr, "/metrics", None), 200);
+    assert_eq!(get_with(addr, "/healthz", None), 200);
+    common::stop_child(&mut child);
+}
+
+#[test]
+fn api_without_a_token_answers_only_on_loopback() {
+    let port = common::free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chainprobe"))
+        .args(["run", "--listen", &format!("0.0.0.0:{port}")])
+        .env_remove("CHAINPROBE_API_TOKEN")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !matches!(common::http_get(addr, "/readyz"), Ok((200, _))) {
+        assert!(Instant::now() < deadline, "not ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(get_with(addr, "/api/v1/targets", None), 403, "no token and not loopback-only: API off");
+    assert_eq!(get_with(addr, "/metrics", None), 200);
+    common::stop_child(&mut child);
+}
