@@ -56,24 +56,29 @@ fn busy_listen_address_is_a_clear_error() {
     assert!(err.contains(&format!("cannot listen on {addr}")) && err.contains("--listen"), "{err}");
 }
 
+/// Spawns `cmd` (a `chainprobe run` listening on `port`) and waits until /readyz answers 200
+/// through 127.0.0.1.
+fn start_ready(mut cmd: Command, port: u16) -> (std::process::Child, std::net::SocketAddr) {
+    let mut child = cmd.stdout(Stdio::null()).spawn().unwrap();
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !matches!(common::http_get(addr, "/readyz"), Ok((200, _))) {
+        assert!(Instant::now() < deadline, "not ready within 60 s");
+        assert!(child.try_wait().unwrap().is_none(), "exited early");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (child, addr)
+}
+
 #[test]
 fn sigterm_detaches_and_exits_cleanly_with_json_logs() {
     let dir = common::TempDir::new("sigterm");
     let log = dir.0.join("log");
     let port = common::free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_chainprobe"))
-        .args(["run", "--log-format", "json", "--listen", &format!("127.0.0.1:{port}")])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let addr = format!("127.0.0.1:{port}").parse().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !matches!(common::http_get(addr, "/readyz"), Ok((200, _))) {
-        assert!(Instant::now() < deadline, "not ready");
-        assert!(child.try_wait().unwrap().is_none(), "exited early");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_chainprobe"));
+    cmd.args(["run", "--log-format", "json", "--listen", &format!("127.0.0.1:{port}")])
+        .stderr(std::fs::File::create(&log).unwrap());
+    let (mut child, _) = start_ready(cmd, port);
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
@@ -104,19 +109,9 @@ fn get_with(addr: std::net::SocketAddr, path: &str, auth: Option<&str>) -> u16 {
 #[test]
 fn api_requires_the_bearer_token_when_one_is_set() {
     let port = common::free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_chainprobe"))
-        .args(["run", "--listen", &format!("127.0.0.1:{port}")])
-        .env("CHAINPROBE_API_TOKEN", "s3cret-token")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let addr = format!("127.0.0.1:{port}").parse().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !matches!(common::http_get(addr, "/readyz"), Ok((200, _))) {
-        assert!(Instant::now() < deadline, "not ready");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_chainprobe"));
+    cmd.args(["run", "--listen", &format!("127.0.0.1:{port}")]).env("CHAINPROBE_API_TOKEN", "s3cret-token").stderr(Stdio::null());
+    let (mut child, addr) = start_ready(cmd, port);
     assert_eq!(get_with(addr, "/api/v1/targets", None), 401);
     assert_eq!(get_with(addr, "/api/v1/targets", Some("Bearer wrong")), 401);
     assert_eq!(get_with(addr, "/api/v1/targets", Some("s3cret-token")), 401, "scheme required");
@@ -130,19 +125,9 @@ fn api_requires_the_bearer_token_when_one_is_set() {
 #[test]
 fn api_without_a_token_answers_only_on_loopback() {
     let port = common::free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_chainprobe"))
-        .args(["run", "--listen", &format!("0.0.0.0:{port}")])
-        .env_remove("CHAINPROBE_API_TOKEN")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let addr = format!("127.0.0.1:{port}").parse().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !matches!(common::http_get(addr, "/readyz"), Ok((200, _))) {
-        assert!(Instant::now() < deadline, "not ready");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_chainprobe"));
+    cmd.args(["run", "--listen", &format!("0.0.0.0:{port}")]).env_remove("CHAINPROBE_API_TOKEN").stderr(Stdio::null());
+    let (mut child, addr) = start_ready(cmd, port);
     assert_eq!(get_with(addr, "/api/v1/targets", None), 403, "no token and not loopback-only: API off");
     assert_eq!(get_with(addr, "/metrics", None), 200);
     common::stop_child(&mut child);
