@@ -37,6 +37,8 @@ pub struct GoState {
     pub gc_duration: Histogram,
     pub stw_pauses: BTreeMap<&'static str, Histogram>,
     pub stw_count: u64,
+    /// Total stop-the-world time seen, in seconds.
+    pub stw_seconds: f64,
     /// The latest runtime read.
     pub sample: Option<GoSample>,
     /// Goroutine-creation probes of this process.
@@ -142,6 +144,8 @@ pub struct ProcessState {
     pub pod: Option<crate::k8s::PodLabels>,
     /// The API named the pod (no further look-ups needed).
     pub pod_named: bool,
+    /// The latest health evaluation.
+    pub health: Option<crate::health::Health>,
 }
 
 impl ProcessState {
@@ -150,6 +154,7 @@ impl ProcessState {
             go: None,
             pod: None,
             pod_named: false,
+            health: None,
             pid,
             comm,
             folded: ProcCounters::default(),
@@ -421,6 +426,7 @@ impl Aggregate {
                 gc_duration: gc_histogram(),
                 stw_pauses: BTreeMap::new(),
                 stw_count: 0,
+                stw_seconds: 0.0,
                 sample: None,
                 creation: None,
             });
@@ -442,6 +448,7 @@ impl Aggregate {
         if let Some(go) = self.procs.get_mut(&pid).and_then(|p| p.go.as_mut()) {
             let name = stw_reason(go.minor, reason);
             go.stw_count += 1;
+            go.stw_seconds += duration_ns as f64 / 1e9;
             go.stw_pauses.entry(name).or_insert_with(stw_histogram).observe(duration_ns as f64 / 1e9);
         }
     }
@@ -449,6 +456,15 @@ impl Aggregate {
     pub fn set_go_creation(&mut self, pid: u32, status: Option<crate::goruntime::creation::CreationStatus>) {
         if let Some(go) = self.procs.get_mut(&pid).and_then(|p| p.go.as_mut()) {
             go.creation = status;
+        }
+    }
+
+    /// Results of a health evaluation.
+    pub fn set_health(&mut self, results: Vec<(u32, crate::health::Health)>) {
+        for (pid, h) in results {
+            if let Some(p) = self.procs.get_mut(&pid) {
+                p.health = Some(h);
+            }
         }
     }
 

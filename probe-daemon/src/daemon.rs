@@ -4,7 +4,7 @@ use std::{
     net::SocketAddr,
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc, Mutex,
+        Arc, Mutex, OnceLock, Weak,
     },
     time::{Duration, Instant},
 };
@@ -15,7 +15,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::{
     aggregate::Aggregate,
-    api::{self, ApiAuth, ApiState},
+    api::{self, ApiAuth, ApiState, RateLimiter},
     attach::{self, KernelMaps, ProgramStatus},
     config::Config,
     events::{self, Event},
@@ -23,9 +23,11 @@ use crate::{
         creation::{CreationProbes, CreationStatus},
         Discoverer, Discovery, GoTracker, ProcMem,
     },
+    health::{HealthEngine, State},
     kernel::{self, Status},
     k8s::{LabelPolicy, PodResolver, SeriesLimiter},
     metrics::ScrapeView,
+    snapshot::{Snapshotter, TargetInfo, Trigger},
 };
 
 /// What the ring-buffer reader tells Go discovery.
@@ -52,6 +54,8 @@ pub enum DaemonError {
     Thread(std::io::Error),
     #[error(transparent)]
     Kubernetes(#[from] crate::k8s::K8sError),
+    #[error(transparent)]
+    Snapshots(#[from] crate::snapshot::store::StoreError),
 }
 
 /// The per-CPU maps the collector drains.
@@ -78,6 +82,9 @@ struct Shared {
     pods: Arc<PodResolver>,
     policy: LabelPolicy,
     limiter: Arc<Mutex<SeriesLimiter>>,
+    health: Mutex<HealthEngine>,
+    /// Set once at start (the snapshotter looks processes up through a weak handle to this).
+    snapshots: OnceLock<Arc<Snapshotter>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -144,6 +151,7 @@ impl Shared {
             self.release_series(&removed);
             ScrapeView::with_policy(&agg, &self.programs, &self.kernel, self.policy.clone(), Some(self.limiter.clone()))
         };
+        let view = view.with_snapshots(self.snapshots.get().map(|s| s.stats()));
         view.render().map_err(|e| e.to_string())
     }
 
@@ -171,9 +179,14 @@ impl Shared {
                 let p = agg.process(t.pid);
                 let g = p.and_then(|p| p.go.as_ref());
                 let s = g.and_then(|g| g.sample.as_ref());
+                let pod = p.and_then(|p| p.pod.clone()).filter(|l| !l.pod.is_empty());
                 serde_json::json!({
                     "pid": t.pid,
                     "comm": p.map(|p| p.comm.clone()),
+                    "namespace": pod.as_ref().map(|l| l.namespace.clone()),
+                    "pod": pod.as_ref().map(|l| l.pod.clone()),
+                    "container": pod.as_ref().map(|l| l.container.clone()),
+                    "health": p.and_then(|p| p.health.clone()),
                     "exe": t.exe,
                     "go_version": t.go_version,
                     "build": { "pie": t.pie, "stripped": t.stripped, "link_mode": t.link_mode },
@@ -230,6 +243,75 @@ impl Shared {
         Ok(serde_json::json!({ "pid": pid, "creation_probes": status }))
     }
 
+    /// One health evaluation over fresh counters; breaches queue snapshots. Returns when to run
+    /// the next one.
+    fn evaluate_health(&self) -> Duration {
+        let now = Instant::now();
+        self.drain_ring();
+        self.drain(now);
+        let max_maps = crate::procfs::max_map_count();
+        let (breaches, degraded, next) = {
+            let mut engine = lock(&self.health);
+            let mut agg = lock(&self.agg);
+            let (results, breaches) = engine.evaluate(&agg, max_maps, now);
+            let degraded = results.iter().any(|(_, h)| h.worst() != State::Ok);
+            agg.set_health(results);
+            (breaches, degraded, engine.next_interval(degraded))
+        };
+        if degraded {
+            debug!(next_seconds = next.as_secs_f64(), "degraded processes: evaluating sooner");
+        }
+        for b in breaches {
+            let signals: Vec<String> = b.health.signals.iter().filter(|s| s.state != State::Ok).map(|s| format!("{}={} ({:?})", s.name, s.value, s.state)).collect();
+            warn!(pid = b.pid, rule = %b.rule, score = b.health.score, signals = ?signals, "health rule breached");
+            if let Some(snap) = self.snapshots.get() {
+                let is_go = self.go.as_ref().is_some_and(|g| lock(g).target(b.pid).is_some());
+                if is_go {
+                    let _ = snap.request(b.pid, &b.kinds, Trigger::Rule, Some(&b.rule));
+                }
+            }
+        }
+        next
+    }
+
+    /// What the snapshotter needs to know of `pid`.
+    fn target_info(&self, pid: u32) -> Option<TargetInfo> {
+        let go = self.go.as_ref().and_then(|g| lock(g).target(pid).cloned());
+        let agg = lock(&self.agg);
+        let p = agg.process(pid).filter(|p| p.exit.is_none());
+        if p.is_none() && go.is_none() {
+            return None;
+        }
+        Some(TargetInfo {
+            pid,
+            comm: p.map(|p| p.comm.clone()).or_else(|| crate::procfs::comm(pid)).unwrap_or_else(|| "unknown".into()),
+            pod: p.and_then(|p| p.pod.clone()),
+            go,
+            health: p.and_then(|p| p.health.clone()),
+        })
+    }
+
+    /// The tracked Go process in a pod (and container).
+    fn find_target(&self, namespace: &str, pod: &str, container: Option<&str>) -> Result<u32, (u16, String)> {
+        let go: Vec<u32> = match &self.go {
+            Some(g) => lock(g).targets().map(|t| t.pid).collect(),
+            None => return Err((409, "Go tracking is disabled in the configuration ([go] enabled = false)".into())),
+        };
+        let agg = lock(&self.agg);
+        let mut pids: Vec<u32> = go
+            .into_iter()
+            .filter(|pid| {
+                agg.process(*pid).and_then(|p| p.pod.as_ref()).is_some_and(|l| l.namespace == namespace && l.pod == pod && container.is_none_or(|c| l.container == c))
+            })
+            .collect();
+        pids.sort_unstable();
+        match pids.as_slice() {
+            [] => Err((404, format!("no tracked Go process in pod {namespace}/{pod}{}", container.map(|c| format!(" container {c}")).unwrap_or_default()))),
+            [pid] => Ok(*pid),
+            many => Err((409, format!("pod {namespace}/{pod} has several Go processes ({many:?}): name the container or the pid"))),
+        }
+    }
+
     fn readiness(&self) -> Result<(), Vec<String>> {
         let mut reasons: Vec<String> = self
             .programs
@@ -251,6 +333,7 @@ impl Shared {
 /// Runs the daemon until SIGTERM/SIGINT.
 pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     cfg.validate()?;
+
     let failures: Vec<String> = kernel::check()
         .into_iter()
         .filter(|i| i.status == Status::Fail)
@@ -299,7 +382,15 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         pods,
         policy,
         limiter: Arc::new(Mutex::new(SeriesLimiter::new(cfg.metrics.max_series))),
+        health: Mutex::new(HealthEngine::new(cfg.health.clone())),
+        snapshots: OnceLock::new(),
     });
+    if cfg.snapshot.enabled {
+        let weak: Weak<Shared> = Arc::downgrade(&shared);
+        let resolve = Arc::new(move |pid: u32| weak.upgrade().and_then(|s| s.target_info(pid)));
+        let snap = Snapshotter::start(cfg.snapshot.clone(), resolve)?;
+        let _ = shared.snapshots.set(snap);
+    }
     let mut go_tasks = Vec::new();
     if let (Some(rx), Some(_)) = (lifecycle_rx, &shared.go) {
         let s = shared.clone();
@@ -313,6 +404,16 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     let ring_task = tokio::spawn(every(shared.clone(), Duration::from_millis(probe_common::EVENTS_POLL_MS), |s| s.drain_ring()));
     let drain_task = tokio::spawn(every(shared.clone(), cfg.drain_interval()?, drain_job));
     let maps_task = tokio::spawn(every(shared.clone(), cfg.map_count_interval()?, map_count_job));
+    let health_task = tokio::spawn({
+        let s = shared.clone();
+        async move {
+            loop {
+                let s2 = s.clone();
+                let next = tokio::task::spawn_blocking(move || s2.evaluate_health()).await.unwrap_or(Duration::from_secs(5));
+                tokio::time::sleep(next).await;
+            }
+        }
+    });
 
     let listener = tokio::net::TcpListener::bind(cfg.server.listen)
         .await
@@ -324,7 +425,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         local.ip().is_loopback(),
     );
     if !auth.enabled() {
-        warn!("no API token configured and not listening on loopback: /api/ answers 403 (set CHAINPROBE_API_TOKEN or [api] token_file)");
+        warn!("the API is not started: no token configured and not listening on loopback (set CHAINPROBE_API_TOKEN or [api] token_file); /api/ answers 403, /metrics is served");
     }
     let state = ApiState {
         render_metrics: {
@@ -343,7 +444,14 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             let s = shared.clone();
             Arc::new(move |pid, on, secs| s.set_creation(pid, on, secs))
         },
+        find_target: {
+            let s = shared.clone();
+            Arc::new(move |ns: &str, pod: &str, c: Option<&str>| s.find_target(ns, pod, c))
+        },
+        snapshots: shared.snapshots.get().cloned(),
         auth: Arc::new(auth),
+        limiter: Arc::new(RateLimiter::new(cfg.api.rate_limit_per_second, cfg.api.rate_limit_burst)),
+        max_body: cfg.api.max_body_bytes,
     };
     shared.serving.store(true, Ordering::Relaxed);
     match shared.readiness() {
@@ -357,6 +465,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     ring_task.abort();
     drain_task.abort();
     maps_task.abort();
+    health_task.abort();
     for t in go_tasks {
         t.abort();
     }

@@ -5,6 +5,9 @@
 //! (decode ring buffer, drain per-CPU maps) → [`aggregate`] (per-process state) → [`metrics`]
 //! and the HTTP [`api`]. [`kernel`] answers what the running kernel provides; [`config`] holds the
 //! settings; [`daemon`] wires everything for `chainprobe run`.
+// The OpenAPI document (api::openapi) is one large json! literal.
+#![recursion_limit = "256"]
+
 pub mod aggregate;
 pub mod api;
 pub mod attach;
@@ -13,7 +16,9 @@ pub mod daemon;
 pub mod events;
 pub mod goinspect;
 pub mod goruntime;
+pub mod health;
 pub mod k8s;
 pub mod kernel;
 pub mod metrics;
 pub mod procfs;
+pub mod snapshot;

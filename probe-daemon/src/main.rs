@@ -3,6 +3,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
 use chainprobe::{
+    api::client::{Client, Target},
     config::{Config, LogFormat, DEFAULT_TOML},
     kernel::{self, Status},
 };
@@ -24,7 +25,8 @@ enum Command {
     /// /api/v1/ until SIGTERM/SIGINT.
     ///
     /// The API needs `Authorization: Bearer $CHAINPROBE_API_TOKEN` when that variable (or
-    /// [api] token_file) sets a token; without one it answers only on a loopback listen address.
+    /// [api] token_file) sets a token; without one the API answers only on a loopback listen
+    /// address. Health rules take heap and goroutine snapshots into [snapshot] dir.
     /// Needs root (or CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE, CAP_SYS_RESOURCE). Without --config the
     /// built-in defaults apply (print them with `chainprobe config`).
     Run {
@@ -42,6 +44,46 @@ enum Command {
     Check,
     /// Print the default configuration file, with every setting documented.
     Config,
+    /// Take a heap and goroutine snapshot of a Go process through a running chainprobe's API,
+    /// wait for it, and download its files (gzipped pprof: open them with `go tool pprof FILE`).
+    ///
+    /// Examples:
+    ///   chainprobe snapshot --pid 4242
+    ///   chainprobe snapshot --pod shop/cart-7d9f --container app --kind goroutine -o /tmp
+    ///   chainprobe snapshot --list
+    /// The token comes from $CHAINPROBE_API_TOKEN or --token-file.
+    #[command(verbatim_doc_comment)]
+    Snapshot {
+        /// Process id (as seen by chainprobe, i.e. the host's pid namespace).
+        #[arg(long, conflicts_with = "pod", required_unless_present_any = ["pod", "list"])]
+        pid: Option<u32>,
+        /// Pod as NAMESPACE/NAME (its Go process; add --container when it has several).
+        #[arg(long, value_name = "NAMESPACE/NAME")]
+        pod: Option<String>,
+        #[arg(long, requires = "pod")]
+        container: Option<String>,
+        /// heap or goroutine; repeat for both (default: both).
+        #[arg(long = "kind", value_parser = ["heap", "goroutine"])]
+        kinds: Vec<String>,
+        /// chainprobe's HTTP address.
+        #[arg(long, env = "CHAINPROBE_SERVER", default_value = "http://127.0.0.1:9479")]
+        server: String,
+        /// File holding the API token (else $CHAINPROBE_API_TOKEN).
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
+        /// Where to write the files.
+        #[arg(long, short = 'o', value_name = "DIR", default_value = ".")]
+        output: PathBuf,
+        /// Only queue it and print its id.
+        #[arg(long)]
+        no_wait: bool,
+        /// Give up waiting after this many seconds.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+        /// List the snapshots chainprobe holds instead.
+        #[arg(long)]
+        list: bool,
+    },
     /// Inspect a Go binary: version, build mode, probe sites, struct offsets, data symbols.
     Inspect {
         /// Path of the executable (for a process in a container: /proc/PID/exe).
@@ -116,7 +158,61 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Inspect { binary, json } => inspect(&binary, json),
+        Command::Snapshot { pid, pod, container, kinds, server, token_file, output, no_wait, timeout, list } => {
+            let target = match (pid, pod) {
+                (Some(pid), _) => Some(Target::Pid(pid)),
+                (None, Some(p)) => {
+                    let (namespace, pod) = p.split_once('/').context("--pod takes NAMESPACE/NAME")?;
+                    Some(Target::Pod { namespace: namespace.into(), pod: pod.into(), container })
+                }
+                (None, None) => None,
+            };
+            let token = match token_file {
+                Some(f) => Some(std::fs::read_to_string(&f).with_context(|| format!("reading the token file {}", f.display()))?.trim().to_string()),
+                None => std::env::var("CHAINPROBE_API_TOKEN").ok().filter(|t| !t.trim().is_empty()),
+            };
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")?;
+            rt.block_on(snapshot(Client::new(&server, token)?, target, kinds, output, no_wait, timeout, list))
+        }
     }
+}
+
+async fn snapshot(c: Client, target: Option<Target>, kinds: Vec<String>, output: PathBuf, no_wait: bool, timeout: u64, list: bool) -> anyhow::Result<ExitCode> {
+    let Some(target) = target.filter(|_| !list) else {
+        let v = c.list().await?;
+        if v["circuit"]["open"].as_bool() == Some(true) {
+            println!("snapshots are stopped: {}", v["circuit"]["reason"].as_str().unwrap_or(""));
+        }
+        println!("{:<16}  {:<24}  {:>7}  {:<16}  {:<7}  {:<8}  {}", "ID", "CREATED", "PID", "POD/COMM", "TRIGGER", "STATUS", "FILES / REASON");
+        for s in v["snapshots"].as_array().into_iter().flatten() {
+            let who = s["pod"].as_str().or(s["comm"].as_str()).unwrap_or("");
+            let files: Vec<&str> = s["files"].as_object().map(|f| f.keys().map(String::as_str).collect()).unwrap_or_default();
+            let detail = if s["status"] == "failed" { s["reason"].as_str().unwrap_or("").to_string() } else { files.join(",") };
+            let trig = match s["rule"].as_str() {
+                Some(r) => format!("rule:{r}"),
+                None => s["trigger"].as_str().unwrap_or("").to_string(),
+            };
+            println!("{:<16}  {:<24}  {:>7}  {:<16}  {:<7}  {:<8}  {}", s["id"].as_str().unwrap_or(""), s["created"].as_str().unwrap_or(""), s["pid"], who, trig, s["status"].as_str().unwrap_or(""), detail);
+        }
+        return Ok(ExitCode::SUCCESS);
+    };
+    let id = c.request(&target, &kinds).await?;
+    if no_wait {
+        println!("{id}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!("snapshot {id} queued; waiting…");
+    let meta = c.wait(&id, std::time::Duration::from_secs(timeout)).await?;
+    std::fs::create_dir_all(&output).with_context(|| format!("creating {}", output.display()))?;
+    for p in c.download(&meta, &output).await? {
+        println!("{}", p.display());
+    }
+    if let Some(errors) = meta["errors"].as_object() {
+        for (kind, why) in errors {
+            eprintln!("no {kind} profile: {}", why.as_str().unwrap_or(""));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn inspect(binary: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {

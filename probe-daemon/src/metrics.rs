@@ -37,6 +37,7 @@ pub struct ProcView {
     pub exit: Option<ExitInfo>,
     pub go: Option<GoState>,
     pub pod: Option<PodLabels>,
+    pub health: Option<crate::health::Health>,
 }
 
 /// Everything a scrape encodes, copied out of the shared state.
@@ -56,6 +57,7 @@ pub struct ScrapeView {
     pub policy: LabelPolicy,
     /// The cap on exposed series (shared across scrapes, so admitted series stay stable).
     pub limiter: Option<Arc<Mutex<SeriesLimiter>>>,
+    pub snapshots: Option<crate::snapshot::SnapshotStats>,
 }
 
 impl ScrapeView {
@@ -82,6 +84,7 @@ impl ScrapeView {
                 exit: p.exit.clone(),
                 go: p.go.clone(),
                 pod: p.pod.clone(),
+                health: p.health.clone(),
             })
             .collect();
         procs.sort_by_key(|p| p.pid);
@@ -98,7 +101,14 @@ impl ScrapeView {
             tracked: agg.tracked(),
             policy,
             limiter,
+            snapshots: None,
         }
+    }
+
+    /// Adds the snapshotter's counters.
+    pub fn with_snapshots(mut self, stats: Option<crate::snapshot::SnapshotStats>) -> Self {
+        self.snapshots = stats;
+        self
     }
 
     /// The OpenMetrics text of this view.
@@ -128,12 +138,17 @@ fn with(mut base: Labels, extra: &[(&'static str, &str)]) -> Labels {
     base
 }
 
-/// A sample value. Counters and gauges of series that the label policy merges are summed; a
-/// histogram cannot be summed here, so the first of merged histograms is kept.
+/// A sample value. Counters and gauges of series that the label policy merges are summed (a score
+/// keeps the worst: [`Value::Min`] and [`Value::Max`]); a histogram cannot be summed here, so the
+/// first of merged histograms is kept.
 #[derive(Debug, Clone)]
 enum Value {
     Counter(u64),
     Gauge(i64),
+    /// A gauge whose merge keeps the smallest value (health scores).
+    Min(i64),
+    /// A gauge whose merge keeps the largest value (signal states).
+    Max(i64),
     Histogram(Histogram),
 }
 
@@ -142,6 +157,8 @@ impl Value {
         match (self, other) {
             (Value::Counter(a), Value::Counter(b)) => *a += b,
             (Value::Gauge(a), Value::Gauge(b)) => *a += b,
+            (Value::Min(a), Value::Min(b)) => *a = (*a).min(b),
+            (Value::Max(a), Value::Max(b)) => *a = (*a).max(b),
             _ => {}
         }
     }
@@ -149,7 +166,7 @@ impl Value {
     fn encode(&self, e: prometheus_client::encoding::MetricEncoder) -> Result<(), std::fmt::Error> {
         match self {
             Value::Counter(v) => ConstCounter::new(*v).encode(e),
-            Value::Gauge(v) => ConstGauge::new(*v).encode(e),
+            Value::Gauge(v) | Value::Min(v) | Value::Max(v) => ConstGauge::new(*v).encode(e),
             Value::Histogram(h) => h.encode(e),
         }
     }
@@ -307,6 +324,7 @@ impl Collector for ScrapeView {
         }
 
         self.encode_go(&mut enc)?;
+        self.encode_health(&mut enc)?;
 
         // Self metrics.
         let info = Info::new(vec![("version", self.version.clone()), ("kernel", self.kernel.clone())]);
@@ -380,6 +398,55 @@ impl Collector for ScrapeView {
             MetricType::Counter,
             Value::Counter(self.decode_errors),
         )?;
+        Ok(())
+    }
+}
+
+impl ScrapeView {
+    fn encode_health(&self, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let scored = || self.procs.iter().filter(|p| p.exit.is_none()).filter_map(|p| p.health.as_ref().map(|h| (p, h)));
+        self.family(
+            enc,
+            "chainprobe_health_score",
+            "Health score of the process, 0 (bad) to 100, from its signals (GET /api/v1/targets shows the reasons).",
+            MetricType::Gauge,
+            scored().map(|(p, h)| (proc_labels(p), Value::Min(i64::from(h.score)))),
+        )?;
+        self.family(
+            enc,
+            "chainprobe_health_signal_state",
+            "State of each health signal of the process: 0 ok, 1 warn, 2 critical.",
+            MetricType::Gauge,
+            scored().flat_map(|(p, h)| h.signals.iter().map(move |s| (with(proc_labels(p), &[("signal", s.name)]), Value::Max(s.state as i64)))),
+        )?;
+        self.family(
+            enc,
+            "chainprobe_pod_health_score",
+            "Health score of the pod: the lowest score of its processes.",
+            MetricType::Gauge,
+            scored().filter_map(|(p, h)| {
+                let pod = p.pod.as_ref().filter(|l| !l.pod.is_empty())?;
+                Some((vec![("namespace", pod.namespace.clone()), ("pod", pod.pod.clone())], Value::Min(i64::from(h.score))))
+            }),
+        )?;
+        let Some(st) = &self.snapshots else { return Ok(()) };
+        self.family(
+            enc,
+            "chainprobe_snapshots",
+            "Snapshot files by trigger (rule, api), kind (heap, goroutine) and result: ok, failed, unavailable (no source for that kind, e.g. a heap profile without a pprof endpoint), refused (cooldown, hourly cap, queue full, circuit open).",
+            MetricType::Counter,
+            st.totals.iter().map(|((t, k, r), n)| (vec![("trigger", t.to_string()), ("kind", k.to_string()), ("result", r.to_string())], Value::Counter(*n))),
+        )?;
+        single(enc, "chainprobe_snapshot_duration_seconds", "Time to take a snapshot, queueing excluded.", MetricType::Histogram, Value::Histogram(st.duration.clone()))?;
+        single(
+            enc,
+            "chainprobe_snapshot_circuit_open",
+            "1 while snapshots are stopped (node under memory pressure, or too many failures in a row); GET /api/v1/snapshots says why.",
+            MetricType::Gauge,
+            Value::Gauge(i64::from(st.circuit_open)),
+        )?;
+        single(enc, "chainprobe_snapshots_stored", "Snapshots in the snapshot directory.", MetricType::Gauge, Value::Gauge(st.stored as i64))?;
+        single(enc, "chainprobe_snapshots_stored_bytes", "Bytes of the snapshots in the snapshot directory.", MetricType::Gauge, Value::Gauge(st.stored_bytes as i64))?;
         Ok(())
     }
 }
@@ -503,6 +570,7 @@ mod tests {
                     exit: None,
                     go: None,
                     pod: Some(PodLabels { namespace: "shop".into(), pod: "cart-1".into(), container: "app".into() }),
+                    health: Some(crate::health::Health { score: 70, signals: vec![crate::health::Signal { name: "goroutines", value: 6000.0, threshold: Some(5000.0), state: crate::health::State::Critical }] }),
                 },
                 ProcView {
                     pid: 11,
@@ -513,6 +581,7 @@ mod tests {
                     map_count: None,
                     go: None,
                     pod: None,
+                    health: None,
                     exit: Some(ExitInfo { reason: ExitReason::Signal, code: "SIGKILL".into(), at: Instant::now() }),
                 },
             ],
@@ -525,6 +594,7 @@ mod tests {
             tracked: 2,
             policy: LabelPolicy::default(),
             limiter: None,
+            snapshots: None,
         }
     }
 
@@ -541,6 +611,9 @@ mod tests {
             r#"chainprobe_process_memory_maps{pid="10",comm="svc",namespace="shop",pod="cart-1",container="app"} 40"#,
             r#"chainprobe_process_exits_total{pid="11",comm="gone",reason="signal",code="SIGKILL"} 1"#,
             r#"chainprobe_vm_max_memory_maps 65530"#,
+            r#"chainprobe_health_score{pid="10",comm="svc",namespace="shop",pod="cart-1",container="app"} 70"#,
+            r#"chainprobe_health_signal_state{pid="10",comm="svc",namespace="shop",pod="cart-1",container="app",signal="goroutines"} 2"#,
+            r#"chainprobe_pod_health_score{namespace="shop",pod="cart-1"} 70"#,
             r#"chainprobe_build_info{version="0.1.0",kernel="6.1.0"} 1"#,
             r#"chainprobe_events_lost_total{program="sys_exit_mmap",reason="map_full"} 1"#,
         ] {
@@ -561,6 +634,8 @@ mod tests {
         v.policy = LabelPolicy::from_config(&crate::k8s::LabelPolicyConfig { drop_labels: vec!["pid".into()], keep_labels: vec![], max_series: 0 }).unwrap();
         let text = v.clone().render().unwrap();
         assert!(text.lines().any(|l| l == r#"chainprobe_mmap_calls_total{comm="svc",namespace="shop",pod="cart-1",container="app"} 7"#), "{text}");
+        // Scores are not summed: the worst is kept.
+        assert!(text.lines().any(|l| l == r#"chainprobe_health_score{comm="svc",namespace="shop",pod="cart-1",container="app"} 70"#), "{text}");
         assert!(!text.contains("pid=\"10\""));
 
         let limiter = Arc::new(Mutex::new(SeriesLimiter::new(3)));

@@ -27,6 +27,8 @@ pub struct Config {
     pub go: GoConfig,
     pub api: ApiConfig,
     pub kubernetes: crate::k8s::KubernetesConfig,
+    pub health: crate::health::HealthConfig,
+    pub snapshot: crate::snapshot::SnapshotConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -59,11 +61,22 @@ impl Default for GoConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiConfig {
     /// Empty: no file (the environment variable may still set a token).
     pub token_file: String,
+    /// Requests per second each client may make to /api/ (token bucket), and the burst.
+    pub rate_limit_per_second: f64,
+    pub rate_limit_burst: u32,
+    /// Largest request body accepted (bytes); larger ones get 413.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig { token_file: String::new(), rate_limit_per_second: 5.0, rate_limit_burst: 20, max_body_bytes: 64 * 1024 }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -143,6 +156,8 @@ impl Default for Config {
             go: GoConfig::default(),
             api: ApiConfig::default(),
             kubernetes: crate::k8s::KubernetesConfig::default(),
+            health: crate::health::HealthConfig::default(),
+            snapshot: crate::snapshot::SnapshotConfig::default(),
         }
     }
 }
@@ -185,6 +200,21 @@ impl Config {
         self.go_read_interval()?;
         self.creation_settings()?;
         self.label_policy()?;
+        if let Err((key, message)) = self.health.check() {
+            return Err(ConfigError::Invalid { key, message });
+        }
+        seconds("health.interval_seconds", self.health.interval_seconds, 0.05)?;
+        seconds("health.degraded_interval_seconds", self.health.degraded_interval_seconds, 0.05)?;
+        seconds("health.sibling_window_seconds", self.health.sibling_window_seconds, 0.0)?;
+        if let Err((key, message)) = self.snapshot.check() {
+            return Err(ConfigError::Invalid { key, message });
+        }
+        if !(self.api.rate_limit_per_second.is_finite() && self.api.rate_limit_per_second > 0.0) || self.api.rate_limit_burst == 0 {
+            return Err(ConfigError::Invalid { key: "api.rate_limit_per_second / api.rate_limit_burst", message: "must be above 0".into() });
+        }
+        if self.api.max_body_bytes < 64 {
+            return Err(ConfigError::Invalid { key: "api.max_body_bytes", message: "must be at least 64".into() });
+        }
         if self.metrics.max_exited_processes == 0 {
             return Err(ConfigError::Invalid {
                 key: "metrics.max_exited_processes",

@@ -93,6 +93,24 @@ pub fn load_bias(pid: u32, exe: &Path) -> Result<u64, MemError> {
     Err(MemError::NoMapping(target, pid))
 }
 
+/// The executable mapping of the process's main binary: (start, end, file offset).
+pub fn exe_mapping(pid: u32) -> Result<(u64, u64, u64), MemError> {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).map_err(|_| MemError::Gone { pid })?;
+    let target = exe.to_string_lossy().trim_end_matches(" (deleted)").to_string();
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).map_err(|_| MemError::Gone { pid })?;
+    for line in maps.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 6 || !f[1].contains('x') || f[5..].join(" ").trim_end_matches(" (deleted)") != target {
+            continue;
+        }
+        let mut r = f[0].split('-').map(|x| u64::from_str_radix(x, 16));
+        if let (Some(Ok(a)), Some(Ok(b)), Ok(off)) = (r.next(), r.next(), u64::from_str_radix(f[2], 16)) {
+            return Ok((a, b, off));
+        }
+    }
+    Err(MemError::NoMapping(target, pid))
+}
+
 /// p_vaddr of the first PT_LOAD of a 64-bit little-endian ELF file.
 fn first_load_vaddr(path: &Path) -> std::io::Result<u64> {
     let f = File::open(path)?;
@@ -173,6 +191,10 @@ impl ProcMem {
             }
         })?;
         Ok(ProcMem { pid, file })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
     }
 
     pub fn read_exact(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemError> {

@@ -2,9 +2,11 @@
 //! and the on-call API under `/api/v1/` (bearer token). Handlers reach the rest of the daemon only
 //! through the narrow [`ApiState`] handles.
 use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
     path::PathBuf,
     sync::{Arc, Mutex},
-    time::SystemTime,
+    time::{Duration, Instant, SystemTime},
 };
 
 use axum::{
@@ -17,6 +19,11 @@ use axum::{
 };
 use tracing::info;
 
+pub mod client;
+pub mod openapi;
+
+use crate::snapshot::{valid_id, Kind, Snapshotter, Trigger};
+
 /// Renders the metrics exposition, or says why it could not.
 pub type RenderMetrics = dyn Fn() -> Result<String, String> + Send + Sync;
 /// `Ok(())` when ready, else the reasons it is not.
@@ -27,6 +34,8 @@ pub type Targets = dyn Fn() -> serde_json::Value + Send + Sync;
 /// Switches a process's goroutine-creation probes: (pid, on, seconds) → state, or (HTTP status,
 /// message).
 pub type SetCreation = dyn Fn(u32, bool, Option<f64>) -> Result<serde_json::Value, (u16, String)> + Send + Sync;
+/// The pid of the Go process in (namespace, pod, container), or (HTTP status, message).
+pub type FindTarget = dyn Fn(&str, &str, Option<&str>) -> Result<u32, (u16, String)> + Send + Sync;
 
 #[derive(Clone)]
 pub struct ApiState {
@@ -34,7 +43,44 @@ pub struct ApiState {
     pub readiness: Arc<Readiness>,
     pub targets: Arc<Targets>,
     pub set_creation: Arc<SetCreation>,
+    pub find_target: Arc<FindTarget>,
+    pub snapshots: Option<Arc<Snapshotter>>,
     pub auth: Arc<ApiAuth>,
+    pub limiter: Arc<RateLimiter>,
+    /// Largest request body accepted.
+    pub max_body: usize,
+}
+
+/// Per-client token buckets for `/api/` (by the connection's address: headers can be forged).
+pub struct RateLimiter {
+    per_second: f64,
+    burst: f64,
+    buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+}
+
+impl RateLimiter {
+    pub fn new(per_second: f64, burst: u32) -> Self {
+        RateLimiter { per_second, burst: f64::from(burst.max(1)), buckets: Mutex::new(HashMap::new()) }
+    }
+
+    /// `Ok` when `client` may make a request now, else how long until it may.
+    pub fn check(&self, client: IpAddr, now: Instant) -> Result<(), Duration> {
+        let mut b = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        if b.len() > 10_000 {
+            // Forget clients whose buckets are full again.
+            let full = Duration::from_secs_f64(self.burst / self.per_second);
+            b.retain(|_, (_, t)| now.saturating_duration_since(*t) < full);
+        }
+        let (tokens, last) = b.entry(client).or_insert((self.burst, now));
+        *tokens = (*tokens + now.saturating_duration_since(*last).as_secs_f64() * self.per_second).min(self.burst);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - *tokens) / self.per_second))
+        }
+    }
 }
 
 /// Who may use `/api/`: holders of the bearer token (from the environment or a file, re-read when
@@ -107,28 +153,55 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     diff == 0
 }
 
+/// Every `/api/` request: rate limit per client, then the bearer token; one audit line each.
 async fn require_token(State(st): State<ApiState>, req: Request, next: Next) -> Response {
+    let peer = req.extensions().get::<axum::extract::ConnectInfo<SocketAddr>>().map(|c| c.0);
     let who = req
         .headers()
         .get("x-forwarded-for")
         .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.to_string()))
+        .map(|f| format!("{f} via {}", peer.map(|p| p.to_string()).unwrap_or_default()))
+        .or_else(|| peer.map(|p| p.to_string()))
         .unwrap_or_else(|| "unknown".into());
     let what = format!("{} {}", req.method(), req.uri().path());
     let auth = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_string);
-    let resp = match st.auth.check(auth.as_deref()) {
-        Ok(()) => next.run(req).await,
-        Err(r) => r,
+    let ip = peer.map(|p| p.ip()).unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    let resp = match st.limiter.check(ip, Instant::now()) {
+        Err(wait) => (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, wait.as_secs().max(1).to_string())],
+            "too many requests: see [api] rate_limit_per_second\n",
+        )
+            .into_response(),
+        Ok(()) => match st.auth.check(auth.as_deref()) {
+            Ok(()) => next.run(req).await,
+            Err(r) => r,
+        },
     };
     info!(target: "chainprobe::audit", client = %who, request = %what, status = resp.status().as_u16(), "api");
     resp
 }
 
+/// Every API route (method, path), as the OpenAPI document lists them.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("get", "/api/v1/targets"),
+    ("post", "/api/v1/targets/{pid}/creation-probes"),
+    ("post", "/api/v1/snapshots"),
+    ("get", "/api/v1/snapshots"),
+    ("get", "/api/v1/snapshots/{id}"),
+    ("get", "/api/v1/snapshots/{id}/{kind}"),
+    ("get", "/api/v1/openapi.json"),
+];
+
 pub fn router(state: ApiState) -> Router {
     let api = Router::new()
         .route("/api/v1/targets", get(targets))
         .route("/api/v1/targets/{pid}/creation-probes", axum::routing::post(creation_probes))
+        .route("/api/v1/snapshots", get(list_snapshots).post(create_snapshot))
+        .route("/api/v1/snapshots/{id}", get(get_snapshot))
+        .route("/api/v1/snapshots/{id}/{kind}", get(snapshot_file))
+        .route("/api/v1/openapi.json", get(openapi))
+        .layer(axum::extract::DefaultBodyLimit::max(state.max_body))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/metrics", get(metrics))
@@ -205,7 +278,106 @@ async fn readyz(State(st): State<ApiState>) -> Response {
 }
 
 async fn not_found() -> Response {
-    (StatusCode::NOT_FOUND, "not found: chainprobe serves /metrics, /healthz, /readyz and /api/v1/targets\n").into_response()
+    (StatusCode::NOT_FOUND, "not found: chainprobe serves /metrics, /healthz, /readyz and /api/v1/ (see /api/v1/openapi.json)\n").into_response()
+}
+
+/// Body of `POST /api/v1/snapshots`: a pid, or a pod (and container) to find it by.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotRequest {
+    pub pid: Option<u32>,
+    pub namespace: Option<String>,
+    pub pod: Option<String>,
+    pub container: Option<String>,
+    #[serde(default)]
+    pub kinds: Vec<String>,
+}
+
+fn snapshots_off() -> Response {
+    error(StatusCode::CONFLICT, "snapshots are disabled in the configuration ([snapshot] enabled = false)")
+}
+
+async fn create_snapshot(State(st): State<ApiState>, body: axum::body::Bytes) -> Response {
+    let Some(snap) = st.snapshots.clone() else { return snapshots_off() };
+    let req: SnapshotRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("body must be {{\"pid\": N}} or {{\"namespace\": \"...\", \"pod\": \"...\", \"container\": \"...\"}}, with optional \"kinds\": [\"heap\", \"goroutine\"]: {e}")),
+    };
+    let mut kinds = Vec::new();
+    for k in &req.kinds {
+        match Kind::parse(k) {
+            Some(k) => kinds.push(k),
+            None => return error(StatusCode::BAD_REQUEST, format!("unknown kind {k:?}: heap or goroutine")),
+        }
+    }
+    let find = st.find_target.clone();
+    let res = tokio::task::spawn_blocking(move || {
+        let pid = match (req.pid, req.namespace.as_deref(), req.pod.as_deref()) {
+            (Some(pid), None, None) => pid,
+            (None, Some(ns), Some(pod)) => find(ns, pod, req.container.as_deref())?,
+            _ => return Err((400, "name either \"pid\", or \"namespace\" and \"pod\" (and optionally \"container\")".to_string())),
+        };
+        snap.request(pid, &kinds, Trigger::Api, None).map_err(|r| (r.status, r.message))
+    })
+    .await;
+    match res {
+        Ok(Ok(meta)) => (StatusCode::ACCEPTED, Json(serde_json::json!({ "id": meta.id, "status": meta.status, "pid": meta.pid }))).into_response(),
+        Ok(Err((code, msg))) => error(StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), msg),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn list_snapshots(State(st): State<ApiState>) -> Response {
+    let Some(snap) = st.snapshots.clone() else { return snapshots_off() };
+    match tokio::task::spawn_blocking(move || (snap.list(), snap.circuit_reason())).await {
+        Ok((list, circuit)) => Json(serde_json::json!({
+            "snapshots": list,
+            "circuit": { "open": circuit.is_some(), "reason": circuit },
+        }))
+        .into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn get_snapshot(State(st): State<ApiState>, axum::extract::Path(id): axum::extract::Path<String>) -> Response {
+    let Some(snap) = st.snapshots.clone() else { return snapshots_off() };
+    if !valid_id(&id) {
+        return error(StatusCode::BAD_REQUEST, "a snapshot id is 16 lowercase hex digits");
+    }
+    match snap.get(&id) {
+        Some(m) => Json(m).into_response(),
+        None => error(StatusCode::NOT_FOUND, format!("no snapshot {id} (GET /api/v1/snapshots lists them)")),
+    }
+}
+
+async fn snapshot_file(State(st): State<ApiState>, axum::extract::Path((id, kind)): axum::extract::Path<(String, String)>) -> Response {
+    let Some(snap) = st.snapshots.clone() else { return snapshots_off() };
+    if !valid_id(&id) {
+        return error(StatusCode::BAD_REQUEST, "a snapshot id is 16 lowercase hex digits");
+    }
+    if Kind::parse(&kind).is_none() && kind != "summary" {
+        return error(StatusCode::BAD_REQUEST, "kind is heap, goroutine or summary");
+    }
+    let Some(meta) = snap.get(&id) else {
+        return error(StatusCode::NOT_FOUND, format!("no snapshot {id}"));
+    };
+    let Some(path) = snap.file(&id, &kind) else {
+        let why = meta.errors.get(&kind).cloned().unwrap_or_else(|| format!("snapshot {id} has no {kind} file (status {:?})", meta.status));
+        return error(StatusCode::NOT_FOUND, why);
+    };
+    match tokio::fs::read(&path).await {
+        Ok(bytes) => {
+            let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+            let ctype = if kind == "summary" { "application/json" } else { "application/octet-stream" };
+            ([(header::CONTENT_TYPE, ctype.to_string()), (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{name}\""))], bytes).into_response()
+        }
+        // Retention may have removed it since the lookup.
+        Err(e) => error(StatusCode::NOT_FOUND, format!("snapshot file is gone: {e}")),
+    }
+}
+
+async fn openapi() -> Response {
+    Json(openapi::document()).into_response()
 }
 
 #[cfg(test)]

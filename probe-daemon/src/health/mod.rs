@@ -1,0 +1,627 @@
+//! Health: per-process signals (each with warn/critical thresholds) folded into a 0–100 score, and
+//! the rules that decide when evidence is taken.
+//!
+//! Every evaluation compares what the aggregate holds now with what it held at the previous
+//! evaluation of the same process, so rates are over the evaluation window, whatever its length.
+//! A rule breaches after `consecutive` bad evaluations in a row and clears after as many good ones
+//! (hysteresis): one breach, one trigger, however long the condition lasts.
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    time::{Duration, Instant},
+};
+
+use probe_common::{MemSyscall, ProcCounters};
+use serde::{Deserialize, Serialize};
+
+use crate::aggregate::{Aggregate, ExitReason, ProcessState};
+
+/// Snapshot kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Heap,
+    Goroutine,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 2] = [Kind::Heap, Kind::Goroutine];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Heap => "heap",
+            Kind::Goroutine => "goroutine",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Kind> {
+        match s {
+            "heap" => Some(Kind::Heap),
+            "goroutine" => Some(Kind::Goroutine),
+            _ => None,
+        }
+    }
+}
+
+/// State of one signal: ok, warn or critical (the `chainprobe_health_signal_state` value).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Ok = 0,
+    Warn = 1,
+    Critical = 2,
+}
+
+/// Warn/critical thresholds of a signal (a value at or above the threshold is in that state).
+/// An absent threshold never fires.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Thresholds {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warn: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub critical: Option<f64>,
+}
+
+impl Thresholds {
+    const fn new(warn: f64, critical: f64) -> Self {
+        Thresholds { warn: Some(warn), critical: Some(critical) }
+    }
+    pub fn state(&self, v: f64) -> State {
+        if self.critical.is_some_and(|c| v >= c) {
+            State::Critical
+        } else if self.warn.is_some_and(|w| v >= w) {
+            State::Warn
+        } else {
+            State::Ok
+        }
+    }
+}
+
+/// Every signal: name, what it measures, default thresholds.
+pub const SIGNALS: &[(&str, &str, Thresholds)] = &[
+    ("goroutines", "goroutines (as runtime.NumGoroutine counts them)", Thresholds::new(2000.0, 5000.0)),
+    (
+        "goroutine_growth_per_minute",
+        "goroutines gained per minute, when the count rose steadily over the last growth_evaluations",
+        Thresholds::new(100.0, 1000.0),
+    ),
+    ("heap_goal_ratio", "live heap / the GC's heap goal", Thresholds::new(0.8, 1.0)),
+    ("heap_live_bytes", "live heap in bytes (no thresholds: for growth rules)", Thresholds { warn: None, critical: None }),
+    ("stw_seconds_per_10s", "stop-the-world pause time per 10 s", Thresholds::new(0.1, 0.2)),
+    ("gc_rate_ratio", "GC cycles per second / the process's own baseline rate", Thresholds::new(3.0, 10.0)),
+    ("tcp_connect_failure_ratio", "failed / attempted TCP connects (10 attempts or more in the window)", Thresholds::new(0.05, 0.25)),
+    ("tcp_resets_per_second", "TCP resets sent and received per second", Thresholds::new(5.0, 50.0)),
+    ("tcp_retransmits_per_second", "TCP retransmitted segments per second", Thresholds::new(10.0, 100.0)),
+    ("memory_maps_ratio", "memory maps / vm.max_map_count", Thresholds::new(0.8, 0.9)),
+    ("mmap_failures", "failed mmap/munmap/brk calls in the window", Thresholds::new(1.0, 10.0)),
+    (
+        "sibling_abnormal_exits",
+        "abnormal exits (signal other than SIGTERM/SIGINT, non-zero status) of processes in the same pod (or with the same name outside pods) within sibling_window_seconds",
+        Thresholds::new(1.0, 3.0),
+    ),
+    ("sibling_oom_kills", "OOM kills in the same pod (or of the same name) within sibling_window_seconds", Thresholds::new(1.0, 1.0)),
+];
+
+/// The built-in thresholds of `name`.
+pub fn default_thresholds(name: &str) -> Option<Thresholds> {
+    SIGNALS.iter().find(|s| s.0 == name).map(|s| s.2)
+}
+
+/// `[[health.rules]]`: when to take a snapshot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    pub name: String,
+    /// A signal name, or "any".
+    pub signal: String,
+    /// The state that counts as bad (threshold rules).
+    #[serde(default = "critical")]
+    pub state: State,
+    /// Bad evaluations in a row before the rule breaches (and good ones before it clears).
+    #[serde(default = "three")]
+    pub consecutive: u32,
+    /// Baseline rule instead: bad when the value exceeds its average over the previous
+    /// `baseline_evaluations` by more than this many percent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub growth_percent: Option<f64>,
+    #[serde(default = "ten")]
+    pub baseline_evaluations: usize,
+    /// What to capture.
+    #[serde(default = "all_kinds")]
+    pub kinds: Vec<Kind>,
+}
+
+fn critical() -> State {
+    State::Critical
+}
+fn three() -> u32 {
+    3
+}
+fn ten() -> usize {
+    10
+}
+fn all_kinds() -> Vec<Kind> {
+    Kind::ALL.to_vec()
+}
+
+/// `[health]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    pub interval_seconds: f64,
+    pub degraded_interval_seconds: f64,
+    pub warn_penalty: u32,
+    pub critical_penalty: u32,
+    pub growth_evaluations: usize,
+    pub gc_baseline_evaluations: usize,
+    pub sibling_window_seconds: f64,
+    /// Overrides of the built-in thresholds, by signal name.
+    pub signals: BTreeMap<String, Thresholds>,
+    pub rules: Vec<RuleConfig>,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            interval_seconds: 30.0,
+            degraded_interval_seconds: 5.0,
+            warn_penalty: 10,
+            critical_penalty: 30,
+            growth_evaluations: 6,
+            gc_baseline_evaluations: 20,
+            sibling_window_seconds: 300.0,
+            signals: SIGNALS.iter().map(|(n, _, t)| (n.to_string(), *t)).collect(),
+            rules: vec![RuleConfig {
+                name: "critical".into(),
+                signal: "any".into(),
+                state: State::Critical,
+                consecutive: 3,
+                growth_percent: None,
+                baseline_evaluations: 10,
+                kinds: all_kinds(),
+            }],
+        }
+    }
+}
+
+impl HealthConfig {
+    /// Checks names and ranges; `Err` says which setting is wrong.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        let bad = |k: &'static str, m: String| Err((k, m));
+        let known = || SIGNALS.iter().map(|s| s.0).collect::<Vec<_>>().join(", ");
+        for (name, t) in &self.signals {
+            if default_thresholds(name).is_none() {
+                return bad("health.signals", format!("unknown signal {name:?} (known: {})", known()));
+            }
+            if let (Some(w), Some(c)) = (t.warn, t.critical) {
+                if w > c {
+                    return bad("health.signals", format!("{name}: warn ({w}) is above critical ({c})"));
+                }
+            }
+        }
+        for r in &self.rules {
+            if r.name.is_empty() || !r.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                return bad("health.rules.name", format!("{:?}: use letters, digits, '-' and '_'", r.name));
+            }
+            if r.signal != "any" && default_thresholds(&r.signal).is_none() {
+                return bad("health.rules.signal", format!("rule {}: unknown signal {:?} (\"any\" or one of: {})", r.name, r.signal, known()));
+            }
+            if r.consecutive == 0 || r.consecutive > 1000 {
+                return bad("health.rules.consecutive", format!("rule {}: must be 1 to 1000", r.name));
+            }
+            if let Some(g) = r.growth_percent {
+                if !(g.is_finite() && g > 0.0) || r.signal == "any" || r.baseline_evaluations < 2 {
+                    return bad("health.rules.growth_percent", format!("rule {}: needs a positive percentage, one signal and baseline_evaluations >= 2", r.name));
+                }
+            }
+            if r.kinds.is_empty() {
+                return bad("health.rules.kinds", format!("rule {}: name at least one of heap, goroutine", r.name));
+            }
+        }
+        if self.rules.iter().enumerate().any(|(i, r)| self.rules[..i].iter().any(|o| o.name == r.name)) {
+            return bad("health.rules.name", "rule names must be unique".into());
+        }
+        if self.growth_evaluations < 2 || self.gc_baseline_evaluations < 2 {
+            return bad("health.growth_evaluations", "growth_evaluations and gc_baseline_evaluations must be at least 2".into());
+        }
+        if self.warn_penalty > 100 || self.critical_penalty > 100 {
+            return bad("health.critical_penalty", "penalties are points out of 100".into());
+        }
+        Ok(())
+    }
+
+    fn thresholds(&self, name: &str) -> Thresholds {
+        self.signals.get(name).copied().or_else(|| default_thresholds(name)).unwrap_or_default()
+    }
+}
+
+/// One signal's reading, as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Signal {
+    pub name: &'static str,
+    pub value: f64,
+    /// The threshold of the state it is in (critical's when critical, else warn's).
+    pub threshold: Option<f64>,
+    pub state: State,
+}
+
+/// A process's health after an evaluation.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Health {
+    pub score: u8,
+    pub signals: Vec<Signal>,
+}
+
+impl Health {
+    pub fn worst(&self) -> State {
+        self.signals.iter().map(|s| s.state).max().unwrap_or(State::Ok)
+    }
+}
+
+/// A rule that just breached for a process.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Breach {
+    pub pid: u32,
+    pub rule: String,
+    pub kinds: Vec<Kind>,
+    pub health: Health,
+}
+
+/// Counters as of the previous evaluation of a process.
+#[derive(Debug, Clone)]
+struct Prev {
+    at: Instant,
+    counters: ProcCounters,
+    mem_failures: u64,
+    gc_cycles: u64,
+    stw_seconds: f64,
+}
+
+#[derive(Debug, Default)]
+struct ProcHistory {
+    prev: Option<Prev>,
+    goroutines: VecDeque<f64>,
+    gc_rates: VecDeque<f64>,
+    values: HashMap<&'static str, VecDeque<f64>>,
+    /// Per rule: (bad in a row, good in a row, breached).
+    rules: HashMap<String, (u32, u32, bool)>,
+}
+
+/// Evaluates processes; keeps per-process history between evaluations.
+pub struct HealthEngine {
+    cfg: HealthConfig,
+    hist: HashMap<u32, ProcHistory>,
+    /// Recent exits by sibling group: (group, when, abnormal, oom).
+    exits: VecDeque<(String, Instant, bool, bool)>,
+    /// Exited pids already recorded.
+    seen_exits: HashMap<u32, Instant>,
+}
+
+/// The group whose members are siblings: the pod when known, else the process name.
+fn sibling_group(p: &ProcessState) -> String {
+    match p.pod.as_ref().filter(|l| !l.pod.is_empty()) {
+        Some(l) => format!("pod/{}/{}", l.namespace, l.pod),
+        None => format!("comm/{}", p.comm),
+    }
+}
+
+/// Adds a reading with its state under the configured thresholds.
+fn reading(cfg: &HealthConfig, name: &'static str, value: f64) -> Signal {
+    let t = cfg.thresholds(name);
+    let state = t.state(value);
+    let threshold = match state {
+        State::Critical => t.critical,
+        _ => t.warn.or(t.critical),
+    };
+    Signal { name, value, threshold, state }
+}
+
+/// Least-squares slope (per step) of `v`, if it rose in at least 80% of its steps.
+fn steady_slope(v: &VecDeque<f64>) -> Option<f64> {
+    let n = v.len();
+    if n < 2 {
+        return None;
+    }
+    let rises = v.iter().zip(v.iter().skip(1)).filter(|(a, b)| b > a).count();
+    if (rises as f64) < 0.8 * (n - 1) as f64 {
+        return None;
+    }
+    let mean_x = (n - 1) as f64 / 2.0;
+    let mean_y = v.iter().sum::<f64>() / n as f64;
+    let (mut num, mut den) = (0.0, 0.0);
+    for (i, y) in v.iter().enumerate() {
+        let dx = i as f64 - mean_x;
+        num += dx * (y - mean_y);
+        den += dx * dx;
+    }
+    (den > 0.0).then(|| num / den)
+}
+
+fn push(q: &mut VecDeque<f64>, v: f64, cap: usize) {
+    q.push_back(v);
+    while q.len() > cap {
+        q.pop_front();
+    }
+}
+
+impl HealthEngine {
+    pub fn new(cfg: HealthConfig) -> Self {
+        HealthEngine { cfg, hist: HashMap::new(), exits: VecDeque::new(), seen_exits: HashMap::new() }
+    }
+
+    pub fn config(&self) -> &HealthConfig {
+        &self.cfg
+    }
+
+    /// How long until the next evaluation: shorter while anything is degraded.
+    pub fn next_interval(&self, degraded: bool) -> Duration {
+        let s = if degraded { self.cfg.degraded_interval_seconds } else { self.cfg.interval_seconds };
+        Duration::from_secs_f64(s.max(0.05))
+    }
+
+    /// Evaluates every live process of `agg`. Returns each one's health and the rules that
+    /// breached in this evaluation.
+    pub fn evaluate(&mut self, agg: &Aggregate, max_map_count: Option<u64>, now: Instant) -> (Vec<(u32, Health)>, Vec<Breach>) {
+        let window = Duration::from_secs_f64(self.cfg.sibling_window_seconds.max(0.0));
+        // Exits first, so a sibling's death counts in this very evaluation.
+        for p in agg.processes() {
+            if let Some(e) = &p.exit {
+                if p.pid != 0 && !self.seen_exits.contains_key(&p.pid) {
+                    self.seen_exits.insert(p.pid, e.at);
+                    let abnormal = match e.reason {
+                        ExitReason::Oom => true,
+                        ExitReason::Signal => !matches!(e.code.as_str(), "SIGTERM" | "SIGINT"),
+                        ExitReason::Exit => e.code != "0" && e.code != "unknown",
+                    };
+                    self.exits.push_back((sibling_group(p), e.at, abnormal, e.reason == ExitReason::Oom));
+                }
+            }
+        }
+        while self.exits.front().is_some_and(|e| now.saturating_duration_since(e.1) > window) {
+            self.exits.pop_front();
+        }
+        self.seen_exits.retain(|_, at| now.saturating_duration_since(*at) <= window.max(Duration::from_secs(3600)));
+
+        let mut out = Vec::new();
+        let mut breaches = Vec::new();
+        let live: Vec<&ProcessState> = agg.processes().filter(|p| p.exit.is_none() && p.pid != 0).collect();
+        self.hist.retain(|pid, _| live.iter().any(|p| p.pid == *pid));
+        for p in live {
+            let health = self.evaluate_one(p, max_map_count, now);
+            breaches.extend(self.apply_rules(p.pid, &health));
+            out.push((p.pid, health));
+        }
+        out.sort_by_key(|(pid, _)| *pid);
+        (out, breaches)
+    }
+
+    fn evaluate_one(&mut self, p: &ProcessState, max_map_count: Option<u64>, now: Instant) -> Health {
+        let cfg = &self.cfg;
+        let h = self.hist.entry(p.pid).or_default();
+        let mut sig = Vec::new();
+        let counters = p.counters();
+        let mem_failures: u64 = p.failures().into_iter().filter(|((s, _), _)| matches!(s, MemSyscall::Mmap | MemSyscall::Munmap | MemSyscall::Brk)).map(|(_, n)| n).sum();
+        let (gc_cycles, stw_seconds) = p.go.as_ref().map(|g| (g.gc_cycles, g.stw_seconds)).unwrap_or((0, 0.0));
+
+        if let Some(go) = &p.go {
+            if let Some(s) = &go.sample {
+                let n = s.goroutines as f64;
+                sig.push(reading(cfg, "goroutines", n));
+                push(&mut h.goroutines, n, cfg.growth_evaluations);
+                if h.goroutines.len() >= cfg.growth_evaluations {
+                    if let Some(prev) = &h.prev {
+                        // Slope per evaluation → per minute, with this window's length.
+                        let secs = now.saturating_duration_since(prev.at).as_secs_f64().max(1e-3);
+                        let per_min = steady_slope(&h.goroutines).map(|s| s * 60.0 / secs).unwrap_or(0.0);
+                        sig.push(reading(cfg, "goroutine_growth_per_minute", per_min.max(0.0)));
+                    }
+                }
+                if s.heap_goal > 0 {
+                    sig.push(reading(cfg, "heap_goal_ratio", s.heap_live as f64 / s.heap_goal as f64));
+                }
+                sig.push(reading(cfg, "heap_live_bytes", s.heap_live as f64));
+            }
+        }
+        if let Some(prev) = &h.prev {
+            let secs = now.saturating_duration_since(prev.at).as_secs_f64();
+            if secs > 0.0 {
+                let d = |a: u64, b: u64| a.saturating_sub(b) as f64;
+                let (c, o) = (&counters, &prev.counters);
+                if p.go.is_some() {
+                    sig.push(reading(cfg, "stw_seconds_per_10s", (stw_seconds - prev.stw_seconds).max(0.0) * 10.0 / secs));
+                    let rate = d(gc_cycles, prev.gc_cycles) / secs;
+                    // The baseline is the process's own history, without this window.
+                    if h.gc_rates.len() >= cfg.gc_baseline_evaluations.min(5) {
+                        let base = h.gc_rates.iter().sum::<f64>() / h.gc_rates.len() as f64;
+                        // Below one cycle per second nothing is "far above" anything.
+                        let ratio = if rate < 1.0 { 0.0 } else { rate / base.max(0.1) };
+                        sig.push(reading(cfg, "gc_rate_ratio", ratio));
+                    }
+                    push(&mut h.gc_rates, rate, cfg.gc_baseline_evaluations);
+                }
+                let failed = d(c.tcp_connect_refused, o.tcp_connect_refused)
+                    + d(c.tcp_connect_timeout, o.tcp_connect_timeout)
+                    + d(c.tcp_connect_reset, o.tcp_connect_reset)
+                    + d(c.tcp_connect_error, o.tcp_connect_error);
+                let attempts = failed + d(c.tcp_connect_ok, o.tcp_connect_ok);
+                if attempts >= 10.0 {
+                    sig.push(reading(cfg, "tcp_connect_failure_ratio", failed / attempts));
+                }
+                let resets = d(c.tcp_resets_sent, o.tcp_resets_sent) + d(c.tcp_resets_received, o.tcp_resets_received);
+                if resets > 0.0 || p.go.is_some() {
+                    sig.push(reading(cfg, "tcp_resets_per_second", resets / secs));
+                }
+                let retrans = d(c.tcp_retransmits, o.tcp_retransmits);
+                if retrans > 0.0 || p.go.is_some() {
+                    sig.push(reading(cfg, "tcp_retransmits_per_second", retrans / secs));
+                }
+                sig.push(reading(cfg, "mmap_failures", d(mem_failures, prev.mem_failures)));
+            }
+        }
+        if let (Some(n), Some(max)) = (p.map_count, max_map_count.filter(|m| *m > 0)) {
+            sig.push(reading(cfg, "memory_maps_ratio", n as f64 / max as f64));
+        }
+        let group = sibling_group(p);
+        let (abnormal, oom) = self
+            .exits
+            .iter()
+            .filter(|e| e.0 == group)
+            .fold((0u32, 0u32), |(a, o), e| (a + u32::from(e.2), o + u32::from(e.3)));
+        sig.push(reading(cfg, "sibling_abnormal_exits", f64::from(abnormal)));
+        sig.push(reading(cfg, "sibling_oom_kills", f64::from(oom)));
+
+        for s in &sig {
+            push(h.values.entry(s.name).or_default(), s.value, 1000);
+        }
+        h.prev = Some(Prev { at: now, counters, mem_failures, gc_cycles, stw_seconds });
+        let penalty: u32 = sig
+            .iter()
+            .map(|s| match s.state {
+                State::Ok => 0,
+                State::Warn => cfg.warn_penalty,
+                State::Critical => cfg.critical_penalty,
+            })
+            .sum();
+        Health { score: 100u32.saturating_sub(penalty) as u8, signals: sig }
+    }
+
+    fn apply_rules(&mut self, pid: u32, health: &Health) -> Vec<Breach> {
+        let Some(h) = self.hist.get_mut(&pid) else { return Vec::new() };
+        let mut out = Vec::new();
+        for r in &self.cfg.rules {
+            let bad = match r.growth_percent {
+                Some(g) => health.signals.iter().find(|s| s.name == r.signal).is_some_and(|s| {
+                    // The history holds this evaluation last: the baseline is what came before.
+                    let q = h.values.get(s.name);
+                    let prev: Vec<f64> = q.map(|q| q.iter().rev().skip(1).take(r.baseline_evaluations).copied().collect()).unwrap_or_default();
+                    if prev.len() < r.baseline_evaluations {
+                        return false;
+                    }
+                    let avg = prev.iter().sum::<f64>() / prev.len() as f64;
+                    avg > 0.0 && s.value > avg * (1.0 + g / 100.0)
+                }),
+                None => health.signals.iter().any(|s| (r.signal == "any" || s.name == r.signal) && s.state >= r.state),
+            };
+            let st = h.rules.entry(r.name.clone()).or_insert((0, 0, false));
+            if bad {
+                st.0 += 1;
+                st.1 = 0;
+            } else {
+                st.1 += 1;
+                st.0 = 0;
+            }
+            if !st.2 && st.0 >= r.consecutive {
+                st.2 = true;
+                out.push(Breach { pid, rule: r.name.clone(), kinds: r.kinds.clone(), health: health.clone() });
+            } else if st.2 && st.1 >= r.consecutive {
+                st.2 = false;
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg_with(rules: Vec<RuleConfig>) -> HealthConfig {
+        let mut c = HealthConfig::default();
+        c.signals.insert("goroutines".into(), Thresholds { warn: Some(50.0), critical: Some(100.0) });
+        c.rules = rules;
+        c.check().unwrap();
+        c
+    }
+
+    fn rule(name: &str, signal: &str, consecutive: u32, growth: Option<f64>) -> RuleConfig {
+        RuleConfig {
+            name: name.into(),
+            signal: signal.into(),
+            state: State::Critical,
+            consecutive,
+            growth_percent: growth,
+            baseline_evaluations: 3,
+            kinds: all_kinds(),
+        }
+    }
+
+    fn go_agg(pid: u32, goroutines: i64, heap: u64) -> Aggregate {
+        let mut agg = Aggregate::new(Duration::from_secs(1), 10);
+        agg.on_go_tracked(pid, "go1.27.3", 27, Instant::now());
+        agg.set_go_sample(pid, crate::goruntime::GoSample { goroutines, heap_live: heap, heap_goal: 4 * heap.max(1), ..Default::default() });
+        agg
+    }
+
+    #[test]
+    fn thresholds_and_score() {
+        let t = Thresholds::new(1.0, 2.0);
+        assert_eq!(t.state(0.5), State::Ok);
+        assert_eq!(t.state(1.0), State::Warn);
+        assert_eq!(t.state(2.5), State::Critical);
+        assert_eq!(Thresholds::default().state(1e18), State::Ok);
+        let mut e = HealthEngine::new(cfg_with(vec![]));
+        let me = std::process::id();
+        let (h, _) = e.evaluate(&go_agg(me, 60, 100), None, Instant::now());
+        let g = h[0].1.signals.iter().find(|s| s.name == "goroutines").unwrap();
+        assert_eq!((g.state, g.threshold), (State::Warn, Some(50.0)));
+        assert_eq!(h[0].1.score, 90);
+        let (h, _) = e.evaluate(&go_agg(me, 150, 100), None, Instant::now());
+        assert_eq!(h[0].1.score, 70);
+        assert_eq!(h[0].1.worst(), State::Critical);
+    }
+
+    #[test]
+    fn a_rule_breaches_once_after_n_and_clears_after_n_good() {
+        let mut e = HealthEngine::new(cfg_with(vec![rule("leak", "goroutines", 3, None)]));
+        let me = std::process::id();
+        let seq = [150, 150, 150, 150, 150, 10, 10, 150, 150, 150];
+        let fired: Vec<usize> = seq
+            .iter()
+            .enumerate()
+            .filter_map(|(i, &n)| (!e.evaluate(&go_agg(me, n, 100), None, Instant::now()).1.is_empty()).then_some(i))
+            .collect();
+        // Breach at the 3rd bad reading; two good ones do not clear it (3 are needed), so the
+        // later bad run does not fire again.
+        assert_eq!(fired, vec![2]);
+        let seq = [10, 10, 10, 150, 150, 150];
+        let fired = seq.iter().filter(|&&n| !e.evaluate(&go_agg(me, n, 100), None, Instant::now()).1.is_empty()).count();
+        assert_eq!(fired, 1, "cleared after 3 good evaluations, then breached again");
+    }
+
+    #[test]
+    fn growth_rule_compares_with_the_recent_average() {
+        let mut e = HealthEngine::new(cfg_with(vec![rule("heap-growth", "heap_live_bytes", 2, Some(50.0))]));
+        let me = std::process::id();
+        let heaps = [100, 100, 100, 140, 160, 170, 400];
+        let fired: Vec<usize> = heaps
+            .iter()
+            .enumerate()
+            .filter_map(|(i, &b)| (!e.evaluate(&go_agg(me, 1, b), None, Instant::now()).1.is_empty()).then_some(i))
+            .collect();
+        // 160 > 1.5 × avg(100,100,140) = 170? no; 170 > 1.5 × avg(100,140,160)? no; 400: yes,
+        // but consecutive = 2 needs a second bad one.
+        assert!(fired.is_empty(), "{fired:?}");
+        let b = e.evaluate(&go_agg(me, 1, 800), None, Instant::now()).1;
+        assert_eq!(b.len(), 1);
+        assert_eq!(b[0].rule, "heap-growth");
+    }
+
+    #[test]
+    fn steady_growth_only() {
+        let q: VecDeque<f64> = [1.0, 2.0, 3.0, 4.0].into_iter().collect();
+        assert_eq!(steady_slope(&q), Some(1.0));
+        let q: VecDeque<f64> = [1.0, 5.0, 1.0, 5.0].into_iter().collect();
+        assert_eq!(steady_slope(&q), None);
+    }
+
+    #[test]
+    fn config_errors_name_the_setting() {
+        let mut c = HealthConfig::default();
+        c.rules.push(rule("x", "nonsense", 3, None));
+        assert!(c.check().unwrap_err().1.contains("nonsense"));
+        let mut c = HealthConfig::default();
+        c.signals.insert("goroutines".into(), Thresholds { warn: Some(10.0), critical: Some(5.0) });
+        assert!(c.check().is_err());
+        let mut c = HealthConfig::default();
+        c.rules.push(rule("g", "any", 3, Some(10.0)));
+        assert!(c.check().is_err());
+    }
+}
