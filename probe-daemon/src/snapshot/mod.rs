@@ -230,6 +230,8 @@ struct Inner {
     totals: BTreeMap<(&'static str, &'static str, &'static str), u64>,
     duration: Histogram,
     endpoints: HashMap<u32, (Option<SocketAddr>, Instant)>,
+    /// Function tables by executable (dev, inode, mtime), most recent first.
+    funcs: VecDeque<((u64, u64, i64), Arc<FuncTable>)>,
 }
 
 struct Job {
@@ -337,6 +339,7 @@ impl Snapshotter {
                 totals: BTreeMap::new(),
                 duration: Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.005, 2.0, 14)),
                 endpoints: HashMap::new(),
+                funcs: VecDeque::new(),
             }),
             queue: tx,
             resolve,
@@ -404,6 +407,10 @@ impl Snapshotter {
         }
         let now = Instant::now();
         let mut inner = lock(&self.inner);
+        // Forget what no longer limits anything (processes come and go).
+        let cooldown = Duration::from_secs_f64(self.cfg.cooldown_seconds);
+        inner.last_rule.retain(|_, t| now.saturating_duration_since(*t) < cooldown);
+        inner.hourly.retain(|_, q| q.back().is_some_and(|t| now.saturating_duration_since(*t) < Duration::from_secs(3600)));
         if trigger == Trigger::Rule {
             if let Some(last) = inner.last_rule.get(&pid) {
                 let cd = Duration::from_secs_f64(self.cfg.cooldown_seconds);
@@ -579,6 +586,24 @@ impl Snapshotter {
         }
     }
 
+    /// The function table of the executable of `pid` (remembered per file: many pods run the
+    /// same binary).
+    fn funcs(&self, pid: u32) -> Result<Arc<FuncTable>, crate::goinspect::GoInspectError> {
+        use std::os::unix::fs::MetadataExt;
+        let exe = PathBuf::from(format!("/proc/{pid}/exe"));
+        let key = std::fs::metadata(&exe)
+            .map(|m| (m.dev(), m.ino(), m.mtime()))
+            .map_err(|source| crate::goinspect::GoInspectError::Io { path: exe.clone(), source })?;
+        if let Some(f) = lock(&self.inner).funcs.iter().find(|f| f.0 == key) {
+            return Ok(f.1.clone());
+        }
+        let f = Arc::new(FuncTable::load(&exe)?);
+        let mut inner = lock(&self.inner);
+        inner.funcs.push_front((key, f.clone()));
+        inner.funcs.truncate(16);
+        Ok(f)
+    }
+
     /// The pprof endpoint of `pid` (remembered for a minute, found again after a failure).
     fn endpoint(&self, pid: u32) -> Option<SocketAddr> {
         if !self.cfg.discover_pprof && self.cfg.pprof_ports.is_empty() {
@@ -598,7 +623,9 @@ impl Snapshotter {
             }
         };
         let found = found.filter(|a| self.cfg.discover_pprof || self.cfg.pprof_ports.contains(&a.port()));
-        lock(&self.inner).endpoints.insert(pid, (found, Instant::now()));
+        let mut inner = lock(&self.inner);
+        inner.endpoints.retain(|_, (_, at)| at.elapsed() < Duration::from_secs(60));
+        inner.endpoints.insert(pid, (found, Instant::now()));
         found
     }
 
@@ -645,8 +672,12 @@ impl Snapshotter {
                         meta.errors.insert(kind.as_str().into(), err.unwrap_or_else(|| format!("no pprof endpoint, and runtime reads are off: {}", go.reads_error.clone().unwrap_or_default())));
                         continue;
                     };
-                    let exe = format!("/proc/{pid}/exe");
-                    let funcs = FuncTable::load(std::path::Path::new(&exe)).map_err(|e| if crate::procfs::alive(pid) { Failure { reason: format!("cannot read the function table: {e}"), counts: true } } else { gone("reading its binary") })?;
+                    let funcs = self.funcs(pid).map_err(|e| match e {
+                        // A live process always has its executable: it is exiting.
+                        crate::goinspect::GoInspectError::Io { ref source, .. } if source.kind() == std::io::ErrorKind::NotFound => gone("reading its binary"),
+                        _ if !crate::procfs::alive(pid) => gone("reading its binary"),
+                        e => Failure { reason: format!("cannot read the function table: {e}"), counts: true },
+                    })?;
                     match goroutines::dump(m, l, b, &funcs, &go.exe.display().to_string(), self.cfg.max_goroutines) {
                         Ok(d) => {
                             meta.goroutines = Some(d.goroutines);

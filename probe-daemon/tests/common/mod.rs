@@ -47,6 +47,12 @@ impl Daemon {
     /// Starts the daemon with `extra_toml` appended to a test config (fast drains, 1 s grace)
     /// and waits until /readyz says ready.
     pub fn start(tag: &str, extra_toml: &str) -> Daemon {
+        Self::start_with(tag, extra_toml, &[])
+    }
+
+    /// As [`Daemon::start`], with environment variables. Snapshots go to the test's directory
+    /// unless `extra_toml` has a [snapshot] section (which must then name a dir).
+    pub fn start_with(tag: &str, extra_toml: &str, env: &[(&str, &str)]) -> Daemon {
         let dir = TempDir::new(tag);
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -54,6 +60,11 @@ impl Daemon {
         let toml = format!(
             "[server]\nlisten = \"{addr}\"\n[metrics]\nscrape_interval_seconds = 1.0\n[collect]\ndrain_interval_seconds = 0.2\nmap_count_interval_seconds = 0.5\n{extra_toml}"
         );
+        let toml = if extra_toml.contains("[snapshot]") {
+            toml
+        } else {
+            format!("{toml}\n[snapshot]\ndir = \"{}\"\n", dir.0.join("snapshots").display())
+        };
         std::fs::write(&cfg, toml).expect("write config");
         let log = dir.0.join("daemon.log");
         let logf = std::fs::File::create(&log).expect("log file");
@@ -61,6 +72,7 @@ impl Daemon {
             .args(["run", "--config"])
             .arg(&cfg)
             .env("RUST_LOG", "chainprobe=debug,probe_ebpf=debug")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(logf.try_clone().expect("dup log"))
             .stderr(logf)
@@ -79,6 +91,11 @@ impl Daemon {
             assert!(Instant::now() < deadline, "chainprobe not ready within 60 s:\n{}", d.log_text());
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// The test's own directory (config, log, snapshots).
+    pub fn dir(&self) -> &std::path::Path {
+        &self._dir.0
     }
 
     pub fn log_text(&self) -> String {
