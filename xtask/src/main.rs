@@ -16,6 +16,7 @@ use anyhow::{bail, Context, Result};
 
 mod bench_goinspect;
 mod bench_goruntime;
+mod bench_snapshot;
 mod bench_syscalls;
 mod codegen;
 
@@ -33,6 +34,7 @@ fn usage() -> &'static str {
        bench syscalls       loopback connect and mmap rates with and without chainprobe\n  \
        bench goinspect      Go binary inspection time and peak memory\n  \
        bench goruntime      goroutine-spawn and HTTP throughput with and without the Go probes\n  \
+       bench snapshot       breach → snapshot files; goroutine-profile time and target pause (10k, 100k)\n  \
        codegen go-offsets   regenerate the per-Go-version offset tables from real toolchains\n"
 }
 
@@ -82,7 +84,8 @@ fn dispatch(args: &[String]) -> Result<()> {
             Some("syscalls") => bench_syscalls::run(&rest[1..]),
             Some("goinspect") => bench_goinspect::run(&rest[1..]),
             Some("goruntime") => bench_goruntime::run(&rest[1..]),
-            _ => bail!("bench what? `cargo xtask bench syscalls`, `goinspect` or `goruntime`"),
+            Some("snapshot") => bench_snapshot::run(&rest[1..]),
+            _ => bail!("bench what? `cargo xtask bench syscalls`, `goinspect`, `goruntime` or `snapshot`"),
         },
         "codegen" => codegen::run(rest),
         "-h" | "--help" | "help" => {

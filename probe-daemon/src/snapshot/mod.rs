@@ -604,29 +604,27 @@ impl Snapshotter {
         Ok(f)
     }
 
-    /// The pprof endpoint of `pid` (remembered for a minute, found again after a failure).
-    fn endpoint(&self, pid: u32) -> Option<SocketAddr> {
+    /// The pprof endpoint of `pid` (remembered for a minute, found again after a failure), or why
+    /// the search failed.
+    fn endpoint(&self, pid: u32) -> Result<Option<SocketAddr>, String> {
         if !self.cfg.discover_pprof && self.cfg.pprof_ports.is_empty() {
-            return None;
+            return Ok(None);
         }
         if let Some((a, at)) = lock(&self.inner).endpoints.get(&pid) {
             if at.elapsed() < Duration::from_secs(60) {
-                return *a;
+                return Ok(*a);
             }
         }
         let timeout = Duration::from_secs_f64(self.cfg.fetch_timeout_seconds.min(2.0));
-        let found = match pprof::discover(pid, &self.cfg.pprof_ports, timeout) {
-            Ok(a) => a,
-            Err(e) => {
-                warn!(pid, error = %e, "pprof endpoint discovery failed");
-                None
-            }
-        };
+        let found = pprof::discover(pid, &self.cfg.pprof_ports, timeout).map_err(|e| {
+            warn!(pid, error = %e, "pprof endpoint discovery failed");
+            format!("pprof endpoint discovery failed: {e}")
+        })?;
         let found = found.filter(|a| self.cfg.discover_pprof || self.cfg.pprof_ports.contains(&a.port()));
         let mut inner = lock(&self.inner);
         inner.endpoints.retain(|_, (_, at)| at.elapsed() < Duration::from_secs(60));
         inner.endpoints.insert(pid, (found, Instant::now()));
-        found
+        Ok(found)
     }
 
     fn execute(&self, meta: &mut SnapshotMeta, t: &TargetInfo) -> Result<(), Failure> {
@@ -647,10 +645,13 @@ impl Snapshotter {
         }
         let timeout = Duration::from_secs_f64(self.cfg.fetch_timeout_seconds);
         let limit = self.cfg.max_profile_bytes as usize;
-        let endpoint = self.endpoint(pid);
+        let (endpoint, discovery_error) = match self.endpoint(pid) {
+            Ok(a) => (a, None),
+            Err(e) => (None, Some(e)),
+        };
         let mut data: Vec<(Kind, Vec<u8>, String)> = Vec::new();
         for kind in meta.kinds.clone() {
-            let mut err = None;
+            let mut err = discovery_error.clone();
             if let Some(addr) = endpoint {
                 match pprof::fetch_profile(pid, addr, &format!("/debug/pprof/{}", kind.as_str()), timeout, limit) {
                     Ok(b) => {
@@ -659,7 +660,7 @@ impl Snapshotter {
                     }
                     Err(e) => {
                         lock(&self.inner).endpoints.remove(&pid);
-                        err = Some(e.to_string());
+                        err = Some(format!("pprof fetch failed: {e}"));
                     }
                 }
             }
@@ -690,7 +691,7 @@ impl Snapshotter {
                     }
                 }
                 Kind::Heap => {
-                    let why = err.map(|e| format!("pprof fetch failed ({e})")).unwrap_or_else(|| "no net/http/pprof endpoint found".into());
+                    let why = err.unwrap_or_else(|| "no net/http/pprof endpoint found".into());
                     meta.errors.insert(kind.as_str().into(), format!("{why}: a heap profile needs one; heap numbers are in the summary"));
                 }
             }

@@ -1,0 +1,238 @@
+//! `cargo xtask bench snapshot [--rounds R]`: how fast evidence lands on disk, and what taking it
+//! costs the target, measured side by side in one run with the release daemon and the `leaky`
+//! fixture (Go 1.27).
+//!
+//! 1. Breach → files: a rule (goroutines critical at 400, 3 evaluations 0.5 s apart) breaches;
+//!    time from the breach (the snapshot's creation) to its summary on disk, for the pprof source
+//!    and the out-of-process source.
+//! 2. Goroutine profile of 10k and 100k goroutines, from the target's own pprof endpoint (Go stops
+//!    the world to take it) and out of process (/proc/PID/mem; nothing stops): snapshot time and
+//!    the target's worst scheduling lateness (a 1 ms ticker inside it) during the snapshot, next
+//!    to the same measure over a quiet window.
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::TcpStream,
+    path::{Path, PathBuf},
+    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn http(port: u16, method: &str, path: &str, body: &str) -> Result<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(120)))?;
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: b\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let status = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    // Small JSON bodies: drop chunk framing if any.
+    let body = match (body.find('{'), body.rfind('}')) {
+        (Some(a), Some(b)) if b >= a => body[a..=b].to_string(),
+        _ => body,
+    };
+    Ok((status, body))
+}
+
+fn json(port: u16, method: &str, path: &str, body: &str) -> Result<serde_json::Value> {
+    let (s, b) = http(port, method, path, body)?;
+    if !(200..300).contains(&s) {
+        bail!("{method} {path}: HTTP {s}: {b}");
+    }
+    serde_json::from_str(&b).with_context(|| format!("{method} {path}: {b}"))
+}
+
+fn start_daemon(bin: &Path, dir: &Path, rules: bool) -> Result<(Proc, u16)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let cfg = dir.join("bench.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[api]\nrate_limit_per_second = 1000.0\nrate_limit_burst = 1000\n[go]\nread_interval_seconds = 0.2\ncreation_probes = \"manual\"\n[health]\ninterval_seconds = 0.5\ndegraded_interval_seconds = 0.5\n{}[health.signals.goroutines]\nwarn = 200.0\ncritical = 400.0\n[snapshot]\ndir = \"{}\"\nmax_per_target_per_hour = 100\nmax_snapshots = 1000\nmax_goroutines = 1000000\nfetch_timeout_seconds = 60.0\nmax_profile_bytes = 1073741824\n",
+            if rules { "" } else { "rules = []\n" },
+            dir.join("snapshots").display()
+        ),
+    )?;
+    let child = Command::new(bin).args(["run", "--config"]).arg(&cfg).env("RUST_LOG", "warn").stdout(Stdio::null()).spawn()?;
+    let p = Proc(child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if http(port, "GET", "/readyz", "").map(|r| r.0 == 200).unwrap_or(false) {
+            return Ok((p, port));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("chainprobe did not become ready")
+}
+
+struct Leaky {
+    _p: Proc,
+    stdin: ChildStdin,
+    out: BufReader<ChildStdout>,
+    pid: u32,
+}
+
+impl Leaky {
+    fn start(bin: &Path, pprof: bool) -> Result<Leaky> {
+        let mut c = Command::new(bin);
+        if pprof {
+            c.args(["-pprof", "127.0.0.1:0"]);
+        }
+        let mut child = c.env("GOMAXPROCS", "2").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn()?;
+        let stdin = child.stdin.take().context("stdin")?;
+        let mut out = BufReader::new(child.stdout.take().context("stdout")?);
+        let mut line = String::new();
+        out.read_line(&mut line)?;
+        let pid = child.id();
+        Ok(Leaky { _p: Proc(child), stdin, out, pid })
+    }
+
+    fn cmd(&mut self, c: &str) -> Result<i64> {
+        writeln!(self.stdin, "{c}")?;
+        let mut line = String::new();
+        self.out.read_line(&mut line)?;
+        Ok(line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0))
+    }
+}
+
+fn wait_tracked(port: u16, pid: u32) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        let v = json(port, "GET", "/api/v1/targets", "")?;
+        if v["targets"].as_array().into_iter().flatten().any(|t| t["pid"] == pid && t["runtime_reads"] == "ok") {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("process {pid} not tracked")
+}
+
+/// Waits for a finished snapshot of `pid` (or of id `id`); returns its metadata.
+fn wait_done(port: u16, pid: u32, id: Option<&str>) -> Result<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while Instant::now() < deadline {
+        let v = json(port, "GET", "/api/v1/snapshots", "")?;
+        let hit = v["snapshots"].as_array().into_iter().flatten().find(|s| s["pid"] == pid && id.is_none_or(|i| s["id"] == i)).cloned();
+        if let Some(s) = hit.filter(|s| s["status"] == "done" || s["status"] == "failed") {
+            if s["status"] == "failed" {
+                bail!("snapshot failed: {}", s["reason"]);
+            }
+            return Ok(s);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("no snapshot of {pid}")
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    v[v.len() / 2]
+}
+
+fn summary_mtime_ms(dir: &Path, meta: &serde_json::Value) -> Result<u64> {
+    let f = meta["files"].as_object().and_then(|f| f.values().next()).and_then(|f| f["file"].as_str()).context("no file")?;
+    let stem = f.split('.').take_while(|p| !matches!(*p, "heap" | "goroutine")).collect::<Vec<_>>().join(".");
+    let m = std::fs::metadata(dir.join(format!("{stem}.summary.json")))?.modified()?;
+    Ok(m.duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64)
+}
+
+pub fn run(args: &[String]) -> Result<()> {
+    let mut rounds = 3usize;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--rounds" => rounds = it.next().context("missing value")?.parse()?,
+            other => bail!("unknown argument {other:?}"),
+        }
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the benchmark loads eBPF programs: run as root");
+    }
+    crate::build_release()?;
+    let root = crate::repo_root();
+    let status = Command::new("bash")
+        .arg(root.join("tests/fixtures/go/build.sh"))
+        .env("CHAINPROBE_GO_PROGRAMS", "leaky")
+        .env("CHAINPROBE_GO_VERSIONS", "1.27.3")
+        .env("CHAINPROBE_GO_VARIANTS", "default stripped")
+        .status()?;
+    if !status.success() {
+        bail!("building the leaky fixture failed");
+    }
+    let fx: PathBuf = std::env::var_os("CHAINPROBE_FIXTURES").map(PathBuf::from).unwrap_or_else(|| root.join("target/go-fixtures"));
+    let (plain, stripped) = (fx.join("1.27.3/default/leaky"), fx.join("1.27.3/stripped/leaky"));
+    let dir = std::env::temp_dir().join(format!("chainprobe-bench-snap-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let daemon = root.join("target/release/chainprobe");
+    let (d, port) = start_daemon(&daemon, &dir, true)?;
+    let snaps = dir.join("snapshots");
+
+    // 1. Breach → files on disk.
+    let (mut http_ms, mut mem_ms) = (vec![], vec![]);
+    for r in 0..rounds {
+        for (bin, pprof, out) in [(&plain, true, &mut http_ms), (&stripped, false, &mut mem_ms)] {
+            let mut app = Leaky::start(bin, pprof)?;
+            wait_tracked(port, app.pid)?;
+            app.cmd("leak 600")?;
+            let meta = wait_done(port, app.pid, None)?;
+            let ms = summary_mtime_ms(&snaps, &meta)?.saturating_sub(meta["created_ms"].as_u64().unwrap_or(0));
+            out.push(ms as f64);
+        }
+        eprintln!("round {}: breach → files {} ms (pprof endpoint), {} ms (out of process)", r + 1, http_ms[r], mem_ms[r]);
+    }
+
+    // 2. Goroutine profiles of many goroutines, requested over the API (no rule competing).
+    drop(d);
+    let (_d, port) = start_daemon(&daemon, &dir, false)?;
+    println!("| breach → snapshot files on disk (median of {rounds}) | ms |");
+    println!("|---|---|");
+    println!("| pprof endpoint (heap + goroutine) | {:.0} |", median(&mut http_ms));
+    println!("| out of process (goroutine; heap numbers in the summary) | {:.0} |", median(&mut mem_ms));
+    println!();
+    println!("| goroutines | source | snapshot s | profile bytes | target worst lateness during it | quiet window |");
+    println!("|---|---|---|---|---|---|");
+    for n in [10_000u64, 100_000] {
+        for (bin, pprof, source) in [(&stripped, false, "out of process"), (&plain, true, "pprof endpoint (Go's own)")] {
+            let (mut secs, mut late, mut quiet, mut bytes) = (vec![], vec![], vec![], 0u64);
+            for _ in 0..rounds {
+                let mut app = Leaky::start(bin, pprof)?;
+                app.cmd(&format!("leak {n}"))?;
+                wait_tracked(port, app.pid)?;
+                std::thread::sleep(Duration::from_millis(500));
+                app.cmd("lat")?;
+                let t = Instant::now();
+                let v = json(port, "POST", "/api/v1/snapshots", &format!("{{\"pid\": {}, \"kinds\": [\"goroutine\"]}}", app.pid))?;
+                let id = v["id"].as_str().context("id")?.to_string();
+                let meta = wait_done(port, app.pid, Some(&id))?;
+                let window = t.elapsed();
+                late.push(app.cmd("lat")? as f64);
+                std::thread::sleep(window);
+                quiet.push(app.cmd("lat")? as f64);
+                secs.push(meta["duration_seconds"].as_f64().unwrap_or(0.0));
+                bytes = meta["files"]["goroutine"]["bytes"].as_u64().unwrap_or(0);
+                if meta["goroutines"].as_u64().unwrap_or(0) < n {
+                    bail!("profile of {} goroutines, expected {n}", meta["goroutines"]);
+                }
+            }
+            println!(
+                "| {n} | {source} | {:.3} | {bytes} | {:.1} ms | {:.1} ms |",
+                median(&mut secs),
+                median(&mut late) / 1000.0,
+                median(&mut quiet) / 1000.0
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
