@@ -397,7 +397,7 @@ fn api_auth_validation_files_retention_and_openapi() {
     let dir = toml_dir.0.join("snaps");
     let d = Daemon::start_with(
         "snap-api",
-        &format!("[api]\nmax_body_bytes = 1024\nrate_limit_per_second = 1000.0\nrate_limit_burst = 1000\n[snapshot]\ndir = \"{}\"\nmax_snapshots = 2\nmax_per_target_per_hour = 10\n", dir.display()),
+        &format!("[api]\nmax_body_bytes = 1024\nrate_limit_per_second = 1000.0\nrate_limit_burst = 1000\n[snapshot]\ndir = \"{}\"\nmax_snapshots = 2\nmax_per_target_per_hour = 3\n", dir.display()),
         &[("CHAINPROBE_API_TOKEN", TOKEN)],
     );
     let anon = Api::new(&d, None);
@@ -437,6 +437,10 @@ fn api_auth_validation_files_retention_and_openapi() {
     assert_eq!(summaries, 2);
     let (s, _) = api.call("GET", &format!("/api/v1/snapshots/{}", ids[0]), None);
     assert_eq!(s, 404, "a removed snapshot is gone");
+    // The hourly cap of the target (3 here).
+    let (s, v) = api.json("POST", "/api/v1/snapshots", Some(format!("{{\"pid\": {}}}", app.pid)));
+    assert_eq!(s, 429, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("max_per_target_per_hour"), "{v}");
 
     // Files.
     let id = &ids[2];
@@ -492,6 +496,25 @@ fn api_rate_limit_answers_429() {
     assert_eq!(anon.call("GET", "/api/v1/snapshots", None).0, 429);
     // /metrics is not part of the API.
     assert_eq!(d.get("/metrics").unwrap().0, 200);
+}
+
+#[test]
+fn node_memory_pressure_opens_the_circuit() {
+    let _g = serial();
+    // Asking for 100% available memory: this node is always "under pressure".
+    let files = common::TempDir::new("snap-circuit-files");
+    let d = Daemon::start("snap-circuit", &format!("{FAST_API}[snapshot]\nmin_available_memory_ratio = 1.0\ndir = \"{}\"\n", files.0.display()));
+    let api = Api::new(&d, None);
+    let app = Leaky::start(&leaky_path("1.27", "default"), true);
+    api.wait_tracked(app.pid);
+    let (s, v) = api.json("POST", "/api/v1/snapshots", Some(format!("{{\"pid\": {}}}", app.pid)));
+    assert_eq!(s, 503, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("node low on memory"), "{v}");
+    let (_, l) = api.json("GET", "/api/v1/snapshots", None);
+    assert_eq!(l["circuit"]["open"], true, "{l}");
+    let m = d.metrics();
+    assert_eq!(m.value("chainprobe_snapshot_circuit_open", &[]), 1.0);
+    assert_eq!(m.value("chainprobe_snapshots_total", &[("trigger", "api"), ("kind", "heap"), ("result", "refused")]), 1.0);
 }
 
 /// Reads a gzip stream to its end: a partial file fails.

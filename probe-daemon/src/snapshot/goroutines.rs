@@ -88,17 +88,28 @@ fn word(b: &[u8], off: u64) -> u64 {
     b.get(o..o + 8).and_then(|s| s.try_into().ok()).map(u64::from_le_bytes).unwrap_or(0)
 }
 
+/// Bytes of each parked goroutine's stack read in the same batch as the others (from its saved
+/// SP up); frame records beyond are read one by one.
+const STACK_PEEK: u64 = 2048;
+
 /// Unwinds a parked goroutine: its saved pc, then return addresses along the frame-pointer chain
-/// (each frame record must lie inside [lo, hi) and move up the stack).
-fn unwind(mem: &ProcMem, pc: u64, mut bp: u64, lo: u64, hi: u64) -> Vec<u64> {
+/// (each frame record must lie inside [lo, hi) and move up the stack). `peek` holds the stack from
+/// `sp` up.
+fn unwind(mem: &ProcMem, pc: u64, mut bp: u64, lo: u64, hi: u64, sp: u64, peek: &[u8]) -> Vec<u64> {
     let mut pcs = vec![pc];
     let mut rec = [0u8; 16];
     while pcs.len() < MAX_DEPTH {
         if bp == 0 || bp < lo || bp.saturating_add(16) > hi || bp % 8 != 0 {
             break;
         }
-        if mem.read_exact(bp, &mut rec).is_err() {
-            break;
+        let at = bp.wrapping_sub(sp) as usize;
+        match peek.get(at..at + 16) {
+            Some(r) if bp >= sp => rec.copy_from_slice(r),
+            _ => {
+                if mem.read_exact(bp, &mut rec).is_err() {
+                    break;
+                }
+            }
         }
         let (next, ret) = (word(&rec, 0), word(&rec, 8));
         if ret == 0 {
@@ -111,6 +122,19 @@ fn unwind(mem: &ProcMem, pc: u64, mut bp: u64, lo: u64, hi: u64) -> Vec<u64> {
         bp = next;
     }
     pcs
+}
+
+/// What one g says.
+struct GRead {
+    status: u32,
+    wait: u8,
+    startpc: u64,
+    gopc: u64,
+    lo: u64,
+    hi: u64,
+    pc: u64,
+    sp: u64,
+    bp: u64,
 }
 
 /// Reads every goroutine of the process and builds the profile.
@@ -133,43 +157,51 @@ pub fn dump(mem: &ProcMem, l: &Layout, bin: &GoBinary, funcs: &FuncTable, exe: &
         .max()
         .unwrap_or(0)
         + 8;
-    let mut gbuf = vec![0u8; span as usize];
     let name_of = |pc: u64| funcs.lookup(pc.wrapping_sub(l.bias)).map(str::to_string);
     // Stacks with identical frames and state are one sample with a count.
     let mut samples: HashMap<(Vec<(u64, String)>, &'static str, String), i64> = HashMap::new();
     let (mut user, mut system, mut unwound) = (0u64, 0u64, 0u64);
-    for p in ptrs.chunks_exact(8) {
-        let g = word(p, 0);
-        if g == 0 || mem.read_exact(g, &mut gbuf).is_err() {
-            continue;
-        }
-        let status = (word(&gbuf, l.g_status) as u32) & !0x1000;
-        if status == 6 || status == 11 {
-            continue;
-        }
-        let startpc = word(&gbuf, o.startpc);
-        let start = name_of(startpc).unwrap_or_else(|| format!("{startpc:#x}"));
-        // As runtime.isSystemGoroutine: runtime functions other than runtime.main.
-        if start.starts_with("runtime.") && start != "runtime.main" {
-            system += 1;
-            continue;
-        }
-        user += 1;
-        let state = status_name(status);
-        let wait = if status == 4 {
-            let r = gbuf[l.g_waitreason as usize] as usize;
-            reasons.get(r).map(|s| (*s).to_string()).unwrap_or_else(|| format!("reason {r}"))
-        } else {
-            String::new()
-        };
-        let mut frames: Vec<(u64, String)> = Vec::new();
-        if matches!(status, 1 | 4) {
-            let (lo, hi) = (word(&gbuf, o.stack_lo), word(&gbuf, o.stack_hi));
-            let pc = word(&gbuf, o.sched_pc);
-            let bp = o.sched_bp.map(|b| word(&gbuf, b)).unwrap_or(0);
-            let sp = word(&gbuf, o.sched_sp);
-            if pc != 0 && sp >= lo && sp < hi {
-                for (i, pc) in unwind(mem, pc, bp, lo, hi).into_iter().enumerate() {
+    let gs: Vec<u64> = ptrs.chunks_exact(8).map(|p| word(p, 0)).filter(|g| *g != 0).collect();
+    for chunk in gs.chunks(1024) {
+        // One batch for the g structs, one for the tops of the parked goroutines' stacks.
+        let reads: Vec<GRead> = mem
+            .read_batch(&chunk.iter().map(|g| (*g, span as usize)).collect::<Vec<_>>())
+            .into_iter()
+            .flatten()
+            .map(|b| GRead {
+                status: (word(&b, l.g_status) as u32) & !0x1000,
+                wait: b[l.g_waitreason as usize],
+                startpc: word(&b, o.startpc),
+                gopc: word(&b, o.gopc),
+                lo: word(&b, o.stack_lo),
+                hi: word(&b, o.stack_hi),
+                pc: word(&b, o.sched_pc),
+                sp: word(&b, o.sched_sp),
+                bp: o.sched_bp.map(|x| word(&b, x)).unwrap_or(0),
+            })
+            .filter(|g| g.status != 6 && g.status != 11)
+            .collect();
+        let parked = |g: &GRead| matches!(g.status, 1 | 4) && g.pc != 0 && g.sp >= g.lo && g.sp < g.hi;
+        let peek_reqs: Vec<(u64, usize)> = reads.iter().filter(|g| parked(g)).map(|g| (g.sp, (g.hi - g.sp).min(STACK_PEEK) as usize)).collect();
+        let mut peeks = mem.read_batch(&peek_reqs).into_iter();
+        for g in &reads {
+            let peek = if parked(g) { peeks.next().flatten() } else { None };
+            let start = name_of(g.startpc).unwrap_or_else(|| format!("{:#x}", g.startpc));
+            // As runtime.isSystemGoroutine: runtime functions other than runtime.main.
+            if start.starts_with("runtime.") && start != "runtime.main" {
+                system += 1;
+                continue;
+            }
+            user += 1;
+            let state = status_name(g.status);
+            let wait = if g.status == 4 {
+                reasons.get(g.wait as usize).map(|s| (*s).to_string()).unwrap_or_else(|| format!("reason {}", g.wait))
+            } else {
+                String::new()
+            };
+            let mut frames: Vec<(u64, String)> = Vec::new();
+            if parked(g) {
+                for (i, pc) in unwind(mem, g.pc, g.bp, g.lo, g.hi, g.sp, peek.as_deref().unwrap_or(&[])).into_iter().enumerate() {
                     // Return addresses point after the call: name the call instruction.
                     let at = if i == 0 { pc } else { pc - 1 };
                     match name_of(at) {
@@ -179,20 +211,19 @@ pub fn dump(mem: &ProcMem, l: &Layout, bin: &GoBinary, funcs: &FuncTable, exe: &
                     }
                 }
             }
+            if frames.last().map(|f| f.1.as_str()) == Some(start.as_str()) {
+                unwound += 1;
+            } else {
+                // The chain did not reach the start function (or was not walked): keep what is
+                // certain, the start function.
+                frames.retain(|f| f.1 != start);
+                frames.push((g.startpc, start));
+            }
+            if let Some(creator) = name_of(g.gopc.wrapping_sub(1)).filter(|_| g.gopc != 0) {
+                frames.push((g.gopc, format!("created by {creator}")));
+            }
+            *samples.entry((frames, state, wait)).or_insert(0) += 1;
         }
-        if frames.last().map(|f| f.1.as_str()) == Some(start.as_str()) {
-            unwound += 1;
-        } else {
-            // The chain did not reach the start function (or was not walked): keep what is
-            // certain, the start function.
-            frames.retain(|f| f.1 != start);
-            frames.push((startpc, start));
-        }
-        let gopc = word(&gbuf, o.gopc);
-        if let Some(creator) = name_of(gopc.wrapping_sub(1)).filter(|_| gopc != 0) {
-            frames.push((gopc, format!("created by {creator}")));
-        }
-        *samples.entry((frames, state, wait)).or_insert(0) += 1;
     }
     let now_ns = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0);
     let mut prof = Profile::new(&[("goroutine", "count")], ("goroutine", "count"), 1, now_ns);

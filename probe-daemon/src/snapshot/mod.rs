@@ -215,11 +215,38 @@ pub struct SnapshotStats {
     pub stored_bytes: u64,
 }
 
+/// Stops snapshots for a while after `threshold` failures in a row.
 #[derive(Debug, Default)]
 struct Circuit {
     failures_in_row: u32,
     open_until: Option<Instant>,
     reason: Option<String>,
+}
+
+impl Circuit {
+    /// Records a snapshot's outcome (`None`: success). Returns true when this opens the circuit.
+    fn record(&mut self, failure: Option<&str>, threshold: u32, open_for: Duration, now: Instant) -> bool {
+        let Some(why) = failure else {
+            self.failures_in_row = 0;
+            return false;
+        };
+        self.failures_in_row += 1;
+        if self.failures_in_row < threshold {
+            return false;
+        }
+        self.open_until = Some(now + open_for);
+        self.reason = Some(format!("{} snapshots failed in a row (last: {why}); retrying after {} s", self.failures_in_row, open_for.as_secs_f64()));
+        self.failures_in_row = 0;
+        true
+    }
+
+    /// Why it is open at `now`, if it is.
+    fn open(&self, now: Instant) -> Option<&str> {
+        match self.open_until {
+            Some(t) if now < t => self.reason.as_deref(),
+            _ => None,
+        }
+    }
 }
 
 struct Inner {
@@ -375,11 +402,7 @@ impl Snapshotter {
         if let Some(p) = node_pressure(&self.cfg) {
             return Some(p);
         }
-        let inner = lock(&self.inner);
-        match inner.circuit.open_until {
-            Some(t) if Instant::now() < t => inner.circuit.reason.clone(),
-            _ => None,
-        }
+        lock(&self.inner).circuit.open(Instant::now()).map(str::to_string)
     }
 
     /// Queues a snapshot of `pid`. Rule triggers respect the per-target cooldown; every trigger
@@ -550,21 +573,13 @@ impl Snapshotter {
             *inner.totals.entry((meta.trigger.as_str(), k.as_str(), result)).or_insert(0) += 1;
         }
         inner.duration.observe(started.elapsed().as_secs_f64());
-        match &failure {
-            None => inner.circuit.failures_in_row = 0,
-            Some(f) if f.counts => {
-                inner.circuit.failures_in_row += 1;
-                if inner.circuit.failures_in_row >= self.cfg.failure_threshold {
-                    inner.circuit.open_until = Some(Instant::now() + Duration::from_secs_f64(self.cfg.circuit_open_seconds));
-                    inner.circuit.reason = Some(format!(
-                        "{} snapshots failed in a row (last: {}); retrying after {} s",
-                        inner.circuit.failures_in_row, f.reason, self.cfg.circuit_open_seconds
-                    ));
-                    inner.circuit.failures_in_row = 0;
-                    warn!(reason = ?inner.circuit.reason, "snapshot circuit breaker open");
-                }
+        let counted = failure.as_ref().filter(|f| f.counts).map(|f| f.reason.as_str());
+        // A target that exits says nothing about chainprobe: it neither opens nor resets the circuit.
+        if failure.is_none() || counted.is_some() {
+            let open_for = Duration::from_secs_f64(self.cfg.circuit_open_seconds);
+            if inner.circuit.record(counted, self.cfg.failure_threshold, open_for, Instant::now()) {
+                warn!(reason = ?inner.circuit.reason, "snapshot circuit breaker open");
             }
-            Some(_) => {}
         }
         inner.jobs.remove(&meta.id);
         match &failure {
@@ -723,6 +738,22 @@ mod tests {
         assert_eq!(ms, 1_795_465_812_345);
         assert_eq!(timestamps(SystemTime::UNIX_EPOCH).0, "1970-01-01T00:00:00.000Z");
         assert_eq!(timestamps(SystemTime::UNIX_EPOCH + Duration::from_secs(951_782_400)).0, "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn circuit_opens_after_failures_in_a_row_and_closes_after_its_time() {
+        let mut c = Circuit::default();
+        let t0 = Instant::now();
+        let open_for = Duration::from_secs(10);
+        assert!(!c.record(Some("disk full"), 3, open_for, t0));
+        assert!(!c.record(None, 3, open_for, t0), "a success resets the count");
+        assert!(!c.record(Some("disk full"), 3, open_for, t0));
+        assert!(!c.record(Some("disk full"), 3, open_for, t0));
+        assert!(c.open(t0).is_none());
+        assert!(c.record(Some("disk full"), 3, open_for, t0));
+        let why = c.open(t0 + Duration::from_secs(9)).unwrap();
+        assert!(why.contains("3 snapshots failed in a row") && why.contains("disk full"), "{why}");
+        assert!(c.open(t0 + Duration::from_secs(11)).is_none(), "half-open again after its time");
     }
 
     #[test]
