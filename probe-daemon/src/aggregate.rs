@@ -146,6 +146,8 @@ pub struct ProcessState {
     pub pod_named: bool,
     /// The latest health evaluation.
     pub health: Option<crate::health::Health>,
+    /// The pprof port its pod's annotation names.
+    pub pprof_port: Option<u16>,
 }
 
 impl ProcessState {
@@ -155,6 +157,7 @@ impl ProcessState {
             pod: None,
             pod_named: false,
             health: None,
+            pprof_port: None,
             pid,
             comm,
             folded: ProcCounters::default(),
@@ -397,6 +400,7 @@ impl Aggregate {
     pub fn set_pod(&mut self, pid: u32, meta: Option<crate::k8s::PodMeta>) {
         if let Some(p) = self.procs.get_mut(&pid) {
             p.pod_named = meta.as_ref().is_none_or(|m| m.has_names());
+            p.pprof_port = meta.as_ref().and_then(|m| m.pprof_port);
             p.pod = Some(meta.map(|m| m.labels()).unwrap_or_default());
         }
     }

@@ -288,6 +288,7 @@ impl Shared {
             pod: p.and_then(|p| p.pod.clone()),
             go,
             health: p.and_then(|p| p.health.clone()),
+            pprof_port: p.and_then(|p| p.pprof_port),
         })
     }
 

@@ -415,9 +415,14 @@ impl ScrapeView {
         self.family(
             enc,
             "chainprobe_health_signal_state",
-            "State of each health signal of the process: 0 ok, 1 warn, 2 critical.",
+            "State of each health signal of the process: 0 ok, 1 warn, 2 critical (every signal of Go processes; of other processes, those not ok).",
             MetricType::Gauge,
-            scored().flat_map(|(p, h)| h.signals.iter().map(move |s| (with(proc_labels(p), &[("signal", s.name)]), Value::Max(s.state as i64)))),
+            scored().flat_map(|(p, h)| {
+                h.signals
+                    .iter()
+                    .filter(move |s| p.go.is_some() || s.state != crate::health::State::Ok)
+                    .map(move |s| (with(proc_labels(p), &[("signal", s.name)]), Value::Max(s.state as i64)))
+            }),
         )?;
         self.family(
             enc,

@@ -115,7 +115,12 @@ pub struct PodInfo {
     /// (container name, container id without the `runtime://` prefix), including init and
     /// ephemeral containers that have started.
     pub containers: Vec<(String, String)>,
+    /// The port of the pod's net/http/pprof endpoint, from the annotation [`PPROF_PORT_ANNOTATION`].
+    pub pprof_port: Option<u16>,
 }
+
+/// Pod annotation naming the port of its net/http/pprof endpoint (tried first for snapshots).
+pub const PPROF_PORT_ANNOTATION: &str = "chainprobe.io/pprof-port";
 
 #[derive(Default)]
 struct CacheInner {
@@ -229,6 +234,7 @@ struct ObjectMeta {
     uid: String,
     resource_version: String,
     labels: HashMap<String, String>,
+    annotations: HashMap<String, String>,
     owner_references: Vec<OwnerRef>,
 }
 
@@ -330,6 +336,7 @@ impl From<Pod> for PodInfo {
             owner_kind,
             owner_name,
             containers,
+            pprof_port: m.annotations.get(PPROF_PORT_ANNOTATION).and_then(|v| v.trim().parse().ok()),
         }
     }
 }
@@ -558,6 +565,7 @@ mod tests {
         let j = serde_json::json!({
             "metadata": {"name": "web-7d4b9c-x2x", "namespace": "shop", "uid": "u1", "resourceVersion": "5",
                 "labels": {"pod-template-hash": "7d4b9c"},
+                "annotations": {"chainprobe.io/pprof-port": "6060"},
                 "ownerReferences": [{"kind": "ReplicaSet", "name": "web-7d4b9c", "controller": true, "apiVersion": "apps/v1", "uid": "r"}]},
             "spec": {"nodeName": "n1"},
             "status": {"qosClass": "Burstable",
@@ -570,6 +578,7 @@ mod tests {
         assert_eq!(i.owner_name.as_deref(), Some("web"));
         assert_eq!(i.qos, Some(QosClass::Burstable));
         assert_eq!(i.containers, vec![("app".to_string(), "abcdef".to_string()), ("init".to_string(), "1234".to_string())]);
+        assert_eq!(i.pprof_port, Some(6060));
     }
 
     #[test]
@@ -579,6 +588,7 @@ mod tests {
         let i = PodInfo::from(serde_json::from_value::<Pod>(j).unwrap());
         assert_eq!((i.owner_kind.as_deref(), i.owner_name.as_deref()), (Some("StatefulSet"), Some("db")));
         assert_eq!(i.qos, None);
+        assert_eq!(i.pprof_port, None);
     }
 
     #[test]

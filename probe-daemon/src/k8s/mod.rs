@@ -125,6 +125,8 @@ pub struct PodMeta {
     pub owner_kind: Option<String>,
     pub owner_name: Option<String>,
     pub runtime: Option<Runtime>,
+    /// From the pod annotation `chainprobe.io/pprof-port`.
+    pub pprof_port: Option<u16>,
 }
 
 /// Values of the `namespace`, `pod`, `container` labels.
@@ -167,6 +169,7 @@ impl PodMeta {
         self.qos = pod.qos.or(self.qos);
         self.owner_kind = pod.owner_kind.clone();
         self.owner_name = pod.owner_name.clone();
+        self.pprof_port = pod.pprof_port;
     }
 }
 

@@ -188,6 +188,8 @@ pub struct TargetInfo {
     pub pod: Option<PodLabels>,
     pub go: Option<GoTarget>,
     pub health: Option<crate::health::Health>,
+    /// The pprof port its pod's annotation (`chainprobe.io/pprof-port`) names.
+    pub pprof_port: Option<u16>,
 }
 
 /// Looks a process up by pid.
@@ -621,8 +623,10 @@ impl Snapshotter {
 
     /// The pprof endpoint of `pid` (remembered for a minute, found again after a failure), or why
     /// the search failed.
-    fn endpoint(&self, pid: u32) -> Result<Option<SocketAddr>, String> {
-        if !self.cfg.discover_pprof && self.cfg.pprof_ports.is_empty() {
+    fn endpoint(&self, pid: u32, annotated: Option<u16>) -> Result<Option<SocketAddr>, String> {
+        let mut ports = self.cfg.pprof_ports.clone();
+        ports.extend(annotated);
+        if !self.cfg.discover_pprof && ports.is_empty() {
             return Ok(None);
         }
         if let Some((a, at)) = lock(&self.inner).endpoints.get(&pid) {
@@ -631,11 +635,11 @@ impl Snapshotter {
             }
         }
         let timeout = Duration::from_secs_f64(self.cfg.fetch_timeout_seconds.min(2.0));
-        let found = pprof::discover(pid, &self.cfg.pprof_ports, timeout).map_err(|e| {
+        let found = pprof::discover(pid, &ports, timeout).map_err(|e| {
             warn!(pid, error = %e, "pprof endpoint discovery failed");
             format!("pprof endpoint discovery failed: {e}")
         })?;
-        let found = found.filter(|a| self.cfg.discover_pprof || self.cfg.pprof_ports.contains(&a.port()));
+        let found = found.filter(|a| self.cfg.discover_pprof || ports.contains(&a.port()));
         let mut inner = lock(&self.inner);
         inner.endpoints.retain(|_, (_, at)| at.elapsed() < Duration::from_secs(60));
         inner.endpoints.insert(pid, (found, Instant::now()));
@@ -660,7 +664,7 @@ impl Snapshotter {
         }
         let timeout = Duration::from_secs_f64(self.cfg.fetch_timeout_seconds);
         let limit = self.cfg.max_profile_bytes as usize;
-        let (endpoint, discovery_error) = match self.endpoint(pid) {
+        let (endpoint, discovery_error) = match self.endpoint(pid, t.pprof_port) {
             Ok(a) => (a, None),
             Err(e) => (None, Some(e)),
         };
