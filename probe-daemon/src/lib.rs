@@ -2,9 +2,11 @@
 //! captures evidence when they are not.
 //!
 //! Data flows one way: kernel programs → [`attach`] (load, attach, kernel maps) → [`events`]
-//! (decode ring buffer, drain per-CPU maps) → [`aggregate`] (per-process state) → [`metrics`]
-//! and the HTTP [`api`]. [`kernel`] answers what the running kernel provides; [`config`] holds the
-//! settings; [`daemon`] wires everything for `chainprobe run`.
+//! (decode ring buffer, drain per-CPU maps) → [`aggregate`] (per-process state) → [`health`]
+//! (signals, score, rules) → [`metrics`], [`snapshot`] (heap and goroutine profiles, stored on
+//! disk) and the HTTP [`api`]. [`goinspect`] reads Go binaries, [`goruntime`] probes and reads Go
+//! processes, [`k8s`] names pods. [`kernel`] answers what the running kernel provides; [`config`]
+//! holds the settings; [`daemon`] wires everything for `chainprobe run`.
 // The OpenAPI document (api::openapi) is one large json! literal.
 #![recursion_limit = "256"]
 

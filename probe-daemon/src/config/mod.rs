@@ -75,7 +75,7 @@ pub struct ApiConfig {
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { token_file: String::new(), rate_limit_per_second: 5.0, rate_limit_burst: 20, max_body_bytes: 64 * 1024 }
+        ApiConfig { token_file: String::new(), rate_limit_per_second: 10.0, rate_limit_burst: 50, max_body_bytes: 64 * 1024 }
     }
 }
 
