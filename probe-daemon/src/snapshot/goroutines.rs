@@ -102,10 +102,10 @@ fn unwind(mem: &ProcMem, pc: u64, mut bp: u64, lo: u64, hi: u64, sp: u64, peek: 
         if bp == 0 || bp < lo || bp.saturating_add(16) > hi || bp % 8 != 0 {
             break;
         }
-        let at = bp.wrapping_sub(sp) as usize;
-        match peek.get(at..at + 16) {
-            Some(r) if bp >= sp => rec.copy_from_slice(r),
-            _ => {
+        let in_peek = bp.checked_sub(sp).and_then(|at| usize::try_from(at).ok()).and_then(|at| peek.get(at..at.checked_add(16)?));
+        match in_peek {
+            Some(r) => rec.copy_from_slice(r),
+            None => {
                 if mem.read_exact(bp, &mut rec).is_err() {
                     break;
                 }
