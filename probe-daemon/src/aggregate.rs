@@ -142,11 +142,14 @@ pub struct ProcessState {
     pub pod: Option<crate::k8s::PodLabels>,
     /// The API named the pod (no further look-ups needed).
     pub pod_named: bool,
+    /// TLS handshakes (Go crypto/tls and OpenSSL); None until the first one.
+    pub tls: Option<crate::tls::TlsState>,
 }
 
 impl ProcessState {
     fn new(pid: u32, comm: String) -> Self {
         ProcessState {
+            tls: None,
             go: None,
             pod: None,
             pod_named: false,
@@ -425,6 +428,23 @@ impl Aggregate {
                 creation: None,
             });
         }
+    }
+
+    /// A TLS handshake of `e.header.tgid` finished.
+    pub fn on_tls(&mut self, e: &probe_common::TlsEvent, now: Instant) {
+        use crate::tls;
+        let failed = e.failed != 0;
+        let alpn_n = (e.alpn_len as usize).min(e.alpn.len());
+        let key = tls::TlsKey {
+            library: if e.library == probe_common::TLS_LIBRARY_OPENSSL { "openssl" } else { "go" },
+            role: tls::role_label(e.role),
+            result: if failed { "error" } else { "ok" },
+            version: if e.library == probe_common::TLS_LIBRARY_OPENSSL { "unknown" } else { tls::version_label(e.version) },
+            alpn: if e.library == probe_common::TLS_LIBRARY_OPENSSL { "unknown" } else { tls::alpn_label(&e.alpn[..alpn_n], e.alpn_len as usize) },
+        };
+        let reason = if failed { tls::failure_reason(e.alert_sent, e.alert_received) } else { "" };
+        let p = self.entry(e.header.tgid, now);
+        p.tls.get_or_insert_with(Default::default).record(key, e.duration_ns as f64 / 1e9, reason);
     }
 
     /// A GC cycle of `pid` completed.

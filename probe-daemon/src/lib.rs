@@ -17,3 +17,4 @@ pub mod k8s;
 pub mod kernel;
 pub mod metrics;
 pub mod procfs;
+pub mod tls;

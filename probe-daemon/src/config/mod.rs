@@ -27,6 +27,23 @@ pub struct Config {
     pub go: GoConfig,
     pub api: ApiConfig,
     pub kubernetes: crate::k8s::KubernetesConfig,
+    pub tls: TlsConfig,
+}
+
+/// TLS handshake probes (issue #6).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// Go crypto/tls handshakes of tracked Go processes (needs `[go] enabled`).
+    pub go: bool,
+    /// OpenSSL handshakes of every process that maps libssl.
+    pub openssl: bool,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig { go: true, openssl: true }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -143,6 +160,7 @@ impl Default for Config {
             go: GoConfig::default(),
             api: ApiConfig::default(),
             kubernetes: crate::k8s::KubernetesConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
