@@ -127,10 +127,10 @@ fn fixtures() -> Result<()> {
     for path in [root.join("tests/tools/install.sh"), root.join("tests/fixtures/go/install-go.sh"), root.join("tests/fixtures/go/build.sh")] {
         let mut cmd = Command::new("bash");
         cmd.arg(&path).current_dir(repo_root());
-        // The test matrix needs `hello` (inspection) and `gorun` (runtime tests); the benchmark
-        // programs are built by their benchmarks.
+        // The test matrix needs `hello` (inspection), `gorun` (runtime tests) and `tlsprobe` (TLS
+        // handshakes); the benchmark programs are built by their benchmarks.
         if std::env::var_os("CHAINPROBE_GO_PROGRAMS").is_none() {
-            cmd.env("CHAINPROBE_GO_PROGRAMS", "hello gorun");
+            cmd.env("CHAINPROBE_GO_PROGRAMS", "hello gorun tlsprobe");
         }
         let status = cmd
             .status()
