@@ -443,6 +443,9 @@ impl Aggregate {
             alpn: if e.library == probe_common::TLS_LIBRARY_OPENSSL { "unknown" } else { tls::alpn_label(&e.alpn[..alpn_n], e.alpn_len as usize) },
         };
         let reason = if failed { tls::failure_reason(e.alert_sent, e.alert_received) } else { "" };
+        if failed {
+            tracing::debug!(pid = e.header.tgid, library = key.library, role = key.role, alert_sent = e.alert_sent, alert_received = e.alert_received, ret = e.ret, reason, "TLS handshake failed");
+        }
         let p = self.entry(e.header.tgid, now);
         p.tls.get_or_insert_with(Default::default).record(key, e.duration_ns as f64 / 1e9, reason);
     }

@@ -451,10 +451,6 @@ fn discovery_thread(shared: Arc<Shared>, rx: std::sync::mpsc::Receiver<Lifecycle
     let go = shared.go.clone();
     let mut discoverer = Discoverer::default();
     let mut consider = |pid: u32| {
-        // OpenSSL (issue #6): libssl in the process's mappings.
-        if let Some(o) = &shared.openssl {
-            lock(o).consider(pid);
-        }
         let Some(go) = &go else { return Discovery::NotGo };
         let outcome = match discoverer.inspect(go, pid) {
             Ok(ins) => lock(&go).track(ins),
@@ -471,6 +467,9 @@ fn discovery_thread(shared: Arc<Shared>, rx: std::sync::mpsc::Receiver<Lifecycle
     };
     let handle = |msg: Lifecycle, consider: &mut dyn FnMut(u32) -> Discovery| match msg {
         Lifecycle::Exec(pid) => {
+            if let Some(o) = &shared.openssl {
+                lock(o).on_exec(pid, Instant::now());
+            }
             consider(pid);
         }
         Lifecycle::Exit(pid) => {
@@ -493,13 +492,24 @@ fn discovery_thread(shared: Arc<Shared>, rx: std::sync::mpsc::Receiver<Lifecycle
         while let Ok(msg) = rx.try_recv() {
             handle(msg, &mut consider);
         }
+        // OpenSSL (issue #6): libssl in the process's mappings.
+        if let Some(o) = &shared.openssl {
+            lock(o).consider(pid);
+        }
         if consider(pid) == Discovery::Tracked {
             found += 1;
         }
     }
     info!(found, elapsed_ms = started.elapsed().as_millis() as u64, "Go processes found at start");
-    while let Ok(msg) = rx.recv() {
-        handle(msg, &mut consider);
+    loop {
+        // OpenSSL rechecks of processes that had no libssl mapped yet at exec.
+        let next = shared.openssl.as_ref().and_then(|o| lock(o).recheck_due(Instant::now()));
+        let wait = next.map(|t| t.saturating_duration_since(Instant::now())).unwrap_or(Duration::from_secs(3600));
+        match rx.recv_timeout(wait) {
+            Ok(msg) => handle(msg, &mut consider),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        }
     }
 }
 

@@ -137,7 +137,7 @@ pub struct SslLibrary {
     pub path: String,
     pub dev: u64,
     pub ino: u64,
-    /// Processes seen mapping it (the probes fire for every process using the file).
+    /// Live processes seen mapping it (the probes fire for every process using the file).
     pub pids: usize,
     pub probes: Vec<ProbeState>,
 }
@@ -148,13 +148,21 @@ struct AttachedLib {
     pid_set: HashSet<u32>,
 }
 
-/// The OpenSSL side: libraries found in process mappings, attached once per file, detached when
-/// the last process seen using it exits.
+/// The OpenSSL side: libraries found in process mappings, attached once per file and kept until
+/// the daemon stops. (Detaching when the last process seen using a file exits would lose the
+/// first handshakes of the next short-lived process — a curl — whose exec is noticed only after
+/// the dynamic loader mapped libssl and the handshake may already be over.) Processes whose
+/// mappings had no libssl yet at exec are looked at once more shortly after.
 pub struct OpenSsl {
     probes: Arc<Mutex<Probes>>,
     libs: HashMap<(u64, u64), AttachedLib>,
     by_pid: HashMap<u32, (u64, u64)>,
+    recheck: std::collections::VecDeque<(std::time::Instant, u32)>,
 }
+
+/// Delay before a process without libssl at exec is looked at again, and how many wait at once.
+const RECHECK_AFTER: std::time::Duration = std::time::Duration::from_millis(200);
+const MAX_RECHECK: usize = 4096;
 
 /// Functions probed in libssl: (name, program, cookie).
 const SSL_SITES: &[(&str, ProgId, u64)] = &[
@@ -186,7 +194,27 @@ pub fn libssl_of(pid: u32) -> Option<String> {
 
 impl OpenSsl {
     pub fn new(probes: Arc<Mutex<Probes>>) -> Self {
-        OpenSsl { probes, libs: HashMap::new(), by_pid: HashMap::new() }
+        OpenSsl { probes, libs: HashMap::new(), by_pid: HashMap::new(), recheck: Default::default() }
+    }
+
+    /// A process just exec'd: look now, and once more after [`RECHECK_AFTER`] when libssl is not
+    /// mapped yet (the loader may still be at work, or it is dlopen'ed early).
+    pub fn on_exec(&mut self, pid: u32, now: std::time::Instant) {
+        if !self.consider(pid) && self.recheck.len() < MAX_RECHECK {
+            self.recheck.push_back((now + RECHECK_AFTER, pid));
+        }
+    }
+
+    /// Looks again at the processes whose recheck is due; returns when the next one is.
+    pub fn recheck_due(&mut self, now: std::time::Instant) -> Option<std::time::Instant> {
+        while let Some(&(due, pid)) = self.recheck.front() {
+            if due > now {
+                return Some(due);
+            }
+            self.recheck.pop_front();
+            self.consider(pid);
+        }
+        None
     }
 
     /// Looks for libssl in `pid`'s mappings; attaches to the file the first time it is seen.
@@ -220,26 +248,25 @@ impl OpenSsl {
         true
     }
 
-    /// The process exited: detach the library's probes when it was the last user seen.
+    /// The process exited (the library's probes stay: see [`OpenSsl`]).
     pub fn forget(&mut self, pid: u32) {
         let Some(key) = self.by_pid.remove(&pid) else { return };
-        let empty = match self.libs.get_mut(&key) {
-            Some(l) => {
-                l.pid_set.remove(&pid);
-                l.view.pids = l.pid_set.len();
-                l.pid_set.is_empty()
-            }
-            None => false,
-        };
-        if empty {
-            if let Some(l) = self.libs.remove(&key) {
-                let mut probes = lock(&self.probes);
-                for (prog, link) in l.links {
-                    probes.detach_uprobe(prog, link);
-                }
-                debug!(path = l.view.path, "last process using the library exited; OpenSSL probes detached");
-            }
+        if let Some(l) = self.libs.get_mut(&key) {
+            l.pid_set.remove(&pid);
+            l.view.pids = l.pid_set.len();
         }
+    }
+
+    /// Detaches every OpenSSL probe (also done when the daemon's programs are dropped).
+    pub fn detach_all(&mut self) {
+        let mut probes = lock(&self.probes);
+        for (_, l) in self.libs.drain() {
+            for (prog, link) in l.links {
+                probes.detach_uprobe(prog, link);
+            }
+            debug!(path = l.view.path, "OpenSSL probes detached");
+        }
+        self.by_pid.clear();
     }
 
     /// The probed libraries (for /api/v1/targets).
