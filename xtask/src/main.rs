@@ -6,6 +6,7 @@
 //!   cargo xtask bench syscalls       loopback connect and mmap rates with and without chainprobe
 //!   cargo xtask bench goinspect      Go binary inspection time and memory
 //!   cargo xtask bench goruntime      goroutine-spawn and HTTP cost of the Go runtime probes
+//!   cargo xtask bench tls            TLS handshakes/s and bulk throughput with and without chainprobe
 //!   cargo xtask codegen go-offsets   regenerate the per-Go-version offset tables
 use std::{
     path::{Path, PathBuf},
@@ -17,6 +18,7 @@ use anyhow::{bail, Context, Result};
 mod bench_goinspect;
 mod bench_goruntime;
 mod bench_syscalls;
+mod bench_tls;
 mod codegen;
 
 fn repo_root() -> PathBuf {
@@ -33,6 +35,7 @@ fn usage() -> &'static str {
        bench syscalls       loopback connect and mmap rates with and without chainprobe\n  \
        bench goinspect      Go binary inspection time and peak memory\n  \
        bench goruntime      goroutine-spawn and HTTP throughput with and without the Go probes\n  \
+       bench tls            TLS handshakes/s and bulk TLS throughput with and without chainprobe\n  \
        codegen go-offsets   regenerate the per-Go-version offset tables from real toolchains\n"
 }
 
@@ -82,7 +85,8 @@ fn dispatch(args: &[String]) -> Result<()> {
             Some("syscalls") => bench_syscalls::run(&rest[1..]),
             Some("goinspect") => bench_goinspect::run(&rest[1..]),
             Some("goruntime") => bench_goruntime::run(&rest[1..]),
-            _ => bail!("bench what? `cargo xtask bench syscalls`, `goinspect` or `goruntime`"),
+            Some("tls") => bench_tls::run(&rest[1..]),
+            _ => bail!("bench what? `cargo xtask bench syscalls`, `goinspect`, `goruntime` or `tls`"),
         },
         "codegen" => codegen::run(rest),
         "-h" | "--help" | "help" => {
