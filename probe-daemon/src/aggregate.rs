@@ -574,6 +574,45 @@ mod tests {
     }
 
     #[test]
+    fn tls_events_become_labelled_counts() {
+        use probe_common::{EventHeader, EventKind, TlsEvent, TLS_ALERT_UNREAD, TLS_NO_ALERT};
+        let t0 = Instant::now();
+        let me = std::process::id();
+        let mut a = Aggregate::new(Duration::from_secs(10), 10);
+        let mut alpn = [0u8; probe_common::TLS_ALPN_LEN];
+        alpn[..2].copy_from_slice(b"h2");
+        let ok = TlsEvent {
+            header: EventHeader { kind: EventKind::Tls as u32, tgid: me, ktime_ns: 1 },
+            duration_ns: 2_000_000,
+            library: probe_common::TLS_LIBRARY_GO,
+            role: probe_common::TLS_ROLE_CLIENT,
+            failed: 0,
+            alpn_len: 2,
+            version: 0x0304,
+            cipher_suite: 0x1301,
+            alert_sent: TLS_NO_ALERT,
+            alert_received: TLS_NO_ALERT,
+            ret: 0,
+            alpn,
+        };
+        a.on_tls(&ok, t0);
+        a.on_tls(&TlsEvent { failed: 1, alpn_len: 0, alert_received: 120, ..ok }, t0);
+        a.on_tls(
+            &TlsEvent { library: probe_common::TLS_LIBRARY_OPENSSL, role: probe_common::TLS_ROLE_SERVER, failed: 1, alert_sent: TLS_ALERT_UNREAD, alert_received: TLS_ALERT_UNREAD, ..ok },
+            t0,
+        );
+        let t = a.process(me).unwrap().tls.as_ref().unwrap();
+        let key = |library, role, result, version, alpn| crate::tls::TlsKey { library, role, result, version, alpn };
+        assert_eq!(t.handshakes.get(&key("go", "client", "ok", "1.3", "h2")), Some(&1));
+        assert_eq!(t.handshakes.get(&key("go", "client", "error", "1.3", "none")), Some(&1));
+        assert_eq!(t.handshakes.get(&key("openssl", "server", "error", "unknown", "unknown")), Some(&1));
+        assert_eq!(t.failures.get(&("go", "alpn")), Some(&1));
+        assert_eq!(t.failures.get(&("openssl", "other")), Some(&1));
+        assert_eq!((t.handshakes_total(), t.failures_total()), (3, 2));
+        assert_eq!(t.totals().quantile(0.5), Some(0.0032));
+    }
+
+    #[test]
     fn failures_and_active_connections() {
         let t0 = Instant::now();
         let me = std::process::id();
