@@ -54,11 +54,29 @@ fn start_daemon(bin: &Path, dir: &Path) -> Result<(Proc, u16)> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         if get(port, "/readyz").map(|r| r.contains("ready")).unwrap_or(false) {
+            // The start-up scan inspects every process's binary: let it finish, or the round
+            // would measure a daemon busy on one of the two cores rather than the probes.
+            wait_idle(p.0.id())?;
             return Ok((p, port));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
     bail!("chainprobe did not become ready")
+}
+
+/// Waits until `pid` used under 2% of a CPU over half a second (at most 30 s).
+fn wait_idle(pid: u32) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = cpu_seconds(pid)?;
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = cpu_seconds(pid)?;
+        if now - last < 0.01 {
+            return Ok(());
+        }
+        last = now;
+    }
+    bail!("chainprobe stayed busy for 30 s after start")
 }
 
 struct TlsProbe {
@@ -115,22 +133,37 @@ fn wait_tracked(port: u16, pid: u32) -> Result<()> {
     bail!("chainprobe did not attach the Go TLS probes to pid {pid}")
 }
 
-/// (Go handshakes/s, Go round trips/s) of one tlsprobe run.
-fn go_round(bin: &Path, n: u64, m: u64, daemon_port: Option<u16>) -> Result<(f64, f64)> {
+/// CPU time (user + system, seconds) `pid` has used so far; uprobe hits are charged to it.
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let rest = stat.rsplit_once(')').context("/proc/PID/stat")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // Fields 14 and 15 (utime, stime) are at 11 and 12 after the comm.
+    let ticks: f64 = f.get(11).context("utime")?.parse::<f64>()? + f.get(12).context("stime")?.parse::<f64>()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(ticks / hz)
+}
+
+/// One tlsprobe run: (handshakes/s, CPU µs per handshake pair, round trips/s, CPU µs per round trip).
+fn go_round(bin: &Path, n: u64, m: u64, daemon_port: Option<u16>) -> Result<(f64, f64, f64, f64)> {
     let mut g = TlsProbe::start(bin)?;
     if let Some(port) = daemon_port {
         wait_tracked(port, g.pid)?;
     }
     g.cmd("hs 50 any any h2 h2,http/1.1 trusted")?; // warm-up
+    let c0 = cpu_seconds(g.pid)?;
     let r = g.cmd(&format!("hs {n} any any h2 h2,http/1.1 trusted"))?;
+    let c1 = cpu_seconds(g.pid)?;
     if r[0] != n as i64 || r[2] != n as i64 {
         bail!("handshakes failed: {r:?}");
     }
     let hs_rate = n as f64 / (r[4] as f64 / 1e9);
     let b = g.cmd(&format!("bulk {m} 64"))?;
+    let c2 = cpu_seconds(g.pid)?;
     let rt_rate = m as f64 / (b[0] as f64 / 1e9);
     let _ = g.cmd("quit");
-    Ok((hs_rate, rt_rate))
+    Ok((hs_rate, (c1 - c0) * 1e6 / n as f64, rt_rate, (c2 - c1) * 1e6 / m as f64))
 }
 
 /// OpenSSL handshakes/s: `s_time -new` against `s_server` for `secs` seconds.
@@ -173,7 +206,7 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 pub fn run(args: &[String]) -> Result<()> {
-    let (mut rounds, mut n, mut m, mut ossl_secs) = (5usize, 2000u64, 20_000u64, 3u64);
+    let (mut rounds, mut n, mut m, mut ossl_secs) = (7usize, 3000u64, 30_000u64, 3u64);
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut val = || it.next().context("missing value");
@@ -221,25 +254,34 @@ pub fn run(args: &[String]) -> Result<()> {
     }
 
     let (mut hs_off, mut hs_on, mut rt_off, mut rt_on, mut os_off, mut os_on) = (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut hc_off, mut hc_on, mut rc_off, mut rc_on) = (vec![], vec![], vec![], vec![]);
     for r in 0..rounds {
-        let (h, b) = go_round(&tlsprobe, n, m, None)?;
+        let (h, hc, b, bc) = go_round(&tlsprobe, n, m, None)?;
         hs_off.push(h);
+        hc_off.push(hc);
         rt_off.push(b);
+        rc_off.push(bc);
         os_off.push(openssl_round(&cert, &key, ossl_secs)?);
         {
             let (_d, port) = start_daemon(&daemon, &dir)?;
-            let (h, b) = go_round(&tlsprobe, n, m, Some(port))?;
+            let (h, hc, b, bc) = go_round(&tlsprobe, n, m, Some(port))?;
             hs_on.push(h);
+            hc_on.push(hc);
             rt_on.push(b);
+            rc_on.push(bc);
             os_on.push(openssl_round(&cert, &key, ossl_secs)?);
         }
         eprintln!(
-            "round {}: Go handshakes/s {:.0} -> {:.0}, Go round trips/s {:.0} -> {:.0}, OpenSSL handshakes/s {:.0} -> {:.0}",
+            "round {}: Go handshakes/s {:.0} -> {:.0} (CPU µs/pair {:.0} -> {:.0}), Go round trips/s {:.0} -> {:.0} (CPU µs {:.2} -> {:.2}), OpenSSL handshakes/s {:.0} -> {:.0}",
             r + 1,
             hs_off[r],
             hs_on[r],
+            hc_off[r],
+            hc_on[r],
             rt_off[r],
             rt_on[r],
+            rc_off[r],
+            rc_on[r],
             os_off[r],
             os_on[r]
         );
@@ -252,11 +294,14 @@ pub fn run(args: &[String]) -> Result<()> {
     println!("| Go 1.27 handshakes/s (client + server in one process, TLS 1.3, ALPN h2) | {h0:.0} | {h1:.0} | {:.3}× |", h1 / h0);
     println!("| Go 1.27 bulk: 64-byte round trips/s on one connection | {b0:.0} | {b1:.0} | {:.3}× |", b1 / b0);
     println!("| OpenSSL handshakes/s (s_time -new → s_server, TLS 1.3) | {o0:.0} | {o1:.0} | {:.3}× |", o1 / o0);
+    let (hc0, hc1, rc0, rc1) = (median(&mut hc_off), median(&mut hc_on), median(&mut rc_off), median(&mut rc_on));
+    println!("| Go CPU µs per handshake pair (user + system of the process) | {hc0:.0} | {hc1:.0} | {:.3}× |", hc0 / hc1);
+    println!("| Go CPU µs per 64-byte round trip | {rc0:.2} | {rc1:.2} | {:.3}× |", rc0 / rc1);
     println!();
     println!(
-        "added per Go handshake pair (4 probe hits: 2 entries + 2 RETs): {:.0} ns; per OpenSSL handshake pair: {:.0} ns",
-        1e9 / h1 - 1e9 / h0,
-        1e9 / o1 - 1e9 / o0
+        "CPU added per Go handshake pair (4 probe hits: 2 entries + 2 RETs): {:.1} µs ({:.2} µs per hit)",
+        hc1 - hc0,
+        (hc1 - hc0) / 4.0
     );
     Ok(())
 }
