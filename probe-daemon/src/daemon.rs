@@ -453,11 +453,11 @@ fn discovery_thread(shared: Arc<Shared>, rx: std::sync::mpsc::Receiver<Lifecycle
     let mut consider = |pid: u32| {
         let Some(go) = &go else { return Discovery::NotGo };
         let outcome = match discoverer.inspect(go, pid) {
-            Ok(ins) => lock(&go).track(ins),
+            Ok(ins) => lock(go).track(ins),
             Err(d) => d,
         };
         if outcome == Discovery::Tracked {
-            let t = lock(&go).target(pid).cloned();
+            let t = lock(go).target(pid).cloned();
             if let Some(t) = t {
                 let minor = t.layout.as_ref().map(|l| l.minor).unwrap_or_else(|| minor_of(&t.go_version));
                 lock(&shared.agg).on_go_tracked(pid, &t.go_version, minor, Instant::now());

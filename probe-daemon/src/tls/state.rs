@@ -9,7 +9,7 @@ pub fn bucket_bounds() -> Vec<f64> {
 }
 
 fn histogram() -> Histogram {
-    Histogram::new(bucket_bounds().into_iter())
+    Histogram::new(bucket_bounds())
 }
 
 /// Labels of one handshake counter series.
