@@ -51,6 +51,11 @@ pub enum ProgId {
     GoStwStart = 16,
     GoNewproc = 17,
     GoExit = 18,
+    GoTlsEnter = 19,
+    GoTlsReturn = 20,
+    SslHandshakeEnter = 21,
+    SslHandshakeReturn = 22,
+    SslFree = 23,
 }
 
 /// Where in a Go function a uprobe goes.
@@ -63,7 +68,7 @@ pub enum GoSite {
 }
 
 impl ProgId {
-    pub const COUNT: u32 = 19;
+    pub const COUNT: u32 = 24;
     pub const ALL: [ProgId; Self::COUNT as usize] = [
         ProgId::InetSockSetState,
         ProgId::TcpSendReset,
@@ -84,13 +89,22 @@ impl ProgId {
         ProgId::GoStwStart,
         ProgId::GoNewproc,
         ProgId::GoExit,
+        ProgId::GoTlsEnter,
+        ProgId::GoTlsReturn,
+        ProgId::SslHandshakeEnter,
+        ProgId::SslHandshakeReturn,
+        ProgId::SslFree,
     ];
     /// The tracepoint programs, attached once at start.
     pub const TRACEPOINTS: &'static [ProgId] = Self::ALL.split_at(13).0;
     /// The Go runtime uprobes, attached per Go binary.
     pub const GO: &'static [ProgId] = Self::ALL.split_at(13).1.split_at(4).0;
     /// The on-demand goroutine probes, attached per process while creation tracking is on.
-    pub const GO_CREATION: &'static [ProgId] = Self::ALL.split_at(17).1;
+    pub const GO_CREATION: &'static [ProgId] = Self::ALL.split_at(17).1.split_at(2).0;
+    /// The Go crypto/tls handshake uprobes, attached per Go binary at [`GO_TLS_FUNCTIONS`].
+    pub const GO_TLS: &'static [ProgId] = Self::ALL.split_at(19).1.split_at(2).0;
+    /// The OpenSSL (libssl) probes, attached per library file.
+    pub const OPENSSL: &'static [ProgId] = Self::ALL.split_at(21).1;
 
     /// The kernel program's function name (what the daemon loads by name).
     pub const fn program_name(self) -> &'static str {
@@ -114,6 +128,11 @@ impl ProgId {
             ProgId::GoStwStart => "go_stw_start",
             ProgId::GoNewproc => "go_newproc",
             ProgId::GoExit => "go_goexit",
+            ProgId::GoTlsEnter => "go_tls_handshake_enter",
+            ProgId::GoTlsReturn => "go_tls_handshake_return",
+            ProgId::SslHandshakeEnter => "ssl_handshake_enter",
+            ProgId::SslHandshakeReturn => "ssl_handshake_return",
+            ProgId::SslFree => "ssl_free",
         }
     }
 
@@ -154,7 +173,12 @@ impl ProgId {
             | ProgId::GoStwStop
             | ProgId::GoStwStart
             | ProgId::GoNewproc
-            | ProgId::GoExit => ("", ""),
+            | ProgId::GoExit
+            | ProgId::GoTlsEnter
+            | ProgId::GoTlsReturn
+            | ProgId::SslHandshakeEnter
+            | ProgId::SslHandshakeReturn
+            | ProgId::SslFree => ("", ""),
         }
     }
 
@@ -169,8 +193,120 @@ impl ProgId {
                 | ProgId::GoStwStart
                 | ProgId::GoNewproc
                 | ProgId::GoExit
+                | ProgId::GoTlsEnter
+                | ProgId::GoTlsReturn
+                | ProgId::SslHandshakeEnter
+                | ProgId::SslHandshakeReturn
+                | ProgId::SslFree
         )
     }
+}
+
+// ---- TLS handshakes (issue #6) -------------------------------------------------------------
+
+/// Go functions that run once per real handshake (never `handshakeContext`, which runs again on
+/// every Read and Write): the entry program goes at each entry, the return program at every RET.
+pub const GO_TLS_FUNCTIONS: [&str; 2] =
+    ["crypto/tls.(*Conn).clientHandshake", "crypto/tls.(*Conn).serverHandshake"];
+
+/// OpenSSL functions whose entry/return time a handshake. SSL_connect and SSL_accept call
+/// SSL_do_handshake: nested calls on one thread count once (the outermost).
+pub const SSL_HANDSHAKE_FUNCTIONS: [&str; 3] = ["SSL_do_handshake", "SSL_connect", "SSL_accept"];
+
+/// Handshakes in flight at once (Go: per goroutine; OpenSSL: per SSL object).
+pub const MAX_TLS_INFLIGHT: u32 = 16_384;
+/// Longest ALPN protocol name carried by an event (longer ones are truncated and flagged).
+pub const TLS_ALPN_LEN: usize = 24;
+
+/// Per-process offsets for the Go TLS probes (present = this process's handshakes are reported).
+/// Computed in user space from the process's Go version (DWARF or generated tables).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GoTlsConfig {
+    /// `runtime.g`.`goid`.
+    pub g_goid: u32,
+    /// `crypto/tls.Conn` fields.
+    pub conn_is_client: u32,
+    pub conn_vers: u32,
+    pub conn_cipher_suite: u32,
+    pub conn_client_protocol: u32,
+    /// `Conn.in.err` / `Conn.out.err` (halfConn.err): the alert received / sent, as a
+    /// `*net.OpError`; [`OFFSET_NONE`] when unknown (failures are then not classified by alert).
+    pub conn_in_err: u32,
+    pub conn_out_err: u32,
+    /// `net.OpError`.`Op` (string) and `.Err` (error interface).
+    pub op_error_op: u32,
+    pub op_error_err: u32,
+    /// `crypto/tls.permanentError`.`err` (interface): halfConn.err usually holds
+    /// `&permanentError{err: *net.OpError}`.
+    pub permanent_error_err: u32,
+    pub _pad: u32,
+}
+
+/// A handshake between entry and return, keyed by [`TlsInflightKey`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TlsInflight {
+    pub start_ns: u64,
+    /// Go: the *tls.Conn. OpenSSL: the SSL*.
+    pub conn: u64,
+    /// OpenSSL: nesting depth on the thread (SSL_accept → SSL_do_handshake).
+    pub depth: u32,
+    /// 1 = client, 2 = server, 0 = unknown yet.
+    pub role: u32,
+    /// OpenSSL: when the last call for a pending (non-blocking or failed) handshake returned.
+    pub last_ns: u64,
+}
+
+/// Attach-cookie bit of the OpenSSL entry program: the probe is on SSL_set_connect_state /
+/// SSL_set_accept_state (remember the role; the low byte is the role).
+pub const SSL_COOKIE_SET_STATE: u64 = 0x100;
+
+/// Go: (tgid, goid). OpenSSL thread state: (tgid, tid) with `id` = tid; OpenSSL pending
+/// non-blocking handshakes: (tgid, SSL*) with `kind` = 2.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TlsInflightKey {
+    pub tgid: u32,
+    pub kind: u32,
+    pub id: u64,
+}
+
+pub const TLS_LIBRARY_GO: u8 = 1;
+pub const TLS_LIBRARY_OPENSSL: u8 = 2;
+pub const TLS_ROLE_UNKNOWN: u8 = 0;
+pub const TLS_ROLE_CLIENT: u8 = 1;
+pub const TLS_ROLE_SERVER: u8 = 2;
+/// `alert_sent` / `alert_received` when no alert was seen.
+pub const TLS_NO_ALERT: u16 = 0xffff;
+/// `alert_sent` / `alert_received` when the offsets to read alerts are unknown (OpenSSL, or a Go
+/// build whose `tls.Conn.in`/`out` offsets are not known).
+pub const TLS_ALERT_UNREAD: u16 = 0xfffe;
+/// `version` when it could not be read.
+pub const TLS_VERSION_UNKNOWN: u16 = 0;
+
+/// A TLS handshake finished (successfully or not).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TlsEvent {
+    pub header: EventHeader,
+    pub duration_ns: u64,
+    /// [`TLS_LIBRARY_GO`] or [`TLS_LIBRARY_OPENSSL`].
+    pub library: u8,
+    /// [`TLS_ROLE_CLIENT`], [`TLS_ROLE_SERVER`] or [`TLS_ROLE_UNKNOWN`].
+    pub role: u8,
+    /// 1 = the handshake failed.
+    pub failed: u8,
+    pub alpn_len: u8,
+    /// Wire version (0x0303 = TLS 1.2, 0x0304 = TLS 1.3), [`TLS_VERSION_UNKNOWN`] if unread.
+    pub version: u16,
+    pub cipher_suite: u16,
+    /// TLS alert codes sent / received by this side, or [`TLS_NO_ALERT`].
+    pub alert_sent: u16,
+    pub alert_received: u16,
+    /// OpenSSL: the return value of the last handshake call.
+    pub ret: i32,
+    pub alpn: [u8; TLS_ALPN_LEN],
 }
 
 /// Per-program self statistics (a per-CPU array indexed by [`ProgId`]).
@@ -335,6 +471,7 @@ pub enum EventKind {
     OomVictim = 3,
     GoGc = 4,
     GoStw = 5,
+    Tls = 6,
 }
 
 /// Header shared by every ring-buffer event; `kind` tells which struct follows.
@@ -520,7 +657,13 @@ mod tests {
     fn program_groups_partition_all() {
         assert!(ProgId::TRACEPOINTS.iter().all(|p| p.go_site().is_none() && !p.tracepoint().0.is_empty()));
         assert!(ProgId::GO.iter().chain(ProgId::GO_CREATION).all(|p| p.go_site().is_some()));
-        assert_eq!(ProgId::TRACEPOINTS.len() + ProgId::GO.len() + ProgId::GO_CREATION.len(), ProgId::COUNT as usize);
+        assert!(ProgId::GO_TLS.iter().chain(ProgId::OPENSSL).all(|p| p.go_site().is_none() && p.optional()));
+        assert_eq!(ProgId::GO_TLS, &[ProgId::GoTlsEnter, ProgId::GoTlsReturn]);
+        assert_eq!(ProgId::GO_CREATION, &[ProgId::GoNewproc, ProgId::GoExit]);
+        assert_eq!(
+            ProgId::TRACEPOINTS.len() + ProgId::GO.len() + ProgId::GO_CREATION.len() + ProgId::GO_TLS.len() + ProgId::OPENSSL.len(),
+            ProgId::COUNT as usize
+        );
         for (i, p) in ProgId::ALL.iter().enumerate() {
             assert_eq!(*p as usize, i, "ALL is in index order");
         }
@@ -540,4 +683,7 @@ mod user {
     unsafe impl aya::Pod for GoCreationConfig {}
     unsafe impl aya::Pod for GoCreationCounts {}
     unsafe impl aya::Pod for CreationSite {}
+    unsafe impl aya::Pod for GoTlsConfig {}
+    unsafe impl aya::Pod for TlsInflight {}
+    unsafe impl aya::Pod for TlsInflightKey {}
 }

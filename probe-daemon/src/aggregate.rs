@@ -148,11 +148,14 @@ pub struct ProcessState {
     pub health: Option<crate::health::Health>,
     /// The pprof port its pod's annotation names.
     pub pprof_port: Option<u16>,
+    /// TLS handshakes (Go crypto/tls and OpenSSL); None until the first one.
+    pub tls: Option<crate::tls::TlsState>,
 }
 
 impl ProcessState {
     fn new(pid: u32, comm: String) -> Self {
         ProcessState {
+            tls: None,
             go: None,
             pod: None,
             pod_named: false,
@@ -437,6 +440,26 @@ impl Aggregate {
         }
     }
 
+    /// A TLS handshake of `e.header.tgid` finished.
+    pub fn on_tls(&mut self, e: &probe_common::TlsEvent, now: Instant) {
+        use crate::tls;
+        let failed = e.failed != 0;
+        let alpn_n = (e.alpn_len as usize).min(e.alpn.len());
+        let key = tls::TlsKey {
+            library: if e.library == probe_common::TLS_LIBRARY_OPENSSL { "openssl" } else { "go" },
+            role: tls::role_label(e.role),
+            result: if failed { "error" } else { "ok" },
+            version: if e.library == probe_common::TLS_LIBRARY_OPENSSL { "unknown" } else { tls::version_label(e.version) },
+            alpn: if e.library == probe_common::TLS_LIBRARY_OPENSSL { "unknown" } else { tls::alpn_label(&e.alpn[..alpn_n], e.alpn_len as usize) },
+        };
+        let reason = if failed { tls::failure_reason(e.alert_sent, e.alert_received) } else { "" };
+        if failed {
+            tracing::debug!(pid = e.header.tgid, library = key.library, role = key.role, alert_sent = e.alert_sent, alert_received = e.alert_received, ret = e.ret, reason, "TLS handshake failed");
+        }
+        let p = self.entry(e.header.tgid, now);
+        p.tls.get_or_insert_with(Default::default).record(key, e.duration_ns as f64 / 1e9, reason);
+    }
+
     /// A GC cycle of `pid` completed.
     pub fn on_go_gc(&mut self, pid: u32, duration_ns: u64) {
         if let Some(go) = self.procs.get_mut(&pid).and_then(|p| p.go.as_mut()) {
@@ -568,6 +591,45 @@ mod tests {
         a.on_exit(0x7ffe_0002, "hog".into(), 9, t0);
         a.on_oom_victim(0x7ffe_0002, t0);
         assert_eq!(a.process(0x7ffe_0002).unwrap().exit.as_ref().unwrap().reason, ExitReason::Oom);
+    }
+
+    #[test]
+    fn tls_events_become_labelled_counts() {
+        use probe_common::{EventHeader, EventKind, TlsEvent, TLS_ALERT_UNREAD, TLS_NO_ALERT};
+        let t0 = Instant::now();
+        let me = std::process::id();
+        let mut a = Aggregate::new(Duration::from_secs(10), 10);
+        let mut alpn = [0u8; probe_common::TLS_ALPN_LEN];
+        alpn[..2].copy_from_slice(b"h2");
+        let ok = TlsEvent {
+            header: EventHeader { kind: EventKind::Tls as u32, tgid: me, ktime_ns: 1 },
+            duration_ns: 2_000_000,
+            library: probe_common::TLS_LIBRARY_GO,
+            role: probe_common::TLS_ROLE_CLIENT,
+            failed: 0,
+            alpn_len: 2,
+            version: 0x0304,
+            cipher_suite: 0x1301,
+            alert_sent: TLS_NO_ALERT,
+            alert_received: TLS_NO_ALERT,
+            ret: 0,
+            alpn,
+        };
+        a.on_tls(&ok, t0);
+        a.on_tls(&TlsEvent { failed: 1, alpn_len: 0, alert_received: 120, ..ok }, t0);
+        a.on_tls(
+            &TlsEvent { library: probe_common::TLS_LIBRARY_OPENSSL, role: probe_common::TLS_ROLE_SERVER, failed: 1, alert_sent: TLS_ALERT_UNREAD, alert_received: TLS_ALERT_UNREAD, ..ok },
+            t0,
+        );
+        let t = a.process(me).unwrap().tls.as_ref().unwrap();
+        let key = |library, role, result, version, alpn| crate::tls::TlsKey { library, role, result, version, alpn };
+        assert_eq!(t.handshakes.get(&key("go", "client", "ok", "1.3", "h2")), Some(&1));
+        assert_eq!(t.handshakes.get(&key("go", "client", "error", "1.3", "none")), Some(&1));
+        assert_eq!(t.handshakes.get(&key("openssl", "server", "error", "unknown", "unknown")), Some(&1));
+        assert_eq!(t.failures.get(&("go", "alpn")), Some(&1));
+        assert_eq!(t.failures.get(&("openssl", "other")), Some(&1));
+        assert_eq!((t.handshakes_total(), t.failures_total()), (3, 2));
+        assert_eq!(t.totals().quantile(0.5), Some(0.0032));
     }
 
     #[test]

@@ -7,13 +7,13 @@ use std::num::NonZeroU32;
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{
-        uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope},
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
         TracePoint, UProbe,
     },
     Ebpf,
 };
 use probe_common::{
-    CreationSite, FailureKey, GoCreationConfig, GoCreationCounts, KernelConfig, ProcCounters,
+    CreationSite, FailureKey, GoCreationConfig, GoCreationCounts, GoTlsConfig, KernelConfig, ProcCounters,
     ProgId, ProgStats,
 };
 use tracing::{debug, info, warn};
@@ -78,6 +78,28 @@ impl Probes {
             .map_err(|e| format!("attach {} at {}+{file_offset:#x}: {e}", prog.program_name(), target.display()))
     }
 
+    /// Attaches uprobe (or uretprobe) program `prog` at `point` (a symbol or offset, with an
+    /// optional cookie) of the file `target` (TLS: libssl found in a process's mappings).
+    pub fn attach_uprobe_point(
+        &mut self,
+        prog: ProgId,
+        target: &Path,
+        point: UProbeAttachPoint<'_>,
+        pid: Option<u32>,
+    ) -> Result<UProbeLinkId, String> {
+        let up = self.uprobe(prog)?;
+        let scope = match pid.and_then(NonZeroU32::new) {
+            Some(p) => UProbeScope::OneProcess(p),
+            None => UProbeScope::AllProcesses,
+        };
+        let at = match &point.location {
+            UProbeAttachLocation::Symbol(s) => s.to_string(),
+            _ => "offset".to_string(),
+        };
+        up.attach(point, target, scope)
+            .map_err(|e| format!("attach {} at {}:{at}: {e}", prog.program_name(), target.display()))
+    }
+
     /// Detaches one uprobe link (errors are logged: the link may already be gone).
     pub fn detach_uprobe(&mut self, prog: ProgId, link: UProbeLinkId) {
         match self.uprobe(prog) {
@@ -98,6 +120,8 @@ pub struct KernelMaps {
     pub stats: PerCpuArray<MapData, ProgStats>,
     pub events: RingBuf<MapData>,
     pub creation: CreationMaps,
+    /// Per-process offsets of the Go TLS probes (present = handshakes reported).
+    pub go_tls: HashMap<MapData, u32, GoTlsConfig>,
 }
 
 /// The on-demand goroutine-creation maps.
@@ -137,7 +161,7 @@ pub fn load(kcfg: KernelConfig, tracefs: &Path) -> Result<(Probes, KernelMaps), 
 
     let mut programs = Vec::new();
     // Go uprobes are loaded now and attached per Go binary as processes are discovered.
-    for &prog in ProgId::GO.iter().chain(ProgId::GO_CREATION) {
+    for &prog in ProgId::GO.iter().chain(ProgId::GO_CREATION).chain(ProgId::GO_TLS).chain(ProgId::OPENSSL) {
         let loaded = (|| -> Result<(), String> {
             let program = ebpf
                 .program_mut(prog.program_name())
@@ -171,6 +195,7 @@ pub fn load(kcfg: KernelConfig, tracefs: &Path) -> Result<(Probes, KernelMaps), 
             sites: take(&mut ebpf, "CREATION_SITES")?,
             window_goids: take(&mut ebpf, "WINDOW_GOIDS")?,
         },
+        go_tls: take(&mut ebpf, "GO_TLS_CONFIG")?,
     };
     Ok((Probes { _ebpf: ebpf, programs }, maps))
 }

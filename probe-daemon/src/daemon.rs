@@ -76,6 +76,8 @@ struct Shared {
     kernel: String,
     serving: AtomicBool,
     go: Option<Arc<Mutex<GoTracker>>>,
+    /// OpenSSL libraries found in process mappings (issue #6), when enabled.
+    openssl: Option<Mutex<crate::tls::OpenSsl>>,
     creation: Option<Mutex<CreationProbes>>,
     probes: Arc<Mutex<attach::Probes>>,
     lifecycle: Option<std::sync::mpsc::SyncSender<Lifecycle>>,
@@ -168,6 +170,16 @@ impl Shared {
 
     /// `GET /api/v1/targets`: every tracked Go process with its probes and latest runtime read.
     fn targets(&self) -> serde_json::Value {
+        let mut v = self.go_targets();
+        // OpenSSL libraries probed (issue #6).
+        v["openssl_libraries"] = match &self.openssl {
+            Some(o) => serde_json::json!(lock(o).libraries()),
+            None => serde_json::json!("disabled in the configuration ([tls] openssl = false)"),
+        };
+        v
+    }
+
+    fn go_targets(&self) -> serde_json::Value {
         let Some(go) = &self.go else {
             return serde_json::json!({ "targets": [], "go_tracking": "disabled in the configuration ([go] enabled = false)" });
         };
@@ -354,7 +366,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     let mut kcfg = report.config;
     kcfg.self_tgid = std::process::id();
 
-    let (probes, KernelMaps { counters, failures, stats, events: ring, creation }) = attach::load(kcfg, &tracefs)?;
+    let (probes, KernelMaps { counters, failures, stats, events: ring, creation, go_tls }) = attach::load(kcfg, &tracefs)?;
     let attached = probes.programs.iter().filter(|p| p.attached).count();
     info!(attached, total = probes.programs.len(), "kernel programs loaded");
     let programs = probes.programs.clone();
@@ -363,12 +375,20 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     let creation_settings = cfg.creation_settings()?;
     let policy = cfg.label_policy()?;
     let pods = Arc::new(PodResolver::start(&cfg.kubernetes)?);
-    let (go, lifecycle_rx, lifecycle) = if cfg.go.enabled {
+    let (go, lifecycle_rx, lifecycle) = if cfg.go.enabled || cfg.tls.openssl {
         let (tx, rx) = std::sync::mpsc::sync_channel(16_384);
-        (Some(Arc::new(Mutex::new(GoTracker::new(probes.clone())))), Some(rx), Some(tx))
+        let go = cfg.go.enabled.then(|| {
+            let mut tracker = GoTracker::new(probes.clone());
+            if cfg.tls.go {
+                tracker = tracker.with_tls(Arc::new(crate::tls::GoTls::new(go_tls)));
+            }
+            Arc::new(Mutex::new(tracker))
+        });
+        (go, Some(rx), Some(tx))
     } else {
         (None, None, None)
     };
+    let openssl = cfg.tls.openssl.then(|| Mutex::new(crate::tls::OpenSsl::new(probes.clone())));
     let shared = Arc::new(Shared {
         ring: Mutex::new(ring),
         agg: Mutex::new(Aggregate::new(cfg.scrape_interval()?, cfg.metrics.max_exited_processes)),
@@ -378,6 +398,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         serving: AtomicBool::new(false),
         creation: go.as_ref().map(|_| Mutex::new(CreationProbes::new(creation, creation_settings))),
         go,
+        openssl,
         probes: probes.clone(),
         lifecycle,
         pods,
@@ -393,13 +414,15 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         let _ = shared.snapshots.set(snap);
     }
     let mut go_tasks = Vec::new();
-    if let (Some(rx), Some(_)) = (lifecycle_rx, &shared.go) {
+    if let Some(rx) = lifecycle_rx {
         let s = shared.clone();
         std::thread::Builder::new()
             .name("go-discovery".into())
             .spawn(move || discovery_thread(s, rx))
             .map_err(DaemonError::Thread)?;
-        go_tasks.push(tokio::spawn(every(shared.clone(), cfg.go_read_interval()?, go_read_job)));
+        if shared.go.is_some() {
+            go_tasks.push(tokio::spawn(every(shared.clone(), cfg.go_read_interval()?, go_read_job)));
+        }
     }
 
     let ring_task = tokio::spawn(every(shared.clone(), Duration::from_millis(probe_common::EVENTS_POLL_MS), |s| s.drain_ring()));
@@ -535,15 +558,16 @@ fn map_count_job(s: &Shared) {
 
 /// Go discovery: the /proc scan at start, then each exec (inspect, attach) and exit (detach).
 fn discovery_thread(shared: Arc<Shared>, rx: std::sync::mpsc::Receiver<Lifecycle>) {
-    let Some(go) = shared.go.clone() else { return };
+    let go = shared.go.clone();
     let mut discoverer = Discoverer::default();
     let mut consider = |pid: u32| {
-        let outcome = match discoverer.inspect(&go, pid) {
-            Ok(ins) => lock(&go).track(ins),
+        let Some(go) = &go else { return Discovery::NotGo };
+        let outcome = match discoverer.inspect(go, pid) {
+            Ok(ins) => lock(go).track(ins),
             Err(d) => d,
         };
         if outcome == Discovery::Tracked {
-            let t = lock(&go).target(pid).cloned();
+            let t = lock(go).target(pid).cloned();
             if let Some(t) = t {
                 let minor = t.layout.as_ref().map(|l| l.minor).unwrap_or_else(|| minor_of(&t.go_version));
                 lock(&shared.agg).on_go_tracked(pid, &t.go_version, minor, Instant::now());
@@ -553,9 +577,19 @@ fn discovery_thread(shared: Arc<Shared>, rx: std::sync::mpsc::Receiver<Lifecycle
     };
     let handle = |msg: Lifecycle, consider: &mut dyn FnMut(u32) -> Discovery| match msg {
         Lifecycle::Exec(pid) => {
+            if let Some(o) = &shared.openssl {
+                lock(o).on_exec(pid, Instant::now());
+            }
             consider(pid);
         }
-        Lifecycle::Exit(pid) => lock(&go).forget(pid),
+        Lifecycle::Exit(pid) => {
+            if let Some(o) = &shared.openssl {
+                lock(o).forget(pid);
+            }
+            if let Some(go) = &go {
+                lock(go).forget(pid);
+            }
+        }
     };
     let started = Instant::now();
     let pids: Vec<u32> = std::fs::read_dir("/proc")
@@ -568,13 +602,24 @@ fn discovery_thread(shared: Arc<Shared>, rx: std::sync::mpsc::Receiver<Lifecycle
         while let Ok(msg) = rx.try_recv() {
             handle(msg, &mut consider);
         }
+        // OpenSSL (issue #6): libssl in the process's mappings.
+        if let Some(o) = &shared.openssl {
+            lock(o).consider(pid);
+        }
         if consider(pid) == Discovery::Tracked {
             found += 1;
         }
     }
     info!(found, elapsed_ms = started.elapsed().as_millis() as u64, "Go processes found at start");
-    while let Ok(msg) = rx.recv() {
-        handle(msg, &mut consider);
+    loop {
+        // OpenSSL rechecks of processes that had no libssl mapped yet at exec.
+        let next = shared.openssl.as_ref().and_then(|o| lock(o).recheck_due(Instant::now()));
+        let wait = next.map(|t| t.saturating_duration_since(Instant::now())).unwrap_or(Duration::from_secs(3600));
+        match rx.recv_timeout(wait) {
+            Ok(msg) => handle(msg, &mut consider),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        }
     }
 }
 

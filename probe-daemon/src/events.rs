@@ -5,7 +5,7 @@ use std::time::Instant;
 use aya::maps::{MapData, PerCpuArray, PerCpuHashMap};
 use probe_common::{
     EventHeader, EventKind, ExecEvent, ExitEvent, FailureKey, GoGcEvent, GoStwEvent, OomEvent,
-    ProcCounters, ProgId, ProgStats,
+    ProcCounters, ProgId, ProgStats, TlsEvent,
 };
 use tracing::{debug, warn};
 
@@ -22,6 +22,8 @@ pub enum Event {
     OomVictim { tgid: u32 },
     GoGc { tgid: u32, duration_ns: u64 },
     GoStw { tgid: u32, duration_ns: u64, reason: u32 },
+    /// A TLS handshake finished (Go or OpenSSL).
+    Tls(TlsEvent),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -73,6 +75,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             let e: GoStwEvent = read(bytes, k)?;
             Ok(Event::GoStw { tgid: e.header.tgid, duration_ns: e.duration_ns, reason: e.reason })
         }
+        k if k == EventKind::Tls as u32 => Ok(Event::Tls(read(bytes, k)?)),
         k => Err(DecodeError::UnknownKind(k)),
     }
 }
@@ -94,6 +97,7 @@ pub fn apply(agg: &mut Aggregate, ev: Event, now: Instant) {
         }
         Event::GoGc { tgid, duration_ns } => agg.on_go_gc(tgid, duration_ns),
         Event::GoStw { tgid, duration_ns, reason } => agg.on_go_stw(tgid, duration_ns, reason),
+        Event::Tls(e) => agg.on_tls(&e, now),
     }
 }
 

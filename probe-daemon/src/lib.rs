@@ -24,3 +24,4 @@ pub mod kernel;
 pub mod metrics;
 pub mod procfs;
 pub mod snapshot;
+pub mod tls;

@@ -38,6 +38,8 @@ pub struct ProcView {
     pub go: Option<GoState>,
     pub pod: Option<PodLabels>,
     pub health: Option<crate::health::Health>,
+    /// TLS handshakes (issue #6).
+    pub tls: Option<crate::tls::TlsState>,
 }
 
 /// Everything a scrape encodes, copied out of the shared state.
@@ -85,6 +87,7 @@ impl ScrapeView {
                 go: p.go.clone(),
                 pod: p.pod.clone(),
                 health: p.health.clone(),
+                tls: p.tls.clone(),
             })
             .collect();
         procs.sort_by_key(|p| p.pid);
@@ -325,6 +328,7 @@ impl Collector for ScrapeView {
 
         self.encode_go(&mut enc)?;
         self.encode_health(&mut enc)?;
+        self.encode_tls(&mut enc)?;
 
         // Self metrics.
         let info = Info::new(vec![("version", self.version.clone()), ("kernel", self.kernel.clone())]);
@@ -454,6 +458,49 @@ impl ScrapeView {
         single(enc, "chainprobe_snapshots_stored_bytes", "Bytes of the snapshots in the snapshot directory.", MetricType::Gauge, Value::Gauge(st.stored_bytes as i64))?;
         Ok(())
     }
+
+    /// TLS handshake families (issue #6). Labels: pid, comm (+ pod labels), library, and
+    /// role / result / version / alpn / reason as documented in README.md.
+    fn encode_tls(&self, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let tls = || self.procs.iter().filter_map(|p| p.tls.as_ref().map(|t| (p, t)));
+        self.family(
+            enc,
+            "chainprobe_tls_handshakes",
+            "TLS handshakes completed or failed, by library (go, openssl), role, result (ok, error), negotiated version and ALPN protocol (\"unknown\" where not read: OpenSSL).",
+            MetricType::Counter,
+            tls().flat_map(|(p, t)| {
+                t.handshakes.iter().map(move |(k, n)| {
+                    (
+                        with(proc_labels(p), &[("library", k.library), ("role", k.role), ("result", k.result), ("version", k.version), ("alpn", k.alpn)]),
+                        Value::Counter(*n),
+                    )
+                })
+            }),
+        )?;
+        self.family(
+            enc,
+            "chainprobe_tls_handshake_duration_seconds",
+            "TLS handshake duration by library, role and result (Go: clientHandshake/serverHandshake; OpenSSL: from the first SSL_do_handshake/SSL_connect/SSL_accept call to the one that finished it).",
+            MetricType::Histogram,
+            tls().flat_map(|(p, t)| {
+                t.durations.iter().map(move |((library, role, result), h)| {
+                    (with(proc_labels(p), &[("library", library), ("role", role), ("result", result)]), Value::Histogram(h.clone()))
+                })
+            }),
+        )?;
+        self.family(
+            enc,
+            "chainprobe_tls_handshake_failures",
+            "Failed TLS handshakes by reason: certificate, alpn, version (from the TLS alert sent or received), timeout_eof (no alert: closed, reset or timed out), other.",
+            MetricType::Counter,
+            tls().flat_map(|(p, t)| {
+                t.failures.iter().map(move |((library, reason), n)| {
+                    (with(proc_labels(p), &[("library", library), ("reason", reason)]), Value::Counter(*n))
+                })
+            }),
+        )?;
+        Ok(())
+    }
 }
 
 fn go_labels(p: &ProcView, go: &GoState) -> Labels {
@@ -574,6 +621,7 @@ mod tests {
                     map_count: Some(40),
                     exit: None,
                     go: None,
+                    tls: None,
                     pod: Some(PodLabels { namespace: "shop".into(), pod: "cart-1".into(), container: "app".into() }),
                     health: Some(crate::health::Health { score: 70, signals: vec![crate::health::Signal { name: "goroutines", value: 6000.0, threshold: Some(5000.0), state: crate::health::State::Critical }] }),
                 },
@@ -585,6 +633,7 @@ mod tests {
                     failures: vec![],
                     map_count: None,
                     go: None,
+                    tls: None,
                     pod: None,
                     health: None,
                     exit: Some(ExitInfo { reason: ExitReason::Signal, code: "SIGKILL".into(), at: Instant::now() }),

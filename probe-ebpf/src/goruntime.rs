@@ -115,7 +115,7 @@ fn tgid() -> u32 {
 
 /// The registers Go's register ABI gives a meaning to.
 #[derive(Clone, Copy)]
-enum GoReg {
+pub(crate) enum GoReg {
     /// First integer argument / result (amd64 RAX, arm64 X0).
     Arg0,
     /// The current goroutine (amd64 R14, arm64 X28).
@@ -123,7 +123,7 @@ enum GoReg {
 }
 
 #[inline(always)]
-fn go_reg(ctx: &ProbeContext, reg: GoReg) -> u64 {
+pub(crate) fn go_reg(ctx: &ProbeContext, reg: GoReg) -> u64 {
     #[cfg(bpf_target_arch = "x86_64")]
     {
         let regs = unsafe { &*ctx.regs };

@@ -9,6 +9,7 @@ mod maps;
 mod mmap;
 mod process;
 mod tcp;
+mod tls;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -9,6 +9,7 @@
 #                           npm, the ServiceMonitor/PrometheusRule CRD schemas, installed under
 #                           $CHAINPROBE_TEST_TOOLS (default /opt/chainprobe-test-tools)
 #   openssl                 Debian (usually present)
+#   curl                    Debian (usually present; tls.rs drives OpenSSL handshakes with it)
 #   systemd-analyze         Debian package systemd (usually present)
 #
 # The tests fail (not skip) with a pointer to this script when a tool is missing.
@@ -66,12 +67,20 @@ else
   npm install --prefix "$TOOLS" --no-audit --no-fund --loglevel=error '@kubernetes-models/prometheus-operator@6' >/dev/null
   echo "prometheus-operator schemas: installed ($TOOLS)"
 fi
-# 4. openssl (k8s_api.rs makes a throwaway CA and server certificate with it).
+# 4. openssl (k8s_api.rs makes a throwaway CA and server certificate with it; tls.rs runs
+#    s_server / s_client).
 if command -v openssl >/dev/null 2>&1; then
   echo "openssl: present"
 else
   apt_install openssl
   echo "openssl: installed"
+fi
+# 4b. curl (tls.rs: OpenSSL client handshakes against the Go fixture server).
+if command -v curl >/dev/null 2>&1; then
+  echo "curl: present"
+else
+  apt_install curl
+  echo "curl: installed"
 fi
 # 5. systemd-analyze (deploy_manifests.rs verifies deploy/chainprobe.service with it).
 if command -v systemd-analyze >/dev/null 2>&1; then

@@ -6,6 +6,7 @@
 //!   cargo xtask bench syscalls       loopback connect and mmap rates with and without chainprobe
 //!   cargo xtask bench goinspect      Go binary inspection time and memory
 //!   cargo xtask bench goruntime      goroutine-spawn and HTTP cost of the Go runtime probes
+//!   cargo xtask bench tls            TLS handshakes/s and bulk throughput with and without chainprobe
 //!   cargo xtask codegen go-offsets   regenerate the per-Go-version offset tables
 use std::{
     path::{Path, PathBuf},
@@ -18,6 +19,7 @@ mod bench_goinspect;
 mod bench_goruntime;
 mod bench_snapshot;
 mod bench_syscalls;
+mod bench_tls;
 mod codegen;
 
 fn repo_root() -> PathBuf {
@@ -35,6 +37,7 @@ fn usage() -> &'static str {
        bench goinspect      Go binary inspection time and peak memory\n  \
        bench goruntime      goroutine-spawn and HTTP throughput with and without the Go probes\n  \
        bench snapshot       breach → snapshot files; goroutine-profile time and target pause (10k, 100k)\n  \
+       bench tls            TLS handshakes/s and bulk TLS throughput with and without chainprobe\n  \
        codegen go-offsets   regenerate the per-Go-version offset tables from real toolchains\n"
 }
 
@@ -85,7 +88,8 @@ fn dispatch(args: &[String]) -> Result<()> {
             Some("goinspect") => bench_goinspect::run(&rest[1..]),
             Some("goruntime") => bench_goruntime::run(&rest[1..]),
             Some("snapshot") => bench_snapshot::run(&rest[1..]),
-            _ => bail!("bench what? `cargo xtask bench syscalls`, `goinspect`, `goruntime` or `snapshot`"),
+            Some("tls") => bench_tls::run(&rest[1..]),
+            _ => bail!("bench what? `cargo xtask bench syscalls`, `goinspect`, `goruntime`, `snapshot` or `tls`"),
         },
         "codegen" => codegen::run(rest),
         "-h" | "--help" | "help" => {
@@ -130,11 +134,11 @@ fn fixtures() -> Result<()> {
     for path in [root.join("tests/tools/install.sh"), root.join("tests/fixtures/go/install-go.sh"), root.join("tests/fixtures/go/build.sh")] {
         let mut cmd = Command::new("bash");
         cmd.arg(&path).current_dir(repo_root());
-        // The test matrix needs `hello` (inspection), `gorun` (runtime tests) and `leaky` (health
-        // rules and snapshots); the benchmark
-        // programs are built by their benchmarks.
+        // The test matrix needs `hello` (inspection), `gorun` (runtime tests), `leaky` (health
+        // rules and snapshots) and `tlsprobe` (TLS handshakes); the benchmark programs are built
+        // by their benchmarks.
         if std::env::var_os("CHAINPROBE_GO_PROGRAMS").is_none() {
-            cmd.env("CHAINPROBE_GO_PROGRAMS", "hello gorun leaky");
+            cmd.env("CHAINPROBE_GO_PROGRAMS", "hello gorun leaky tlsprobe");
         }
         let status = cmd
             .status()

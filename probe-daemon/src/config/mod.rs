@@ -29,6 +29,23 @@ pub struct Config {
     pub kubernetes: crate::k8s::KubernetesConfig,
     pub health: crate::health::HealthConfig,
     pub snapshot: crate::snapshot::SnapshotConfig,
+    pub tls: TlsConfig,
+}
+
+/// TLS handshake probes (issue #6).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// Go crypto/tls handshakes of tracked Go processes (needs `[go] enabled`).
+    pub go: bool,
+    /// OpenSSL handshakes of every process that maps libssl.
+    pub openssl: bool,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig { go: true, openssl: true }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -158,6 +175,7 @@ impl Default for Config {
             kubernetes: crate::k8s::KubernetesConfig::default(),
             health: crate::health::HealthConfig::default(),
             snapshot: crate::snapshot::SnapshotConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }

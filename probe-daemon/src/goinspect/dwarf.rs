@@ -75,8 +75,16 @@ pub(crate) const STRUCTS: &[(&str, &str, &[&str])] = &[
             "handshakeStatus",
             "didResume",
             "serverName",
+            "in",
+            "out",
         ],
     ),
+    // TLS handshake failure classification: the alert a side sent (c.out.err) or received
+    // (c.in.err) is a *net.OpError{Op: "local error"|"remote error", Err: alert}.
+    // halfConn.setErrorLocked wraps net.Errors (OpError is one) in a *permanentError{err}.
+    ("crypto/tls.halfConn", "crypto/tls.halfConn", &["err"]),
+    ("crypto/tls.permanentError", "crypto/tls.permanentError", &["err"]),
+    ("net.OpError", "net.OpError", &["Op", "Err"]),
 ];
 
 fn package_of(struct_name: &str) -> &str {

@@ -94,6 +94,8 @@ pub struct GoTracker {
     probes: Arc<Mutex<Probes>>,
     targets: HashMap<u32, GoTarget>,
     binaries: HashMap<BinaryKey, AttachedBinary>,
+    /// Go TLS handshake probes (issue #6), when enabled.
+    tls: Option<Arc<crate::tls::GoTls>>,
 }
 
 /// A process inspected and ready to be tracked.
@@ -206,7 +208,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl GoTracker {
     pub fn new(probes: Arc<Mutex<Probes>>) -> Self {
-        GoTracker { probes, targets: HashMap::new(), binaries: HashMap::new() }
+        GoTracker { probes, targets: HashMap::new(), binaries: HashMap::new(), tls: None }
+    }
+
+    /// Also probes crypto/tls handshakes of every tracked Go process.
+    pub fn with_tls(mut self, tls: Arc<crate::tls::GoTls>) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     pub fn targets(&self) -> impl Iterator<Item = &GoTarget> {
@@ -252,12 +260,26 @@ impl GoTracker {
             self.targets.insert(pid, target);
             return Discovery::Tracked;
         }
+        let with_tls = self.tls.is_some();
         let entry = self.binaries.entry(key).or_insert_with(|| {
-            let (links, probes) = attach_binary(&self.probes, pid, &bin);
+            let (mut links, mut probes) = attach_binary(&self.probes, pid, &bin);
+            if with_tls {
+                let (l, p) = crate::tls::GoTls::attach_binary(&mut lock(&self.probes), pid, &bin);
+                links.extend(l);
+                probes.extend(p);
+            }
             AttachedBinary { links, probes, pids: HashSet::new() }
         });
         entry.pids.insert(pid);
         target.probes = entry.probes.clone();
+        if let Some(tls) = &self.tls {
+            if target.probes.iter().any(|p| p.name == ProgId::GoTlsEnter.program_name()) {
+                if let Err(e) = tls.enable(pid, &bin) {
+                    warn!(pid, error = %e, "Go TLS handshakes of this process are not reported");
+                    target.probes.push(ProbeState { name: "go_tls_offsets", function: "crypto/tls.Conn", state: "failed", sites: 0, error: Some(e.to_string()) });
+                }
+            }
+        }
         info!(pid, version = %bin.go_version, exe = %target.exe.display(), "tracking Go process");
         self.targets.insert(pid, target);
         Discovery::Tracked
@@ -266,6 +288,9 @@ impl GoTracker {
     /// The process exited: untrack it, and detach its binary's probes if it was the last user.
     pub fn forget(&mut self, pid: u32) {
         let Some(t) = self.targets.remove(&pid) else { return };
+        if let Some(tls) = &self.tls {
+            tls.disable(pid);
+        }
         let Some(key) = t.key else { return };
         let empty = match self.binaries.get_mut(&key) {
             Some(b) => {

@@ -90,6 +90,12 @@ pub const SIGNALS: &[(&str, &str, Thresholds)] = &[
     ("tcp_connect_failure_ratio", "failed / attempted TCP connects (10 attempts or more in the window)", Thresholds::new(0.05, 0.25)),
     ("tcp_resets_per_second", "TCP resets sent and received per second", Thresholds::new(5.0, 50.0)),
     ("tcp_retransmits_per_second", "TCP retransmitted segments per second", Thresholds::new(10.0, 100.0)),
+    (
+        "tls_handshake_failure_ratio",
+        "failed / finished TLS handshakes in the window (5 handshakes or more)",
+        Thresholds::new(0.05, 0.25),
+    ),
+    ("tls_handshake_p99_seconds", "99th percentile of TLS handshake durations in the window (5 handshakes or more)", Thresholds::new(0.5, 2.0)),
     ("memory_maps_ratio", "memory maps / vm.max_map_count", Thresholds::new(0.8, 0.9)),
     ("mmap_failures", "failed mmap/munmap/brk calls in the window", Thresholds::new(1.0, 10.0)),
     (
@@ -273,6 +279,7 @@ struct Prev {
     mem_failures: u64,
     gc_cycles: u64,
     stw_seconds: f64,
+    tls: Option<crate::tls::TlsTotals>,
 }
 
 #[derive(Debug, Default)]
@@ -456,6 +463,18 @@ impl HealthEngine {
                 sig.push(reading(cfg, "mmap_failures", d(mem_failures, prev.mem_failures)));
             }
         }
+        let tls = p.tls.as_ref().map(|t| t.totals());
+        if let (Some(now_tls), Some(prev_tls)) = (&tls, h.prev.as_ref().and_then(|p| p.tls.as_ref())) {
+            let w = now_tls.since(prev_tls);
+            if w.handshakes >= 5 {
+                if let Some(r) = w.failure_ratio() {
+                    sig.push(reading(cfg, "tls_handshake_failure_ratio", r));
+                }
+                if let Some(q) = w.quantile(0.99) {
+                    sig.push(reading(cfg, "tls_handshake_p99_seconds", q));
+                }
+            }
+        }
         if let (Some(n), Some(max)) = (p.map_count, max_map_count.filter(|m| *m > 0)) {
             sig.push(reading(cfg, "memory_maps_ratio", n as f64 / max as f64));
         }
@@ -471,7 +490,7 @@ impl HealthEngine {
         for s in &sig {
             push(h.values.entry(s.name).or_default(), s.value, 1000);
         }
-        h.prev = Some(Prev { at: now, counters, mem_failures, gc_cycles, stw_seconds });
+        h.prev = Some(Prev { at: now, counters, mem_failures, gc_cycles, stw_seconds, tls });
         let penalty: u32 = sig
             .iter()
             .map(|s| match s.state {
@@ -602,6 +621,48 @@ mod tests {
         let b = e.evaluate(&go_agg(me, 1, 800), None, Instant::now()).1;
         assert_eq!(b.len(), 1);
         assert_eq!(b[0].rule, "heap-growth");
+    }
+
+    #[test]
+    fn tls_failure_ratio_and_p99_over_the_window() {
+        use probe_common::{EventHeader, EventKind, TlsEvent, TLS_NO_ALERT};
+        let me = std::process::id();
+        let mut agg = Aggregate::new(Duration::from_secs(1), 10);
+        let ev = |failed: u8, secs: f64| TlsEvent {
+            header: EventHeader { kind: EventKind::Tls as u32, tgid: me, ktime_ns: 1 },
+            duration_ns: (secs * 1e9) as u64,
+            library: probe_common::TLS_LIBRARY_GO,
+            role: probe_common::TLS_ROLE_CLIENT,
+            failed,
+            alpn_len: 0,
+            version: 0x0304,
+            cipher_suite: 0x1301,
+            alert_sent: TLS_NO_ALERT,
+            alert_received: if failed != 0 { 42 } else { TLS_NO_ALERT },
+            ret: 0,
+            alpn: [0; probe_common::TLS_ALPN_LEN],
+        };
+        let t0 = Instant::now();
+        // Before the first evaluation: 100 fast, good handshakes (not in any window).
+        for _ in 0..100 {
+            agg.on_tls(&ev(0, 0.001), t0);
+        }
+        let mut e = HealthEngine::new(cfg_with(vec![]));
+        let (h, _) = e.evaluate(&agg, None, t0);
+        assert!(!h[0].1.signals.iter().any(|s| s.name.starts_with("tls_")), "no window yet");
+        for i in 0..10 {
+            agg.on_tls(&ev(u8::from(i % 2 == 0), 3.0), t0);
+        }
+        let (h, _) = e.evaluate(&agg, None, t0 + Duration::from_secs(5));
+        let get = |n: &str| h[0].1.signals.iter().find(|s| s.name == n).cloned().unwrap_or_else(|| panic!("{n} missing"));
+        assert_eq!(get("tls_handshake_failure_ratio").value, 0.5);
+        assert_eq!(get("tls_handshake_failure_ratio").state, State::Critical);
+        assert!(get("tls_handshake_p99_seconds").value >= 2.0);
+        assert_eq!(get("tls_handshake_p99_seconds").state, State::Critical);
+        // Fewer than 5 handshakes in the next window: no TLS signal.
+        agg.on_tls(&ev(1, 3.0), t0);
+        let (h, _) = e.evaluate(&agg, None, t0 + Duration::from_secs(10));
+        assert!(!h[0].1.signals.iter().any(|s| s.name.starts_with("tls_")));
     }
 
     #[test]

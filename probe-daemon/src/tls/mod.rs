@@ -1,0 +1,392 @@
+//! TLS handshake health (issue #6): Go crypto/tls and OpenSSL.
+//!
+//! - Go: [`GoTls`] attaches the handshake uprobes to each Go binary (entry and every RET of
+//!   `(*Conn).clientHandshake` / `serverHandshake`, never uretprobes) and writes each tracked
+//!   process's `tls.Conn` offsets to the kernel (`GO_TLS_CONFIG`, per pid).
+//! - OpenSSL: [`OpenSsl`] finds libssl (`libssl.so.3`, `libssl.so.1.1`, …) in each process's
+//!   mappings (through `/proc/PID/root`, so container paths work) and attaches once per library
+//!   file: uprobes + uretprobes on SSL_do_handshake / SSL_connect / SSL_accept, uprobes on
+//!   SSL_set_connect_state / SSL_set_accept_state (role) and SSL_free (ends failed handshakes).
+//! - [`TlsState`] is the per-process outcome (metrics and the health engine read it).
+pub mod state;
+
+use std::{
+    collections::{HashMap, HashSet},
+    os::unix::fs::MetadataExt,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+};
+
+use aya::{
+    maps::{HashMap as BpfHashMap, MapData},
+    programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId},
+};
+use probe_common::{
+    GoTlsConfig, ProgId, GO_TLS_FUNCTIONS, OFFSET_NONE, SSL_COOKIE_SET_STATE, SSL_HANDSHAKE_FUNCTIONS,
+    TLS_ROLE_CLIENT, TLS_ROLE_SERVER, TLS_ROLE_UNKNOWN,
+};
+use serde::Serialize;
+use tracing::{debug, info, warn};
+
+pub use state::{TlsKey, TlsState, TlsTotals};
+
+use crate::{attach::Probes, goinspect::GoBinary, goruntime::ProbeState};
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TlsError {
+    #[error("the binary's crypto/tls offsets are unknown ({0}); its handshakes cannot be read")]
+    MissingOffset(String),
+    #[error("writing the TLS settings of process {pid} to the kernel failed: {message}")]
+    Map { pid: u32, message: String },
+}
+
+/// The per-process kernel settings for one Go binary (offsets of its Go version).
+pub fn go_tls_config(bin: &GoBinary) -> Result<GoTlsConfig, TlsError> {
+    let need = |k: &str| -> Result<u32, TlsError> {
+        bin.offset(k).map(|v| v as u32).ok_or_else(|| TlsError::MissingOffset(k.to_string()))
+    };
+    let opt = |k: &str| bin.offset(k).map(|v| v as u32);
+    // Alerts: c.in.err / c.out.err hold *net.OpError{Op, Err: alert}. Without those offsets the
+    // handshakes are still counted; failures are then reason="other".
+    let half_err = opt("crypto/tls.halfConn.err");
+    let (op, err) = (opt("net.OpError.Op"), opt("net.OpError.Err"));
+    let alerts = half_err.is_some() && op.is_some() && err.is_some();
+    let field = |k: &str| match (alerts, opt(k), half_err) {
+        (true, Some(base), Some(e)) => base + e,
+        _ => OFFSET_NONE,
+    };
+    Ok(GoTlsConfig {
+        g_goid: need("g.goid")?,
+        conn_is_client: need("crypto/tls.Conn.isClient")?,
+        conn_vers: need("crypto/tls.Conn.vers")?,
+        conn_cipher_suite: need("crypto/tls.Conn.cipherSuite")?,
+        conn_client_protocol: need("crypto/tls.Conn.clientProtocol")?,
+        conn_in_err: field("crypto/tls.Conn.in"),
+        conn_out_err: field("crypto/tls.Conn.out"),
+        op_error_op: op.unwrap_or(OFFSET_NONE),
+        op_error_err: err.unwrap_or(OFFSET_NONE),
+        permanent_error_err: opt("crypto/tls.permanentError.err").unwrap_or(OFFSET_NONE),
+        _pad: 0,
+    })
+}
+
+/// The Go side: the kernel's per-process settings map and the probes of each binary.
+pub struct GoTls {
+    config: Mutex<BpfHashMap<MapData, u32, GoTlsConfig>>,
+}
+
+impl GoTls {
+    pub fn new(config: BpfHashMap<MapData, u32, GoTlsConfig>) -> Self {
+        GoTls { config: Mutex::new(config) }
+    }
+
+    /// Reports the handshakes of `pid` from now on (its binary's probes must be attached).
+    pub fn enable(&self, pid: u32, bin: &GoBinary) -> Result<(), TlsError> {
+        let cfg = go_tls_config(bin)?;
+        lock(&self.config)
+            .insert(pid, cfg, 0)
+            .map_err(|e| TlsError::Map { pid, message: e.to_string() })
+    }
+
+    pub fn disable(&self, pid: u32) {
+        let _ = lock(&self.config).remove(&pid);
+    }
+
+    /// Attaches the handshake probes to the binary run by `pid` (entry and every RET of both
+    /// functions, for every process of that file).
+    pub fn attach_binary(probes: &mut Probes, pid: u32, bin: &GoBinary) -> (Vec<(ProgId, UProbeLinkId)>, Vec<ProbeState>) {
+        let target = PathBuf::from(format!("/proc/{pid}/exe"));
+        let mut links = Vec::new();
+        let mut states = Vec::new();
+        for function in GO_TLS_FUNCTIONS {
+            let Some(f) = bin.function(function) else {
+                // No crypto/tls in this binary: nothing to probe, not an error.
+                continue;
+            };
+            for (prog, offsets) in [(ProgId::GoTlsEnter, vec![f.file_offset]), (ProgId::GoTlsReturn, f.ret_file_offsets.clone())] {
+                let mut error = if offsets.is_empty() { Some("no RET instruction found".to_string()) } else { None };
+                let mut attached = 0;
+                for off in offsets {
+                    match probes.attach_uprobe(prog, &target, off, None) {
+                        Ok(link) => {
+                            links.push((prog, link));
+                            attached += 1;
+                        }
+                        Err(e) => error = Some(e),
+                    }
+                }
+                if let Some(e) = &error {
+                    warn!(pid, probe = prog.program_name(), function, error = %e, "Go TLS probe not attached: handshakes of this binary are not reported");
+                }
+                let state = if error.is_none() { "attached" } else { "failed" };
+                states.push(ProbeState { name: prog.program_name(), function, state, sites: attached, error });
+            }
+        }
+        (links, states)
+    }
+}
+
+/// One libssl file with probes attached.
+#[derive(Debug, Clone, Serialize)]
+pub struct SslLibrary {
+    /// Path inside the process's mount namespace (as /proc/PID/maps shows it).
+    pub path: String,
+    pub dev: u64,
+    pub ino: u64,
+    /// Live processes seen mapping it (the probes fire for every process using the file).
+    pub pids: usize,
+    pub probes: Vec<ProbeState>,
+}
+
+struct AttachedLib {
+    view: SslLibrary,
+    links: Vec<(ProgId, UProbeLinkId)>,
+    pid_set: HashSet<u32>,
+}
+
+/// The OpenSSL side: libraries found in process mappings, attached once per file and kept until
+/// the daemon stops. (Detaching when the last process seen using a file exits would lose the
+/// first handshakes of the next short-lived process — a curl — whose exec is noticed only after
+/// the dynamic loader mapped libssl and the handshake may already be over.) Processes whose
+/// mappings had no libssl yet at exec are looked at once more shortly after.
+pub struct OpenSsl {
+    probes: Arc<Mutex<Probes>>,
+    libs: HashMap<(u64, u64), AttachedLib>,
+    by_pid: HashMap<u32, (u64, u64)>,
+    recheck: std::collections::VecDeque<(std::time::Instant, u32)>,
+}
+
+/// Delay before a process without libssl at exec is looked at again, and how many wait at once.
+const RECHECK_AFTER: std::time::Duration = std::time::Duration::from_millis(200);
+const MAX_RECHECK: usize = 4096;
+
+/// Functions probed in libssl: (name, program, cookie).
+const SSL_SITES: &[(&str, ProgId, u64)] = &[
+    (SSL_HANDSHAKE_FUNCTIONS[0], ProgId::SslHandshakeEnter, TLS_ROLE_UNKNOWN as u64),
+    (SSL_HANDSHAKE_FUNCTIONS[0], ProgId::SslHandshakeReturn, 0),
+    (SSL_HANDSHAKE_FUNCTIONS[1], ProgId::SslHandshakeEnter, TLS_ROLE_CLIENT as u64),
+    (SSL_HANDSHAKE_FUNCTIONS[1], ProgId::SslHandshakeReturn, 0),
+    (SSL_HANDSHAKE_FUNCTIONS[2], ProgId::SslHandshakeEnter, TLS_ROLE_SERVER as u64),
+    (SSL_HANDSHAKE_FUNCTIONS[2], ProgId::SslHandshakeReturn, 0),
+    ("SSL_set_connect_state", ProgId::SslHandshakeEnter, SSL_COOKIE_SET_STATE | TLS_ROLE_CLIENT as u64),
+    ("SSL_set_accept_state", ProgId::SslHandshakeEnter, SSL_COOKIE_SET_STATE | TLS_ROLE_SERVER as u64),
+    ("SSL_free", ProgId::SslFree, 0),
+];
+
+/// True for a libssl file name: libssl.so, libssl.so.3, libssl.so.1.1, libssl3.so is NSS (no).
+pub fn is_libssl(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    name == "libssl.so" || name.starts_with("libssl.so.")
+}
+
+/// The libssl path mapped by `pid`, if any (first match in /proc/PID/maps).
+pub fn libssl_of(pid: u32) -> Option<String> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+    maps.lines().find_map(|l| {
+        let path = l.split_whitespace().nth(5)?;
+        (path.starts_with('/') && is_libssl(path)).then(|| path.to_string())
+    })
+}
+
+impl OpenSsl {
+    pub fn new(probes: Arc<Mutex<Probes>>) -> Self {
+        OpenSsl { probes, libs: HashMap::new(), by_pid: HashMap::new(), recheck: Default::default() }
+    }
+
+    /// A process just exec'd: look now, and once more after [`RECHECK_AFTER`] when libssl is not
+    /// mapped yet (the loader may still be at work, or it is dlopen'ed early).
+    pub fn on_exec(&mut self, pid: u32, now: std::time::Instant) {
+        if !self.consider(pid) && self.recheck.len() < MAX_RECHECK {
+            self.recheck.push_back((now + RECHECK_AFTER, pid));
+        }
+    }
+
+    /// Looks again at the processes whose recheck is due; returns when the next one is.
+    pub fn recheck_due(&mut self, now: std::time::Instant) -> Option<std::time::Instant> {
+        while let Some(&(due, pid)) = self.recheck.front() {
+            if due > now {
+                return Some(due);
+            }
+            self.recheck.pop_front();
+            self.consider(pid);
+        }
+        None
+    }
+
+    /// Looks for libssl in `pid`'s mappings; attaches to the file the first time it is seen.
+    /// Returns true when the process uses a probed libssl.
+    pub fn consider(&mut self, pid: u32) -> bool {
+        if pid == std::process::id() || self.by_pid.contains_key(&pid) {
+            return self.by_pid.contains_key(&pid);
+        }
+        let Some(path) = libssl_of(pid) else { return false };
+        // Through the process's root: the file a container sees, whatever our mount namespace.
+        let target = PathBuf::from(format!("/proc/{pid}/root{path}"));
+        let Ok(meta) = std::fs::metadata(&target) else {
+            debug!(pid, path, "libssl vanished before it could be probed");
+            return false;
+        };
+        let key = (meta.dev(), meta.ino());
+        let probes = self.probes.clone();
+        let lib = self.libs.entry(key).or_insert_with(|| {
+            let (links, states) = attach_libssl(&mut lock(&probes), &target);
+            let ok = states.iter().filter(|s| s.state == "attached").count();
+            info!(pid, path, attached = ok, of = states.len(), "OpenSSL library probed");
+            AttachedLib {
+                view: SslLibrary { path: path.clone(), dev: key.0, ino: key.1, pids: 0, probes: states },
+                links,
+                pid_set: HashSet::new(),
+            }
+        });
+        lib.pid_set.insert(pid);
+        lib.view.pids = lib.pid_set.len();
+        self.by_pid.insert(pid, key);
+        true
+    }
+
+    /// The process exited (the library's probes stay: see [`OpenSsl`]).
+    pub fn forget(&mut self, pid: u32) {
+        let Some(key) = self.by_pid.remove(&pid) else { return };
+        if let Some(l) = self.libs.get_mut(&key) {
+            l.pid_set.remove(&pid);
+            l.view.pids = l.pid_set.len();
+        }
+    }
+
+    /// Detaches every OpenSSL probe (also done when the daemon's programs are dropped).
+    pub fn detach_all(&mut self) {
+        let mut probes = lock(&self.probes);
+        for (_, l) in self.libs.drain() {
+            for (prog, link) in l.links {
+                probes.detach_uprobe(prog, link);
+            }
+            debug!(path = l.view.path, "OpenSSL probes detached");
+        }
+        self.by_pid.clear();
+    }
+
+    /// The probed libraries (for /api/v1/targets).
+    pub fn libraries(&self) -> Vec<SslLibrary> {
+        let mut v: Vec<SslLibrary> = self.libs.values().map(|l| l.view.clone()).collect();
+        v.sort_by(|a, b| a.path.cmp(&b.path));
+        v
+    }
+}
+
+fn attach_libssl(probes: &mut Probes, target: &std::path::Path) -> (Vec<(ProgId, UProbeLinkId)>, Vec<ProbeState>) {
+    let mut links = Vec::new();
+    let mut states = Vec::new();
+    for &(function, prog, cookie) in SSL_SITES {
+        let point = UProbeAttachPoint { location: UProbeAttachLocation::Symbol(function), cookie: Some(cookie) };
+        let (state, sites, error) = match probes.attach_uprobe_point(prog, target, point, None) {
+            Ok(link) => {
+                links.push((prog, link));
+                ("attached", 1, None)
+            }
+            Err(e) => {
+                warn!(probe = prog.program_name(), function, error = %e, "OpenSSL probe not attached");
+                ("failed", 0, Some(e))
+            }
+        };
+        states.push(ProbeState { name: prog.program_name(), function, state, sites, error });
+    }
+    (links, states)
+}
+
+/// TLS alert codes → failure reason (RFC 8446 §6.2).
+pub fn alert_reason(alert: u16) -> &'static str {
+    match alert {
+        // bad_certificate, unsupported_certificate, certificate_revoked, certificate_expired,
+        // certificate_unknown, unknown_ca, bad_certificate_status_response, certificate_required
+        42 | 43 | 44 | 45 | 46 | 48 | 113 | 116 => "certificate",
+        120 => "alpn",
+        70 => "version",
+        _ => "other",
+    }
+}
+
+/// Failure reason of a failed handshake: the alert this side sent, else the one it received;
+/// no alert either way (the connection closed, was reset, or timed out) → "timeout_eof"; alerts
+/// not readable (OpenSSL, unknown offsets) → "other".
+pub fn failure_reason(alert_sent: u16, alert_received: u16) -> &'static str {
+    use probe_common::{TLS_ALERT_UNREAD, TLS_NO_ALERT};
+    match (alert_sent, alert_received) {
+        (TLS_ALERT_UNREAD, _) | (_, TLS_ALERT_UNREAD) => "other",
+        (TLS_NO_ALERT, TLS_NO_ALERT) => "timeout_eof",
+        (TLS_NO_ALERT, a) => alert_reason(a),
+        (a, _) => alert_reason(a),
+    }
+}
+
+/// `version` label: "1.0" … "1.3", "unknown" (not read: OpenSSL, or failed before negotiation).
+pub fn version_label(v: u16) -> &'static str {
+    match v {
+        0x0301 => "1.0",
+        0x0302 => "1.1",
+        0x0303 => "1.2",
+        0x0304 => "1.3",
+        0 => "unknown",
+        _ => "other",
+    }
+}
+
+/// Negotiated ALPN protocols kept as label values; anything else is "other" (label values stay
+/// bounded whatever peers send). "none": no ALPN negotiated; "unknown": not read (OpenSSL).
+pub const ALPN_LABELS: &[&str] = &[
+    "h2", "http/1.1", "http/1.0", "h3", "grpc-exp", "spdy/3.1", "acme-tls/1", "dot", "doq", "imap", "pop3",
+    "ftp", "smb", "mqtt", "postgresql", "xmpp-client", "xmpp-server", "managesieve", "coap", "webrtc",
+];
+
+pub fn alpn_label(alpn: &[u8], full_len: usize) -> &'static str {
+    if full_len == 0 {
+        return "none";
+    }
+    if full_len != alpn.len() {
+        return "other";
+    }
+    ALPN_LABELS.iter().find(|l| l.as_bytes() == alpn).copied().unwrap_or("other")
+}
+
+pub fn role_label(role: u8) -> &'static str {
+    match role {
+        TLS_ROLE_CLIENT => "client",
+        TLS_ROLE_SERVER => "server",
+        _ => "unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use probe_common::{TLS_ALERT_UNREAD, TLS_NO_ALERT};
+
+    #[test]
+    fn reasons_from_alerts() {
+        assert_eq!(failure_reason(42, TLS_NO_ALERT), "certificate");
+        assert_eq!(failure_reason(TLS_NO_ALERT, 48), "certificate");
+        assert_eq!(failure_reason(120, TLS_NO_ALERT), "alpn");
+        assert_eq!(failure_reason(TLS_NO_ALERT, 70), "version");
+        assert_eq!(failure_reason(TLS_NO_ALERT, TLS_NO_ALERT), "timeout_eof");
+        assert_eq!(failure_reason(40, TLS_NO_ALERT), "other");
+        assert_eq!(failure_reason(TLS_ALERT_UNREAD, TLS_ALERT_UNREAD), "other");
+    }
+
+    #[test]
+    fn labels_are_bounded() {
+        assert_eq!(version_label(0x0304), "1.3");
+        assert_eq!(version_label(0), "unknown");
+        assert_eq!(version_label(0x7f00), "other");
+        assert_eq!(alpn_label(b"h2", 2), "h2");
+        assert_eq!(alpn_label(b"", 0), "none");
+        assert_eq!(alpn_label(b"my-own-protocol", 15), "other");
+        assert_eq!(alpn_label(b"http/1.1", 40), "other", "truncated");
+        assert!(is_libssl("/usr/lib/x86_64-linux-gnu/libssl.so.3"));
+        assert!(is_libssl("/lib/libssl.so.1.1"));
+        assert!(!is_libssl("/usr/lib/libssl3.so"));
+        assert!(!is_libssl("/usr/lib/libcrypto.so.3"));
+    }
+}

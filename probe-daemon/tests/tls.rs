@@ -1,0 +1,357 @@
+//! TLS handshake health end to end (issue #6): the real daemon probing real handshakes.
+//! - Go: tests/fixtures/go/src/tlsprobe (built by `cargo xtask fixtures` with Go 1.19 and 1.27,
+//!   stripped and not, PIE) runs exact numbers of loopback handshakes (TLS 1.2 / 1.3, ALPN h2 /
+//!   http/1.1) and forced failures (untrusted certificate, ALPN mismatch, version mismatch), with
+//!   Reads/Writes after each handshake; the scraped counts and labels must match exactly.
+//! - OpenSSL: `curl` against the Go server (client side counted in curl, server side in Go) and
+//!   `openssl s_client` against `openssl s_server` (server side counted: s_server calls
+//!   SSL_accept; s_client handshakes implicitly inside SSL_read/SSL_write, which is not probed).
+//! - TCP cross-check: a connection reset right after a ClientHello shows up as a failed Go
+//!   handshake (timeout_eof) and as a TCP reset of the same process.
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader, Write},
+    path::{Path, PathBuf},
+    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::{Daemon, Metrics, TempDir};
+
+const VERSIONS: &[&str] = &["1.19", "1.27"];
+const VARIANTS: &[&str] = &["default", "stripped", "pie-stripped"];
+
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn fixtures_root() -> PathBuf {
+    std::env::var_os("CHAINPROBE_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/go-fixtures"))
+}
+
+fn fixture(version: &str, variant: &str) -> PathBuf {
+    let root = fixtures_root();
+    let dir = std::fs::read_dir(&root)
+        .unwrap_or_else(|e| panic!("no Go fixtures in {} ({e}): run `cargo xtask fixtures` first", root.display()))
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n == version || n.starts_with(&format!("{version}."))))
+        .unwrap_or_else(|| panic!("no Go {version} fixtures in {}: run `cargo xtask fixtures`", root.display()));
+    let p = dir.join(variant).join("tlsprobe");
+    assert!(p.is_file(), "missing fixture {}: run `cargo xtask fixtures`", p.display());
+    p
+}
+
+/// A running tlsprobe, killed when dropped.
+struct TlsProbe {
+    label: String,
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    pid: u32,
+}
+
+impl TlsProbe {
+    fn start(label: &str, path: &Path) -> TlsProbe {
+        let mut child = Command::new(path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", path.display()));
+        let stdin = child.stdin.take().unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        assert!(line.starts_with("ready"), "{label}: {line}");
+        let pid = child.id();
+        TlsProbe { label: label.to_string(), child, stdin, stdout, pid }
+    }
+
+    fn cmd(&mut self, c: &str) -> Vec<i64> {
+        writeln!(self.stdin, "{c}").unwrap();
+        self.stdin.flush().unwrap();
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        let mut words = line.split_whitespace();
+        assert_eq!(words.next(), Some("ok"), "{}: {c} -> {line:?}", self.label);
+        words.map(|w| w.parse().unwrap()).collect()
+    }
+
+    /// `hs`: returns (client ok, client fail, server ok, server fail).
+    fn hs(&mut self, args: &str) -> (i64, i64, i64, i64) {
+        let r = self.cmd(&format!("hs {args}"));
+        (r[0], r[1], r[2], r[3])
+    }
+
+    fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for TlsProbe {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn targets(d: &Daemon) -> serde_json::Value {
+    let (code, body) = d.get("/api/v1/targets").unwrap();
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// Waits until the daemon tracks `pid` with the Go TLS probes attached.
+fn wait_go_tls_attached(d: &Daemon, label: &str, pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let t = targets(d);
+        let x = t["targets"].as_array().and_then(|a| a.iter().find(|x| x["pid"].as_u64() == Some(u64::from(pid))).cloned());
+        if let Some(x) = x {
+            let probes = x["probes"].as_array().unwrap();
+            let tls: Vec<&serde_json::Value> = probes.iter().filter(|p| p["name"].as_str().unwrap().contains("tls")).collect();
+            // Entry + RETs of clientHandshake and serverHandshake.
+            assert_eq!(tls.len(), 4, "{label}: {x}");
+            for p in &tls {
+                assert_eq!(p["state"], "attached", "{label}: {p}");
+                assert!(p["sites"].as_u64().unwrap() >= 1, "{label}: {p}");
+            }
+            return;
+        }
+        assert!(Instant::now() < deadline, "{label} (pid {pid}) not tracked: {t}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Sum of the samples named `name` whose labels include all of `labels`.
+fn sum(m: &Metrics, name: &str, labels: &[(&str, &str)]) -> f64 {
+    m.samples
+        .iter()
+        .filter(|s| s.name == name && labels.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v)))
+        .map(|s| s.value)
+        .sum()
+}
+
+const HS: &str = "chainprobe_tls_handshakes_total";
+const FAIL: &str = "chainprobe_tls_handshake_failures_total";
+const DUR_COUNT: &str = "chainprobe_tls_handshake_duration_seconds_count";
+
+#[test]
+fn go_handshakes_are_counted_exactly_with_their_labels_on_every_build() {
+    let _serial = serial();
+    let d = Daemon::start("tls-go", "");
+    for v in VERSIONS {
+        for variant in VARIANTS {
+            let label = format!("go{v}-{variant}");
+            let mut g = TlsProbe::start(&label, &fixture(v, variant));
+            wait_go_tls_attached(&d, &label, g.pid);
+            let pid = g.pid.to_string();
+
+            assert_eq!(g.hs("5 1.3 any h2 h2,http/1.1 trusted"), (5, 0, 5, 0), "{label}");
+            assert_eq!(g.hs("4 1.2 any http/1.1 h2,http/1.1 trusted"), (4, 0, 4, 0), "{label}");
+            assert_eq!(g.hs("3 any any - - trusted"), (3, 0, 3, 0), "{label}");
+            // One long-lived connection with many small Reads/Writes: one handshake per side.
+            g.cmd("bulk 300 64");
+            assert_eq!(g.hs("2 any any h2 h2 untrusted"), (0, 2, 0, 2), "{label}");
+            assert_eq!(g.hs("2 any any h2 http/1.1 trusted"), (0, 2, 0, 2), "{label}");
+            assert_eq!(g.hs("2 1.2 1.3 - - trusted"), (0, 2, 0, 2), "{label}");
+
+            let total_expected = 2.0 * (5.0 + 4.0 + 3.0 + 1.0 + 6.0);
+            let m = d.wait_metrics(&format!("{label}: all handshakes"), Duration::from_secs(10), |m| {
+                sum(m, HS, &[("pid", &pid)]) >= total_expected
+            });
+            for role in ["client", "server"] {
+                let ok = |version: &str, alpn: &str| {
+                    m.value(HS, &[("pid", &pid), ("library", "go"), ("role", role), ("result", "ok"), ("version", version), ("alpn", alpn)])
+                };
+                assert_eq!(ok("1.3", "h2"), 5.0, "{label} {role}:\n{}", m.text);
+                assert_eq!(ok("1.2", "http/1.1"), 4.0, "{label} {role}");
+                assert_eq!(ok("1.3", "none"), 3.0 + 1.0, "{label} {role}: hs + bulk");
+                assert_eq!(sum(&m, HS, &[("pid", &pid), ("role", role), ("result", "ok")]), 13.0, "{label} {role}: no Read/Write re-entry counted");
+                assert_eq!(sum(&m, HS, &[("pid", &pid), ("role", role), ("result", "error")]), 6.0, "{label} {role}");
+                assert_eq!(m.value(DUR_COUNT, &[("pid", &pid), ("library", "go"), ("role", role), ("result", "ok")]), 13.0, "{label} {role}");
+                assert_eq!(m.value(DUR_COUNT, &[("pid", &pid), ("library", "go"), ("role", role), ("result", "error")]), 6.0, "{label} {role}");
+            }
+            assert_eq!(sum(&m, HS, &[("pid", &pid)]), total_expected, "{label}");
+            for reason in ["certificate", "alpn", "version"] {
+                // Both sides of each of the 2 failed handshakes.
+                assert_eq!(m.value(FAIL, &[("pid", &pid), ("library", "go"), ("reason", reason)]), 4.0, "{label} {reason}:\n{}", m.text);
+            }
+            assert_eq!(sum(&m, FAIL, &[("pid", &pid)]), 12.0, "{label}");
+            assert!(m.has(HS, &[("pid", &pid), ("comm", "tlsprobe")]), "{label}");
+            assert!(g.alive(), "{label}: the probed program must survive");
+            assert_eq!(g.cmd("quit"), Vec::<i64>::new());
+        }
+    }
+}
+
+/// Waits for `child` and returns its exit code.
+fn run(label: &str, cmd: &mut Command) -> (u32, i32) {
+    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap_or_else(|e| panic!("{label}: {e}"));
+    let pid = child.id();
+    let status = child.wait().unwrap();
+    (pid, status.code().unwrap_or(-1))
+}
+
+fn which(tool: &str) {
+    let ok = Command::new("sh").arg("-c").arg(format!("command -v {tool}")).stdout(Stdio::null()).status().is_ok_and(|s| s.success());
+    assert!(ok, "{tool} is missing: run tests/tools/install.sh");
+}
+
+/// Waits until the daemon probes a libssl.
+fn wait_openssl_probed(d: &Daemon) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let t = targets(d);
+        if let Some(libs) = t["openssl_libraries"].as_array() {
+            if let Some(l) = libs.iter().find(|l| l["path"].as_str().is_some_and(|p| p.contains("libssl.so"))) {
+                for p in l["probes"].as_array().unwrap() {
+                    assert_eq!(p["state"], "attached", "{p}");
+                }
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "no libssl probed: {t}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The handshake counts of one (short-lived) process, read before its series expire.
+fn counts_of(d: &Daemon, pid: u32, expect: f64) -> BTreeMap<(String, String), f64> {
+    let p = pid.to_string();
+    let m = d.wait_metrics(&format!("handshakes of pid {pid}"), Duration::from_secs(10), |m| sum(m, HS, &[("pid", &p)]) >= expect);
+    let mut out = BTreeMap::new();
+    for s in m.samples.iter().filter(|s| s.name == HS && s.labels.get("pid") == Some(&p)) {
+        *out.entry((s.labels["role"].clone(), s.labels["result"].clone())).or_insert(0.0) += s.value;
+        assert_eq!(s.labels["library"], "openssl", "{s:?}");
+    }
+    out
+}
+
+fn key(role: &str, result: &str) -> (String, String) {
+    (role.to_string(), result.to_string())
+}
+
+#[test]
+fn openssl_handshakes_of_curl_and_s_server_and_the_go_server_side() {
+    let _serial = serial();
+    which("openssl");
+    which("curl");
+    let d = Daemon::start("tls-openssl", "");
+    let dir = TempDir::new("tls-openssl");
+    let (cert, keyf, ca) = (dir.0.join("cert.pem"), dir.0.join("key.pem"), dir.0.join("ca.pem"));
+    let (_, rc) = run(
+        "openssl req",
+        Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1", "-subj", "/CN=localhost"])
+            .arg("-keyout")
+            .arg(&keyf)
+            .arg("-out")
+            .arg(&cert),
+    );
+    assert_eq!(rc, 0, "openssl req");
+
+    // openssl s_server: TLS 1.3 only, one connection after another, stdin kept open.
+    let port = common::free_port();
+    let mut server = Command::new("openssl")
+        .args(["s_server", "-accept", &format!("127.0.0.1:{port}"), "-tls1_3", "-naccept", "3"])
+        .arg("-cert")
+        .arg(&cert)
+        .arg("-key")
+        .arg(&keyf)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start openssl s_server");
+    let mut out = BufReader::new(server.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("ACCEPT") {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "s_server ended before accepting");
+    }
+    wait_openssl_probed(&d);
+    let spid = server.id();
+
+    // s_client → s_server: 2 successes, then a version mismatch (TLS 1.2 client, 1.3 server).
+    let s_client = |extra: &[&str]| {
+        run("s_client", Command::new("openssl").args(["s_client", "-connect", &format!("127.0.0.1:{port}")]).args(extra)).1
+    };
+    assert_eq!(s_client(&[]), 0);
+    assert_eq!(s_client(&[]), 0);
+    assert_ne!(s_client(&["-tls1_2"]), 0, "version mismatch must fail");
+    let status = server.wait().unwrap();
+    assert!(status.success(), "s_server: {status}");
+    drop(server.stdin.take());
+    let c = counts_of(&d, spid, 3.0);
+    assert_eq!(c.get(&key("server", "ok")), Some(&2.0), "{c:?}");
+    assert_eq!(c.get(&key("server", "error")), Some(&1.0), "{c:?}");
+    assert_eq!(c.len(), 2, "{c:?}");
+
+    // curl → the Go server: 3 trusted (ok on both sides), 2 without the CA (error on both sides).
+    let mut g = TlsProbe::start("go-serve", &fixture("1.27", "default"));
+    wait_go_tls_attached(&d, "go-serve", g.pid);
+    let gport = g.cmd(&format!("serve http/1.1 {}", ca.display()))[0];
+    let url = format!("https://127.0.0.1:{gport}/");
+    for i in 0..3 {
+        let (pid, rc) = run("curl", Command::new("curl").args(["-s", "-m", "5", "--cacert"]).arg(&ca).arg(&url));
+        assert_eq!(rc, 0, "curl {i}");
+        let c = counts_of(&d, pid, 1.0);
+        assert_eq!(c, BTreeMap::from([(key("client", "ok"), 1.0)]), "curl {i}");
+    }
+    // TLS 1.2: OpenSSL's client sends its unknown_ca alert before switching keys, which a TLS 1.3
+    // server cannot decrypt (Go then reports bad_record_mac, reason "other"); over 1.2 the alert
+    // arrives as such.
+    for i in 0..2 {
+        let (pid, rc) = run("curl", Command::new("curl").args(["-s", "-m", "5", "--tls-max", "1.2", "--cacert"]).arg(&cert).arg(&url));
+        assert_eq!(rc, 60, "curl {i}: certificate verification must fail");
+        let c = counts_of(&d, pid, 1.0);
+        assert_eq!(c, BTreeMap::from([(key("client", "error"), 1.0)]), "curl {i}");
+    }
+    let p = g.pid.to_string();
+    let m = d.wait_metrics("Go server side", Duration::from_secs(10), |m| sum(m, HS, &[("pid", &p)]) >= 5.0);
+    assert_eq!(m.value(HS, &[("pid", &p), ("library", "go"), ("role", "server"), ("result", "ok"), ("version", "1.3"), ("alpn", "http/1.1")]), 3.0, "{}", m.text);
+    assert_eq!(sum(&m, HS, &[("pid", &p), ("role", "server"), ("result", "error")]), 2.0);
+    assert_eq!(m.value(FAIL, &[("pid", &p), ("library", "go"), ("reason", "certificate")]), 2.0, "{}", m.text);
+
+    // TCP cross-check: a ClientHello, then a reset (SO_LINGER 0): a failed handshake without an
+    // alert on the Go side, and a TCP reset received by the same process.
+    let resets0 = m.value("chainprobe_tcp_resets_received_total", &[("pid", &p)]);
+    {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", gport as u16)).unwrap();
+        // A TLS handshake record header announcing more than is sent: the server waits in read.
+        s.write_all(&[0x16, 0x03, 0x01, 0x01, 0x00, 0x01, 0x00, 0x00, 0xfc, 0x03, 0x03]).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        let l = libc_linger_zero(&s);
+        assert_eq!(l, 0, "setsockopt SO_LINGER");
+    }
+    let m = d.wait_metrics("reset after ClientHello", Duration::from_secs(10), |m| {
+        m.value(FAIL, &[("pid", &p), ("library", "go"), ("reason", "timeout_eof")]) >= 1.0
+    });
+    assert_eq!(m.value(FAIL, &[("pid", &p), ("library", "go"), ("reason", "timeout_eof")]), 1.0);
+    assert!(m.value("chainprobe_tcp_resets_received_total", &[("pid", &p)]) >= resets0 + 1.0, "{}", m.text);
+    assert!(g.alive());
+}
+
+/// Sets SO_LINGER {on, 0} so that closing the socket sends a RST.
+fn libc_linger_zero(s: &std::net::TcpStream) -> i32 {
+    use std::os::fd::AsRawFd;
+    #[repr(C)]
+    struct Linger {
+        l_onoff: i32,
+        l_linger: i32,
+    }
+    extern "C" {
+        fn setsockopt(fd: i32, level: i32, name: i32, val: *const std::ffi::c_void, len: u32) -> i32;
+    }
+    let l = Linger { l_onoff: 1, l_linger: 0 };
+    // SOL_SOCKET = 1, SO_LINGER = 13 on Linux.
+    unsafe { setsockopt(s.as_raw_fd(), 1, 13, &l as *const Linger as *const _, std::mem::size_of::<Linger>() as u32) }
+}

@@ -1,0 +1,319 @@
+//! TLS handshakes (issue #6): Go crypto/tls and OpenSSL (libssl).
+//!
+//! Go: uprobes at the entry and at every RET instruction of `(*Conn).clientHandshake` and
+//! `(*Conn).serverHandshake` (they run once per real handshake; `handshakeContext` runs again on
+//! every Read and Write). State between entry and return is keyed by goroutine id: goroutines move
+//! between threads. At return the outcome is read from the `tls.Conn` with offsets the daemon
+//! computed for the process's Go version (GO_TLS_CONFIG, per tgid).
+//!
+//! OpenSSL: uprobes at SSL_do_handshake / SSL_connect / SSL_accept entry, uretprobes at their
+//! return (fine for C code), SSL_set_connect_state / SSL_set_accept_state for the role, and
+//! SSL_free to end handshakes that never succeeded. The attach cookie says which function fired.
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
+    macros::{map, uprobe, uretprobe},
+    maps::{HashMap, LruHashMap},
+    programs::{ProbeContext, RetProbeContext},
+    EbpfContext,
+};
+use probe_common::{
+    EventHeader, EventKind, GoTlsConfig, ProgId, TlsEvent, TlsInflight, TlsInflightKey,
+    BPF_RB_NO_WAKEUP, MAX_PROCS, SSL_COOKIE_SET_STATE, MAX_TLS_INFLIGHT, OFFSET_NONE, TLS_ALERT_UNREAD, TLS_ALPN_LEN, TLS_LIBRARY_GO,
+    TLS_LIBRARY_OPENSSL, TLS_NO_ALERT, TLS_ROLE_CLIENT, TLS_ROLE_SERVER, TLS_ROLE_UNKNOWN,
+    TLS_VERSION_UNKNOWN,
+};
+
+use crate::{
+    goruntime::{go_reg, GoReg},
+    maps::{config, count_event, count_lost_map_full, count_lost_ringbuf, current_tgid, EVENTS},
+};
+
+/// Processes whose Go handshakes are reported, with their offsets.
+#[map]
+pub static GO_TLS_CONFIG: HashMap<u32, GoTlsConfig> = HashMap::with_max_entries(MAX_PROCS, 0);
+
+/// Handshakes between entry and return (LRU: a goroutine or thread that never returns — killed
+/// process — falls out instead of filling the map).
+#[map]
+static TLS_INFLIGHT: LruHashMap<TlsInflightKey, TlsInflight> = LruHashMap::with_max_entries(MAX_TLS_INFLIGHT, 0);
+
+/// OpenSSL: role of an SSL object, from SSL_set_connect_state / SSL_set_accept_state.
+#[map]
+static SSL_ROLES: LruHashMap<TlsInflightKey, u32> = LruHashMap::with_max_entries(MAX_TLS_INFLIGHT, 0);
+
+const KEY_GO: u32 = 0;
+const KEY_SSL_THREAD: u32 = 1;
+const KEY_SSL_PENDING: u32 = 2;
+const KEY_SSL_ROLE: u32 = 3;
+
+
+#[inline(always)]
+fn read<T: Copy>(addr: u64) -> Option<T> {
+    if addr < 4096 {
+        return None;
+    }
+    unsafe { bpf_probe_read_user(addr as *const T) }.ok()
+}
+
+/// runtime.g.goid of the current goroutine.
+#[inline(always)]
+fn current_goid(ctx: &ProbeContext, cfg: &GoTlsConfig) -> Option<u64> {
+    let g = go_reg(ctx, GoReg::CurrentG);
+    read::<u64>(g.wrapping_add(cfg.g_goid as u64))
+}
+
+/// Entry of clientHandshake / serverHandshake: the receiver (*Conn) is the first argument.
+#[uprobe]
+pub fn go_tls_handshake_enter(ctx: ProbeContext) -> u32 {
+    let prog = ProgId::GoTlsEnter;
+    count_event(prog);
+    let tgid = current_tgid();
+    let Some(cfg) = (unsafe { GO_TLS_CONFIG.get(&tgid) }).copied() else { return 0 };
+    let Some(goid) = current_goid(&ctx, &cfg) else { return 0 };
+    let v = TlsInflight {
+        start_ns: unsafe { bpf_ktime_get_ns() },
+        conn: go_reg(&ctx, GoReg::Arg0),
+        depth: 1,
+        role: TLS_ROLE_UNKNOWN as u32,
+        last_ns: 0,
+    };
+    // Overwrites: a stack-growth re-entry of the prologue is the same call.
+    if TLS_INFLIGHT.insert(&TlsInflightKey { tgid, kind: KEY_GO, id: goid }, &v, 0).is_err() {
+        count_lost_map_full(prog);
+    }
+    0
+}
+
+/// The alert of the `*net.OpError` at `operr` when its Op is `op` ("local error": sent,
+/// "remote error": received).
+#[inline(always)]
+fn op_error_alert(cfg: &GoTlsConfig, operr: u64, op: &[u8; 12], op_len: u64) -> Option<u16> {
+    let op_ptr = read::<u64>(operr.wrapping_add(cfg.op_error_op as u64))?;
+    let len = read::<u64>(operr.wrapping_add(cfg.op_error_op as u64 + 8))?;
+    if len != op_len {
+        return None;
+    }
+    let text = read::<[u8; 12]>(op_ptr)?;
+    let mut i = 0;
+    while i < 12 {
+        if (i as u64) < op_len && text[i] != op[i] {
+            return None;
+        }
+        i += 1;
+    }
+    // OpError.Err holds an alert (a uint8 boxed in an interface: data points at the byte).
+    let data = read::<u64>(operr.wrapping_add(cfg.op_error_err as u64 + 8))?;
+    read::<u8>(data).map(|a| a as u16)
+}
+
+/// The alert recorded in the halfConn error interface at `field`: `&permanentError{*OpError}`
+/// (what setErrorLocked stores) or a bare `*OpError`.
+#[inline(always)]
+fn alert_of(cfg: &GoTlsConfig, field: u64, op: &[u8; 12], op_len: u64) -> u16 {
+    let Some(tab) = read::<u64>(field) else { return TLS_NO_ALERT };
+    if tab == 0 {
+        return TLS_NO_ALERT;
+    }
+    let Some(data) = read::<u64>(field + 8) else { return TLS_NO_ALERT };
+    if cfg.permanent_error_err != OFFSET_NONE {
+        if let Some(inner) = read::<u64>(data.wrapping_add(cfg.permanent_error_err as u64 + 8)) {
+            if let Some(a) = op_error_alert(cfg, inner, op, op_len) {
+                return a;
+            }
+        }
+    }
+    op_error_alert(cfg, data, op, op_len).unwrap_or(TLS_NO_ALERT)
+}
+
+/// Every RET of clientHandshake / serverHandshake: the error result is (RAX, RBX) on amd64.
+#[uprobe]
+pub fn go_tls_handshake_return(ctx: ProbeContext) -> u32 {
+    let prog = ProgId::GoTlsReturn;
+    count_event(prog);
+    let tgid = current_tgid();
+    let Some(cfg) = (unsafe { GO_TLS_CONFIG.get(&tgid) }).copied() else { return 0 };
+    let Some(goid) = current_goid(&ctx, &cfg) else { return 0 };
+    let key = TlsInflightKey { tgid, kind: KEY_GO, id: goid };
+    let Some(start) = (unsafe { TLS_INFLIGHT.get(&key) }).copied() else { return 0 };
+    let _ = TLS_INFLIGHT.remove(&key);
+    let now = unsafe { bpf_ktime_get_ns() };
+    let failed = go_reg(&ctx, GoReg::Arg0) != 0;
+    let c = start.conn;
+    let is_client = read::<u8>(c.wrapping_add(cfg.conn_is_client as u64)).unwrap_or(0);
+    let mut ev = TlsEvent {
+        header: EventHeader { kind: EventKind::Tls as u32, tgid, ktime_ns: now },
+        duration_ns: now.saturating_sub(start.start_ns),
+        library: TLS_LIBRARY_GO,
+        role: if is_client != 0 { TLS_ROLE_CLIENT } else { TLS_ROLE_SERVER },
+        failed: failed as u8,
+        alpn_len: 0,
+        version: read::<u16>(c.wrapping_add(cfg.conn_vers as u64)).unwrap_or(TLS_VERSION_UNKNOWN),
+        cipher_suite: read::<u16>(c.wrapping_add(cfg.conn_cipher_suite as u64)).unwrap_or(0),
+        alert_sent: TLS_NO_ALERT,
+        alert_received: TLS_NO_ALERT,
+        ret: 0,
+        alpn: [0; TLS_ALPN_LEN],
+    };
+    if failed {
+        ev.alert_sent = TLS_ALERT_UNREAD;
+        ev.alert_received = TLS_ALERT_UNREAD;
+        if cfg.conn_out_err != OFFSET_NONE {
+            ev.alert_sent = alert_of(&cfg, c.wrapping_add(cfg.conn_out_err as u64), b"local error\0", 11);
+        }
+        if cfg.conn_in_err != OFFSET_NONE {
+            ev.alert_received = alert_of(&cfg, c.wrapping_add(cfg.conn_in_err as u64), b"remote error", 12);
+        }
+    } else {
+        let s = c.wrapping_add(cfg.conn_client_protocol as u64);
+        let ptr = read::<u64>(s).unwrap_or(0);
+        let len = read::<u64>(s + 8).unwrap_or(0);
+        ev.alpn_len = if len > 255 { 255 } else { len as u8 };
+        let n = if len > TLS_ALPN_LEN as u64 { TLS_ALPN_LEN as u32 } else { len as u32 };
+        if n > 0 && ptr != 0 {
+            unsafe {
+                aya_ebpf::helpers::generated::bpf_probe_read_user(
+                    ev.alpn.as_mut_ptr() as *mut _,
+                    n,
+                    ptr as *const _,
+                );
+            }
+        }
+    }
+    if EVENTS.output::<TlsEvent>(&ev, BPF_RB_NO_WAKEUP).is_err() {
+        count_lost_ringbuf(prog);
+    }
+    0
+}
+
+#[inline(always)]
+fn ssl_arg0(ctx: &ProbeContext) -> u64 {
+    ctx.arg::<u64>(0).unwrap_or(0)
+}
+
+#[inline(always)]
+fn cookie<C: EbpfContext>(ctx: &C) -> u64 {
+    unsafe { aya_ebpf::helpers::generated::bpf_get_attach_cookie(ctx.as_ptr()) }
+}
+
+/// Entry of SSL_do_handshake / SSL_connect (cookie: client) / SSL_accept (cookie: server), and of
+/// SSL_set_connect_state / SSL_set_accept_state (cookie | COOKIE_SET_STATE).
+#[uprobe]
+pub fn ssl_handshake_enter(ctx: ProbeContext) -> u32 {
+    let prog = ProgId::SslHandshakeEnter;
+    let tgid = current_tgid();
+    if tgid == config().self_tgid {
+        return 0;
+    }
+    count_event(prog);
+    let ssl = ssl_arg0(&ctx);
+    let c = cookie(&ctx);
+    let role_key = TlsInflightKey { tgid, kind: KEY_SSL_ROLE, id: ssl };
+    if c & SSL_COOKIE_SET_STATE != 0 {
+        let _ = SSL_ROLES.insert(&role_key, &((c & 0xff) as u32), 0);
+        return 0;
+    }
+    let thread = TlsInflightKey { tgid, kind: KEY_SSL_THREAD, id: bpf_get_current_pid_tgid() };
+    if let Some(t) = TLS_INFLIGHT.get_ptr_mut(&thread) {
+        // SSL_connect / SSL_accept → SSL_do_handshake on the same thread: count the outer call.
+        unsafe { (*t).depth += 1 };
+        return 0;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    let pending = TlsInflightKey { tgid, kind: KEY_SSL_PENDING, id: ssl };
+    let start_ns = match unsafe { TLS_INFLIGHT.get(&pending) } {
+        Some(p) => p.start_ns,
+        None => now,
+    };
+    let mut role = (c & 0xff) as u32;
+    if role == TLS_ROLE_UNKNOWN as u32 {
+        if let Some(r) = unsafe { SSL_ROLES.get(&role_key) } {
+            role = *r;
+        }
+    }
+    let v = TlsInflight { start_ns, conn: ssl, depth: 1, role, last_ns: 0 };
+    if TLS_INFLIGHT.insert(&thread, &v, 0).is_err() {
+        count_lost_map_full(prog);
+    }
+    0
+}
+
+#[inline(always)]
+fn ssl_event(tgid: u32, now: u64, v: &TlsInflight, failed: bool, ret: i32) -> TlsEvent {
+    TlsEvent {
+        header: EventHeader { kind: EventKind::Tls as u32, tgid, ktime_ns: now },
+        duration_ns: now.saturating_sub(v.start_ns),
+        library: TLS_LIBRARY_OPENSSL,
+        role: v.role as u8,
+        failed: failed as u8,
+        alpn_len: 0,
+        version: TLS_VERSION_UNKNOWN,
+        cipher_suite: 0,
+        alert_sent: TLS_ALERT_UNREAD,
+        alert_received: TLS_ALERT_UNREAD,
+        ret,
+        alpn: [0; TLS_ALPN_LEN],
+    }
+}
+
+/// Return of SSL_do_handshake / SSL_connect / SSL_accept. 1: done; 0: failed (shut down);
+/// < 0: failed or would block (non-blocking I/O): remembered per SSL object until a later call
+/// succeeds or SSL_free ends it.
+#[uretprobe]
+pub fn ssl_handshake_return(ctx: RetProbeContext) -> u32 {
+    let prog = ProgId::SslHandshakeReturn;
+    let tgid = current_tgid();
+    if tgid == config().self_tgid {
+        return 0;
+    }
+    count_event(prog);
+    let thread = TlsInflightKey { tgid, kind: KEY_SSL_THREAD, id: bpf_get_current_pid_tgid() };
+    let Some(t) = TLS_INFLIGHT.get_ptr_mut(&thread) else { return 0 };
+    let mut v = unsafe { *t };
+    if v.depth > 1 {
+        unsafe { (*t).depth -= 1 };
+        return 0;
+    }
+    let _ = TLS_INFLIGHT.remove(&thread);
+    let ret: i64 = ctx.ret();
+    let ret = ret as i32;
+    let now = unsafe { bpf_ktime_get_ns() };
+    let pending = TlsInflightKey { tgid, kind: KEY_SSL_PENDING, id: v.conn };
+    if ret < 0 {
+        v.last_ns = now;
+        if TLS_INFLIGHT.insert(&pending, &v, 0).is_err() {
+            count_lost_map_full(prog);
+        }
+        return 0;
+    }
+    let _ = TLS_INFLIGHT.remove(&pending);
+    let ev = ssl_event(tgid, now, &v, ret != 1, ret);
+    if EVENTS.output::<TlsEvent>(&ev, BPF_RB_NO_WAKEUP).is_err() {
+        count_lost_ringbuf(prog);
+    }
+    0
+}
+
+/// SSL_free entry: a handshake still pending (its last call returned < 0) failed.
+#[uprobe]
+pub fn ssl_free(ctx: ProbeContext) -> u32 {
+    let prog = ProgId::SslFree;
+    let tgid = current_tgid();
+    if tgid == config().self_tgid {
+        return 0;
+    }
+    count_event(prog);
+    let ssl = ssl_arg0(&ctx);
+    let _ = SSL_ROLES.remove(&TlsInflightKey { tgid, kind: KEY_SSL_ROLE, id: ssl });
+    let pending = TlsInflightKey { tgid, kind: KEY_SSL_PENDING, id: ssl };
+    let Some(v) = (unsafe { TLS_INFLIGHT.get(&pending) }).copied() else { return 0 };
+    let _ = TLS_INFLIGHT.remove(&pending);
+    let mut ev = ssl_event(tgid, v.last_ns, &v, true, -1);
+    ev.header.ktime_ns = unsafe { bpf_ktime_get_ns() };
+    if EVENTS.output::<TlsEvent>(&ev, BPF_RB_NO_WAKEUP).is_err() {
+        count_lost_ringbuf(prog);
+    }
+    0
+}
+
+// Role constants are used by the daemon as cookies.
+const _: () = assert!(TLS_ROLE_CLIENT == 1 && TLS_ROLE_SERVER == 2);

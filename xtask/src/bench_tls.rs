@@ -1,0 +1,307 @@
+//! `cargo xtask bench tls [--rounds R] [--handshakes N] [--roundtrips M] [--openssl-seconds S]`:
+//! what the TLS handshake probes cost the programs they watch, measured side by side in one run.
+//!
+//! - Go handshakes/s: tests/fixtures/go/src/tlsprobe (Go 1.27) runs N loopback handshakes, client
+//!   and server in one process (`hs N any any h2 h2,http/1.1 trusted`: TLS 1.3, ALPN h2), with and
+//!   without chainprobe (default configuration: clientHandshake/serverHandshake probed).
+//! - Go bulk: one long-lived TLS 1.3 connection, M round trips of 64 bytes (many small Reads and
+//!   Writes, which must not hit any probe).
+//! - OpenSSL handshakes/s: `openssl s_time -new` (SSL_connect) against `openssl s_server`
+//!   (SSL_accept), both probed through libssl.
+//! Rounds alternate without/with so drift hits both alike; medians are reported.
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::TcpStream,
+    path::{Path, PathBuf},
+    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn get(port: u16, path: &str) -> Result<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+fn start_daemon(bin: &Path, dir: &Path) -> Result<(Proc, u16)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let cfg = dir.join("bench.toml");
+    std::fs::write(&cfg, format!("[server]\nlisten = \"127.0.0.1:{port}\"\n"))?;
+    let child = Command::new(bin).args(["run", "--config"]).arg(&cfg).env("RUST_LOG", "warn").stdout(Stdio::null()).spawn()?;
+    let p = Proc(child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if get(port, "/readyz").map(|r| r.contains("ready")).unwrap_or(false) {
+            // The start-up scan inspects every process's binary: let it finish, or the round
+            // would measure a daemon busy on one of the two cores rather than the probes.
+            wait_idle(p.0.id())?;
+            return Ok((p, port));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("chainprobe did not become ready")
+}
+
+/// Waits until `pid` used under 2% of a CPU over half a second (at most 30 s).
+fn wait_idle(pid: u32) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = cpu_seconds(pid)?;
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = cpu_seconds(pid)?;
+        if now - last < 0.01 {
+            return Ok(());
+        }
+        last = now;
+    }
+    bail!("chainprobe stayed busy for 30 s after start")
+}
+
+struct TlsProbe {
+    _p: Proc,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    pid: u32,
+}
+
+impl TlsProbe {
+    fn start(bin: &Path) -> Result<TlsProbe> {
+        let mut child = Command::new(bin).env("GOMAXPROCS", "2").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn()?;
+        let stdin = child.stdin.take().context("stdin")?;
+        let mut stdout = BufReader::new(child.stdout.take().context("stdout")?);
+        let mut line = String::new();
+        stdout.read_line(&mut line)?;
+        if !line.starts_with("ready") {
+            bail!("tlsprobe: {line}");
+        }
+        let pid = child.id();
+        Ok(TlsProbe { _p: Proc(child), stdin, stdout, pid })
+    }
+
+    fn cmd(&mut self, c: &str) -> Result<Vec<i64>> {
+        writeln!(self.stdin, "{c}")?;
+        self.stdin.flush()?;
+        let mut line = String::new();
+        self.stdout.read_line(&mut line)?;
+        let mut w = line.split_whitespace();
+        if w.next() != Some("ok") {
+            bail!("tlsprobe {c}: {line}");
+        }
+        w.map(|x| x.parse().context("tlsprobe output")).collect()
+    }
+}
+
+/// Waits until the daemon has the Go TLS probes on `pid` (so a round measures them).
+fn wait_tracked(port: u16, pid: u32) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        let body = get(port, "/api/v1/targets")?;
+        if let Some(json) = body.split("\r\n\r\n").nth(1) {
+            let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap_or_default();
+            let attached = v["targets"].as_array().into_iter().flatten().any(|t| {
+                t["pid"].as_u64() == Some(u64::from(pid))
+                    && t["probes"].as_array().into_iter().flatten().any(|p| p["name"] == "go_tls_handshake_enter" && p["state"] == "attached")
+            });
+            if attached {
+                return Ok(());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("chainprobe did not attach the Go TLS probes to pid {pid}")
+}
+
+/// CPU time (user + system, seconds) `pid` has used so far; uprobe hits are charged to it.
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let rest = stat.rsplit_once(')').context("/proc/PID/stat")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // Fields 14 and 15 (utime, stime) are at 11 and 12 after the comm.
+    let ticks: f64 = f.get(11).context("utime")?.parse::<f64>()? + f.get(12).context("stime")?.parse::<f64>()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(ticks / hz)
+}
+
+/// One tlsprobe run: (handshakes/s, CPU µs per handshake pair, round trips/s, CPU µs per round trip).
+fn go_round(bin: &Path, n: u64, m: u64, daemon_port: Option<u16>) -> Result<(f64, f64, f64, f64)> {
+    let mut g = TlsProbe::start(bin)?;
+    if let Some(port) = daemon_port {
+        wait_tracked(port, g.pid)?;
+    }
+    g.cmd("hs 50 any any h2 h2,http/1.1 trusted")?; // warm-up
+    let c0 = cpu_seconds(g.pid)?;
+    let r = g.cmd(&format!("hs {n} any any h2 h2,http/1.1 trusted"))?;
+    let c1 = cpu_seconds(g.pid)?;
+    if r[0] != n as i64 || r[2] != n as i64 {
+        bail!("handshakes failed: {r:?}");
+    }
+    let hs_rate = n as f64 / (r[4] as f64 / 1e9);
+    let b = g.cmd(&format!("bulk {m} 64"))?;
+    let c2 = cpu_seconds(g.pid)?;
+    let rt_rate = m as f64 / (b[0] as f64 / 1e9);
+    let _ = g.cmd("quit");
+    Ok((hs_rate, (c1 - c0) * 1e6 / n as f64, rt_rate, (c2 - c1) * 1e6 / m as f64))
+}
+
+/// OpenSSL handshakes/s: `s_time -new` against `s_server` for `secs` seconds.
+fn openssl_round(cert: &Path, key: &Path, secs: u64) -> Result<f64> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let mut srv = Command::new("openssl")
+        .args(["s_server", "-quiet", "-accept", &format!("127.0.0.1:{port}"), "-tls1_3"])
+        .arg("-cert")
+        .arg(cert)
+        .arg("-key")
+        .arg(key)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting openssl s_server")?;
+    let _keep_stdin = srv.stdin.take();
+    let _srv = Proc(srv);
+    std::thread::sleep(Duration::from_millis(500));
+    let out = Command::new("openssl")
+        .args(["s_time", "-connect", &format!("127.0.0.1:{port}"), "-new", "-time", &secs.to_string()])
+        .output()
+        .context("running openssl s_time")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "1234 connections in 5.01 real seconds, ..." (or "... in 5 real seconds")
+    text.lines()
+        .find(|l| l.contains("connections in") && l.contains("real seconds"))
+        .and_then(|l| {
+            let mut w = l.split_whitespace();
+            let n: f64 = w.next()?.parse().ok()?;
+            let s: f64 = l.split("connections in").nth(1)?.split_whitespace().next()?.parse().ok()?;
+            Some(n / s)
+        })
+        .with_context(|| format!("no rate in s_time output:\n{text}"))
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    v[v.len() / 2]
+}
+
+pub fn run(args: &[String]) -> Result<()> {
+    let (mut rounds, mut n, mut m, mut ossl_secs) = (7usize, 3000u64, 30_000u64, 3u64);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = || it.next().context("missing value");
+        match a.as_str() {
+            "--rounds" => rounds = val()?.parse()?,
+            "--handshakes" => n = val()?.parse()?,
+            "--roundtrips" => m = val()?.parse()?,
+            "--openssl-seconds" => ossl_secs = val()?.parse()?,
+            other => bail!("unknown argument {other:?}"),
+        }
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the benchmark loads eBPF programs: run as root");
+    }
+    if Command::new("which").arg("openssl").output().map(|o| !o.status.success()).unwrap_or(true) {
+        bail!("openssl is needed: apt-get install -y openssl");
+    }
+    crate::build_release()?;
+    let root = crate::repo_root();
+    let status = Command::new("bash")
+        .arg(root.join("tests/fixtures/go/build.sh"))
+        .env("CHAINPROBE_GO_PROGRAMS", "tlsprobe")
+        .env("CHAINPROBE_GO_VERSIONS", "1.27.3")
+        .env("CHAINPROBE_GO_VARIANTS", "default")
+        .status()?;
+    if !status.success() {
+        bail!("building the tlsprobe fixture failed");
+    }
+    let fx: PathBuf = std::env::var_os("CHAINPROBE_FIXTURES").map(PathBuf::from).unwrap_or_else(|| root.join("target/go-fixtures"));
+    let tlsprobe = fx.join("1.27.3/default/tlsprobe");
+    let daemon = root.join("target/release/chainprobe");
+    let dir = std::env::temp_dir().join(format!("chainprobe-bench-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let st = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1", "-subj", "/CN=localhost", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null())
+        .status()?;
+    if !st.success() {
+        bail!("openssl req failed");
+    }
+
+    let (mut hs_off, mut hs_on, mut rt_off, mut rt_on, mut os_off, mut os_on) = (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut hc_off, mut hc_on, mut rc_off, mut rc_on) = (vec![], vec![], vec![], vec![]);
+    for r in 0..rounds {
+        let (h, hc, b, bc) = go_round(&tlsprobe, n, m, None)?;
+        hs_off.push(h);
+        hc_off.push(hc);
+        rt_off.push(b);
+        rc_off.push(bc);
+        os_off.push(openssl_round(&cert, &key, ossl_secs)?);
+        {
+            let (_d, port) = start_daemon(&daemon, &dir)?;
+            let (h, hc, b, bc) = go_round(&tlsprobe, n, m, Some(port))?;
+            hs_on.push(h);
+            hc_on.push(hc);
+            rt_on.push(b);
+            rc_on.push(bc);
+            os_on.push(openssl_round(&cert, &key, ossl_secs)?);
+        }
+        eprintln!(
+            "round {}: Go handshakes/s {:.0} -> {:.0} (CPU µs/pair {:.0} -> {:.0}), Go round trips/s {:.0} -> {:.0} (CPU µs {:.2} -> {:.2}), OpenSSL handshakes/s {:.0} -> {:.0}",
+            r + 1,
+            hs_off[r],
+            hs_on[r],
+            hc_off[r],
+            hc_on[r],
+            rt_off[r],
+            rt_on[r],
+            rc_off[r],
+            rc_on[r],
+            os_off[r],
+            os_on[r]
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let (h0, h1, b0, b1, o0, o1) =
+        (median(&mut hs_off), median(&mut hs_on), median(&mut rt_off), median(&mut rt_on), median(&mut os_off), median(&mut os_on));
+    println!("| TLS on loopback (medians of {rounds} alternating rounds) | without chainprobe | with chainprobe | ratio |");
+    println!("|---|---|---|---|");
+    println!("| Go 1.27 handshakes/s (client + server in one process, TLS 1.3, ALPN h2) | {h0:.0} | {h1:.0} | {:.3}× |", h1 / h0);
+    println!("| Go 1.27 bulk: 64-byte round trips/s on one connection | {b0:.0} | {b1:.0} | {:.3}× |", b1 / b0);
+    println!("| OpenSSL handshakes/s (s_time -new → s_server, TLS 1.3) | {o0:.0} | {o1:.0} | {:.3}× |", o1 / o0);
+    let (hc0, hc1, rc0, rc1) = (median(&mut hc_off), median(&mut hc_on), median(&mut rc_off), median(&mut rc_on));
+    println!("| Go CPU µs per handshake pair (user + system of the process) | {hc0:.0} | {hc1:.0} | {:.3}× |", hc0 / hc1);
+    println!("| Go CPU µs per 64-byte round trip | {rc0:.2} | {rc1:.2} | {:.3}× |", rc0 / rc1);
+    println!();
+    println!(
+        "CPU added per Go handshake pair (4 probe hits: 2 entries + 2 RETs): {:.1} µs ({:.2} µs per hit)",
+        hc1 - hc0,
+        (hc1 - hc0) / 4.0
+    );
+    Ok(())
+}
