@@ -183,7 +183,7 @@ async fn snapshot(c: Client, target: Option<Target>, kinds: Vec<String>, output:
         if v["circuit"]["open"].as_bool() == Some(true) {
             println!("snapshots are stopped: {}", v["circuit"]["reason"].as_str().unwrap_or(""));
         }
-        println!("{:<16}  {:<24}  {:>7}  {:<16}  {:<7}  {:<8}  {}", "ID", "CREATED", "PID", "POD/COMM", "TRIGGER", "STATUS", "FILES / REASON");
+        println!("{:<16}  {:<24}  {:>7}  {:<16}  {:<7}  {:<8}  FILES / REASON", "ID", "CREATED", "PID", "POD/COMM", "TRIGGER", "STATUS");
         for s in v["snapshots"].as_array().into_iter().flatten() {
             let who = s["pod"].as_str().or(s["comm"].as_str()).unwrap_or("");
             let files: Vec<&str> = s["files"].as_object().map(|f| f.keys().map(String::as_str).collect()).unwrap_or_default();

@@ -17,7 +17,7 @@ pub enum ConfigError {
     Invalid { key: &'static str, message: String },
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerConfig,
@@ -160,23 +160,6 @@ impl Default for MetricsConfig {
 impl Default for CollectConfig {
     fn default() -> Self {
         CollectConfig { drain_interval_seconds: 1.0, map_count_interval_seconds: 10.0 }
-    }
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            server: ServerConfig::default(),
-            log: LogConfig::default(),
-            metrics: MetricsConfig::default(),
-            collect: CollectConfig::default(),
-            go: GoConfig::default(),
-            api: ApiConfig::default(),
-            kubernetes: crate::k8s::KubernetesConfig::default(),
-            health: crate::health::HealthConfig::default(),
-            snapshot: crate::snapshot::SnapshotConfig::default(),
-            tls: TlsConfig::default(),
-        }
     }
 }
 

@@ -99,7 +99,7 @@ fn unwind(mem: &ProcMem, pc: u64, mut bp: u64, lo: u64, hi: u64, sp: u64, peek: 
     let mut pcs = vec![pc];
     let mut rec = [0u8; 16];
     while pcs.len() < MAX_DEPTH {
-        if bp == 0 || bp < lo || bp.saturating_add(16) > hi || bp % 8 != 0 {
+        if bp == 0 || bp < lo || bp.saturating_add(16) > hi || !bp.is_multiple_of(8) {
             break;
         }
         let in_peek = bp.checked_sub(sp).and_then(|at| usize::try_from(at).ok()).and_then(|at| peek.get(at..at.checked_add(16)?));
@@ -123,6 +123,9 @@ fn unwind(mem: &ProcMem, pc: u64, mut bp: u64, lo: u64, hi: u64, sp: u64, peek: 
     }
     pcs
 }
+
+/// Frames (pc, function), state, wait reason: goroutines alike in all three are one sample.
+type SampleKey = (Vec<(u64, String)>, &'static str, String);
 
 /// What one g says.
 struct GRead {
@@ -159,7 +162,7 @@ pub fn dump(mem: &ProcMem, l: &Layout, bin: &GoBinary, funcs: &FuncTable, exe: &
         + 8;
     let name_of = |pc: u64| funcs.lookup(pc.wrapping_sub(l.bias)).map(str::to_string);
     // Stacks with identical frames and state are one sample with a count.
-    let mut samples: HashMap<(Vec<(u64, String)>, &'static str, String), i64> = HashMap::new();
+    let mut samples: HashMap<SampleKey, i64> = HashMap::new();
     let (mut user, mut system, mut unwound) = (0u64, 0u64, 0u64);
     let gs: Vec<u64> = ptrs.chunks_exact(8).map(|p| word(p, 0)).filter(|g| *g != 0).collect();
     for chunk in gs.chunks(1024) {

@@ -40,6 +40,9 @@ fn packed(out: &mut Vec<u8>, field: u32, vs: &[u64]) {
     bytes(out, field, &b);
 }
 
+/// Location ids (leaf first), values, labels as (key, value) string ids.
+type Sample = (Vec<u64>, Vec<i64>, Vec<(u64, u64)>);
+
 /// A profile under construction.
 pub struct Profile {
     strings: Vec<String>,
@@ -49,7 +52,7 @@ pub struct Profile {
     /// (address, function id) → location id
     locations: HashMap<(u64, u64), u64>,
     location_list: Vec<(u64, u64, u64)>,
-    samples: Vec<(Vec<u64>, Vec<i64>, Vec<(u64, u64)>)>,
+    samples: Vec<Sample>,
     sample_types: Vec<(u64, u64)>,
     period_type: (u64, u64),
     period: i64,
