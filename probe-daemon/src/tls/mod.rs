@@ -8,6 +8,7 @@
 //!   file: uprobes + uretprobes on SSL_do_handshake / SSL_connect / SSL_accept, uprobes on
 //!   SSL_set_connect_state / SSL_set_accept_state (role) and SSL_free (ends failed handshakes).
 //! - [`TlsState`] is the per-process outcome (metrics and the health engine read it).
+pub mod libssl;
 pub mod state;
 
 use std::{
@@ -22,7 +23,7 @@ use aya::{
     programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId},
 };
 use probe_common::{
-    GoTlsConfig, ProgId, GO_TLS_FUNCTIONS, OFFSET_NONE, SSL_COOKIE_SET_STATE, SSL_HANDSHAKE_FUNCTIONS,
+    GoTlsConfig, ProgId, SslLibConfig, GO_TLS_FUNCTIONS, OFFSET_NONE, SSL_COOKIE_SET_STATE, SSL_HANDSHAKE_FUNCTIONS,
     TLS_ROLE_CLIENT, TLS_ROLE_SERVER, TLS_ROLE_UNKNOWN,
 };
 use serde::Serialize;
@@ -140,6 +141,18 @@ pub struct SslLibrary {
     /// Live processes seen mapping it (the probes fire for every process using the file).
     pub pids: usize,
     pub probes: Vec<ProbeState>,
+    /// Which fields of an SSL this build lets chainprobe read (learned from its accessors).
+    pub reads: SslReads,
+}
+
+/// What is read from this libssl's SSL objects, and why not where not.
+#[derive(Debug, Clone, Serialize)]
+pub struct SslReads {
+    pub version: bool,
+    pub alpn: bool,
+    pub role: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 struct AttachedLib {
@@ -155,6 +168,9 @@ struct AttachedLib {
 /// mappings had no libssl yet at exec are looked at once more shortly after.
 pub struct OpenSsl {
     probes: Arc<Mutex<Probes>>,
+    /// SSL_LIBS: offsets per library, by attach cookie.
+    configs: BpfHashMap<MapData, u32, SslLibConfig>,
+    next_index: u32,
     libs: HashMap<(u64, u64), AttachedLib>,
     by_pid: HashMap<u32, (u64, u64)>,
     recheck: std::collections::VecDeque<(std::time::Instant, u32)>,
@@ -193,8 +209,8 @@ pub fn libssl_of(pid: u32) -> Option<String> {
 }
 
 impl OpenSsl {
-    pub fn new(probes: Arc<Mutex<Probes>>) -> Self {
-        OpenSsl { probes, libs: HashMap::new(), by_pid: HashMap::new(), recheck: Default::default() }
+    pub fn new(probes: Arc<Mutex<Probes>>, configs: BpfHashMap<MapData, u32, SslLibConfig>) -> Self {
+        OpenSsl { probes, configs, next_index: 1, libs: HashMap::new(), by_pid: HashMap::new(), recheck: Default::default() }
     }
 
     /// A process just exec'd: look now, and once more after [`RECHECK_AFTER`] when libssl is not
@@ -231,17 +247,35 @@ impl OpenSsl {
             return false;
         };
         let key = (meta.dev(), meta.ino());
-        let probes = self.probes.clone();
-        let lib = self.libs.entry(key).or_insert_with(|| {
-            let (links, states) = attach_libssl(&mut lock(&probes), &target);
-            let ok = states.iter().filter(|s| s.state == "attached").count();
-            info!(pid, path, attached = ok, of = states.len(), "OpenSSL library probed");
-            AttachedLib {
-                view: SslLibrary { path: path.clone(), dev: key.0, ino: key.1, pids: 0, probes: states },
-                links,
-                pid_set: HashSet::new(),
+        if !self.libs.contains_key(&key) {
+            let index = self.next_index;
+            self.next_index += 1;
+            let (cfg, mut notes) = libssl::learn(&target);
+            if let Err(e) = self.configs.insert(index, cfg, 0) {
+                notes.push(format!("offsets not handed to the kernel ({e}): version/ALPN not read"));
             }
-        });
+            let reads = SslReads {
+                version: cfg.version != OFFSET_NONE,
+                alpn: cfg.alpn_ptr != OFFSET_NONE,
+                role: cfg.is_server != OFFSET_NONE,
+                notes,
+            };
+            let (links, states) = attach_libssl(&mut lock(&self.probes), &target, index as u64);
+            let ok = states.iter().filter(|s| s.state == "attached").count();
+            info!(pid, path, attached = ok, of = states.len(), version = reads.version, alpn = reads.alpn, "OpenSSL library probed");
+            for n in &reads.notes {
+                info!(path, note = %n, "OpenSSL library: field not read");
+            }
+            self.libs.insert(
+                key,
+                AttachedLib {
+                    view: SslLibrary { path: path.clone(), dev: key.0, ino: key.1, pids: 0, probes: states, reads },
+                    links,
+                    pid_set: HashSet::new(),
+                },
+            );
+        }
+        let Some(lib) = self.libs.get_mut(&key) else { return false };
         lib.pid_set.insert(pid);
         lib.view.pids = lib.pid_set.len();
         self.by_pid.insert(pid, key);
@@ -277,10 +311,13 @@ impl OpenSsl {
     }
 }
 
-fn attach_libssl(probes: &mut Probes, target: &std::path::Path) -> (Vec<(ProgId, UProbeLinkId)>, Vec<ProbeState>) {
+/// Attaches every OpenSSL probe to the library file `target`; the return and SSL_free programs
+/// get the library's `index` in SSL_LIBS as their cookie.
+fn attach_libssl(probes: &mut Probes, target: &std::path::Path, index: u64) -> (Vec<(ProgId, UProbeLinkId)>, Vec<ProbeState>) {
     let mut links = Vec::new();
     let mut states = Vec::new();
     for &(function, prog, cookie) in SSL_SITES {
+        let cookie = if prog == ProgId::SslHandshakeEnter { cookie } else { index };
         let point = UProbeAttachPoint { location: UProbeAttachLocation::Symbol(function), cookie: Some(cookie) };
         let (state, sites, error) = match probes.attach_uprobe_point(prog, target, point, None) {
             Ok(link) => {
