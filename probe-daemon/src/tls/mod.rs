@@ -4,7 +4,8 @@
 //!   `(*Conn).clientHandshake` / `serverHandshake`, never uretprobes) and writes each tracked
 //!   process's `tls.Conn` offsets to the kernel (`GO_TLS_CONFIG`, per pid).
 //! - OpenSSL: [`OpenSsl`] finds libssl (`libssl.so.3`, `libssl.so.1.1`, …) in each process's
-//!   mappings (through `/proc/PID/root`, so container paths work) and attaches once per library
+//!   mappings (through `/proc/PID/map_files`, so container paths and replaced files work) and
+//!   attaches once per library
 //!   file: uprobes + uretprobes on SSL_do_handshake / SSL_connect / SSL_accept, uprobes on
 //!   SSL_set_connect_state / SSL_set_accept_state (role) and SSL_free (ends failed handshakes).
 //! - [`TlsState`] is the per-process outcome (metrics and the health engine read it).
@@ -199,12 +200,15 @@ pub fn is_libssl(path: &str) -> bool {
     name == "libssl.so" || name.starts_with("libssl.so.")
 }
 
-/// The libssl path mapped by `pid`, if any (first match in /proc/PID/maps).
-pub fn libssl_of(pid: u32) -> Option<String> {
+/// The libssl mapped by `pid`, if any (first match in /proc/PID/maps): its path as the process
+/// sees it, and its address range (the name of the mapping in /proc/PID/map_files).
+pub fn libssl_of(pid: u32) -> Option<(String, String)> {
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
     maps.lines().find_map(|l| {
-        let path = l.split_whitespace().nth(5)?;
-        (path.starts_with('/') && is_libssl(path)).then(|| path.to_string())
+        let mut f = l.split_whitespace();
+        let range = f.next()?;
+        let path = f.nth(4)?;
+        (path.starts_with('/') && is_libssl(path)).then(|| (path.to_string(), range.to_string()))
     })
 }
 
@@ -239,9 +243,11 @@ impl OpenSsl {
         if pid == std::process::id() || self.by_pid.contains_key(&pid) {
             return self.by_pid.contains_key(&pid);
         }
-        let Some(path) = libssl_of(pid) else { return false };
-        // Through the process's root: the file a container sees, whatever our mount namespace.
-        let target = PathBuf::from(format!("/proc/{pid}/root{path}"));
+        let Some((path, range)) = libssl_of(pid) else { return false };
+        // The file the process really maps (a container's own, or one replaced on disk since it
+        // was loaded): /proc/PID/map_files, else the same path under the process's root.
+        let by_mapping = PathBuf::from(format!("/proc/{pid}/map_files/{range}"));
+        let target = if std::fs::metadata(&by_mapping).is_ok() { by_mapping } else { PathBuf::from(format!("/proc/{pid}/root{path}")) };
         let Ok(meta) = std::fs::metadata(&target) else {
             debug!(pid, path, "libssl vanished before it could be probed");
             return false;
