@@ -5,9 +5,9 @@
 //!   process's `tls.Conn` offsets to the kernel (`GO_TLS_CONFIG`, per pid).
 //! - OpenSSL: [`OpenSsl`] finds libssl (`libssl.so.3`, `libssl.so.1.1`, …) in each process's
 //!   mappings (through `/proc/PID/map_files`, so container paths and replaced files work) and
-//!   attaches once per library
-//!   file: uprobes + uretprobes on SSL_do_handshake / SSL_connect / SSL_accept, uprobes on
-//!   SSL_set_connect_state / SSL_set_accept_state (role) and SSL_free (ends failed handshakes).
+//!   attaches once per library file: uprobes + uretprobes on SSL_do_handshake / SSL_connect /
+//!   SSL_accept, uprobes on SSL_set_connect_state / SSL_set_accept_state (role) and SSL_free (ends
+//!   failed handshakes); [`libssl`] learns where that build keeps version, ALPN and role.
 //! - [`TlsState`] is the per-process outcome (metrics and the health engine read it).
 pub mod libssl;
 pub mod state;
