@@ -258,6 +258,28 @@ pub struct TlsInflight {
     pub last_ns: u64,
 }
 
+/// Where one libssl build keeps fields of an `SSL` (learned from its accessor functions in user
+/// space; [`OFFSET_NONE`] where unknown). Indexed by the attach cookie of the return and SSL_free
+/// programs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SslLibConfig {
+    /// int: negotiated protocol version (SSL_version).
+    pub version: u32,
+    /// int: non-zero on the server side (SSL_is_server).
+    pub is_server: u32,
+    /// unsigned char *, unsigned int: selected ALPN protocol (SSL_get0_alpn_selected).
+    pub alpn_ptr: u32,
+    pub alpn_len: u32,
+}
+
+/// libssl builds probed at once.
+pub const MAX_SSL_LIBS: u32 = 256;
+
+/// `TlsEvent.alpn_len` when the ALPN protocol could not be read (OpenSSL build with unknown
+/// layout). Real protocol names are 1–254 bytes here (longer ones are clamped to 254).
+pub const TLS_ALPN_UNREAD: u8 = 0xff;
+
 /// Attach-cookie bit of the OpenSSL entry program: the probe is on SSL_set_connect_state /
 /// SSL_set_accept_state (remember the role; the low byte is the role).
 pub const SSL_COOKIE_SET_STATE: u64 = 0x100;
@@ -686,4 +708,5 @@ mod user {
     unsafe impl aya::Pod for GoTlsConfig {}
     unsafe impl aya::Pod for TlsInflight {}
     unsafe impl aya::Pod for TlsInflightKey {}
+    unsafe impl aya::Pod for SslLibConfig {}
 }

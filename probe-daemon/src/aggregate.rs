@@ -449,8 +449,8 @@ impl Aggregate {
             library: if e.library == probe_common::TLS_LIBRARY_OPENSSL { "openssl" } else { "go" },
             role: tls::role_label(e.role),
             result: if failed { "error" } else { "ok" },
-            version: if e.library == probe_common::TLS_LIBRARY_OPENSSL { "unknown" } else { tls::version_label(e.version) },
-            alpn: if e.library == probe_common::TLS_LIBRARY_OPENSSL { "unknown" } else { tls::alpn_label(&e.alpn[..alpn_n], e.alpn_len as usize) },
+            version: tls::version_label(e.version),
+            alpn: if e.alpn_len == probe_common::TLS_ALPN_UNREAD { "unknown" } else { tls::alpn_label(&e.alpn[..alpn_n], e.alpn_len as usize) },
         };
         let reason = if failed { tls::failure_reason(e.alert_sent, e.alert_received) } else { "" };
         if failed {
@@ -618,7 +618,7 @@ mod tests {
         a.on_tls(&ok, t0);
         a.on_tls(&TlsEvent { failed: 1, alpn_len: 0, alert_received: 120, ..ok }, t0);
         a.on_tls(
-            &TlsEvent { library: probe_common::TLS_LIBRARY_OPENSSL, role: probe_common::TLS_ROLE_SERVER, failed: 1, alert_sent: TLS_ALERT_UNREAD, alert_received: TLS_ALERT_UNREAD, ..ok },
+            &TlsEvent { library: probe_common::TLS_LIBRARY_OPENSSL, role: probe_common::TLS_ROLE_SERVER, failed: 1, version: 0, alpn_len: probe_common::TLS_ALPN_UNREAD, alert_sent: TLS_ALERT_UNREAD, alert_received: TLS_ALERT_UNREAD, ..ok },
             t0,
         );
         let t = a.process(me).unwrap().tls.as_ref().unwrap();

@@ -13,7 +13,7 @@ use aya::{
     Ebpf,
 };
 use probe_common::{
-    CreationSite, FailureKey, GoCreationConfig, GoCreationCounts, GoTlsConfig, KernelConfig, ProcCounters,
+    CreationSite, FailureKey, GoCreationConfig, GoCreationCounts, GoTlsConfig, KernelConfig, ProcCounters, SslLibConfig,
     ProgId, ProgStats,
 };
 use tracing::{debug, info, warn};
@@ -122,6 +122,8 @@ pub struct KernelMaps {
     pub creation: CreationMaps,
     /// Per-process offsets of the Go TLS probes (present = handshakes reported).
     pub go_tls: HashMap<MapData, u32, GoTlsConfig>,
+    /// Field offsets of each probed libssl build, by attach cookie.
+    pub ssl_libs: HashMap<MapData, u32, SslLibConfig>,
 }
 
 /// The on-demand goroutine-creation maps.
@@ -196,6 +198,7 @@ pub fn load(kcfg: KernelConfig, tracefs: &Path) -> Result<(Probes, KernelMaps), 
             window_goids: take(&mut ebpf, "WINDOW_GOIDS")?,
         },
         go_tls: take(&mut ebpf, "GO_TLS_CONFIG")?,
+        ssl_libs: take(&mut ebpf, "SSL_LIBS")?,
     };
     Ok((Probes { _ebpf: ebpf, programs }, maps))
 }

@@ -366,7 +366,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     let mut kcfg = report.config;
     kcfg.self_tgid = std::process::id();
 
-    let (probes, KernelMaps { counters, failures, stats, events: ring, creation, go_tls }) = attach::load(kcfg, &tracefs)?;
+    let (probes, KernelMaps { counters, failures, stats, events: ring, creation, go_tls, ssl_libs }) = attach::load(kcfg, &tracefs)?;
     let attached = probes.programs.iter().filter(|p| p.attached).count();
     info!(attached, total = probes.programs.len(), "kernel programs loaded");
     let programs = probes.programs.clone();
@@ -388,7 +388,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     } else {
         (None, None, None)
     };
-    let openssl = cfg.tls.openssl.then(|| Mutex::new(crate::tls::OpenSsl::new(probes.clone())));
+    let openssl = cfg.tls.openssl.then(|| Mutex::new(crate::tls::OpenSsl::new(probes.clone(), ssl_libs)));
     let shared = Arc::new(Shared {
         ring: Mutex::new(ring),
         agg: Mutex::new(Aggregate::new(cfg.scrape_interval()?, cfg.metrics.max_exited_processes)),

@@ -18,7 +18,7 @@ use aya_ebpf::{
 };
 use probe_common::{
     EventHeader, EventKind, GoTlsConfig, ProgId, TlsEvent, TlsInflight, TlsInflightKey,
-    BPF_RB_NO_WAKEUP, MAX_PROCS, SSL_COOKIE_SET_STATE, MAX_TLS_INFLIGHT, OFFSET_NONE, TLS_ALERT_UNREAD, TLS_ALPN_LEN, TLS_LIBRARY_GO,
+    BPF_RB_NO_WAKEUP, MAX_PROCS, MAX_SSL_LIBS, SSL_COOKIE_SET_STATE, SslLibConfig, TLS_ALPN_UNREAD, MAX_TLS_INFLIGHT, OFFSET_NONE, TLS_ALERT_UNREAD, TLS_ALPN_LEN, TLS_LIBRARY_GO,
     TLS_LIBRARY_OPENSSL, TLS_NO_ALERT, TLS_ROLE_CLIENT, TLS_ROLE_SERVER, TLS_ROLE_UNKNOWN,
     TLS_VERSION_UNKNOWN,
 };
@@ -36,6 +36,10 @@ pub static GO_TLS_CONFIG: HashMap<u32, GoTlsConfig> = HashMap::with_max_entries(
 /// process — falls out instead of filling the map).
 #[map]
 static TLS_INFLIGHT: LruHashMap<TlsInflightKey, TlsInflight> = LruHashMap::with_max_entries(MAX_TLS_INFLIGHT, 0);
+
+/// OpenSSL: field offsets of each probed libssl build, by the return/SSL_free attach cookie.
+#[map]
+pub static SSL_LIBS: HashMap<u32, SslLibConfig> = HashMap::with_max_entries(MAX_SSL_LIBS, 0);
 
 /// OpenSSL: role of an SSL object, from SSL_set_connect_state / SSL_set_accept_state.
 #[map]
@@ -167,7 +171,7 @@ pub fn go_tls_handshake_return(ctx: ProbeContext) -> u32 {
         let s = c.wrapping_add(cfg.conn_client_protocol as u64);
         let ptr = read::<u64>(s).unwrap_or(0);
         let len = read::<u64>(s + 8).unwrap_or(0);
-        ev.alpn_len = if len > 255 { 255 } else { len as u8 };
+        ev.alpn_len = if len > 254 { 254 } else { len as u8 };
         let n = if len > TLS_ALPN_LEN as u64 { TLS_ALPN_LEN as u32 } else { len as u32 };
         if n > 0 && ptr != 0 {
             unsafe {
@@ -237,22 +241,63 @@ pub fn ssl_handshake_enter(ctx: ProbeContext) -> u32 {
     0
 }
 
+/// The event of a finished OpenSSL handshake; with the library's offsets (cookie), the role when
+/// not known yet and, on success, the negotiated version and ALPN protocol are read from the SSL.
 #[inline(always)]
-fn ssl_event(tgid: u32, now: u64, v: &TlsInflight, failed: bool, ret: i32) -> TlsEvent {
-    TlsEvent {
+fn ssl_event(tgid: u32, now: u64, v: &TlsInflight, failed: bool, ret: i32, lib: Option<SslLibConfig>) -> TlsEvent {
+    let mut ev = TlsEvent {
         header: EventHeader { kind: EventKind::Tls as u32, tgid, ktime_ns: now },
         duration_ns: now.saturating_sub(v.start_ns),
         library: TLS_LIBRARY_OPENSSL,
         role: v.role as u8,
         failed: failed as u8,
-        alpn_len: 0,
+        alpn_len: TLS_ALPN_UNREAD,
         version: TLS_VERSION_UNKNOWN,
         cipher_suite: 0,
         alert_sent: TLS_ALERT_UNREAD,
         alert_received: TLS_ALERT_UNREAD,
         ret,
         alpn: [0; TLS_ALPN_LEN],
+    };
+    let Some(lib) = lib else { return ev };
+    let ssl = v.conn;
+    if ev.role == TLS_ROLE_UNKNOWN && lib.is_server != OFFSET_NONE {
+        if let Some(s) = read::<i32>(ssl.wrapping_add(lib.is_server as u64)) {
+            ev.role = if s != 0 { TLS_ROLE_SERVER } else { TLS_ROLE_CLIENT };
+        }
     }
+    if failed {
+        return ev;
+    }
+    if lib.version != OFFSET_NONE {
+        if let Some(ver) = read::<i32>(ssl.wrapping_add(lib.version as u64)) {
+            ev.version = ver as u16;
+        }
+    }
+    if lib.alpn_ptr != OFFSET_NONE && lib.alpn_len != OFFSET_NONE {
+        let ptr = read::<u64>(ssl.wrapping_add(lib.alpn_ptr as u64));
+        let len = read::<u32>(ssl.wrapping_add(lib.alpn_len as u64));
+        if let (Some(ptr), Some(len)) = (ptr, len) {
+            if ptr == 0 {
+                ev.alpn_len = 0;
+            } else {
+                ev.alpn_len = if len > 254 { 254 } else { len as u8 };
+                let n = if len > TLS_ALPN_LEN as u32 { TLS_ALPN_LEN as u32 } else { len };
+                if n > 0 {
+                    unsafe {
+                        aya_ebpf::helpers::generated::bpf_probe_read_user(ev.alpn.as_mut_ptr() as *mut _, n, ptr as *const _);
+                    }
+                }
+            }
+        }
+    }
+    ev
+}
+
+#[inline(always)]
+fn ssl_lib<C: EbpfContext>(ctx: &C) -> Option<SslLibConfig> {
+    let idx = cookie(ctx) as u32;
+    unsafe { SSL_LIBS.get(&idx) }.copied()
 }
 
 /// Return of SSL_do_handshake / SSL_connect / SSL_accept. 1: done; 0: failed (shut down);
@@ -286,7 +331,7 @@ pub fn ssl_handshake_return(ctx: RetProbeContext) -> u32 {
         return 0;
     }
     let _ = TLS_INFLIGHT.remove(&pending);
-    let ev = ssl_event(tgid, now, &v, ret != 1, ret);
+    let ev = ssl_event(tgid, now, &v, ret != 1, ret, ssl_lib(&ctx));
     if EVENTS.output::<TlsEvent>(&ev, BPF_RB_NO_WAKEUP).is_err() {
         count_lost_ringbuf(prog);
     }
@@ -307,7 +352,7 @@ pub fn ssl_free(ctx: ProbeContext) -> u32 {
     let pending = TlsInflightKey { tgid, kind: KEY_SSL_PENDING, id: ssl };
     let Some(v) = (unsafe { TLS_INFLIGHT.get(&pending) }).copied() else { return 0 };
     let _ = TLS_INFLIGHT.remove(&pending);
-    let mut ev = ssl_event(tgid, v.last_ns, &v, true, -1);
+    let mut ev = ssl_event(tgid, v.last_ns, &v, true, -1, ssl_lib(&ctx));
     ev.header.ktime_ns = unsafe { bpf_ktime_get_ns() };
     if EVENTS.output::<TlsEvent>(&ev, BPF_RB_NO_WAKEUP).is_err() {
         count_lost_ringbuf(prog);

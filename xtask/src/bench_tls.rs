@@ -45,10 +45,12 @@ fn get(port: u16, path: &str) -> Result<String> {
     Ok(out)
 }
 
-fn start_daemon(bin: &Path, dir: &Path) -> Result<(Proc, u16)> {
+/// Starts chainprobe (default configuration, or with the TLS probes off when `!tls`).
+fn start_daemon(bin: &Path, dir: &Path, tls: bool) -> Result<(Proc, u16)> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let cfg = dir.join("bench.toml");
-    std::fs::write(&cfg, format!("[server]\nlisten = \"127.0.0.1:{port}\"\n"))?;
+    let tls_cfg = if tls { "" } else { "[tls]\ngo = false\nopenssl = false\n" };
+    std::fs::write(&cfg, format!("[server]\nlisten = \"127.0.0.1:{port}\"\n{tls_cfg}"))?;
     let child = Command::new(bin).args(["run", "--config"]).arg(&cfg).env("RUST_LOG", "warn").stdout(Stdio::null()).spawn()?;
     let p = Proc(child);
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -113,8 +115,8 @@ impl TlsProbe {
     }
 }
 
-/// Waits until the daemon has the Go TLS probes on `pid` (so a round measures them).
-fn wait_tracked(port: u16, pid: u32) -> Result<()> {
+/// Waits until the daemon tracks `pid` (with the Go TLS probes on it when `tls`).
+fn wait_tracked(port: u16, pid: u32, tls: bool) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(15);
     while Instant::now() < deadline {
         let body = get(port, "/api/v1/targets")?;
@@ -122,7 +124,7 @@ fn wait_tracked(port: u16, pid: u32) -> Result<()> {
             let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap_or_default();
             let attached = v["targets"].as_array().into_iter().flatten().any(|t| {
                 t["pid"].as_u64() == Some(u64::from(pid))
-                    && t["probes"].as_array().into_iter().flatten().any(|p| p["name"] == "go_tls_handshake_enter" && p["state"] == "attached")
+                    && (!tls || t["probes"].as_array().into_iter().flatten().any(|p| p["name"] == "go_tls_handshake_enter" && p["state"] == "attached"))
             });
             if attached {
                 return Ok(());
@@ -146,10 +148,10 @@ fn cpu_seconds(pid: u32) -> Result<f64> {
 }
 
 /// One tlsprobe run: (handshakes/s, CPU µs per handshake pair, round trips/s, CPU µs per round trip).
-fn go_round(bin: &Path, n: u64, m: u64, daemon_port: Option<u16>) -> Result<(f64, f64, f64, f64)> {
+fn go_round(bin: &Path, n: u64, m: u64, daemon: Option<(u16, bool)>) -> Result<(f64, f64, f64, f64)> {
     let mut g = TlsProbe::start(bin)?;
-    if let Some(port) = daemon_port {
-        wait_tracked(port, g.pid)?;
+    if let Some((port, tls)) = daemon {
+        wait_tracked(port, g.pid, tls)?;
     }
     g.cmd("hs 50 any any h2 h2,http/1.1 trusted")?; // warm-up
     let c0 = cpu_seconds(g.pid)?;
@@ -253,55 +255,47 @@ pub fn run(args: &[String]) -> Result<()> {
         bail!("openssl req failed");
     }
 
-    let (mut hs_off, mut hs_on, mut rt_off, mut rt_on, mut os_off, mut os_on) = (vec![], vec![], vec![], vec![], vec![], vec![]);
-    let (mut hc_off, mut hc_on, mut rc_off, mut rc_on) = (vec![], vec![], vec![], vec![]);
+    // Three configurations per round: no chainprobe, chainprobe with the TLS probes off, and
+    // chainprobe by default (TLS probes on). "off" vs "on" isolates what the TLS probes cost from
+    // what the daemon's presence costs on a 2-core machine; the order of the two daemon
+    // configurations alternates between rounds so drift hits both alike.
+    let mut res: [Vec<(f64, f64, f64, f64, f64)>; 3] = [vec![], vec![], vec![]];
     for r in 0..rounds {
         let (h, hc, b, bc) = go_round(&tlsprobe, n, m, None)?;
-        hs_off.push(h);
-        hc_off.push(hc);
-        rt_off.push(b);
-        rc_off.push(bc);
-        os_off.push(openssl_round(&cert, &key, ossl_secs)?);
-        {
-            let (_d, port) = start_daemon(&daemon, &dir)?;
-            let (h, hc, b, bc) = go_round(&tlsprobe, n, m, Some(port))?;
-            hs_on.push(h);
-            hc_on.push(hc);
-            rt_on.push(b);
-            rc_on.push(bc);
-            os_on.push(openssl_round(&cert, &key, ossl_secs)?);
+        let o = openssl_round(&cert, &key, ossl_secs)?;
+        res[0].push((h, hc, b, bc, o));
+        let order = if r % 2 == 0 { [false, true] } else { [true, false] };
+        for tls in order {
+            let (_d, port) = start_daemon(&daemon, &dir, tls)?;
+            let (h, hc, b, bc) = go_round(&tlsprobe, n, m, Some((port, tls)))?;
+            let o = openssl_round(&cert, &key, ossl_secs)?;
+            res[1 + tls as usize].push((h, hc, b, bc, o));
         }
-        eprintln!(
-            "round {}: Go handshakes/s {:.0} -> {:.0} (CPU µs/pair {:.0} -> {:.0}), Go round trips/s {:.0} -> {:.0} (CPU µs {:.2} -> {:.2}), OpenSSL handshakes/s {:.0} -> {:.0}",
-            r + 1,
-            hs_off[r],
-            hs_on[r],
-            hc_off[r],
-            hc_on[r],
-            rt_off[r],
-            rt_on[r],
-            rc_off[r],
-            rc_on[r],
-            os_off[r],
-            os_on[r]
-        );
+        let f = |x: &(f64, f64, f64, f64, f64)| format!("hs/s {:.0} (CPU µs/pair {:.0}), rt/s {:.0} (CPU µs {:.2}), OpenSSL hs/s {:.0}", x.0, x.1, x.2, x.3, x.4);
+        eprintln!("round {}: none: {} | TLS probes off: {} | on: {}", r + 1, f(&res[0][r]), f(&res[1][r]), f(&res[2][r]));
     }
     let _ = std::fs::remove_dir_all(&dir);
-    let (h0, h1, b0, b1, o0, o1) =
-        (median(&mut hs_off), median(&mut hs_on), median(&mut rt_off), median(&mut rt_on), median(&mut os_off), median(&mut os_on));
-    println!("| TLS on loopback (medians of {rounds} alternating rounds) | without chainprobe | with chainprobe | ratio |");
-    println!("|---|---|---|---|");
-    println!("| Go 1.27 handshakes/s (client + server in one process, TLS 1.3, ALPN h2) | {h0:.0} | {h1:.0} | {:.3}× |", h1 / h0);
-    println!("| Go 1.27 bulk: 64-byte round trips/s on one connection | {b0:.0} | {b1:.0} | {:.3}× |", b1 / b0);
-    println!("| OpenSSL handshakes/s (s_time -new → s_server, TLS 1.3) | {o0:.0} | {o1:.0} | {:.3}× |", o1 / o0);
-    let (hc0, hc1, rc0, rc1) = (median(&mut hc_off), median(&mut hc_on), median(&mut rc_off), median(&mut rc_on));
-    println!("| Go CPU µs per handshake pair (user + system of the process) | {hc0:.0} | {hc1:.0} | {:.3}× |", hc0 / hc1);
-    println!("| Go CPU µs per 64-byte round trip | {rc0:.2} | {rc1:.2} | {:.3}× |", rc0 / rc1);
+    let med = |i: usize, k: usize| -> f64 {
+        let mut v: Vec<f64> = res[i].iter().map(|x| [x.0, x.1, x.2, x.3, x.4][k]).collect();
+        median(&mut v)
+    };
+    println!("| TLS on loopback (medians of {rounds} rounds) | no chainprobe | chainprobe, TLS probes off | chainprobe (default: TLS probes on) | on / off | on / none |");
+    println!("|---|---|---|---|---|---|");
+    let rows: [(&str, usize, bool); 5] = [
+        ("Go 1.27 handshakes/s (client + server in one process, TLS 1.3, ALPN h2)", 0, false),
+        ("Go CPU µs per handshake pair (user + system)", 1, true),
+        ("Go bulk: 64-byte round trips/s on one connection", 2, false),
+        ("Go CPU µs per 64-byte round trip", 3, true),
+        ("OpenSSL handshakes/s (s_time -new → s_server, TLS 1.3)", 4, false),
+    ];
+    for (name, k, cost) in rows {
+        let (a, b, c) = (med(0, k), med(1, k), med(2, k));
+        // For costs (CPU per operation) the ratio is inverted so that < 1 always means slower.
+        let (r_off, r_none) = if cost { (b / c, a / c) } else { (c / b, c / a) };
+        println!("| {name} | {a:.2} | {b:.2} | {c:.2} | {r_off:.3}× | {r_none:.3}× |");
+    }
     println!();
-    println!(
-        "CPU added per Go handshake pair (4 probe hits: 2 entries + 2 RETs): {:.1} µs ({:.2} µs per hit)",
-        hc1 - hc0,
-        (hc1 - hc0) / 4.0
-    );
+    let added = med(2, 1) - med(1, 1);
+    println!("CPU added by the TLS probes per Go handshake pair (4 probe hits: 2 entries + 2 RETs): {added:.1} µs ({:.2} µs per hit)", added / 4.0);
     Ok(())
 }

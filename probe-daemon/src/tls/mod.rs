@@ -4,10 +4,12 @@
 //!   `(*Conn).clientHandshake` / `serverHandshake`, never uretprobes) and writes each tracked
 //!   process's `tls.Conn` offsets to the kernel (`GO_TLS_CONFIG`, per pid).
 //! - OpenSSL: [`OpenSsl`] finds libssl (`libssl.so.3`, `libssl.so.1.1`, …) in each process's
-//!   mappings (through `/proc/PID/root`, so container paths work) and attaches once per library
-//!   file: uprobes + uretprobes on SSL_do_handshake / SSL_connect / SSL_accept, uprobes on
-//!   SSL_set_connect_state / SSL_set_accept_state (role) and SSL_free (ends failed handshakes).
+//!   mappings (through `/proc/PID/map_files`, so container paths and replaced files work) and
+//!   attaches once per library file: uprobes + uretprobes on SSL_do_handshake / SSL_connect /
+//!   SSL_accept, uprobes on SSL_set_connect_state / SSL_set_accept_state (role) and SSL_free (ends
+//!   failed handshakes); [`libssl`] learns where that build keeps version, ALPN and role.
 //! - [`TlsState`] is the per-process outcome (metrics and the health engine read it).
+pub mod libssl;
 pub mod state;
 
 use std::{
@@ -22,7 +24,7 @@ use aya::{
     programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId},
 };
 use probe_common::{
-    GoTlsConfig, ProgId, GO_TLS_FUNCTIONS, OFFSET_NONE, SSL_COOKIE_SET_STATE, SSL_HANDSHAKE_FUNCTIONS,
+    GoTlsConfig, ProgId, SslLibConfig, GO_TLS_FUNCTIONS, OFFSET_NONE, SSL_COOKIE_SET_STATE, SSL_HANDSHAKE_FUNCTIONS,
     TLS_ROLE_CLIENT, TLS_ROLE_SERVER, TLS_ROLE_UNKNOWN,
 };
 use serde::Serialize;
@@ -140,6 +142,18 @@ pub struct SslLibrary {
     /// Live processes seen mapping it (the probes fire for every process using the file).
     pub pids: usize,
     pub probes: Vec<ProbeState>,
+    /// Which fields of an SSL this build lets chainprobe read (learned from its accessors).
+    pub reads: SslReads,
+}
+
+/// What is read from this libssl's SSL objects, and why not where not.
+#[derive(Debug, Clone, Serialize)]
+pub struct SslReads {
+    pub version: bool,
+    pub alpn: bool,
+    pub role: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 struct AttachedLib {
@@ -155,6 +169,9 @@ struct AttachedLib {
 /// mappings had no libssl yet at exec are looked at once more shortly after.
 pub struct OpenSsl {
     probes: Arc<Mutex<Probes>>,
+    /// SSL_LIBS: offsets per library, by attach cookie.
+    configs: BpfHashMap<MapData, u32, SslLibConfig>,
+    next_index: u32,
     libs: HashMap<(u64, u64), AttachedLib>,
     by_pid: HashMap<u32, (u64, u64)>,
     recheck: std::collections::VecDeque<(std::time::Instant, u32)>,
@@ -183,18 +200,21 @@ pub fn is_libssl(path: &str) -> bool {
     name == "libssl.so" || name.starts_with("libssl.so.")
 }
 
-/// The libssl path mapped by `pid`, if any (first match in /proc/PID/maps).
-pub fn libssl_of(pid: u32) -> Option<String> {
+/// The libssl mapped by `pid`, if any (first match in /proc/PID/maps): its path as the process
+/// sees it, and its address range (the name of the mapping in /proc/PID/map_files).
+pub fn libssl_of(pid: u32) -> Option<(String, String)> {
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
     maps.lines().find_map(|l| {
-        let path = l.split_whitespace().nth(5)?;
-        (path.starts_with('/') && is_libssl(path)).then(|| path.to_string())
+        let mut f = l.split_whitespace();
+        let range = f.next()?;
+        let path = f.nth(4)?;
+        (path.starts_with('/') && is_libssl(path)).then(|| (path.to_string(), range.to_string()))
     })
 }
 
 impl OpenSsl {
-    pub fn new(probes: Arc<Mutex<Probes>>) -> Self {
-        OpenSsl { probes, libs: HashMap::new(), by_pid: HashMap::new(), recheck: Default::default() }
+    pub fn new(probes: Arc<Mutex<Probes>>, configs: BpfHashMap<MapData, u32, SslLibConfig>) -> Self {
+        OpenSsl { probes, configs, next_index: 1, libs: HashMap::new(), by_pid: HashMap::new(), recheck: Default::default() }
     }
 
     /// A process just exec'd: look now, and once more after [`RECHECK_AFTER`] when libssl is not
@@ -223,25 +243,45 @@ impl OpenSsl {
         if pid == std::process::id() || self.by_pid.contains_key(&pid) {
             return self.by_pid.contains_key(&pid);
         }
-        let Some(path) = libssl_of(pid) else { return false };
-        // Through the process's root: the file a container sees, whatever our mount namespace.
-        let target = PathBuf::from(format!("/proc/{pid}/root{path}"));
+        let Some((path, range)) = libssl_of(pid) else { return false };
+        // The file the process really maps (a container's own, or one replaced on disk since it
+        // was loaded): /proc/PID/map_files, else the same path under the process's root.
+        let by_mapping = PathBuf::from(format!("/proc/{pid}/map_files/{range}"));
+        let target = if std::fs::metadata(&by_mapping).is_ok() { by_mapping } else { PathBuf::from(format!("/proc/{pid}/root{path}")) };
         let Ok(meta) = std::fs::metadata(&target) else {
             debug!(pid, path, "libssl vanished before it could be probed");
             return false;
         };
         let key = (meta.dev(), meta.ino());
-        let probes = self.probes.clone();
-        let lib = self.libs.entry(key).or_insert_with(|| {
-            let (links, states) = attach_libssl(&mut lock(&probes), &target);
-            let ok = states.iter().filter(|s| s.state == "attached").count();
-            info!(pid, path, attached = ok, of = states.len(), "OpenSSL library probed");
-            AttachedLib {
-                view: SslLibrary { path: path.clone(), dev: key.0, ino: key.1, pids: 0, probes: states },
-                links,
-                pid_set: HashSet::new(),
+        if !self.libs.contains_key(&key) {
+            let index = self.next_index;
+            self.next_index += 1;
+            let (cfg, mut notes) = libssl::learn(&target);
+            if let Err(e) = self.configs.insert(index, cfg, 0) {
+                notes.push(format!("offsets not handed to the kernel ({e}): version/ALPN not read"));
             }
-        });
+            let reads = SslReads {
+                version: cfg.version != OFFSET_NONE,
+                alpn: cfg.alpn_ptr != OFFSET_NONE,
+                role: cfg.is_server != OFFSET_NONE,
+                notes,
+            };
+            let (links, states) = attach_libssl(&mut lock(&self.probes), &target, index as u64);
+            let ok = states.iter().filter(|s| s.state == "attached").count();
+            info!(pid, path, attached = ok, of = states.len(), version = reads.version, alpn = reads.alpn, "OpenSSL library probed");
+            for n in &reads.notes {
+                info!(path, note = %n, "OpenSSL library: field not read");
+            }
+            self.libs.insert(
+                key,
+                AttachedLib {
+                    view: SslLibrary { path: path.clone(), dev: key.0, ino: key.1, pids: 0, probes: states, reads },
+                    links,
+                    pid_set: HashSet::new(),
+                },
+            );
+        }
+        let Some(lib) = self.libs.get_mut(&key) else { return false };
         lib.pid_set.insert(pid);
         lib.view.pids = lib.pid_set.len();
         self.by_pid.insert(pid, key);
@@ -277,10 +317,13 @@ impl OpenSsl {
     }
 }
 
-fn attach_libssl(probes: &mut Probes, target: &std::path::Path) -> (Vec<(ProgId, UProbeLinkId)>, Vec<ProbeState>) {
+/// Attaches every OpenSSL probe to the library file `target`; the return and SSL_free programs
+/// get the library's `index` in SSL_LIBS as their cookie.
+fn attach_libssl(probes: &mut Probes, target: &std::path::Path, index: u64) -> (Vec<(ProgId, UProbeLinkId)>, Vec<ProbeState>) {
     let mut links = Vec::new();
     let mut states = Vec::new();
     for &(function, prog, cookie) in SSL_SITES {
+        let cookie = if prog == ProgId::SslHandshakeEnter { cookie } else { index };
         let point = UProbeAttachPoint { location: UProbeAttachLocation::Symbol(function), cookie: Some(cookie) };
         let (state, sites, error) = match probes.attach_uprobe_point(prog, target, point, None) {
             Ok(link) => {
