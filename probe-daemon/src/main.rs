@@ -60,6 +60,7 @@ enum Command {
         /// Pod as NAMESPACE/NAME (its Go process; add --container when it has several).
         #[arg(long, value_name = "NAMESPACE/NAME")]
         pod: Option<String>,
+        /// Container of the pod (needed when the pod has several Go processes).
         #[arg(long, requires = "pod")]
         container: Option<String>,
         /// heap or goroutine; repeat for both (default: both).
