@@ -666,6 +666,17 @@ mod tests {
     }
 
     #[test]
+    fn docs_list_every_signal_with_its_default_thresholds() {
+        let doc = include_str!("../../../docs/health.md");
+        let fmt = |v: Option<f64>| v.map(|v| format!("{v}")).unwrap_or_else(|| "–".into());
+        for (name, _, t) in SIGNALS {
+            let row = doc.lines().find(|l| l.starts_with(&format!("| `{name}` |"))).unwrap_or_else(|| panic!("docs/health.md lacks {name}"));
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            assert_eq!((cells[3], cells[4]), (fmt(t.warn).as_str(), fmt(t.critical).as_str()), "{name}: {row}");
+        }
+    }
+
+    #[test]
     fn steady_growth_only() {
         let q: VecDeque<f64> = [1.0, 2.0, 3.0, 4.0].into_iter().collect();
         assert_eq!(steady_slope(&q), Some(1.0));
