@@ -136,7 +136,7 @@ impl CreationProbes {
                     break;
                 };
                 let offsets = match site {
-                    GoSite::Entry => vec![f.file_offset],
+                    GoSite::Entry => vec![f.entry_probe_file_offset],
                     GoSite::Returns => f.ret_file_offsets.clone(),
                 };
                 for o in offsets {

@@ -334,7 +334,7 @@ fn attach_binary(probes: &Mutex<Probes>, pid: u32, bin: &GoBinary) -> (Vec<(Prog
             continue;
         };
         let offsets: Vec<u64> = match site {
-            GoSite::Entry => vec![f.file_offset],
+            GoSite::Entry => vec![f.entry_probe_file_offset],
             GoSite::Returns => f.ret_file_offsets.clone(),
         };
         let mut error = if offsets.is_empty() { Some("no RET instruction found".to_string()) } else { None };

@@ -109,7 +109,7 @@ impl GoTls {
                 // No crypto/tls in this binary: nothing to probe, not an error.
                 continue;
             };
-            for (prog, offsets) in [(ProgId::GoTlsEnter, vec![f.file_offset]), (ProgId::GoTlsReturn, f.ret_file_offsets.clone())] {
+            for (prog, offsets) in [(ProgId::GoTlsEnter, vec![f.entry_probe_file_offset]), (ProgId::GoTlsReturn, f.ret_file_offsets.clone())] {
                 let mut error = if offsets.is_empty() { Some("no RET instruction found".to_string()) } else { None };
                 let mut attached = 0;
                 for off in offsets {
