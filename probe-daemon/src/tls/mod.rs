@@ -254,6 +254,13 @@ impl OpenSsl {
         };
         let key = (meta.dev(), meta.ino());
         if !self.libs.contains_key(&key) {
+            // Hold the file open and work through our own descriptor: the process (and with it
+            // its /proc entries) may be gone before the probes are attached.
+            let Ok(file) = std::fs::File::open(&target) else {
+                debug!(pid, path, "libssl vanished before it could be probed");
+                return false;
+            };
+            let target = PathBuf::from(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&file)));
             let index = self.next_index;
             self.next_index += 1;
             let (cfg, mut notes) = libssl::learn(&target);
@@ -267,7 +274,13 @@ impl OpenSsl {
                 notes,
             };
             let (links, states) = attach_libssl(&mut lock(&self.probes), &target, index as u64);
+            drop(file);
             let ok = states.iter().filter(|s| s.state == "attached").count();
+            if ok == 0 {
+                // Nothing attached: not remembered, so the next process using it tries again.
+                warn!(pid, path, errors = ?states.iter().filter_map(|s| s.error.as_deref()).collect::<Vec<_>>(), "OpenSSL library could not be probed");
+                return false;
+            }
             info!(pid, path, attached = ok, of = states.len(), version = reads.version, alpn = reads.alpn, "OpenSSL library probed");
             for n in &reads.notes {
                 info!(path, note = %n, "OpenSSL library: field not read");
