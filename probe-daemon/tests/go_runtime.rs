@@ -4,9 +4,8 @@
 mod common;
 
 use std::{
-    io::{BufRead, BufReader, Write},
+    io::Write,
     path::PathBuf,
-    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -15,81 +14,20 @@ use common::{Daemon, Metrics};
 const VERSIONS: &[&str] = &["1.19", "1.27"];
 const VARIANTS: &[&str] = &["default", "stripped", "pie", "pie-stripped"];
 
-fn fixtures_root() -> PathBuf {
-    std::env::var_os("CHAINPROBE_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/go-fixtures"))
-}
-
 /// Every (label, path) of the gorun fixture matrix; fails when the fixtures were not built.
 fn fixtures() -> Vec<(String, PathBuf)> {
-    let root = fixtures_root();
     let mut out = Vec::new();
     for v in VERSIONS {
-        let dir = std::fs::read_dir(&root)
-            .unwrap_or_else(|e| panic!("no Go fixtures in {} ({e}): run `cargo xtask fixtures` first", root.display()))
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n == *v || n.starts_with(&format!("{v}."))))
-            .unwrap_or_else(|| panic!("no Go {v} fixtures in {}: run `cargo xtask fixtures`", root.display()));
+        let ver = common::go_version_dir(v).file_name().unwrap().to_string_lossy().to_string();
         for variant in VARIANTS {
-            let p = dir.join(variant).join("gorun");
-            assert!(p.is_file(), "missing fixture {}: run `cargo xtask fixtures`", p.display());
-            out.push((format!("go{}-{variant}", dir.file_name().unwrap().to_string_lossy()), p));
+            out.push((format!("go{ver}-{variant}"), common::go_fixture(v, variant, "gorun")));
         }
     }
     out
 }
 
-/// A running gorun, killed when dropped.
-struct Gorun {
-    label: String,
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-    pid: u32,
-}
-
-impl Gorun {
-    fn start(label: &str, path: &PathBuf) -> Gorun {
-        let mut child = Command::new(path)
-            .env("GOMAXPROCS", "2")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {}: {e}", path.display()));
-        let stdin = child.stdin.take().unwrap();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        assert!(line.starts_with("ready"), "{label}: {line}");
-        let pid = child.id();
-        Gorun { label: label.to_string(), child, stdin, stdout, pid }
-    }
-
-    /// Sends a command; returns the reply's words after "ok".
-    fn cmd(&mut self, c: &str) -> Vec<i64> {
-        writeln!(self.stdin, "{c}").unwrap();
-        self.stdin.flush().unwrap();
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).unwrap();
-        let mut words = line.split_whitespace();
-        assert_eq!(words.next(), Some("ok"), "{}: {c} -> {line:?}", self.label);
-        words.map(|w| w.parse().unwrap()).collect()
-    }
-
-    fn alive(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-}
-
-impl Drop for Gorun {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// A running gorun (see its main.go for the commands).
+type Gorun = common::GoProgram;
 
 fn targets(d: &Daemon) -> serde_json::Value {
     let (code, body) = d.get("/api/v1/targets").unwrap();

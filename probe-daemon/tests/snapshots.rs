@@ -4,9 +4,9 @@
 mod common;
 
 use std::{
-    io::{BufRead, BufReader, Read, Write},
+    io::{Read, Write},
     path::{Path, PathBuf},
-    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+    process::Command,
     sync::Mutex,
     time::{Duration, Instant},
 };
@@ -29,32 +29,13 @@ const FAST_API: &str = "[api]\nrate_limit_per_second = 1000.0\nrate_limit_burst 
 /// Fast evaluations and a low goroutine threshold: 400 goroutines are critical.
 const HEALTH: &str = "[api]\nrate_limit_per_second = 1000.0\nrate_limit_burst = 1000\n[go]\nread_interval_seconds = 0.2\ncreation_probes = \"manual\"\n[health]\ninterval_seconds = 0.5\ndegraded_interval_seconds = 0.5\n[health.signals.goroutines]\nwarn = 200.0\ncritical = 400.0\n";
 
-fn fixtures_root() -> PathBuf {
-    std::env::var_os("CHAINPROBE_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/go-fixtures"))
-}
-
-/// The directory of the fixtures built with Go `minor` ("1.19", "1.27").
-fn version_dir(minor: &str) -> PathBuf {
-    let root = fixtures_root();
-    std::fs::read_dir(&root)
-        .unwrap_or_else(|e| panic!("no Go fixtures in {} ({e}): run `cargo xtask fixtures` first", root.display()))
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&format!("{minor}."))))
-        .unwrap_or_else(|| panic!("no Go {minor} fixtures in {}: run `cargo xtask fixtures`", root.display()))
-}
-
 fn leaky_path(minor: &str, variant: &str) -> PathBuf {
-    let p = version_dir(minor).join(variant).join("leaky");
-    assert!(p.is_file(), "missing fixture {}: run `cargo xtask fixtures`", p.display());
-    p
+    common::go_fixture(minor, variant, "leaky")
 }
 
 /// The `go` command of the toolchain that built the fixtures of `minor`.
 fn go_tool(minor: &str) -> PathBuf {
-    let ver = version_dir(minor).file_name().unwrap().to_string_lossy().to_string();
+    let ver = common::go_version_dir(minor).file_name().unwrap().to_string_lossy().to_string();
     if ver.starts_with("1.19") {
         return PathBuf::from("/usr/lib/go-1.19/bin/go");
     }
@@ -78,12 +59,9 @@ fn pprof(minor: &str, args: &[&str], file: &Path) -> String {
     text
 }
 
-/// A running leaky, killed when dropped.
+/// A running leaky (see its main.go for the commands); `port` is its pprof port (0 without).
 struct Leaky {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-    pid: u32,
+    g: common::GoProgram,
     port: u16,
 }
 
@@ -96,33 +74,23 @@ impl Leaky {
         Self::spawn(cmd)
     }
 
-    fn spawn(mut cmd: Command) -> Leaky {
-        let mut child = cmd.env("GOMAXPROCS", "2").stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("start leaky");
-        let stdin = child.stdin.take().unwrap();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        let w: Vec<&str> = line.split_whitespace().collect();
-        assert_eq!(w.first(), Some(&"ready"), "leaky said {line:?}");
-        let (pid, port) = (w[1].parse().unwrap(), w[2].parse().unwrap());
-        Leaky { child, stdin, stdout, pid, port }
-    }
-
-    fn cmd(&mut self, c: &str) -> Vec<i64> {
-        writeln!(self.stdin, "{c}").unwrap();
-        self.stdin.flush().unwrap();
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).unwrap();
-        let mut words = line.split_whitespace();
-        assert_eq!(words.next(), Some("ok"), "{c} -> {line:?}");
-        words.map(|w| w.parse().unwrap()).collect()
+    fn spawn(cmd: Command) -> Leaky {
+        let g = common::GoProgram::spawn("leaky", cmd);
+        let port = g.ready.get(1).and_then(|p| p.parse().ok()).expect("leaky prints its pprof port");
+        Leaky { g, port }
     }
 }
 
-impl Drop for Leaky {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl std::ops::Deref for Leaky {
+    type Target = common::GoProgram;
+    fn deref(&self) -> &common::GoProgram {
+        &self.g
+    }
+}
+
+impl std::ops::DerefMut for Leaky {
+    fn deref_mut(&mut self) -> &mut common::GoProgram {
+        &mut self.g
     }
 }
 

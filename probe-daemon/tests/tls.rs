@@ -13,8 +13,8 @@ mod common;
 use std::{
     collections::BTreeMap,
     io::{BufRead, BufReader, Write},
-    path::{Path, PathBuf},
-    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+    path::PathBuf,
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -29,77 +29,17 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn fixtures_root() -> PathBuf {
-    std::env::var_os("CHAINPROBE_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/go-fixtures"))
-}
-
 fn fixture(version: &str, variant: &str) -> PathBuf {
-    let root = fixtures_root();
-    let dir = std::fs::read_dir(&root)
-        .unwrap_or_else(|e| panic!("no Go fixtures in {} ({e}): run `cargo xtask fixtures` first", root.display()))
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n == version || n.starts_with(&format!("{version}."))))
-        .unwrap_or_else(|| panic!("no Go {version} fixtures in {}: run `cargo xtask fixtures`", root.display()));
-    let p = dir.join(variant).join("tlsprobe");
-    assert!(p.is_file(), "missing fixture {}: run `cargo xtask fixtures`", p.display());
-    p
+    common::go_fixture(version, variant, "tlsprobe")
 }
 
-/// A running tlsprobe, killed when dropped.
-struct TlsProbe {
-    label: String,
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-    pid: u32,
-}
+/// A running tlsprobe (see its main.go for the commands).
+type TlsProbe = common::GoProgram;
 
-impl TlsProbe {
-    fn start(label: &str, path: &Path) -> TlsProbe {
-        let mut child = Command::new(path)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {}: {e}", path.display()));
-        let stdin = child.stdin.take().unwrap();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        assert!(line.starts_with("ready"), "{label}: {line}");
-        let pid = child.id();
-        TlsProbe { label: label.to_string(), child, stdin, stdout, pid }
-    }
-
-    fn cmd(&mut self, c: &str) -> Vec<i64> {
-        writeln!(self.stdin, "{c}").unwrap();
-        self.stdin.flush().unwrap();
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).unwrap();
-        let mut words = line.split_whitespace();
-        assert_eq!(words.next(), Some("ok"), "{}: {c} -> {line:?}", self.label);
-        words.map(|w| w.parse().unwrap()).collect()
-    }
-
-    /// `hs`: returns (client ok, client fail, server ok, server fail).
-    fn hs(&mut self, args: &str) -> (i64, i64, i64, i64) {
-        let r = self.cmd(&format!("hs {args}"));
-        (r[0], r[1], r[2], r[3])
-    }
-
-    fn alive(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-}
-
-impl Drop for TlsProbe {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `hs`: returns (client ok, client fail, server ok, server fail).
+fn hs(g: &mut TlsProbe, args: &str) -> (i64, i64, i64, i64) {
+    let r = g.cmd(&format!("hs {args}"));
+    (r[0], r[1], r[2], r[3])
 }
 
 fn targets(d: &Daemon) -> serde_json::Value {
@@ -154,14 +94,14 @@ fn go_handshakes_are_counted_exactly_with_their_labels_on_every_build() {
             wait_go_tls_attached(&d, &label, g.pid);
             let pid = g.pid.to_string();
 
-            assert_eq!(g.hs("5 1.3 any h2 h2,http/1.1 trusted"), (5, 0, 5, 0), "{label}");
-            assert_eq!(g.hs("4 1.2 any http/1.1 h2,http/1.1 trusted"), (4, 0, 4, 0), "{label}");
-            assert_eq!(g.hs("3 any any - - trusted"), (3, 0, 3, 0), "{label}");
+            assert_eq!(hs(&mut g, "5 1.3 any h2 h2,http/1.1 trusted"), (5, 0, 5, 0), "{label}");
+            assert_eq!(hs(&mut g, "4 1.2 any http/1.1 h2,http/1.1 trusted"), (4, 0, 4, 0), "{label}");
+            assert_eq!(hs(&mut g, "3 any any - - trusted"), (3, 0, 3, 0), "{label}");
             // One long-lived connection with many small Reads/Writes: one handshake per side.
             g.cmd("bulk 300 64");
-            assert_eq!(g.hs("2 any any h2 h2 untrusted"), (0, 2, 0, 2), "{label}");
-            assert_eq!(g.hs("2 any any h2 http/1.1 trusted"), (0, 2, 0, 2), "{label}");
-            assert_eq!(g.hs("2 1.2 1.3 - - trusted"), (0, 2, 0, 2), "{label}");
+            assert_eq!(hs(&mut g, "2 any any h2 h2 untrusted"), (0, 2, 0, 2), "{label}");
+            assert_eq!(hs(&mut g, "2 any any h2 http/1.1 trusted"), (0, 2, 0, 2), "{label}");
+            assert_eq!(hs(&mut g, "2 1.2 1.3 - - trusted"), (0, 2, 0, 2), "{label}");
 
             let total_expected = 2.0 * (5.0 + 4.0 + 3.0 + 1.0 + 6.0);
             let m = d.wait_metrics(&format!("{label}: all handshakes"), Duration::from_secs(10), |m| {

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+use crate::bench_util::median;
 use anyhow::{bail, Context, Result};
 
 use crate::codegen::goinspect;
@@ -129,11 +130,6 @@ fn release_exe() -> Result<PathBuf> {
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join("target"));
     Ok(target.join("release/xtask"))
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// Entry point: `args` are the words after `bench goinspect`.

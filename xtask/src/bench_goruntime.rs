@@ -12,30 +12,14 @@
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::TcpStream,
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    path::Path,
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
 
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use crate::bench_util::{median, Proc};
 
 fn http(port: u16, method: &str, path: &str, body: &str) -> Result<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
@@ -98,11 +82,6 @@ fn wrk_rate(port: u16, secs: u64) -> Result<f64> {
         .with_context(|| format!("no Requests/sec in wrk output:\n{text}"))
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-    v[v.len() / 2]
-}
-
 pub fn run(args: &[String]) -> Result<()> {
     let (mut rounds, mut n, mut http_secs) = (5usize, 200_000u64, 5u64);
     let mut it = args.iter();
@@ -115,10 +94,7 @@ pub fn run(args: &[String]) -> Result<()> {
             other => bail!("unknown argument {other:?}"),
         }
     }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("the benchmark loads eBPF programs: run as root");
-    }
+    crate::bench_util::require_root()?;
     for tool in ["bpftrace", "wrk"] {
         if Command::new("which").arg(tool).output().map(|o| !o.status.success()).unwrap_or(true) {
             bail!("{tool} is needed: apt-get install -y bpftrace wrk");
@@ -126,18 +102,9 @@ pub fn run(args: &[String]) -> Result<()> {
     }
     crate::build_release()?;
     let root = crate::repo_root();
-    let status = Command::new("bash")
-        .arg(root.join("tests/fixtures/go/build.sh"))
-        .env("CHAINPROBE_GO_PROGRAMS", "spawnbench httpbench")
-        .env("CHAINPROBE_GO_VERSIONS", "1.27.3")
-        .env("CHAINPROBE_GO_VARIANTS", "default")
-        .status()?;
-    if !status.success() {
-        bail!("building the Go benchmark programs failed");
-    }
-    let fx: PathBuf = std::env::var_os("CHAINPROBE_FIXTURES").map(PathBuf::from).unwrap_or_else(|| root.join("target/go-fixtures"));
-    let spawn = fx.join("1.27.3/default/spawnbench");
-    let httpb = fx.join("1.27.3/default/httpbench");
+    let fx = crate::bench_util::go_programs("spawnbench httpbench", "default")?;
+    let spawn = fx.join("default/spawnbench");
+    let httpb = fx.join("default/httpbench");
     let daemon = root.join("target/release/chainprobe");
     let dir = std::env::temp_dir().join(format!("chainprobe-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;

@@ -12,21 +12,14 @@
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::TcpStream,
-    path::{Path, PathBuf},
-    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+    path::Path,
+    process::{ChildStdin, ChildStdout, Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
 
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use crate::bench_util::{median, Proc};
 
 fn http(port: u16, method: &str, path: &str, body: &str) -> Result<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
@@ -134,11 +127,6 @@ fn wait_done(port: u16, pid: u32, id: Option<&str>) -> Result<serde_json::Value>
     bail!("no snapshot of {pid}")
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-    v[v.len() / 2]
-}
-
 fn summary_mtime_ms(dir: &Path, meta: &serde_json::Value) -> Result<u64> {
     let f = meta["files"].as_object().and_then(|f| f.values().next()).and_then(|f| f["file"].as_str()).context("no file")?;
     let stem = f.split('.').take_while(|p| !matches!(*p, "heap" | "goroutine")).collect::<Vec<_>>().join(".");
@@ -155,23 +143,11 @@ pub fn run(args: &[String]) -> Result<()> {
             other => bail!("unknown argument {other:?}"),
         }
     }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("the benchmark loads eBPF programs: run as root");
-    }
+    crate::bench_util::require_root()?;
     crate::build_release()?;
     let root = crate::repo_root();
-    let status = Command::new("bash")
-        .arg(root.join("tests/fixtures/go/build.sh"))
-        .env("CHAINPROBE_GO_PROGRAMS", "leaky")
-        .env("CHAINPROBE_GO_VERSIONS", "1.27.3")
-        .env("CHAINPROBE_GO_VARIANTS", "default stripped")
-        .status()?;
-    if !status.success() {
-        bail!("building the leaky fixture failed");
-    }
-    let fx: PathBuf = std::env::var_os("CHAINPROBE_FIXTURES").map(PathBuf::from).unwrap_or_else(|| root.join("target/go-fixtures"));
-    let (plain, stripped) = (fx.join("1.27.3/default/leaky"), fx.join("1.27.3/stripped/leaky"));
+    let fx = crate::bench_util::go_programs("leaky", "default stripped")?;
+    let (plain, stripped) = (fx.join("default/leaky"), fx.join("stripped/leaky"));
     let dir = std::env::temp_dir().join(format!("chainprobe-bench-snap-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let daemon = root.join("target/release/chainprobe");

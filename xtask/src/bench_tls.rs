@@ -12,30 +12,14 @@
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::TcpStream,
-    path::{Path, PathBuf},
-    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+    path::Path,
+    process::{ChildStdin, ChildStdout, Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
 
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use crate::bench_util::{median, Proc};
 
 fn get(port: u16, path: &str) -> Result<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
@@ -202,11 +186,6 @@ fn openssl_round(cert: &Path, key: &Path, secs: u64) -> Result<f64> {
         .with_context(|| format!("no rate in s_time output:\n{text}"))
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-    v[v.len() / 2]
-}
-
 pub fn run(args: &[String]) -> Result<()> {
     let (mut rounds, mut n, mut m, mut ossl_secs) = (7usize, 3000u64, 30_000u64, 3u64);
     let mut it = args.iter();
@@ -220,26 +199,14 @@ pub fn run(args: &[String]) -> Result<()> {
             other => bail!("unknown argument {other:?}"),
         }
     }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("the benchmark loads eBPF programs: run as root");
-    }
+    crate::bench_util::require_root()?;
     if Command::new("which").arg("openssl").output().map(|o| !o.status.success()).unwrap_or(true) {
         bail!("openssl is needed: apt-get install -y openssl");
     }
     crate::build_release()?;
     let root = crate::repo_root();
-    let status = Command::new("bash")
-        .arg(root.join("tests/fixtures/go/build.sh"))
-        .env("CHAINPROBE_GO_PROGRAMS", "tlsprobe")
-        .env("CHAINPROBE_GO_VERSIONS", "1.27.3")
-        .env("CHAINPROBE_GO_VARIANTS", "default")
-        .status()?;
-    if !status.success() {
-        bail!("building the tlsprobe fixture failed");
-    }
-    let fx: PathBuf = std::env::var_os("CHAINPROBE_FIXTURES").map(PathBuf::from).unwrap_or_else(|| root.join("target/go-fixtures"));
-    let tlsprobe = fx.join("1.27.3/default/tlsprobe");
+    let fx = crate::bench_util::go_programs("tlsprobe", "default")?;
+    let tlsprobe = fx.join("default/tlsprobe");
     let daemon = root.join("target/release/chainprobe");
     let dir = std::env::temp_dir().join(format!("chainprobe-bench-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;

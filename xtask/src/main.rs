@@ -20,6 +20,7 @@ mod bench_goruntime;
 mod bench_snapshot;
 mod bench_syscalls;
 mod bench_tls;
+mod bench_util;
 mod codegen;
 
 fn repo_root() -> PathBuf {

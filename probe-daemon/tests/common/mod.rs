@@ -11,6 +11,91 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// Where `cargo xtask fixtures` puts the Go fixtures (`CHAINPROBE_FIXTURES` overrides it).
+pub fn fixtures_root() -> PathBuf {
+    std::env::var_os("CHAINPROBE_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/go-fixtures"))
+}
+
+/// The directory of the fixtures built with Go `version` ("1.19", "1.27" or a full version).
+pub fn go_version_dir(version: &str) -> PathBuf {
+    let root = fixtures_root();
+    std::fs::read_dir(&root)
+        .unwrap_or_else(|e| panic!("no Go fixtures in {} ({e}): run `cargo xtask fixtures` first", root.display()))
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n == version || n.starts_with(&format!("{version}."))))
+        .unwrap_or_else(|| panic!("no Go {version} fixtures in {}: run `cargo xtask fixtures`", root.display()))
+}
+
+/// Fixture `program` built with Go `version` as `variant`; fails when it was not built.
+pub fn go_fixture(version: &str, variant: &str, program: &str) -> PathBuf {
+    let p = go_version_dir(version).join(variant).join(program);
+    assert!(p.is_file(), "missing fixture {}: run `cargo xtask fixtures`", p.display());
+    p
+}
+
+/// A Go fixture program driven over stdin (one command a line, one reply line each), started
+/// with GOMAXPROCS=2 and killed when dropped. It first prints `ready …`.
+pub struct GoProgram {
+    pub label: String,
+    pub child: Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+    pub pid: u32,
+    /// The words of its `ready` line after "ready".
+    pub ready: Vec<String>,
+}
+
+impl GoProgram {
+    pub fn start(label: &str, path: &std::path::Path) -> GoProgram {
+        Self::spawn(label, Command::new(path))
+    }
+
+    pub fn spawn(label: &str, mut cmd: Command) -> GoProgram {
+        use std::io::BufRead;
+        let mut child = cmd
+            .env("GOMAXPROCS", "2")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {label}: {e}"));
+        let stdin = child.stdin.take().expect("stdin");
+        let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("ready line");
+        let mut words = line.split_whitespace().map(str::to_string);
+        assert_eq!(words.next().as_deref(), Some("ready"), "{label}: {line:?}");
+        let pid = child.id();
+        GoProgram { label: label.to_string(), child, stdin, stdout, pid, ready: words.collect() }
+    }
+
+    /// Sends a command; returns the reply's numbers after "ok".
+    pub fn cmd(&mut self, c: &str) -> Vec<i64> {
+        use std::io::BufRead;
+        writeln!(self.stdin, "{c}").expect("write command");
+        self.stdin.flush().expect("flush command");
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("read reply");
+        let mut words = line.split_whitespace();
+        assert_eq!(words.next(), Some("ok"), "{}: {c} -> {line:?}", self.label);
+        words.map(|w| w.parse().expect("numeric reply")).collect()
+    }
+
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().map(|s| s.is_none()).unwrap_or(false)
+    }
+}
+
+impl Drop for GoProgram {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A running `chainprobe run`, killed (SIGTERM, then SIGKILL) when dropped.
 pub struct Daemon {
     pub child: Child,
