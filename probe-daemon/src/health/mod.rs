@@ -83,7 +83,7 @@ pub const SIGNALS: &[(&str, &str, Thresholds)] = &[
         "goroutines gained per minute, when the count rose steadily over the last growth_evaluations",
         Thresholds::new(100.0, 1000.0),
     ),
-    ("heap_goal_ratio", "live heap / the GC's heap goal", Thresholds::new(0.8, 1.0)),
+    ("heap_goal_ratio", "live heap / the GC's heap goal (critical above the pacer's hard goal, 1.1× the goal)", Thresholds::new(0.8, 1.1)),
     ("heap_live_bytes", "live heap in bytes (no thresholds: for growth rules)", Thresholds { warn: None, critical: None }),
     ("stw_seconds_per_10s", "stop-the-world pause time per 10 s", Thresholds::new(0.1, 0.2)),
     ("gc_rate_ratio", "GC cycles per second / the process's own baseline rate", Thresholds::new(3.0, 10.0)),
