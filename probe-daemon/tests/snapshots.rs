@@ -227,7 +227,17 @@ fn a_breach_takes_one_heap_and_one_goroutine_snapshot_and_the_cooldown_holds() {
 
     // The rule clears (goroutines back to normal), breaches again, and the cooldown refuses it.
     app.cmd("free");
-    std::thread::sleep(Duration::from_secs(3));
+    // The rule clears after 3 evaluations (0.5 s apart) with no critical signal.
+    let mut calm_since: Option<Instant> = None;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while calm_since.is_none_or(|t| t.elapsed() < Duration::from_secs(3)) {
+        let (_, t) = api.json("GET", "/api/v1/targets", None);
+        let me = t["targets"].as_array().unwrap().iter().find(|t| t["pid"] == app.pid).cloned().unwrap_or_default();
+        let critical = me["health"]["signals"].as_array().is_none_or(|s| s.iter().any(|s| s["state"] == "critical"));
+        calm_since = if critical { None } else { calm_since.or(Some(Instant::now())) };
+        assert!(Instant::now() < deadline, "the rule never cleared: {me}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     app.cmd("leak 600");
     let m = d.wait_metrics("a refused rule snapshot", Duration::from_secs(20), |m| {
         m.has("chainprobe_snapshots_total", &[("trigger", "rule"), ("kind", "heap"), ("result", "refused")])
