@@ -204,8 +204,9 @@ impl ProgId {
 
 // ---- TLS handshakes (issue #6) -------------------------------------------------------------
 
-/// Go functions that run once per real handshake (never `handshakeContext`, which runs again on
-/// every Read and Write): the entry program goes at each entry, the return program at every RET.
+/// Go functions that run once per real handshake (never the entry of `handshakeContext`, which
+/// runs again on every Read and Write): the entry program goes at each entry; the return program
+/// right after `handshakeContext`'s call of them (amd64), else at every RET of both.
 pub const GO_TLS_FUNCTIONS: [&str; 2] =
     ["crypto/tls.(*Conn).clientHandshake", "crypto/tls.(*Conn).serverHandshake"];
 

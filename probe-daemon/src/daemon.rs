@@ -380,7 +380,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         let go = cfg.go.enabled.then(|| {
             let mut tracker = GoTracker::new(probes.clone());
             if cfg.tls.go {
-                tracker = tracker.with_tls(Arc::new(crate::tls::GoTls::new(go_tls)));
+                tracker = tracker.with_tls(Arc::new(crate::tls::GoTls::new(go_tls, cfg.tls.go_result_site)));
             }
             Arc::new(Mutex::new(tracker))
         });

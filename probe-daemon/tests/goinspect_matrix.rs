@@ -192,6 +192,38 @@ fn hex_at(data: &[u8], off: u64, len: usize, arch: Arch) -> String {
     }
 }
 
+/// The TLS result site (amd64 binaries with crypto/tls) is a conditional jump of handshakeContext,
+/// as `go tool objdump` prints it, shortly after an indirect CALL whose result (AX) is stored at
+/// `Conn.handshakeErr`; elsewhere there is none.
+fn check_tls_result_site(ctx: &str, b: &GoBinary, truth: &Truth, data: &[u8], arch: Arch, has_tls: bool, t: &mut Tally) {
+    let name = goinspect::TLS_HANDSHAKE_CALLER;
+    let site = b.tls_result_site.as_ref();
+    if !(has_tls && arch == Arch::Amd64) {
+        t.check(site.is_none(), || format!("{ctx}: TLS result site {site:?} without amd64 crypto/tls"));
+        return;
+    }
+    let (Some(site), Some(f), Some(err)) = (site, b.function(name), b.offset("crypto/tls.Conn.handshakeErr")) else {
+        t.check(false, || format!("{ctx}: no TLS result site ({:?})", b.warnings));
+        return;
+    };
+    t.check(site.function == name && site.file_offset == f.file_offset + site.offset, || format!("{ctx}: TLS result site {site:?}"));
+    let ins = truth.objdump.get(name).cloned().unwrap_or_default();
+    let Some(i) = ins.iter().position(|(a, _, _)| *a == f.entry + site.offset) else {
+        t.check(false, || format!("{ctx}: TLS result site +{:#x} is not an instruction of {name}", site.offset));
+        return;
+    };
+    let (_, bytes, text) = &ins[i];
+    t.check(text.starts_with('J'), || format!("{ctx}: TLS result site is `{text}`, not a jump"));
+    t.check(&hex_at(data, site.file_offset, bytes.len() / 2, arch) == bytes, || format!("{ctx}: TLS result site bytes"));
+    let before = &ins[i.saturating_sub(12)..i];
+    let call = before.iter().rposition(|(_, _, x)| x.split_whitespace().collect::<Vec<_>>().len() == 2 && x.starts_with("CALL ") && !x.contains('('));
+    let store = format!("MOVQ AX, {err:#x}(");
+    t.check(
+        call.is_some_and(|c| before[c + 1..].iter().any(|(_, _, x)| x.starts_with(&store)) && !before[c + 1..].iter().any(|(_, _, x)| x.starts_with('J') || x.starts_with("CALL"))),
+        || format!("{ctx}: no `CALL reg … {store}…` right before the TLS result site: {before:?}"),
+    );
+}
+
 #[derive(Default)]
 struct Tally {
     checks: usize,
@@ -385,6 +417,7 @@ fn check_binary(version: &str, variant: &str, bin: &Path, t: &mut Tally) {
             || format!("{ctx}: TLS offsets without crypto/tls"),
         );
     }
+    check_tls_result_site(&ctx, &b, &truth, &data, arch, has_tls, t);
 
     // Data symbols vs go tool nm (code references in stripped builds, symtab otherwise). Stripping
     // can shrink the read-only segment across a page boundary, moving the writable segment (and

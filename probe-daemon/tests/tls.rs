@@ -48,21 +48,43 @@ fn targets(d: &Daemon) -> serde_json::Value {
     serde_json::from_str(&body).unwrap()
 }
 
-/// Waits until the daemon tracks `pid` with the Go TLS probes attached.
-fn wait_go_tls_attached(d: &Daemon, label: &str, pid: u32) {
+/// Where the daemon reads a Go handshake's result.
+#[derive(Clone, Copy, PartialEq)]
+enum ResultSite {
+    /// One probe in handshakeContext after its call of c.handshakeFn (amd64 default).
+    Caller,
+    /// Every RET of clientHandshake and serverHandshake (`go_result_site = "rets"`).
+    Rets,
+}
+
+/// Waits until the daemon tracks `pid` with the Go TLS probes attached where `site` says.
+fn wait_go_tls_attached(d: &Daemon, label: &str, pid: u32, site: ResultSite) {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let t = targets(d);
         let x = t["targets"].as_array().and_then(|a| a.iter().find(|x| x["pid"].as_u64() == Some(u64::from(pid))).cloned());
         if let Some(x) = x {
             let probes = x["probes"].as_array().unwrap();
-            let tls: Vec<&serde_json::Value> = probes.iter().filter(|p| p["name"].as_str().unwrap().contains("tls")).collect();
-            // Entry + RETs of clientHandshake and serverHandshake.
-            assert_eq!(tls.len(), 4, "{label}: {x}");
-            for p in &tls {
-                assert_eq!(p["state"], "attached", "{label}: {p}");
-                assert!(p["sites"].as_u64().unwrap() >= 1, "{label}: {p}");
+            let tls: Vec<(&str, &str, u64)> = probes
+                .iter()
+                .filter(|p| p["name"].as_str().unwrap().contains("tls"))
+                .map(|p| {
+                    assert_eq!(p["state"], "attached", "{label}: {p}");
+                    (p["name"].as_str().unwrap(), p["function"].as_str().unwrap(), p["sites"].as_u64().unwrap())
+                })
+                .collect();
+            let (client, server) = ("crypto/tls.(*Conn).clientHandshake", "crypto/tls.(*Conn).serverHandshake");
+            assert!(tls.contains(&("go_tls_handshake_enter", client, 1)), "{label}: {tls:?}");
+            assert!(tls.contains(&("go_tls_handshake_enter", server, 1)), "{label}: {tls:?}");
+            let returns: Vec<_> = tls.iter().filter(|p| p.0 == "go_tls_handshake_return").collect();
+            match site {
+                ResultSite::Caller => assert_eq!(returns, [&("go_tls_handshake_return", "crypto/tls.(*Conn).handshakeContext", 1)], "{label}"),
+                ResultSite::Rets => {
+                    assert_eq!(returns.len(), 2, "{label}: {tls:?}");
+                    assert!(returns.iter().all(|p| (p.1 == client || p.1 == server) && p.2 >= 1), "{label}: {tls:?}");
+                }
             }
+            assert_eq!(tls.len(), 2 + returns.len(), "{label}: {tls:?}");
             return;
         }
         assert!(Instant::now() < deadline, "{label} (pid {pid}) not tracked: {t}");
@@ -89,47 +111,63 @@ fn go_handshakes_are_counted_exactly_with_their_labels_on_every_build() {
     let d = Daemon::start("tls-go", "");
     for v in VERSIONS {
         for variant in VARIANTS {
-            let label = format!("go{v}-{variant}");
-            let mut g = TlsProbe::start(&label, &fixture(v, variant));
-            wait_go_tls_attached(&d, &label, g.pid);
-            let pid = g.pid.to_string();
-
-            assert_eq!(hs(&mut g, "5 1.3 any h2 h2,http/1.1 trusted"), (5, 0, 5, 0), "{label}");
-            assert_eq!(hs(&mut g, "4 1.2 any http/1.1 h2,http/1.1 trusted"), (4, 0, 4, 0), "{label}");
-            assert_eq!(hs(&mut g, "3 any any - - trusted"), (3, 0, 3, 0), "{label}");
-            // One long-lived connection with many small Reads/Writes: one handshake per side.
-            g.cmd("bulk 300 64");
-            assert_eq!(hs(&mut g, "2 any any h2 h2 untrusted"), (0, 2, 0, 2), "{label}");
-            assert_eq!(hs(&mut g, "2 any any h2 http/1.1 trusted"), (0, 2, 0, 2), "{label}");
-            assert_eq!(hs(&mut g, "2 1.2 1.3 - - trusted"), (0, 2, 0, 2), "{label}");
-
-            let total_expected = 2.0 * (5.0 + 4.0 + 3.0 + 1.0 + 6.0);
-            let m = d.wait_metrics(&format!("{label}: all handshakes"), Duration::from_secs(10), |m| {
-                sum(m, HS, &[("pid", &pid)]) >= total_expected
-            });
-            for role in ["client", "server"] {
-                let ok = |version: &str, alpn: &str| {
-                    m.value(HS, &[("pid", &pid), ("library", "go"), ("role", role), ("result", "ok"), ("version", version), ("alpn", alpn)])
-                };
-                assert_eq!(ok("1.3", "h2"), 5.0, "{label} {role}:\n{}", m.text);
-                assert_eq!(ok("1.2", "http/1.1"), 4.0, "{label} {role}");
-                assert_eq!(ok("1.3", "none"), 3.0 + 1.0, "{label} {role}: hs + bulk");
-                assert_eq!(sum(&m, HS, &[("pid", &pid), ("role", role), ("result", "ok")]), 13.0, "{label} {role}: no Read/Write re-entry counted");
-                assert_eq!(sum(&m, HS, &[("pid", &pid), ("role", role), ("result", "error")]), 6.0, "{label} {role}");
-                assert_eq!(m.value(DUR_COUNT, &[("pid", &pid), ("library", "go"), ("role", role), ("result", "ok")]), 13.0, "{label} {role}");
-                assert_eq!(m.value(DUR_COUNT, &[("pid", &pid), ("library", "go"), ("role", role), ("result", "error")]), 6.0, "{label} {role}");
-            }
-            assert_eq!(sum(&m, HS, &[("pid", &pid)]), total_expected, "{label}");
-            for reason in ["certificate", "alpn", "version"] {
-                // Both sides of each of the 2 failed handshakes.
-                assert_eq!(m.value(FAIL, &[("pid", &pid), ("library", "go"), ("reason", reason)]), 4.0, "{label} {reason}:\n{}", m.text);
-            }
-            assert_eq!(sum(&m, FAIL, &[("pid", &pid)]), 12.0, "{label}");
-            assert!(m.has(HS, &[("pid", &pid), ("comm", "tlsprobe")]), "{label}");
-            assert!(g.alive(), "{label}: the probed program must survive");
-            assert_eq!(g.cmd("quit"), Vec::<i64>::new());
+            go_handshakes_counted_exactly(&d, &format!("go{v}-{variant}"), v, variant, ResultSite::Caller);
         }
     }
+}
+
+/// The same with the results read at every RET of the handshake functions (the placement used
+/// where handshakeContext's call site is not recognised, and on arm64).
+#[test]
+fn go_handshakes_read_at_the_rets_when_asked() {
+    let _serial = serial();
+    let d = Daemon::start("tls-go-rets", "[tls]\ngo_result_site = \"rets\"\n");
+    for (v, variant) in [("1.19", "pie-stripped"), ("1.27", "stripped")] {
+        go_handshakes_counted_exactly(&d, &format!("go{v}-{variant}-rets"), v, variant, ResultSite::Rets);
+    }
+}
+
+/// Runs exact handshake workloads in tlsprobe built with Go `v` as `variant` and checks every
+/// count and label the daemon reports for it.
+fn go_handshakes_counted_exactly(d: &Daemon, label: &str, v: &str, variant: &str, site: ResultSite) {
+    let mut g = TlsProbe::start(label, &fixture(v, variant));
+    wait_go_tls_attached(d, label, g.pid, site);
+    let pid = g.pid.to_string();
+
+    assert_eq!(hs(&mut g, "5 1.3 any h2 h2,http/1.1 trusted"), (5, 0, 5, 0), "{label}");
+    assert_eq!(hs(&mut g, "4 1.2 any http/1.1 h2,http/1.1 trusted"), (4, 0, 4, 0), "{label}");
+    assert_eq!(hs(&mut g, "3 any any - - trusted"), (3, 0, 3, 0), "{label}");
+    // One long-lived connection with many small Reads/Writes: one handshake per side.
+    g.cmd("bulk 300 64");
+    assert_eq!(hs(&mut g, "2 any any h2 h2 untrusted"), (0, 2, 0, 2), "{label}");
+    assert_eq!(hs(&mut g, "2 any any h2 http/1.1 trusted"), (0, 2, 0, 2), "{label}");
+    assert_eq!(hs(&mut g, "2 1.2 1.3 - - trusted"), (0, 2, 0, 2), "{label}");
+
+    let total_expected = 2.0 * (5.0 + 4.0 + 3.0 + 1.0 + 6.0);
+    let m = d.wait_metrics(&format!("{label}: all handshakes"), Duration::from_secs(10), |m| {
+        sum(m, HS, &[("pid", &pid)]) >= total_expected
+    });
+    for role in ["client", "server"] {
+        let ok = |version: &str, alpn: &str| {
+            m.value(HS, &[("pid", &pid), ("library", "go"), ("role", role), ("result", "ok"), ("version", version), ("alpn", alpn)])
+        };
+        assert_eq!(ok("1.3", "h2"), 5.0, "{label} {role}:\n{}", m.text);
+        assert_eq!(ok("1.2", "http/1.1"), 4.0, "{label} {role}");
+        assert_eq!(ok("1.3", "none"), 3.0 + 1.0, "{label} {role}: hs + bulk");
+        assert_eq!(sum(&m, HS, &[("pid", &pid), ("role", role), ("result", "ok")]), 13.0, "{label} {role}: no Read/Write re-entry counted");
+        assert_eq!(sum(&m, HS, &[("pid", &pid), ("role", role), ("result", "error")]), 6.0, "{label} {role}");
+        assert_eq!(m.value(DUR_COUNT, &[("pid", &pid), ("library", "go"), ("role", role), ("result", "ok")]), 13.0, "{label} {role}");
+        assert_eq!(m.value(DUR_COUNT, &[("pid", &pid), ("library", "go"), ("role", role), ("result", "error")]), 6.0, "{label} {role}");
+    }
+    assert_eq!(sum(&m, HS, &[("pid", &pid)]), total_expected, "{label}");
+    for reason in ["certificate", "alpn", "version"] {
+        // Both sides of each of the 2 failed handshakes.
+        assert_eq!(m.value(FAIL, &[("pid", &pid), ("library", "go"), ("reason", reason)]), 4.0, "{label} {reason}:\n{}", m.text);
+    }
+    assert_eq!(sum(&m, FAIL, &[("pid", &pid)]), 12.0, "{label}");
+    assert!(m.has(HS, &[("pid", &pid), ("comm", "tlsprobe")]), "{label}");
+    assert!(g.alive(), "{label}: the probed program must survive");
+    assert_eq!(g.cmd("quit"), Vec::<i64>::new());
 }
 
 /// Waits for `child` and returns its exit code.
@@ -249,7 +287,7 @@ fn openssl_handshakes_of_curl_and_s_server_and_the_go_server_side() {
 
     // curl → the Go server: 3 trusted (ok on both sides), 2 without the CA (error on both sides).
     let mut g = TlsProbe::start("go-serve", &fixture("1.27", "default"));
-    wait_go_tls_attached(&d, "go-serve", g.pid);
+    wait_go_tls_attached(&d, "go-serve", g.pid, ResultSite::Caller);
     let gport = g.cmd(&format!("serve http/1.1 {}", ca.display()))[0];
     let url = format!("https://127.0.0.1:{gport}/");
     for i in 0..3 {

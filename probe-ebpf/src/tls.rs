@@ -1,10 +1,12 @@
 //! TLS handshakes (issue #6): Go crypto/tls and OpenSSL (libssl).
 //!
-//! Go: uprobes at the entry and at every RET instruction of `(*Conn).clientHandshake` and
-//! `(*Conn).serverHandshake` (they run once per real handshake; `handshakeContext` runs again on
-//! every Read and Write). State between entry and return is keyed by goroutine id: goroutines move
-//! between threads. At return the outcome is read from the `tls.Conn` with offsets the daemon
-//! computed for the process's Go version (GO_TLS_CONFIG, per tgid).
+//! Go: uprobes at the entry of `(*Conn).clientHandshake` and `(*Conn).serverHandshake` (they run
+//! once per real handshake; `handshakeContext` runs again on every Read and Write), and where the
+//! result is back: on amd64 in `handshakeContext` just after its call `c.handshakeFn(ctx)` (a
+//! jump the kernel emulates, found by the daemon), else at every RET of both functions. State
+//! between entry and return is keyed by goroutine id: goroutines move between threads. At return
+//! the outcome is read from the `tls.Conn` with offsets the daemon computed for the process's Go
+//! version (GO_TLS_CONFIG, per tgid).
 //!
 //! OpenSSL: uprobes at SSL_do_handshake / SSL_connect / SSL_accept entry, uretprobes at their
 //! return (fine for C code), SSL_set_connect_state / SSL_set_accept_state for the role, and
@@ -129,7 +131,8 @@ fn alert_of(cfg: &GoTlsConfig, field: u64, op: &[u8; 12], op_len: u64) -> u16 {
     op_error_alert(cfg, data, op, op_len).unwrap_or(TLS_NO_ALERT)
 }
 
-/// Every RET of clientHandshake / serverHandshake: the error result is (RAX, RBX) on amd64.
+/// The handshake's result is back: the error is in the result registers (RAX, RBX on amd64; at
+/// every RET of clientHandshake / serverHandshake, and still there after handshakeContext's call).
 #[uprobe]
 pub fn go_tls_handshake_return(ctx: ProbeContext) -> u32 {
     let prog = ProgId::GoTlsReturn;

@@ -40,11 +40,13 @@ pub struct TlsConfig {
     pub go: bool,
     /// OpenSSL handshakes of every process that maps libssl.
     pub openssl: bool,
+    /// Where a Go handshake's result is read.
+    pub go_result_site: crate::tls::GoResultSite,
 }
 
 impl Default for TlsConfig {
     fn default() -> Self {
-        TlsConfig { go: true, openssl: true }
+        TlsConfig { go: true, openssl: true, go_result_site: crate::tls::GoResultSite::Auto }
     }
 }
 

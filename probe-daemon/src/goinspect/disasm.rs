@@ -62,19 +62,94 @@ pub fn cheap_entry_offset(arch: Arch, code: &[u8], ip: u64) -> u64 {
         i.mnemonic() == Mnemonic::Cmp && i.op0_kind() == OpKind::Register && i.op0_register() == reg && i.op1_kind() == OpKind::Memory && i.memory_base() == Register::R14
     };
     let at = |i: &iced_x86::Instruction| i.ip().wrapping_sub(ip);
-    // The opcodes the kernel emulates as conditional jumps: 0x70–0x7f, 0x0f 0x80–0x8f (no prefix).
-    let jcc = |i: &iced_x86::Instruction| {
-        let o = at(i) as usize;
-        match (code.get(o), code.get(o + 1)) {
-            (Some(0x70..=0x7f), _) => i.len() == 2,
-            (Some(0x0f), Some(0x80..=0x8f)) => i.len() == 6,
-            _ => false,
-        }
-    };
+    let jcc = |i: &iced_x86::Instruction| i.mnemonic() != Mnemonic::Jmp && emulated_jump(code, at(i) as usize, i.len());
     match ins.as_slice() {
         [a, b, ..] if stack_check(a, Register::RSP) && jcc(b) => at(b),
         [a, b, c] if a.mnemonic() == Mnemonic::Lea && a.op0_register() == Register::R12 && stack_check(b, Register::R12) && jcc(c) => at(c),
         _ => 0,
+    }
+}
+
+/// The opcodes the kernel's x86 uprobes emulate as jumps (one trap, no single step): Jcc rel8
+/// (0x70–0x7f), Jcc rel32 (0x0f 0x80–0x8f) and JMP rel8/rel32 (0xeb, 0xe9), without prefixes.
+fn emulated_jump(code: &[u8], at: usize, len: usize) -> bool {
+    match (code.get(at), code.get(at + 1)) {
+        (Some(0x70..=0x7f), _) | (Some(0xeb), _) => len == 2,
+        (Some(0x0f), Some(0x80..=0x8f)) => len == 6,
+        (Some(0xe9), _) => len == 5,
+        _ => false,
+    }
+}
+
+/// Where a probe sees, cheaply, what an indirect call returned (amd64 only).
+///
+/// `handshakeContext` runs each real TLS handshake as `c.handshakeErr = c.handshakeFn(ctx)`: an
+/// indirect CALL whose error result (RAX, RBX) is then stored at `result_field` (the offset of
+/// `Conn.handshakeErr`) of the receiver. The return path of that one call is reached once per
+/// handshake, client or server, whatever RET of the callee returned. Its first instruction is a
+/// load the kernel would single-step (two traps, ~4.7 µs a hit here), but within a few
+/// instructions comes the write barrier's conditional jump, which the kernel emulates (~1.2 µs).
+///
+/// Returns the offset (relative to `ip`) of that jump, provided that between the call and the
+/// jump every instruction is straight-line code that writes none of RAX and RBX (the result),
+/// RSP, or R14 (the current g, which keys the handshake by goroutine), and that exactly one
+/// indirect call in `code` has such a path storing RAX at `[reg + result_field]`. Anything else
+/// (an unexpected compiler's code, arm64 — whose uprobes emulate RET itself) gives an error
+/// saying why, and the caller keeps the callee's RET sites.
+pub fn call_result_probe_offset(arch: Arch, code: &[u8], ip: u64, result_field: u64) -> Result<u64, &'static str> {
+    use iced_x86::{FlowControl, InstructionInfoFactory, OpAccess, OpKind, Register};
+    if arch != Arch::Amd64 {
+        return Err("only amd64 needs it (arm64 uprobes emulate RET)");
+    }
+    const WINDOW: usize = 12;
+    let mut dec = Decoder::with_ip(64, code, ip, DecoderOptions::NONE);
+    let mut all = Vec::new();
+    while dec.can_decode() {
+        all.push(dec.decode());
+    }
+    let mut info = InstructionInfoFactory::new();
+    let kept = [Register::RAX, Register::RBX, Register::RSP, Register::R14];
+    let mut found = Vec::new();
+    for (i, call) in all.iter().enumerate() {
+        let indirect = call.mnemonic() == Mnemonic::Call && matches!(call.op0_kind(), OpKind::Register | OpKind::Memory);
+        if !indirect {
+            continue;
+        }
+        let mut stored = false;
+        for ins in all.iter().skip(i + 1).take(WINDOW) {
+            if ins.code() == Code::INVALID {
+                break;
+            }
+            let at = ins.ip().wrapping_sub(ip) as usize;
+            if emulated_jump(code, at, ins.len()) {
+                if stored {
+                    found.push(at as u64);
+                }
+                break;
+            }
+            if ins.flow_control() != FlowControl::Next {
+                break;
+            }
+            let writes_kept = info.info(ins).used_registers().iter().any(|u| {
+                matches!(u.access(), OpAccess::Write | OpAccess::ReadWrite | OpAccess::CondWrite | OpAccess::ReadCondWrite)
+                    && kept.contains(&u.register().full_register())
+            });
+            if writes_kept {
+                break;
+            }
+            stored |= ins.mnemonic() == Mnemonic::Mov
+                && ins.op0_kind() == OpKind::Memory
+                && ins.op1_kind() == OpKind::Register
+                && ins.op1_register() == Register::RAX
+                && !matches!(ins.memory_base(), Register::None | Register::RSP | Register::RIP)
+                && ins.memory_index() == Register::None
+                && ins.memory_displacement64() == result_field;
+        }
+    }
+    match found.as_slice() {
+        [one] => Ok(*one),
+        [] => Err("no indirect call whose result is stored in the handshake error field and stays in registers up to an emulated jump"),
+        _ => Err("more than one indirect call stores its result in the handshake error field"),
     }
 }
 
@@ -163,6 +238,47 @@ mod tests {
         assert_eq!(cheap_entry_offset(Arch::Arm64, &small, 0x1000), 0);
     }
 
+    /// `c.handshakeErr = c.handshakeFn(ctx)` in handshakeContext, Go 1.27 (handshakeErr at 0x38):
+    /// MOVQ 0x18(CX), DX; MOVQ 0(DX), CX; MOVQ 0x108(SP), AX; MOVQ 0x1a8(SP), BX; CALL CX;
+    /// MOVQ 0x1c0(SP), CX; MOVQ AX, 0x38(CX); CMPL runtime.writeBarrier(SB), $0; JE +0x10.
+    const HANDSHAKE_FN_127: &[u8] = &[
+        0x48, 0x8b, 0x51, 0x18, 0x48, 0x8b, 0x0a, 0x48, 0x8b, 0x84, 0x24, 0x08, 0x01, 0x00, 0x00, 0x48, 0x8b, 0x9c, 0x24, 0xa8, 0x01, 0x00, 0x00,
+        0xff, 0xd1, // CALL CX (+0x17)
+        0x48, 0x8b, 0x8c, 0x24, 0xc0, 0x01, 0x00, 0x00, 0x48, 0x89, 0x41, 0x38, 0x83, 0x3d, 0xcf, 0xac, 0x35, 0x00, 0x00,
+        0x74, 0x10, // JE (+0x2c)
+        0x48, 0x8b, 0x51, 0x40,
+    ];
+    /// A decoy before it (Go 1.23, `<-ctx.Done()` style): CALL CX; TESTQ AX, AX; JE: the result is
+    /// tested, not stored in the error field.
+    const DECOY: &[u8] = &[0xff, 0xd1, 0x48, 0x85, 0xc0, 0x0f, 0x84, 0x32, 0x01, 0x00, 0x00];
+
+    #[test]
+    fn handshake_result_probe_at_the_write_barrier_jump() {
+        assert_eq!(call_result_probe_offset(Arch::Amd64, HANDSHAKE_FN_127, 0x59acb5, 0x38), Ok(0x2c));
+        let code = [DECOY, HANDSHAKE_FN_127].concat();
+        assert_eq!(call_result_probe_offset(Arch::Amd64, &code, 0x1000, 0x38), Ok(DECOY.len() as u64 + 0x2c));
+        // Go 1.19 (handshakeErr at 0x30): CALL SI; MOVQ 0x1c8(SP), DI; MOVQ AX, 0x30(DI);
+        // LEAQ 0x38(DI), CX; CMPL $0, runtime.writeBarrier(SB); JNE +6.
+        let go119 = [
+            0xff, 0xd6, 0x48, 0x8b, 0xbc, 0x24, 0xc8, 0x01, 0x00, 0x00, 0x48, 0x89, 0x47, 0x30, 0x48, 0x8d, 0x4f, 0x38, 0x83, 0x3d, 0x1a, 0x9e, 0x22, 0x00,
+            0x00, 0x75, 0x06,
+        ];
+        assert_eq!(call_result_probe_offset(Arch::Amd64, &go119, 0x597f0d, 0x30), Ok(0x19));
+        // Another field offset: nothing stores there.
+        assert!(call_result_probe_offset(Arch::Amd64, HANDSHAKE_FN_127, 0x1000, 0x30).is_err());
+        assert!(call_result_probe_offset(Arch::Amd64, DECOY, 0x1000, 0x38).is_err());
+        // Two such calls: ambiguous.
+        let twice = [HANDSHAKE_FN_127, HANDSHAKE_FN_127].concat();
+        assert!(call_result_probe_offset(Arch::Amd64, &twice, 0x1000, 0x38).is_err());
+        // RBX (the error's data word) overwritten before the jump: not there.
+        let mut clobbered = HANDSHAKE_FN_127.to_vec();
+        assert_eq!(clobbered[0x1b], 0x8c);
+        clobbered[0x1b] = 0x9c; // ModRM: MOVQ 0x1c0(SP), CX -> MOVQ 0x1c0(SP), BX
+        assert!(call_result_probe_offset(Arch::Amd64, &clobbered, 0x1000, 0x38).is_err());
+        assert!(call_result_probe_offset(Arch::Arm64, HANDSHAKE_FN_127, 0x1000, 0x38).is_err());
+        assert!(call_result_probe_offset(Arch::Amd64, &[], 0x1000, 0x38).is_err());
+    }
+
     #[test]
     fn amd64_rets_and_riprel() {
         // lea rax,[rip+0x10]; nop; ret; int3; mov rcx,[rip-8]; ret
@@ -221,6 +337,7 @@ mod tests {
         for arch in [Arch::Amd64, Arch::Arm64] {
             let _ = ret_offsets(arch, &junk, u64::MAX - 10);
             let _ = pcrel_refs(arch, &junk, u64::MAX - 10);
+            let _ = call_result_probe_offset(arch, &junk, u64::MAX - 10, 0x38);
         }
     }
 }

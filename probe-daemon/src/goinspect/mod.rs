@@ -212,6 +212,20 @@ pub struct Function {
     pub source: Source,
 }
 
+/// A probe site inside a function.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProbeSite {
+    pub function: String,
+    /// Relative to the function's entry.
+    pub offset: u64,
+    /// Where the uprobe attaches.
+    pub file_offset: u64,
+}
+
+/// The function running each real TLS handshake, and the field its result is stored in.
+pub const TLS_HANDSHAKE_CALLER: &str = "crypto/tls.(*Conn).handshakeContext";
+const TLS_HANDSHAKE_ERR_FIELD: &str = "crypto/tls.Conn.handshakeErr";
+
 /// pclntab facts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PclntabInfo {
@@ -257,6 +271,12 @@ pub struct GoBinary {
     pub data_symbols: BTreeMap<String, DataSymbol>,
     /// Set when data symbols could not be determined.
     pub data_symbols_error: Option<String>,
+    /// amd64: where a handshake's result is read, once per handshake of either role: in
+    /// `handshakeContext`, the emulated jump right after its call `c.handshakeFn(ctx)` (see
+    /// [`disasm::call_result_probe_offset`]), a quarter of the cost of a RET site. None: the
+    /// RETs of clientHandshake / serverHandshake are probed instead (arm64, whose uprobes emulate
+    /// RET; no crypto/tls; or code of an unexpected shape, then a warning says why).
+    pub tls_result_site: Option<ProbeSite>,
     /// Non-fatal observations (e.g. a code reference that disagrees with .symtab).
     pub warnings: Vec<String>,
 }
@@ -610,6 +630,20 @@ fn analyze(path: &Path, img: &ElfImage<'_>) -> Result<GoBinary, GoInspectError> 
         Err(_) => {}
     }
 
+    let tls_result_site = match (functions.get(TLS_HANDSHAKE_CALLER), offsets.get(TLS_HANDSHAKE_ERR_FIELD)) {
+        (Some(f), Some(field)) if img.arch == Arch::Amd64 => {
+            let code = img.bytes_at(f.entry, f.size).unwrap_or_default();
+            match disasm::call_result_probe_offset(img.arch, code, f.entry, field.value) {
+                Ok(offset) => Some(ProbeSite { function: f.name.clone(), offset, file_offset: f.file_offset.saturating_add(offset) }),
+                Err(why) => {
+                    warnings.push(format!("{TLS_HANDSHAKE_CALLER}: {why}; TLS handshake results are read at the RETs of clientHandshake/serverHandshake instead (a costlier probe)"));
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+
     let link_mode = link_mode(img, &bi);
     Ok(GoBinary {
         path: path.to_path_buf(),
@@ -643,6 +677,7 @@ fn analyze(path: &Path, img: &ElfImage<'_>) -> Result<GoBinary, GoInspectError> 
         offsets_error,
         data_symbols,
         data_symbols_error,
+        tls_result_site,
         warnings,
     })
 }
@@ -923,6 +958,9 @@ pub fn render_text(b: &GoBinary) -> String {
     }
     for a in &b.absent_functions {
         let _ = writeln!(s, "  {a:<42} absent");
+    }
+    if let Some(site) = &b.tls_result_site {
+        let _ = writeln!(s, "tls result:  {}+{:#x} file_off {:#x} (after the call of c.handshakeFn)", site.function, site.offset, site.file_offset);
     }
     let _ = writeln!(s, "data symbols:");
     for (k, d) in &b.data_symbols {

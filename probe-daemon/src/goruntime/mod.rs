@@ -260,11 +260,11 @@ impl GoTracker {
             self.targets.insert(pid, target);
             return Discovery::Tracked;
         }
-        let with_tls = self.tls.is_some();
+        let tls = self.tls.clone();
         let entry = self.binaries.entry(key).or_insert_with(|| {
             let (mut links, mut probes) = attach_binary(&self.probes, pid, &bin);
-            if with_tls {
-                let (l, p) = crate::tls::GoTls::attach_binary(&mut lock(&self.probes), pid, &bin);
+            if let Some(tls) = tls {
+                let (l, p) = tls.attach_binary(&mut lock(&self.probes), pid, &bin);
                 links.extend(l);
                 probes.extend(p);
             }
@@ -323,7 +323,6 @@ impl GoTracker {
 
 /// Attaches every Go runtime probe to the binary run by `pid`.
 fn attach_binary(probes: &Mutex<Probes>, pid: u32, bin: &GoBinary) -> (Vec<(ProgId, UProbeLinkId)>, Vec<ProbeState>) {
-    let target = PathBuf::from(format!("/proc/{pid}/exe"));
     let mut links = Vec::new();
     let mut states = Vec::new();
     let mut probes = lock(probes);
@@ -337,24 +336,38 @@ fn attach_binary(probes: &Mutex<Probes>, pid: u32, bin: &GoBinary) -> (Vec<(Prog
             GoSite::Entry => vec![f.entry_probe_file_offset],
             GoSite::Returns => f.ret_file_offsets.clone(),
         };
-        let mut error = if offsets.is_empty() { Some("no RET instruction found".to_string()) } else { None };
-        let mut attached = 0;
-        for off in offsets {
-            match probes.attach_uprobe(prog, &target, off, None) {
-                Ok(link) => {
-                    links.push((prog, link));
-                    attached += 1;
-                }
-                Err(e) => error = Some(e),
-            }
-        }
-        let state = if error.is_none() { "attached" } else { "failed" };
-        if let Some(e) = &error {
-            warn!(pid, probe = prog.program_name(), error = %e, "Go probe not attached");
-        }
-        states.push(ProbeState { name: prog.program_name(), function, state, sites: attached, error });
+        states.push(attach_sites(&mut probes, pid, prog, function, offsets, &mut links));
     }
     (links, states)
+}
+
+/// Attaches `prog` at each file offset of `offsets` in the executable of `pid` (for every process
+/// of that file), adds the links to `links`, and says how it went.
+pub(crate) fn attach_sites(
+    probes: &mut Probes,
+    pid: u32,
+    prog: ProgId,
+    function: &'static str,
+    offsets: Vec<u64>,
+    links: &mut Vec<(ProgId, UProbeLinkId)>,
+) -> ProbeState {
+    let target = PathBuf::from(format!("/proc/{pid}/exe"));
+    let mut error = if offsets.is_empty() { Some("no RET instruction found".to_string()) } else { None };
+    let mut attached = 0;
+    for off in offsets {
+        match probes.attach_uprobe(prog, &target, off, None) {
+            Ok(link) => {
+                links.push((prog, link));
+                attached += 1;
+            }
+            Err(e) => error = Some(e),
+        }
+    }
+    if let Some(e) = &error {
+        warn!(pid, probe = prog.program_name(), function, error = %e, "Go probe not attached: what it reports is missing for this binary");
+    }
+    let state = if error.is_none() { "attached" } else { "failed" };
+    ProbeState { name: prog.program_name(), function, state, sites: attached, error }
 }
 
 /// stwReason names (Go >= 1.21; the same order through 1.27).
