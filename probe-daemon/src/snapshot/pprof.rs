@@ -120,7 +120,9 @@ pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration, limit: usize) -
         IpAddr::V6(v) => format!("[{v}]:{}", addr.port()),
         IpAddr::V4(v) => format!("{v}:{}", addr.port()),
     };
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: chainprobe\r\nAccept-Encoding: identity\r\nConnection: close\r\n\r\n").map_err(io)?;
+    // One write: the request leaves in one segment.
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: chainprobe\r\nAccept-Encoding: identity\r\nConnection: close\r\n\r\n");
+    s.write_all(request.as_bytes()).map_err(io)?;
     // Headers are small; the body may be up to `limit`.
     let max = limit.saturating_add(64 * 1024);
     let mut raw = Vec::new();
@@ -278,8 +280,16 @@ mod tests {
         let t = std::thread::spawn(move || {
             for body in [&b"hello"[..], &[b'x'; 5000][..]] {
                 let (mut c, _) = l.accept().unwrap();
-                let mut req = [0u8; 1024];
-                let _ = c.read(&mut req);
+                // Read the whole request: closing with unread bytes would send a reset, and the
+                // client would see that instead of the response.
+                let mut req = Vec::new();
+                let mut b = [0u8; 1024];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match c.read(&mut b) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => req.extend_from_slice(&b[..n]),
+                    }
+                }
                 let _ = write!(c, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
                 let _ = c.write_all(body);
             }
