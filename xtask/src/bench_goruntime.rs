@@ -10,42 +10,18 @@
 //! HTTP: tests/fixtures/go/src/httpbench under `wrk` with and without chainprobe (default mode).
 //! Rounds alternate the configurations so drift hits all alike; medians are reported.
 use std::{
-    io::{BufRead, BufReader, Read, Write},
-    net::TcpStream,
+    io::{BufRead, BufReader, Write},
     path::Path,
     process::{Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{bail, Context, Result};
 
-use crate::bench_util::{median, Proc};
-
-fn http(port: u16, method: &str, path: &str, body: &str) -> Result<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: b\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    Ok(out)
-}
+use crate::bench_util::{self, http, median, Proc};
 
 fn start_daemon(bin: &Path, dir: &Path) -> Result<(Proc, u16)> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let cfg = dir.join("bench.toml");
-    std::fs::write(
-        &cfg,
-        format!("[server]\nlisten = \"127.0.0.1:{port}\"\n[go]\ncreation_probes = \"manual\"\ncreation_max_rate = 1e12\ncreation_window_seconds = 3600.0\n"),
-    )?;
-    let child = Command::new(bin).args(["run", "--config"]).arg(&cfg).env("RUST_LOG", "warn").stdout(Stdio::null()).spawn()?;
-    let p = Proc(child);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if http(port, "GET", "/readyz", "").map(|r| r.contains("ready")).unwrap_or(false) {
-            return Ok((p, port));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    bail!("chainprobe did not become ready")
+    bench_util::start_daemon(bin, dir, "[go]\ncreation_probes = \"manual\"\ncreation_max_rate = 1e12\ncreation_window_seconds = 3600.0\n")
 }
 
 /// Runs spawnbench; `before_go` runs once it printed its pid and before it starts.
@@ -129,9 +105,9 @@ pub fn run(args: &[String]) -> Result<()> {
             let (_d, port) = start_daemon(&daemon, &dir)?;
             default.push(spawn_round(&spawn, n, |_| Ok(()))?);
             forced.push(spawn_round(&spawn, n, |pid| {
-                let r = http(port, "POST", &format!("/api/v1/targets/{pid}/creation-probes"), r#"{"enabled": true}"#)?;
-                if !r.starts_with("HTTP/1.1 200") {
-                    bail!("could not switch on creation probes: {r}");
+                let (status, body) = http(port, "POST", &format!("/api/v1/targets/{pid}/creation-probes"), r#"{"enabled": true}"#)?;
+                if status != 200 {
+                    bail!("could not switch on creation probes: HTTP {status}: {body}");
                 }
                 Ok(())
             })?);

@@ -10,91 +10,35 @@
 //!    the target's worst scheduling lateness (a 1 ms ticker inside it) during the snapshot, next
 //!    to the same measure over a quiet window.
 use std::{
-    io::{BufRead, BufReader, Read, Write},
-    net::TcpStream,
     path::Path,
-    process::{ChildStdin, ChildStdout, Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
 
-use crate::bench_util::{median, Proc};
-
-fn http(port: u16, method: &str, path: &str, body: &str) -> Result<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(120)))?;
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: b\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    let status = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    // Small JSON bodies: drop chunk framing if any.
-    let body = match (body.find('{'), body.rfind('}')) {
-        (Some(a), Some(b)) if b >= a => body[a..=b].to_string(),
-        _ => body,
-    };
-    Ok((status, body))
-}
-
-fn json(port: u16, method: &str, path: &str, body: &str) -> Result<serde_json::Value> {
-    let (s, b) = http(port, method, path, body)?;
-    if !(200..300).contains(&s) {
-        bail!("{method} {path}: HTTP {s}: {b}");
-    }
-    serde_json::from_str(&b).with_context(|| format!("{method} {path}: {b}"))
-}
+use crate::bench_util::{self, json, median, GoProgram, Proc};
 
 fn start_daemon(bin: &Path, dir: &Path, rules: bool) -> Result<(Proc, u16)> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let cfg = dir.join("bench.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\n[api]\nrate_limit_per_second = 1000.0\nrate_limit_burst = 1000\n[go]\nread_interval_seconds = 0.2\ncreation_probes = \"manual\"\n[health]\ninterval_seconds = 0.5\ndegraded_interval_seconds = 0.5\n{}[health.signals.goroutines]\nwarn = 200.0\ncritical = 400.0\n[snapshot]\ndir = \"{}\"\nmax_per_target_per_hour = 100\nmax_snapshots = 1000\nmax_goroutines = 1000000\nfetch_timeout_seconds = 60.0\nmax_profile_bytes = 1073741824\n",
+    let extra = format!(
+            "[api]\nrate_limit_per_second = 1000.0\nrate_limit_burst = 1000\n[go]\nread_interval_seconds = 0.2\ncreation_probes = \"manual\"\n[health]\ninterval_seconds = 0.5\ndegraded_interval_seconds = 0.5\n{}[health.signals.goroutines]\nwarn = 200.0\ncritical = 400.0\n[snapshot]\ndir = \"{}\"\nmax_per_target_per_hour = 100\nmax_snapshots = 1000\nmax_goroutines = 1000000\nfetch_timeout_seconds = 60.0\nmax_profile_bytes = 1073741824\n",
             if rules { "" } else { "rules = []\n" },
             dir.join("snapshots").display()
-        ),
-    )?;
-    let child = Command::new(bin).args(["run", "--config"]).arg(&cfg).env("RUST_LOG", "warn").stdout(Stdio::null()).spawn()?;
-    let p = Proc(child);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if http(port, "GET", "/readyz", "").map(|r| r.0 == 200).unwrap_or(false) {
-            return Ok((p, port));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    bail!("chainprobe did not become ready")
+        );
+    bench_util::start_daemon(bin, dir, &extra)
 }
 
-struct Leaky {
-    _p: Proc,
-    stdin: ChildStdin,
-    out: BufReader<ChildStdout>,
-    pid: u32,
-}
+/// The leaky fixture (see its main.go for the commands), serving pprof when asked.
+struct Leaky(GoProgram);
 
 impl Leaky {
     fn start(bin: &Path, pprof: bool) -> Result<Leaky> {
-        let mut c = Command::new(bin);
-        if pprof {
-            c.args(["-pprof", "127.0.0.1:0"]);
-        }
-        let mut child = c.env("GOMAXPROCS", "2").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn()?;
-        let stdin = child.stdin.take().context("stdin")?;
-        let mut out = BufReader::new(child.stdout.take().context("stdout")?);
-        let mut line = String::new();
-        out.read_line(&mut line)?;
-        let pid = child.id();
-        Ok(Leaky { _p: Proc(child), stdin, out, pid })
+        let args: &[&str] = if pprof { &["-pprof", "127.0.0.1:0"] } else { &[] };
+        Ok(Leaky(GoProgram::start(bin, args)?))
     }
 
+    /// Sends `c`; the first number of the reply (0 when it has none).
     fn cmd(&mut self, c: &str) -> Result<i64> {
-        writeln!(self.stdin, "{c}")?;
-        let mut line = String::new();
-        self.out.read_line(&mut line)?;
-        Ok(line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0))
+        Ok(self.0.cmd(c)?.first().copied().unwrap_or(0))
     }
 }
 
@@ -159,9 +103,9 @@ pub fn run(args: &[String]) -> Result<()> {
     for r in 0..rounds {
         for (bin, pprof, out) in [(&plain, true, &mut http_ms), (&stripped, false, &mut mem_ms)] {
             let mut app = Leaky::start(bin, pprof)?;
-            wait_tracked(port, app.pid)?;
+            wait_tracked(port, app.0.pid)?;
             app.cmd("leak 600")?;
-            let meta = wait_done(port, app.pid, None)?;
+            let meta = wait_done(port, app.0.pid, None)?;
             let ms = summary_mtime_ms(&snaps, &meta)?.saturating_sub(meta["created_ms"].as_u64().unwrap_or(0));
             out.push(ms as f64);
         }
@@ -184,13 +128,13 @@ pub fn run(args: &[String]) -> Result<()> {
             for _ in 0..rounds {
                 let mut app = Leaky::start(bin, pprof)?;
                 app.cmd(&format!("leak {n}"))?;
-                wait_tracked(port, app.pid)?;
+                wait_tracked(port, app.0.pid)?;
                 std::thread::sleep(Duration::from_millis(500));
                 app.cmd("lat")?;
                 let t = Instant::now();
-                let v = json(port, "POST", "/api/v1/snapshots", &format!("{{\"pid\": {}, \"kinds\": [\"goroutine\"]}}", app.pid))?;
+                let v = json(port, "POST", "/api/v1/snapshots", &format!("{{\"pid\": {}, \"kinds\": [\"goroutine\"]}}", app.0.pid))?;
                 let id = v["id"].as_str().context("id")?.to_string();
-                let meta = wait_done(port, app.pid, Some(&id))?;
+                let meta = wait_done(port, app.0.pid, Some(&id))?;
                 let window = t.elapsed();
                 late.push(app.cmd("lat")? as f64);
                 std::thread::sleep(window);

@@ -10,29 +10,25 @@
 //!   Writes, which must not hit any probe).
 //! - OpenSSL handshakes/s: `openssl s_time -new` (SSL_connect) against `openssl s_server`
 //!   (SSL_accept), both probed through libssl.
-//! Each round measures every configuration (the daemon ones in a rotating order) so drift hits all
-//! alike. Within a configuration the Go work runs in C chunks (N/C handshakes, M/C round trips):
-//! this VM's neighbours steal CPU in bursts (the steal share of each chunk is recorded), so the
-//! median chunk and the best chunk (the least disturbed) are both reported.
+//! - The cost of the two Go placements, broken down in one process: bare uprobes switched on and
+//!   off chunk by chunk (traps), plus the BPF programs' run time (`kernel.bpf_stats_enabled`).
+//!
+//! One tlsprobe process serves every configuration (each daemon finds it running): a new process
+//! brings its own memory layout, which moves a handshake's cost as much as the probes do. Each
+//! round measures every configuration (the daemon ones in a rotating order); within one, the Go
+//! work runs in C chunks (N/C handshakes, M/C round trips), and the median and best chunk are
+//! reported, with the hypervisor's steal share. Ratios are medians over rounds of same-round
+//! ratios, so drift between rounds cancels.
 use std::{
-    io::{BufRead, BufReader, Read, Write},
-    net::TcpStream,
+    io::Write,
     path::Path,
-    process::{ChildStdin, ChildStdout, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
 
-use crate::bench_util::{median, Proc};
-
-fn get(port: u16, path: &str) -> Result<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n")?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    Ok(out)
-}
+use crate::bench_util::{self, json, median, GoProgram, Proc};
 
 /// The chainprobe configurations measured against "no chainprobe".
 #[derive(Clone, Copy, PartialEq)]
@@ -57,24 +53,13 @@ impl Config {
     }
 }
 
-/// Starts chainprobe with configuration `c`.
+/// Starts chainprobe with configuration `c`, once its start-up scan is over: the scan inspects
+/// every process's binary, and a round would otherwise measure a daemon busy on one of the two
+/// cores rather than the probes.
 fn start_daemon(bin: &Path, dir: &Path, c: Config) -> Result<(Proc, u16)> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let cfg = dir.join("bench.toml");
-    std::fs::write(&cfg, format!("[server]\nlisten = \"127.0.0.1:{port}\"\n{}", c.toml()))?;
-    let child = Command::new(bin).args(["run", "--config"]).arg(&cfg).env("RUST_LOG", "warn").stdout(Stdio::null()).spawn()?;
-    let p = Proc(child);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if get(port, "/readyz").map(|r| r.contains("ready")).unwrap_or(false) {
-            // The start-up scan inspects every process's binary: let it finish, or the round
-            // would measure a daemon busy on one of the two cores rather than the probes.
-            wait_idle(p.0.id())?;
-            return Ok((p, port));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    bail!("chainprobe did not become ready")
+    let (p, port) = bench_util::start_daemon(bin, dir, c.toml())?;
+    wait_idle(p.0.id())?;
+    Ok((p, port))
 }
 
 /// Waits until `pid` used under 2% of a CPU over half a second (at most 30 s).
@@ -92,54 +77,20 @@ fn wait_idle(pid: u32) -> Result<()> {
     bail!("chainprobe stayed busy for 30 s after start")
 }
 
-struct TlsProbe {
-    _p: Proc,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-    pid: u32,
-}
-
-impl TlsProbe {
-    fn start(bin: &Path) -> Result<TlsProbe> {
-        let mut child = Command::new(bin).env("GOMAXPROCS", "2").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn()?;
-        let stdin = child.stdin.take().context("stdin")?;
-        let mut stdout = BufReader::new(child.stdout.take().context("stdout")?);
-        let mut line = String::new();
-        stdout.read_line(&mut line)?;
-        if !line.starts_with("ready") {
-            bail!("tlsprobe: {line}");
-        }
-        let pid = child.id();
-        Ok(TlsProbe { _p: Proc(child), stdin, stdout, pid })
-    }
-
-    fn cmd(&mut self, c: &str) -> Result<Vec<i64>> {
-        writeln!(self.stdin, "{c}")?;
-        self.stdin.flush()?;
-        let mut line = String::new();
-        self.stdout.read_line(&mut line)?;
-        let mut w = line.split_whitespace();
-        if w.next() != Some("ok") {
-            bail!("tlsprobe {c}: {line}");
-        }
-        w.map(|x| x.parse().context("tlsprobe output")).collect()
-    }
-}
+/// A running tlsprobe (see its main.go for the commands).
+type TlsProbe = GoProgram;
 
 /// Waits until the daemon tracks `pid` (with the Go TLS probes on it when `tls`).
 fn wait_tracked(port: u16, pid: u32, tls: bool) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(15);
     while Instant::now() < deadline {
-        let body = get(port, "/api/v1/targets")?;
-        if let Some(json) = body.split("\r\n\r\n").nth(1) {
-            let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap_or_default();
-            let attached = v["targets"].as_array().into_iter().flatten().any(|t| {
-                t["pid"].as_u64() == Some(u64::from(pid))
-                    && (!tls || t["probes"].as_array().into_iter().flatten().any(|p| p["name"] == "go_tls_handshake_enter" && p["state"] == "attached"))
-            });
-            if attached {
-                return Ok(());
-            }
+        let v = json(port, "GET", "/api/v1/targets", "")?;
+        let attached = v["targets"].as_array().into_iter().flatten().any(|t| {
+            t["pid"].as_u64() == Some(u64::from(pid))
+                && (!tls || t["probes"].as_array().into_iter().flatten().any(|p| p["name"] == "go_tls_handshake_enter" && p["state"] == "attached"))
+        });
+        if attached {
+            return Ok(());
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -280,7 +231,7 @@ fn trap_cost(bin: &Path, n: u64, chunks: u64, rounds: usize) -> Result<([f64; 3]
     sites.push(("call".to_string(), call.file_offset));
     let probes = TraceUprobes::new(bin, &sites)?;
     let placements: [&[&str]; 3] = [&[], &["entry", "ret"], &["entry", "call"]];
-    let mut g = TlsProbe::start(bin)?;
+    let mut g = TlsProbe::start(bin, &[])?;
     g.cmd("hs 100 any any h2 h2,http/1.1 trusted")?;
     let hn = (n / chunks).max(1);
     let mut cpu: [Vec<f64>; 3] = Default::default();
@@ -351,7 +302,7 @@ fn bpf_prog_stats(prefix: &str) -> Result<(u64, u64)> {
 /// by default: `kernel.bpf_stats_enabled` on only for this measurement.
 fn bpf_cost(bin: &Path, daemon: &Path, dir: &Path, n: u64) -> Result<(f64, f64)> {
     let (_d, port) = start_daemon(daemon, dir, Config::Default)?;
-    let mut g = TlsProbe::start(bin)?;
+    let mut g = TlsProbe::start(bin, &[])?;
     wait_tracked(port, g.pid, true)?;
     g.cmd("hs 100 any any h2 h2,http/1.1 trusted")?;
     let sysctl = "/proc/sys/kernel/bpf_stats_enabled";
@@ -451,7 +402,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut bulk: [Vec<Vec<Chunk>>; 4] = Default::default();
     let mut ossl: [Vec<f64>; 4] = Default::default();
     // One tlsprobe for all windows: each daemon finds it running (its start-up scan) and attaches.
-    let mut g = TlsProbe::start(&tlsprobe)?;
+    let mut g = TlsProbe::start(&tlsprobe, &[])?;
     for r in 0..rounds {
         let mut order = Config::ALL;
         order.rotate_left(r % Config::ALL.len());
