@@ -90,6 +90,19 @@ pub fn go_tls_handshake_enter(ctx: ProbeContext) -> u32 {
     0
 }
 
+/// The selected ALPN protocol, `len` bytes at `ptr`, into `ev`: its length (clamped to 254; 255
+/// means unread) and its first TLS_ALPN_LEN bytes.
+#[inline(always)]
+fn read_alpn(ev: &mut TlsEvent, ptr: u64, len: u64) {
+    ev.alpn_len = if len > 254 { 254 } else { len as u8 };
+    let n = if len > TLS_ALPN_LEN as u64 { TLS_ALPN_LEN as u32 } else { len as u32 };
+    if n > 0 && ptr != 0 {
+        unsafe {
+            aya_ebpf::helpers::generated::bpf_probe_read_user(ev.alpn.as_mut_ptr() as *mut _, n, ptr as *const _);
+        }
+    }
+}
+
 /// The alert of the `*net.OpError` at `operr` when its Op is `op` ("local error": sent,
 /// "remote error": received).
 #[inline(always)]
@@ -172,19 +185,7 @@ pub fn go_tls_handshake_return(ctx: ProbeContext) -> u32 {
         }
     } else {
         let s = c.wrapping_add(cfg.conn_client_protocol as u64);
-        let ptr = read::<u64>(s).unwrap_or(0);
-        let len = read::<u64>(s + 8).unwrap_or(0);
-        ev.alpn_len = if len > 254 { 254 } else { len as u8 };
-        let n = if len > TLS_ALPN_LEN as u64 { TLS_ALPN_LEN as u32 } else { len as u32 };
-        if n > 0 && ptr != 0 {
-            unsafe {
-                aya_ebpf::helpers::generated::bpf_probe_read_user(
-                    ev.alpn.as_mut_ptr() as *mut _,
-                    n,
-                    ptr as *const _,
-                );
-            }
-        }
+        read_alpn(&mut ev, read::<u64>(s).unwrap_or(0), read::<u64>(s + 8).unwrap_or(0));
     }
     if EVENTS.output::<TlsEvent>(&ev, BPF_RB_NO_WAKEUP).is_err() {
         count_lost_ringbuf(prog);
@@ -284,13 +285,7 @@ fn ssl_event(tgid: u32, now: u64, v: &TlsInflight, failed: bool, ret: i32, lib: 
             if ptr == 0 {
                 ev.alpn_len = 0;
             } else {
-                ev.alpn_len = if len > 254 { 254 } else { len as u8 };
-                let n = if len > TLS_ALPN_LEN as u32 { TLS_ALPN_LEN as u32 } else { len };
-                if n > 0 {
-                    unsafe {
-                        aya_ebpf::helpers::generated::bpf_probe_read_user(ev.alpn.as_mut_ptr() as *mut _, n, ptr as *const _);
-                    }
-                }
+                read_alpn(&mut ev, ptr, u64::from(len));
             }
         }
     }
