@@ -282,7 +282,9 @@ impl OpenSsl {
             drop(file);
             let ok = states.iter().filter(|s| s.state == "attached").count();
             if ok == 0 {
-                // Nothing attached: not remembered, so the next process using it tries again.
+                // Nothing attached: not remembered, so the next process using it tries again
+                // (with a new index: free this one's slot in SSL_LIBS).
+                let _ = self.configs.remove(&index);
                 warn!(pid, path, errors = ?states.iter().filter_map(|s| s.error.as_deref()).collect::<Vec<_>>(), "OpenSSL library could not be probed");
                 return false;
             }
