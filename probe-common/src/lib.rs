@@ -56,6 +56,9 @@ pub enum ProgId {
     SslHandshakeEnter = 21,
     SslHandshakeReturn = 22,
     SslFree = 23,
+    MmapFexit = 24,
+    MunmapFexit = 25,
+    BrkFexit = 26,
 }
 
 /// Where in a Go function a uprobe goes.
@@ -68,7 +71,7 @@ pub enum GoSite {
 }
 
 impl ProgId {
-    pub const COUNT: u32 = 24;
+    pub const COUNT: u32 = 27;
     pub const ALL: [ProgId; Self::COUNT as usize] = [
         ProgId::InetSockSetState,
         ProgId::TcpSendReset,
@@ -94,6 +97,9 @@ impl ProgId {
         ProgId::SslHandshakeEnter,
         ProgId::SslHandshakeReturn,
         ProgId::SslFree,
+        ProgId::MmapFexit,
+        ProgId::MunmapFexit,
+        ProgId::BrkFexit,
     ];
     /// The tracepoint programs, attached once at start.
     pub const TRACEPOINTS: &'static [ProgId] = Self::ALL.split_at(13).0;
@@ -104,7 +110,10 @@ impl ProgId {
     /// The Go crypto/tls handshake uprobes, attached per Go binary at [`GO_TLS_FUNCTIONS`].
     pub const GO_TLS: &'static [ProgId] = Self::ALL.split_at(19).1.split_at(2).0;
     /// The OpenSSL (libssl) probes, attached per library file.
-    pub const OPENSSL: &'static [ProgId] = Self::ALL.split_at(21).1;
+    pub const OPENSSL: &'static [ProgId] = Self::ALL.split_at(21).1.split_at(3).0;
+    /// The memory system calls' fexit programs, attached at start where the kernel has BPF
+    /// trampolines, each instead of a pair of syscall tracepoint programs ([`Self::replaces`]).
+    pub const MEMORY_FEXIT: &'static [ProgId] = Self::ALL.split_at(24).1;
 
     /// The kernel program's function name (what the daemon loads by name).
     pub const fn program_name(self) -> &'static str {
@@ -133,6 +142,20 @@ impl ProgId {
             ProgId::SslHandshakeEnter => "ssl_handshake_enter",
             ProgId::SslHandshakeReturn => "ssl_handshake_return",
             ProgId::SslFree => "ssl_free",
+            ProgId::MmapFexit => "mmap_fexit",
+            ProgId::MunmapFexit => "munmap_fexit",
+            ProgId::BrkFexit => "brk_fexit",
+        }
+    }
+
+    /// For a [`Self::MEMORY_FEXIT`] program: the system call (the kernel function is its entry
+    /// point, `__x64_sys_<name>` / `__arm64_sys_<name>`) and the tracepoint programs it replaces.
+    pub const fn replaces(self) -> Option<(&'static str, [ProgId; 2])> {
+        match self {
+            ProgId::MmapFexit => Some(("mmap", [ProgId::SysEnterMmap, ProgId::SysExitMmap])),
+            ProgId::MunmapFexit => Some(("munmap", [ProgId::SysEnterMunmap, ProgId::SysExitMunmap])),
+            ProgId::BrkFexit => Some(("brk", [ProgId::SysEnterBrk, ProgId::SysExitBrk])),
+            _ => None,
         }
     }
 
@@ -152,7 +175,8 @@ impl ProgId {
         }
     }
 
-    /// The tracepoint (category, name) the program attaches to; `("", "")` for uprobes.
+    /// The tracepoint (category, name) the program attaches to; `("", "")` for uprobes and fexit
+    /// programs.
     pub const fn tracepoint(self) -> (&'static str, &'static str) {
         match self {
             ProgId::InetSockSetState => ("sock", "inet_sock_set_state"),
@@ -178,7 +202,10 @@ impl ProgId {
             | ProgId::GoTlsReturn
             | ProgId::SslHandshakeEnter
             | ProgId::SslHandshakeReturn
-            | ProgId::SslFree => ("", ""),
+            | ProgId::SslFree
+            | ProgId::MmapFexit
+            | ProgId::MunmapFexit
+            | ProgId::BrkFexit => ("", ""),
         }
     }
 
@@ -224,8 +251,6 @@ pub const TLS_ALPN_LEN: usize = 24;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GoTlsConfig {
-    /// `runtime.g`.`goid`.
-    pub g_goid: u32,
     /// `crypto/tls.Conn` fields.
     pub conn_is_client: u32,
     pub conn_vers: u32,

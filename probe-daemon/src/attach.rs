@@ -1,5 +1,6 @@
 //! Loads chainprobe's kernel programs, hands them this kernel's offsets, and attaches each to its
-//! tracepoint. Dropping [`Probes`] detaches everything.
+//! tracepoint (or, for the memory system calls, to the call's entry point through a BPF
+//! trampoline where the kernel has them). Dropping [`Probes`] detaches everything.
 use std::path::Path;
 
 use std::num::NonZeroU32;
@@ -8,9 +9,9 @@ use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
-        TracePoint, UProbe,
+        FExit, TracePoint, UProbe,
     },
-    Ebpf,
+    Btf, Ebpf,
 };
 use probe_common::{
     CreationSite, FailureKey, GoCreationConfig, GoCreationCounts, GoTlsConfig, KernelConfig, ProcCounters, SslLibConfig,
@@ -143,10 +144,51 @@ fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
     T::try_from(map).map_err(|source| AttachError::Map { name, source })
 }
 
+/// How the memory system calls (mmap, munmap, brk) are hooked (`[collect] memory_hooks`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemoryHooks {
+    /// An fexit program on each call's entry point where the kernel can attach one (BTF and BPF
+    /// trampolines); else, per call, its pair of syscall tracepoints.
+    Auto,
+    /// Always the syscall tracepoints.
+    Tracepoints,
+    /// Not counted (no mmap/munmap/brk metrics): no syscall tracepoint slows the node's system
+    /// calls on a kernel where the fexit programs cannot attach.
+    Off,
+}
+
+/// The kernel function of system call `name`'s entry point on this architecture.
+pub fn syscall_entry_point(name: &str) -> Option<String> {
+    let prefix = if cfg!(target_arch = "x86_64") {
+        "__x64_sys_"
+    } else if cfg!(target_arch = "aarch64") {
+        "__arm64_sys_"
+    } else {
+        return None;
+    };
+    Some(format!("{prefix}{name}"))
+}
+
+/// Loads `prog` (a [`ProgId::MEMORY_FEXIT`] program) as an fexit program on its system call's
+/// entry point and attaches it.
+fn attach_fexit(ebpf: &mut Ebpf, prog: ProgId, btf: &Btf) -> Result<(), String> {
+    let (syscall, _) = prog.replaces().ok_or_else(|| format!("{} is not a memory system call program", prog.program_name()))?;
+    let function = syscall_entry_point(syscall).ok_or("no known system call entry points on this architecture")?;
+    let program = ebpf
+        .program_mut(prog.program_name())
+        .ok_or_else(|| format!("program {} missing from the eBPF object", prog.program_name()))?;
+    let fexit: &mut FExit = program.try_into().map_err(|e| format!("{e}"))?;
+    fexit.load(&function, btf).map_err(|e| format!("load on {function}: {e}"))?;
+    fexit.attach().map_err(|e| format!("attach to {function}: {e}"))?;
+    Ok(())
+}
+
 /// Loads the object, writes `kcfg` to the CONFIG map, and attaches every program whose tracepoint
-/// exists. A program that fails to attach is reported in [`Probes::programs`], not fatal here: the
-/// caller decides (readiness stays false while a required one is missing).
-pub fn load(kcfg: KernelConfig, tracefs: &Path) -> Result<(Probes, KernelMaps), AttachError> {
+/// exists (for mmap, munmap and brk, per `memory`: the fexit program, else the tracepoint pair it
+/// replaces). A program that fails to attach is reported in [`Probes::programs`], not fatal here:
+/// the caller decides (readiness stays false while a required one is missing).
+pub fn load(kcfg: KernelConfig, tracefs: &Path, memory: MemoryHooks) -> Result<(Probes, KernelMaps), AttachError> {
     let mut ebpf = Ebpf::load(PROBE_OBJECT).map_err(|e| AttachError::Load(Box::new(e)))?;
 
     match aya_log::EbpfLogger::init(&mut ebpf) {
@@ -176,7 +218,34 @@ pub fn load(kcfg: KernelConfig, tracefs: &Path) -> Result<(Probes, KernelMaps), 
         }
         programs.push(ProgramStatus { prog, attached: loaded.is_ok(), error: loaded.err() });
     }
-    for &prog in ProgId::TRACEPOINTS {
+    // The memory system calls: fexit where it works, else (per call) its tracepoints below.
+    let mut replaced = Vec::new();
+    let btf = match memory {
+        MemoryHooks::Auto => Btf::from_sys_fs().map_err(|e| format!("kernel BTF unreadable: {e}")),
+        MemoryHooks::Tracepoints => Err("[collect] memory_hooks = \"tracepoints\"".to_string()),
+        MemoryHooks::Off => Err("[collect] memory_hooks = \"off\"".to_string()),
+    };
+    for &prog in ProgId::MEMORY_FEXIT {
+        let Some((syscall, tracepoints)) = prog.replaces() else { continue };
+        if memory == MemoryHooks::Off {
+            replaced.extend(tracepoints);
+            continue;
+        }
+        match btf.as_ref().map_err(Clone::clone).and_then(|btf| attach_fexit(&mut ebpf, prog, btf)) {
+            Ok(()) => {
+                debug!(program = prog.program_name(), "attached");
+                programs.push(ProgramStatus { prog, attached: true, error: None });
+                replaced.extend(tracepoints);
+            }
+            Err(e) if memory == MemoryHooks::Tracepoints => debug!(syscall, reason = %e, "counted by its syscall tracepoints"),
+            Err(e) => info!(
+                syscall,
+                error = %e,
+                "no fexit program for this system call: counting it with its syscall tracepoints, which send every system call on the node through the kernel's slower syscall path (a few % on syscall-heavy programs; [collect] memory_hooks = \"off\" avoids it and drops the mmap/munmap/brk metrics)"
+            ),
+        }
+    }
+    for &prog in ProgId::TRACEPOINTS.iter().filter(|p| !replaced.contains(p)) {
         let status = attach_one(&mut ebpf, prog, tracefs);
         match &status.error {
             None => debug!(program = prog.program_name(), "attached"),

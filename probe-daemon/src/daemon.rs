@@ -366,7 +366,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     let mut kcfg = report.config;
     kcfg.self_tgid = std::process::id();
 
-    let (probes, KernelMaps { counters, failures, stats, events: ring, creation, go_tls, ssl_libs }) = attach::load(kcfg, &tracefs)?;
+    let (probes, KernelMaps { counters, failures, stats, events: ring, creation, go_tls, ssl_libs }) = attach::load(kcfg, &tracefs, cfg.collect.memory_hooks)?;
     let attached = probes.programs.iter().filter(|p| p.attached).count();
     info!(attached, total = probes.programs.len(), "kernel programs loaded");
     let programs = probes.programs.clone();

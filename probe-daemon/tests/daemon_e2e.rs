@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{fork_child, wait_child, Daemon};
+use common::{fork_child, wait_child, Daemon, Metrics};
 
 fn sockaddr(port: u16) -> libc::sockaddr_in {
     libc::sockaddr_in {
@@ -183,9 +183,59 @@ fn connect_timeout_and_syn_retransmits() {
     assert!((1.0..=2.0).contains(&rtx), "SYN retransmits: {rtx}");
 }
 
+/// The program that counts mmap results in `m`: the fexit program where the kernel accepts it
+/// (BTF trampolines), else the sys_exit_mmap tracepoint program (this project's CI kernel refuses
+/// tracing programs with EPERM).
+fn mmap_program(m: &Metrics) -> &'static str {
+    if m.value("chainprobe_program_attached", &[("program", "mmap_fexit")]) == 1.0 {
+        "mmap_fexit"
+    } else {
+        "sys_exit_mmap"
+    }
+}
+
 #[test]
 fn mmap_calls_bytes_and_failures() {
-    let d = Daemon::start("mmap", "");
+    mmap_counts("mmap", "");
+}
+
+#[test]
+fn mmap_calls_bytes_and_failures_by_syscall_tracepoints() {
+    let d = mmap_counts("mmap-tp", "memory_hooks = \"tracepoints\"\n");
+    let m = d.metrics();
+    for prog in ["sys_enter_mmap", "sys_exit_mmap", "sys_enter_munmap", "sys_exit_munmap", "sys_enter_brk", "sys_exit_brk"] {
+        assert_eq!(m.value("chainprobe_program_attached", &[("program", prog)]), 1.0, "{prog}");
+    }
+    for prog in ["mmap_fexit", "munmap_fexit", "brk_fexit"] {
+        assert!(!m.has("chainprobe_program_attached", &[("program", prog)]), "{prog} not in use");
+    }
+}
+
+#[test]
+fn memory_hooks_off_count_nothing_and_attach_no_syscall_program() {
+    let d = Daemon::start("mmap-off", "memory_hooks = \"off\"\n");
+    let child = fork_child(|| unsafe {
+        let p = libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_READ, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0);
+        if p == libc::MAP_FAILED || libc::munmap(p, 4096) != 0 {
+            return 60;
+        }
+        0
+    });
+    assert_eq!(wait_child(child), 0);
+    let p = pid_s(child);
+    let m = d.wait_metrics("exit", Duration::from_secs(10), |m| m.has("chainprobe_process_exits_total", &[("pid", &p)]));
+    for family in ["chainprobe_mmap_calls_total", "chainprobe_munmap_calls_total"] {
+        assert!(!m.has(family, &[("pid", &p)]), "{family} counted with memory_hooks = off:\n{}", m.text);
+    }
+    for prog in ["sys_enter_mmap", "sys_exit_mmap", "sys_enter_munmap", "sys_exit_munmap", "sys_enter_brk", "sys_exit_brk", "mmap_fexit", "munmap_fexit", "brk_fexit"] {
+        assert!(!m.has("chainprobe_program_attached", &[("program", prog)]), "{prog} attached with memory_hooks = off");
+    }
+    assert_eq!(d.get("/readyz").unwrap().0, 200, "ready without the memory programs");
+}
+
+/// The exact mmap/munmap counts of a child, with `collect` appended to the daemon's [collect].
+fn mmap_counts(tag: &str, collect: &str) -> Daemon {
+    let d = Daemon::start(tag, collect);
     const K: usize = 7;
     const SIZE: usize = 3 * 4096;
     let child = fork_child(|| unsafe {
@@ -229,6 +279,12 @@ fn mmap_calls_bytes_and_failures() {
     assert_eq!(m.value("chainprobe_mmap_failures_total", &[("pid", &p), ("syscall", "mmap"), ("errno", "EINVAL")]), 1.0);
     assert_eq!(m.value("chainprobe_process_exits_total", &[("pid", &p), ("reason", "signal"), ("code", "SIGTERM")]), 1.0);
     assert!(!m.has("chainprobe_process_memory_maps", &[("pid", &p)]), "no map count for an exited process");
+    let prog = mmap_program(&m);
+    if prog == "sys_exit_mmap" && !collect.contains("tracepoints") {
+        // auto fell back: the log says why, once per system call.
+        assert!(d.log_text().contains("no fexit program for this system call"), "{}", d.log_text());
+    }
+    d
 }
 
 #[test]
@@ -266,12 +322,13 @@ fn endpoints_and_self_metrics() {
     assert!(m.text.ends_with("# EOF\n"), "OpenMetrics text ends with # EOF");
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
     assert!(m.has("chainprobe_build_info", &[("kernel", kernel.trim()), ("version", env!("CARGO_PKG_VERSION"))]), "{}", m.text);
-    for prog in ["inet_sock_set_state", "sys_exit_mmap", "sched_process_exit", "tcp_send_reset"] {
+    let mmap = mmap_program(&m);
+    for prog in ["inet_sock_set_state", mmap, "sched_process_exit", "tcp_send_reset"] {
         assert_eq!(m.value("chainprobe_program_attached", &[("program", prog)]), 1.0, "{prog}");
         assert_eq!(m.value("chainprobe_attach_failures_total", &[("program", prog)]), 0.0, "{prog}");
         assert!(m.has("chainprobe_events_lost_total", &[("program", prog), ("reason", "ringbuf_full")]));
     }
-    assert!(m.value("chainprobe_events_processed_total", &[("program", "sys_exit_mmap")]) > 0.0);
+    assert!(m.value("chainprobe_events_processed_total", &[("program", mmap)]) > 0.0);
     // The scrape itself is a TCP connection the daemon accepted.
     let me = d.pid().to_string();
     assert!(m.value("chainprobe_tcp_accepts_total", &[("pid", &me)]) >= 1.0, "{}", m.text);

@@ -14,7 +14,7 @@
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
     macros::{map, uprobe, uretprobe},
-    maps::{HashMap, LruHashMap},
+    maps::{HashMap, LruHashMap, PerCpuArray},
     programs::{ProbeContext, RetProbeContext},
     EbpfContext,
 };
@@ -47,6 +47,15 @@ pub static SSL_LIBS: HashMap<u32, SslLibConfig> = HashMap::with_max_entries(MAX_
 #[map]
 static SSL_ROLES: LruHashMap<TlsInflightKey, u32> = LruHashMap::with_max_entries(MAX_TLS_INFLIGHT, 0);
 
+/// The first bytes of a `tls.Conn`, read with one helper call at a handshake's result: every field
+/// read on success (isClient, vers, cipherSuite, clientProtocol) lies in them in Go 1.17–1.27
+/// (clientProtocol ends at byte 392 in 1.27, and the struct is at least 832 bytes long, so the
+/// read never leaves the object). A field beyond them is read on its own.
+const CONN_HEAD: usize = 512;
+
+#[map]
+static CONN_HEADS: PerCpuArray<[u8; CONN_HEAD]> = PerCpuArray::with_max_entries(1, 0);
+
 const KEY_GO: u32 = 0;
 const KEY_SSL_THREAD: u32 = 1;
 const KEY_SSL_PENDING: u32 = 2;
@@ -61,11 +70,45 @@ fn read<T: Copy>(addr: u64) -> Option<T> {
     unsafe { bpf_probe_read_user(addr as *const T) }.ok()
 }
 
-/// runtime.g.goid of the current goroutine.
+/// A `tls.Conn` whose first [`CONN_HEAD`] bytes were copied at once (one helper call instead of
+/// one per field: on this kind of CPU a helper call costs ~150 ns).
+struct ConnHead {
+    conn: u64,
+    head: Option<*const [u8; CONN_HEAD]>,
+}
+
+impl ConnHead {
+    #[inline(always)]
+    fn read(conn: u64) -> ConnHead {
+        let head = CONN_HEADS.get_ptr_mut(0).filter(|_| conn >= 4096).filter(|&buf| {
+            // SAFETY: buf is this CPU's CONN_HEADS slot; the kernel checks the user address.
+            unsafe {
+                aya_ebpf::helpers::generated::bpf_probe_read_user(buf as *mut _, CONN_HEAD as u32, conn as *const _) == 0
+            }
+        });
+        ConnHead { conn, head: head.map(|p| p as *const _) }
+    }
+
+    /// The `T` at byte `off` of the Conn.
+    #[inline(always)]
+    fn field<T: Copy>(&self, off: u32) -> Option<T> {
+        let i = off as usize;
+        if let Some(head) = self.head {
+            if i <= CONN_HEAD - core::mem::size_of::<T>() {
+                // SAFETY: i + size_of::<T>() <= CONN_HEAD, inside this CPU's slot.
+                return Some(unsafe { core::ptr::read_unaligned((head as *const u8).add(i) as *const T) });
+            }
+        }
+        read::<T>(self.conn.wrapping_add(off as u64))
+    }
+}
+
+/// A Go handshake's key: the goroutine, by its `runtime.g` (R14 / X28). A goroutine may move
+/// between threads mid-handshake but keeps its g; reading g.goid instead would cost a user-memory
+/// read (~400 ns at the entry here) and say nothing more.
 #[inline(always)]
-fn current_goid(ctx: &ProbeContext, cfg: &GoTlsConfig) -> Option<u64> {
-    let g = go_reg(ctx, GoReg::CurrentG);
-    read::<u64>(g.wrapping_add(cfg.g_goid as u64))
+fn go_key(ctx: &ProbeContext, tgid: u32) -> TlsInflightKey {
+    TlsInflightKey { tgid, kind: KEY_GO, id: go_reg(ctx, GoReg::CurrentG) }
 }
 
 /// Entry of clientHandshake / serverHandshake: the receiver (*Conn) is the first argument.
@@ -74,8 +117,9 @@ pub fn go_tls_handshake_enter(ctx: ProbeContext) -> u32 {
     let prog = ProgId::GoTlsEnter;
     count_event(prog);
     let tgid = current_tgid();
-    let Some(cfg) = (unsafe { GO_TLS_CONFIG.get(&tgid) }).copied() else { return 0 };
-    let Some(goid) = current_goid(&ctx, &cfg) else { return 0 };
+    if unsafe { GO_TLS_CONFIG.get(&tgid) }.is_none() {
+        return 0;
+    }
     let v = TlsInflight {
         start_ns: unsafe { bpf_ktime_get_ns() },
         conn: go_reg(&ctx, GoReg::Arg0),
@@ -84,7 +128,7 @@ pub fn go_tls_handshake_enter(ctx: ProbeContext) -> u32 {
         last_ns: 0,
     };
     // Overwrites: a stack-growth re-entry of the prologue is the same call.
-    if TLS_INFLIGHT.insert(&TlsInflightKey { tgid, kind: KEY_GO, id: goid }, &v, 0).is_err() {
+    if TLS_INFLIGHT.insert(&go_key(&ctx, tgid), &v, 0).is_err() {
         count_lost_map_full(prog);
     }
     0
@@ -152,14 +196,14 @@ pub fn go_tls_handshake_return(ctx: ProbeContext) -> u32 {
     count_event(prog);
     let tgid = current_tgid();
     let Some(cfg) = (unsafe { GO_TLS_CONFIG.get(&tgid) }).copied() else { return 0 };
-    let Some(goid) = current_goid(&ctx, &cfg) else { return 0 };
-    let key = TlsInflightKey { tgid, kind: KEY_GO, id: goid };
+    let key = go_key(&ctx, tgid);
     let Some(start) = (unsafe { TLS_INFLIGHT.get(&key) }).copied() else { return 0 };
     let _ = TLS_INFLIGHT.remove(&key);
     let now = unsafe { bpf_ktime_get_ns() };
     let failed = go_reg(&ctx, GoReg::Arg0) != 0;
     let c = start.conn;
-    let is_client = read::<u8>(c.wrapping_add(cfg.conn_is_client as u64)).unwrap_or(0);
+    let head = ConnHead::read(c);
+    let is_client = head.field::<u8>(cfg.conn_is_client).unwrap_or(0);
     let mut ev = TlsEvent {
         header: EventHeader { kind: EventKind::Tls as u32, tgid, ktime_ns: now },
         duration_ns: now.saturating_sub(start.start_ns),
@@ -167,8 +211,8 @@ pub fn go_tls_handshake_return(ctx: ProbeContext) -> u32 {
         role: if is_client != 0 { TLS_ROLE_CLIENT } else { TLS_ROLE_SERVER },
         failed: failed as u8,
         alpn_len: 0,
-        version: read::<u16>(c.wrapping_add(cfg.conn_vers as u64)).unwrap_or(TLS_VERSION_UNKNOWN),
-        cipher_suite: read::<u16>(c.wrapping_add(cfg.conn_cipher_suite as u64)).unwrap_or(0),
+        version: head.field::<u16>(cfg.conn_vers).unwrap_or(TLS_VERSION_UNKNOWN),
+        cipher_suite: head.field::<u16>(cfg.conn_cipher_suite).unwrap_or(0),
         alert_sent: TLS_NO_ALERT,
         alert_received: TLS_NO_ALERT,
         ret: 0,
@@ -184,8 +228,8 @@ pub fn go_tls_handshake_return(ctx: ProbeContext) -> u32 {
             ev.alert_received = alert_of(&cfg, c.wrapping_add(cfg.conn_in_err as u64), b"remote error", 12);
         }
     } else {
-        let s = c.wrapping_add(cfg.conn_client_protocol as u64);
-        read_alpn(&mut ev, read::<u64>(s).unwrap_or(0), read::<u64>(s + 8).unwrap_or(0));
+        let p = cfg.conn_client_protocol;
+        read_alpn(&mut ev, head.field::<u64>(p).unwrap_or(0), head.field::<u64>(p.wrapping_add(8)).unwrap_or(0));
     }
     if EVENTS.output::<TlsEvent>(&ev, BPF_RB_NO_WAKEUP).is_err() {
         count_lost_ringbuf(prog);

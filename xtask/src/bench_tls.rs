@@ -1,17 +1,20 @@
 //! `cargo xtask bench tls [--rounds R] [--handshakes N] [--roundtrips M] [--openssl-seconds S]
-//! [--chunks C]`:
+//! [--chunks C] [--programs]`:
 //! what the TLS handshake probes cost the programs they watch, measured side by side in one run.
 //!
 //! - Go handshakes/s: tests/fixtures/go/src/tlsprobe (Go 1.27) runs N loopback handshakes, client
 //!   and server in one process (`hs N any any h2 h2,http/1.1 trusted`: TLS 1.3, ALPN h2), without
 //!   chainprobe and with it: TLS probes off, Go results read at the RETs (`go_result_site =
-//!   "rets"`), and the default (results read at handshakeContext's call site).
+//!   "rets"`), the default (results read at handshakeContext's call site), and the default without
+//!   the memory system call hooks (`memory_hooks = "off"`: where the kernel refuses fexit they are
+//!   syscall tracepoints, which slow every system call).
 //! - Go bulk: one long-lived TLS 1.3 connection, M round trips of 64 bytes (many small Reads and
 //!   Writes, which must not hit any probe).
 //! - OpenSSL handshakes/s: `openssl s_time -new` (SSL_connect) against `openssl s_server`
 //!   (SSL_accept), both probed through libssl.
 //! - The cost of the two Go placements, broken down in one process: bare uprobes switched on and
 //!   off chunk by chunk (traps), plus the BPF programs' run time (`kernel.bpf_stats_enabled`).
+//!   `--programs` measures only the programs' run time, per program (quick, to compare builds).
 //!
 //! One tlsprobe process serves every configuration (each daemon finds it running): a new process
 //! brings its own memory layout, which moves a handshake's cost as much as the probes do. Each
@@ -39,19 +42,27 @@ enum Config {
     Rets,
     /// The default: Go results read at handshakeContext's call site (one emulated jump).
     Default,
+    /// The default without the memory system call hooks (`[collect] memory_hooks = "off"`): on a
+    /// kernel that refuses fexit programs they are syscall tracepoints, which send every system
+    /// call through the kernel's slow path; this is chainprobe's cost where fexit works.
+    NoMemoryHooks,
 }
 
 impl Config {
-    const ALL: [Config; 3] = [Config::Off, Config::Rets, Config::Default];
+    const ALL: [Config; 4] = [Config::Off, Config::Rets, Config::Default, Config::NoMemoryHooks];
 
     fn toml(self) -> &'static str {
         match self {
             Config::Off => "[tls]\ngo = false\nopenssl = false\n",
             Config::Rets => "[tls]\ngo_result_site = \"rets\"\n",
             Config::Default => "",
+            Config::NoMemoryHooks => "[collect]\nmemory_hooks = \"off\"\n",
         }
     }
 }
+
+/// Windows per round: no chainprobe, then each [`Config`].
+const WINDOWS: usize = 1 + Config::ALL.len();
 
 /// Starts chainprobe with configuration `c`, once its start-up scan is over: the scan inspects
 /// every process's binary, and a round would otherwise measure a daemon busy on one of the two
@@ -250,10 +261,20 @@ fn trap_cost(bin: &Path, n: u64, chunks: u64, rounds: usize) -> Result<([f64; 3]
     Ok(([median(&mut c0), median(&mut c1), median(&mut c2)], [b0, b1, b2]))
 }
 
-/// (run count, run time in ns) summed over the loaded BPF programs whose name starts with
-/// `prefix` (the kernel keeps 15 characters), from BPF_OBJ_GET_INFO_BY_FD; the kernel counts
-/// only while `kernel.bpf_stats_enabled` is 1.
-fn bpf_prog_stats(prefix: &str) -> Result<(u64, u64)> {
+/// One loaded BPF program's statistics (BPF_OBJ_GET_INFO_BY_FD).
+#[derive(Clone, Debug)]
+struct ProgInfo {
+    id: u32,
+    /// Size of the program after verification, in instructions.
+    insns: u32,
+    run_cnt: u64,
+    run_time_ns: u64,
+}
+
+/// Each loaded BPF program whose name starts with `prefix` (the kernel keeps 15 characters:
+/// go_tls_handshake_enter and _return are both "go_tls_handshak", told apart by their size); the
+/// kernel counts runs and run time only while `kernel.bpf_stats_enabled` is 1.
+fn bpf_prog_stats(prefix: &str) -> Result<Vec<ProgInfo>> {
     const BPF_PROG_GET_NEXT_ID: libc::c_long = 11;
     const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
     const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
@@ -261,7 +282,7 @@ fn bpf_prog_stats(prefix: &str) -> Result<(u64, u64)> {
         // SAFETY: attr is a valid, zero-padded `union bpf_attr` of the size passed.
         unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), attr.len()) }
     };
-    let (mut id, mut total) = (0u32, (0u64, 0u64));
+    let (mut id, mut progs) = (0u32, Vec::new());
     loop {
         let mut attr = [0u8; 128];
         attr[..4].copy_from_slice(&id.to_ne_bytes());
@@ -275,7 +296,8 @@ fn bpf_prog_stats(prefix: &str) -> Result<(u64, u64)> {
         if fd < 0 {
             continue;
         }
-        // struct bpf_prog_info: name at 64 (16 bytes), run_time_ns at 192, run_cnt at 200.
+        // struct bpf_prog_info: xlated_prog_len at 20, name at 64 (16 bytes), run_time_ns at
+        // 192, run_cnt at 200.
         let mut info = [0u8; 256];
         let mut attr = [0u8; 128];
         attr[..4].copy_from_slice(&(fd as u32).to_ne_bytes());
@@ -291,16 +313,21 @@ fn bpf_prog_stats(prefix: &str) -> Result<(u64, u64)> {
         let name = &name[..name.iter().position(|&c| c == 0).unwrap_or(16)];
         let word = |o: usize| u64::from_ne_bytes(info[o..o + 8].try_into().unwrap_or([0; 8]));
         if name.starts_with(prefix.as_bytes()) {
-            total.0 += word(200);
-            total.1 += word(192);
+            progs.push(ProgInfo {
+                id,
+                insns: u32::from_ne_bytes([info[20], info[21], info[22], info[23]]) / 8,
+                run_cnt: word(200),
+                run_time_ns: word(192),
+            });
         }
     }
-    Ok(total)
+    Ok(progs)
 }
 
-/// BPF programs' own time per Go handshake pair (ns) and hits per pair, with chainprobe running
-/// by default: `kernel.bpf_stats_enabled` on only for this measurement.
-fn bpf_cost(bin: &Path, daemon: &Path, dir: &Path, n: u64) -> Result<(f64, f64)> {
+/// The Go TLS programs' own run time with chainprobe running by default
+/// (`kernel.bpf_stats_enabled` on only for this measurement), over `n` handshake pairs: per
+/// program (smaller first: the entry), (runs per pair, ns per run).
+fn bpf_cost(bin: &Path, daemon: &Path, dir: &Path, n: u64) -> Result<Vec<(f64, f64)>> {
     let (_d, port) = start_daemon(daemon, dir, Config::Default)?;
     let mut g = TlsProbe::start(bin, &[])?;
     wait_tracked(port, g.pid, true)?;
@@ -308,15 +335,57 @@ fn bpf_cost(bin: &Path, daemon: &Path, dir: &Path, n: u64) -> Result<(f64, f64)>
     let sysctl = "/proc/sys/kernel/bpf_stats_enabled";
     let before = std::fs::read_to_string(sysctl)?;
     std::fs::write(sysctl, "1")?;
-    let measured = (|| -> Result<(f64, f64)> {
-        let (c0, t0) = bpf_prog_stats("go_tls_handshak")?;
+    let measured = (|| -> Result<Vec<(f64, f64)>> {
+        let p0 = bpf_prog_stats("go_tls_handshak")?;
         g.cmd(&format!("hs {n} any any h2 h2,http/1.1 trusted"))?;
-        let (c1, t1) = bpf_prog_stats("go_tls_handshak")?;
-        Ok(((t1 - t0) as f64 / n as f64, (c1 - c0) as f64 / n as f64))
+        let mut p1 = bpf_prog_stats("go_tls_handshak")?;
+        p1.sort_by_key(|p| p.insns);
+        Ok(p1
+            .iter()
+            .filter_map(|b| {
+                let a = p0.iter().find(|a| a.id == b.id)?;
+                let runs = b.run_cnt - a.run_cnt;
+                Some((runs as f64 / n as f64, (b.run_time_ns - a.run_time_ns) as f64 / runs.max(1) as f64))
+            })
+            .collect())
     })();
     std::fs::write(sysctl, before.trim())?;
     let _ = g.cmd("quit");
     measured
+}
+
+/// `--programs`: only the Go TLS programs' own run time, `rounds` times (a fresh daemon and
+/// tlsprobe each), per program and per handshake pair: quick to compare two builds of the
+/// programs.
+fn programs(bin: &Path, daemon: &Path, dir: &Path, n: u64, rounds: usize) -> Result<()> {
+    let mut per_pair = Vec::new();
+    let mut per_run: [Vec<f64>; 2] = Default::default();
+    for r in 0..rounds {
+        let p = bpf_cost(bin, daemon, dir, n)?;
+        if p.len() != 2 {
+            bail!("expected the 2 Go TLS programs to be loaded, found {}", p.len());
+        }
+        let pair: f64 = p.iter().map(|x| x.0 * x.1).sum();
+        eprintln!(
+            "round {}: entry {:.2} runs/pair {:.0} ns/run, result {:.2} runs/pair {:.0} ns/run: {:.0} ns per handshake pair",
+            r + 1,
+            p[0].0,
+            p[0].1,
+            p[1].0,
+            p[1].1,
+            pair
+        );
+        per_pair.push(pair);
+        per_run[0].push(p[0].1);
+        per_run[1].push(p[1].1);
+    }
+    println!(
+        "Go TLS programs' run time, median of {rounds} rounds of {n} handshakes: entry {:.0} ns/run, result {:.0} ns/run, {:.0} ns per handshake pair",
+        median(&mut per_run[0]),
+        median(&mut per_run[1]),
+        median(&mut per_pair)
+    );
+    Ok(())
 }
 
 /// OpenSSL handshakes/s: `s_time -new` against `s_server` for `secs` seconds.
@@ -355,6 +424,7 @@ fn openssl_round(cert: &Path, key: &Path, secs: u64) -> Result<f64> {
 
 pub fn run(args: &[String]) -> Result<()> {
     let (mut rounds, mut n, mut m, mut ossl_secs, mut chunks) = (7usize, 3000u64, 30_000u64, 3u64, 6u64);
+    let mut programs_only = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut val = || it.next().context("missing value");
@@ -364,6 +434,7 @@ pub fn run(args: &[String]) -> Result<()> {
             "--roundtrips" => m = val()?.parse()?,
             "--openssl-seconds" => ossl_secs = val()?.parse()?,
             "--chunks" => chunks = val()?.parse::<u64>()?.max(1),
+            "--programs" => programs_only = true,
             other => bail!("unknown argument {other:?}"),
         }
     }
@@ -378,6 +449,11 @@ pub fn run(args: &[String]) -> Result<()> {
     let daemon = root.join("target/release/chainprobe");
     let dir = std::env::temp_dir().join(format!("chainprobe-bench-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
+    if programs_only {
+        let r = programs(&tlsprobe, &daemon, &dir, n, rounds);
+        let _ = std::fs::remove_dir_all(&dir);
+        return r;
+    }
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     let st = Command::new("openssl")
         .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1", "-subj", "/CN=localhost", "-keyout"])
@@ -390,17 +466,17 @@ pub fn run(args: &[String]) -> Result<()> {
         bail!("openssl req failed");
     }
 
-    // Four configurations per round: no chainprobe, then chainprobe with the TLS probes off,
+    // Five configurations per round: no chainprobe, then chainprobe with the TLS probes off,
     // with them on but the Go results read at the RETs (the placement without a recognised call
-    // site), and by default. "off" vs the others isolates what the TLS probes cost from what the
+    // site), by default, and by default without the memory system call hooks. "off" vs the others isolates what the TLS probes cost from what the
     // daemon's presence costs on a 2-core machine; the order of the daemon configurations rotates
     // between rounds so drift hits all alike. Each configuration runs its work in short chunks:
     // on a VM whose neighbours steal CPU in bursts, the best chunk is the least disturbed one.
-    let names = ["no chainprobe", "TLS probes off", "on, Go results at RETs", "on (default)"];
+    let names = ["no chainprobe", "TLS probes off", "on, Go results at RETs", "on (default)", "default, memory hooks off"];
     // Per configuration, per round: the chunks of that configuration's window.
-    let mut hs: [Vec<Vec<Chunk>>; 4] = Default::default();
-    let mut bulk: [Vec<Vec<Chunk>>; 4] = Default::default();
-    let mut ossl: [Vec<f64>; 4] = Default::default();
+    let mut hs: [Vec<Vec<Chunk>>; WINDOWS] = Default::default();
+    let mut bulk: [Vec<Vec<Chunk>>; WINDOWS] = Default::default();
+    let mut ossl: [Vec<f64>; WINDOWS] = Default::default();
     // One tlsprobe for all windows: each daemon finds it running (its start-up scan) and attaches.
     let mut g = TlsProbe::start(&tlsprobe, &[])?;
     for r in 0..rounds {
@@ -436,10 +512,10 @@ pub fn run(args: &[String]) -> Result<()> {
     println!("Values: all chunks of a configuration pooled. Ratios: the median over rounds of the ratio between two configurations' windows of the same round (drift between rounds cancels).");
     println!();
     println!(
-        "| TLS on loopback ({rounds} rounds × {chunks} chunks) | no chainprobe | TLS probes off | on, Go results at RETs | on (default) | RETs / off | default / off | default / none |"
+        "| TLS on loopback ({rounds} rounds × {chunks} chunks) | no chainprobe | TLS probes off | on, Go results at RETs | on (default) | default, memory hooks off | RETs / off | default / off | default / none | memory hooks off / none |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
-    type Row<'a> = (&'a str, &'a [Vec<Vec<Chunk>>; 4], fn(&Chunk) -> f64, bool, bool);
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    type Row<'a> = (&'a str, &'a [Vec<Vec<Chunk>>; WINDOWS], fn(&Chunk) -> f64, bool, bool);
     let rows: [Row; 8] = [
         ("Go handshakes/s, median chunk", &hs, |c| c.rate, false, false),
         ("Go handshakes/s, best chunk", &hs, |c| c.rate, true, false),
@@ -463,33 +539,36 @@ pub fn run(args: &[String]) -> Result<()> {
             median(&mut v)
         };
         println!(
-            "| {name} | {:.2} | {:.2} | {:.2} | {:.2} | {:.3}× | {:.3}× | {:.3}× |",
+            "| {name} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.3}× | {:.3}× | {:.3}× | {:.3}× |",
             pooled[0],
             pooled[1],
             pooled[2],
             pooled[3],
+            pooled[4],
             paired(2, 1),
             paired(3, 1),
-            paired(3, 0)
+            paired(3, 0),
+            paired(4, 0)
         );
     }
     let paired_ossl = |a: usize, base: usize| {
         let mut v: Vec<f64> = (0..rounds).map(|r| ossl[a][r] / ossl[base][r]).collect();
         median(&mut v)
     };
-    let (p21, p31, p30) = (paired_ossl(2, 1), paired_ossl(3, 1), paired_ossl(3, 0));
+    let (p21, p31, p30, p40) = (paired_ossl(2, 1), paired_ossl(3, 1), paired_ossl(3, 0), paired_ossl(4, 0));
     let o: Vec<f64> = ossl.iter().map(|v| median(&mut v.clone())).collect();
     println!(
-        "| OpenSSL handshakes/s (s_time -new → s_server, TLS 1.3), median | {:.2} | {:.2} | {:.2} | {:.2} | {p21:.3}× | {p31:.3}× | {p30:.3}× |",
-        o[0], o[1], o[2], o[3]
+        "| OpenSSL handshakes/s (s_time -new → s_server, TLS 1.3), median | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {p21:.3}× | {p31:.3}× | {p30:.3}× | {p40:.3}× |",
+        o[0], o[1], o[2], o[3], o[4]
     );
     println!();
     // The probes' cost without drift between windows: traps alone (bare uprobes switched chunk
     // by chunk in one process) plus the BPF programs' own run time.
     let (trap_med, trap_best) = trap_cost(&tlsprobe, n, chunks, rounds.min(5))?;
-    let (bpf_ns, hits) = bpf_cost(&tlsprobe, &daemon, &dir, n)?;
+    let progs = bpf_cost(&tlsprobe, &daemon, &dir, n)?;
     let _ = std::fs::remove_dir_all(&dir);
-    let bpf_us = bpf_ns / 1000.0;
+    let hits: f64 = progs.iter().map(|p| p.0).sum();
+    let bpf_us = progs.iter().map(|p| p.0 * p.1).sum::<f64>() / 1000.0;
     println!("Cost per Go handshake pair, measured in one process: CPU µs per pair of chunks of {} handshakes with bare uprobes (no program) switched on and off chunk by chunk ({} rotations; median chunk / best chunk), plus the BPF programs' own run time (kernel.bpf_stats_enabled, {hits:.2} program runs per pair):", (n / chunks).max(1), rounds.min(5) * chunks as usize);
     println!();
     println!("| placement | no probe | with bare uprobes | traps | + BPF programs | total | ratio no probe / with probes |");

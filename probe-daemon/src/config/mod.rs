@@ -133,6 +133,8 @@ pub struct MetricsConfig {
 pub struct CollectConfig {
     pub drain_interval_seconds: f64,
     pub map_count_interval_seconds: f64,
+    /// How mmap / munmap / brk are hooked.
+    pub memory_hooks: crate::attach::MemoryHooks,
 }
 
 impl Default for ServerConfig {
@@ -161,7 +163,7 @@ impl Default for MetricsConfig {
 
 impl Default for CollectConfig {
     fn default() -> Self {
-        CollectConfig { drain_interval_seconds: 1.0, map_count_interval_seconds: 10.0 }
+        CollectConfig { drain_interval_seconds: 1.0, map_count_interval_seconds: 10.0, memory_hooks: crate::attach::MemoryHooks::Auto }
     }
 }
 

@@ -67,7 +67,6 @@ pub fn go_tls_config(bin: &GoBinary) -> Result<GoTlsConfig, TlsError> {
         _ => OFFSET_NONE,
     };
     Ok(GoTlsConfig {
-        g_goid: need("g.goid")?,
         conn_is_client: need("crypto/tls.Conn.isClient")?,
         conn_vers: need("crypto/tls.Conn.vers")?,
         conn_cipher_suite: need("crypto/tls.Conn.cipherSuite")?,
