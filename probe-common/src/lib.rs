@@ -310,8 +310,8 @@ pub const TLS_ALPN_UNREAD: u8 = 0xff;
 /// SSL_set_accept_state (remember the role; the low byte is the role).
 pub const SSL_COOKIE_SET_STATE: u64 = 0x100;
 
-/// Go: (tgid, goid). OpenSSL thread state: (tgid, tid) with `id` = tid; OpenSSL pending
-/// non-blocking handshakes: (tgid, SSL*) with `kind` = 2.
+/// Go: (tgid, address of the goroutine's runtime.g). OpenSSL thread state: (tgid, tid) with
+/// `id` = tid; OpenSSL pending non-blocking handshakes: (tgid, SSL*) with `kind` = 2.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct TlsInflightKey {

@@ -4,9 +4,9 @@
 //! once per real handshake; `handshakeContext` runs again on every Read and Write), and where the
 //! result is back: on amd64 in `handshakeContext` just after its call `c.handshakeFn(ctx)` (a
 //! jump the kernel emulates, found by the daemon), else at every RET of both functions. State
-//! between entry and return is keyed by goroutine id: goroutines move between threads. At return
-//! the outcome is read from the `tls.Conn` with offsets the daemon computed for the process's Go
-//! version (GO_TLS_CONFIG, per tgid).
+//! between entry and return is keyed by goroutine (its g pointer): goroutines move between
+//! threads. At return the outcome is read from the `tls.Conn` with offsets the daemon computed
+//! for the process's Go version (GO_TLS_CONFIG, per tgid).
 //!
 //! OpenSSL: uprobes at SSL_do_handshake / SSL_connect / SSL_accept entry, uretprobes at their
 //! return (fine for C code), SSL_set_connect_state / SSL_set_accept_state for the role, and
