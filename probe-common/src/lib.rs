@@ -708,8 +708,20 @@ mod tests {
         assert!(ProgId::GO_TLS.iter().chain(ProgId::OPENSSL).all(|p| p.go_site().is_none() && p.optional()));
         assert_eq!(ProgId::GO_TLS, &[ProgId::GoTlsEnter, ProgId::GoTlsReturn]);
         assert_eq!(ProgId::GO_CREATION, &[ProgId::GoNewproc, ProgId::GoExit]);
+        assert_eq!(ProgId::MEMORY_FEXIT, &[ProgId::MmapFexit, ProgId::MunmapFexit, ProgId::BrkFexit]);
+        for p in ProgId::MEMORY_FEXIT {
+            let (_, replaced) = p.replaces().expect("a memory fexit program names the tracepoints it replaces");
+            assert!(p.tracepoint().0.is_empty() && p.go_site().is_none());
+            assert!(replaced.iter().all(|t| ProgId::TRACEPOINTS.contains(t) && t.tracepoint().0 == "syscalls"));
+        }
+        assert!(ProgId::ALL.iter().filter(|p| !ProgId::MEMORY_FEXIT.contains(p)).all(|p| p.replaces().is_none()));
         assert_eq!(
-            ProgId::TRACEPOINTS.len() + ProgId::GO.len() + ProgId::GO_CREATION.len() + ProgId::GO_TLS.len() + ProgId::OPENSSL.len(),
+            ProgId::TRACEPOINTS.len()
+                + ProgId::GO.len()
+                + ProgId::GO_CREATION.len()
+                + ProgId::GO_TLS.len()
+                + ProgId::OPENSSL.len()
+                + ProgId::MEMORY_FEXIT.len(),
             ProgId::COUNT as usize
         );
         for (i, p) in ProgId::ALL.iter().enumerate() {
