@@ -14,7 +14,7 @@
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
     macros::{map, uprobe, uretprobe},
-    maps::{HashMap, LruHashMap, PerCpuArray},
+    maps::{HashMap, LruHashMap},
     programs::{ProbeContext, RetProbeContext},
     EbpfContext,
 };
@@ -47,14 +47,11 @@ pub static SSL_LIBS: HashMap<u32, SslLibConfig> = HashMap::with_max_entries(MAX_
 #[map]
 static SSL_ROLES: LruHashMap<TlsInflightKey, u32> = LruHashMap::with_max_entries(MAX_TLS_INFLIGHT, 0);
 
-/// The first bytes of a `tls.Conn`, read with one helper call at a handshake's result: every field
-/// read on success (isClient, vers, cipherSuite, clientProtocol) lies in them in Go 1.17–1.27
-/// (clientProtocol ends at byte 392 in 1.27, and the struct is at least 832 bytes long, so the
-/// read never leaves the object). A field beyond them is read on its own.
-const CONN_HEAD: usize = 512;
-
-#[map]
-static CONN_HEADS: PerCpuArray<[u8; CONN_HEAD]> = PerCpuArray::with_max_entries(1, 0);
+/// Bytes of a `tls.Conn` copied at once at a handshake's result, from `isClient` on: they hold
+/// `vers` and `cipherSuite` too (isClient at 16, cipherSuite ending by byte 102 in Go 1.19–1.27).
+/// On the program's stack: uprobe programs run with preemption enabled, so a per-CPU buffer could
+/// be overwritten by another hit on the same CPU mid-read.
+const CONN_SPAN: usize = 128;
 
 const KEY_GO: u32 = 0;
 const KEY_SSL_THREAD: u32 = 1;
@@ -70,33 +67,39 @@ fn read<T: Copy>(addr: u64) -> Option<T> {
     unsafe { bpf_probe_read_user(addr as *const T) }.ok()
 }
 
-/// A `tls.Conn` whose first [`CONN_HEAD`] bytes were copied at once (one helper call instead of
-/// one per field: on this kind of CPU a helper call costs ~150 ns).
-struct ConnHead {
+/// A `tls.Conn` with [`CONN_SPAN`] bytes from `base` copied at once (one helper call instead of
+/// one per field: a helper call costs ~70–150 ns on this kind of CPU).
+struct ConnSpan {
     conn: u64,
-    head: Option<*const [u8; CONN_HEAD]>,
+    base: u32,
+    span: Option<[u8; CONN_SPAN]>,
 }
 
-impl ConnHead {
+impl ConnSpan {
     #[inline(always)]
-    fn read(conn: u64) -> ConnHead {
-        let head = CONN_HEADS.get_ptr_mut(0).filter(|_| conn >= 4096).filter(|&buf| {
-            // SAFETY: buf is this CPU's CONN_HEADS slot; the kernel checks the user address.
-            unsafe {
-                aya_ebpf::helpers::generated::bpf_probe_read_user(buf as *mut _, CONN_HEAD as u32, conn as *const _) == 0
-            }
-        });
-        ConnHead { conn, head: head.map(|p| p as *const _) }
+    fn read(conn: u64, base: u32) -> ConnSpan {
+        let mut buf = [0u8; CONN_SPAN];
+        let ok = conn >= 4096
+            // SAFETY: buf is on this program's stack, CONN_SPAN bytes; the kernel checks the user
+            // address.
+            && unsafe {
+                aya_ebpf::helpers::generated::bpf_probe_read_user(
+                    buf.as_mut_ptr() as *mut _,
+                    CONN_SPAN as u32,
+                    conn.wrapping_add(base as u64) as *const _,
+                )
+            } == 0;
+        ConnSpan { conn, base, span: ok.then_some(buf) }
     }
 
-    /// The `T` at byte `off` of the Conn.
+    /// The `T` at byte `off` of the Conn: from the copy when it holds it, else read on its own.
     #[inline(always)]
     fn field<T: Copy>(&self, off: u32) -> Option<T> {
-        let i = off as usize;
-        if let Some(head) = self.head {
-            if i <= CONN_HEAD - core::mem::size_of::<T>() {
-                // SAFETY: i + size_of::<T>() <= CONN_HEAD, inside this CPU's slot.
-                return Some(unsafe { core::ptr::read_unaligned((head as *const u8).add(i) as *const T) });
+        if let Some(span) = &self.span {
+            let i = off.wrapping_sub(self.base) as usize;
+            if off >= self.base && i <= CONN_SPAN - core::mem::size_of::<T>() {
+                // SAFETY: i + size_of::<T>() <= CONN_SPAN: inside the copy.
+                return Some(unsafe { core::ptr::read_unaligned(span.as_ptr().add(i) as *const T) });
             }
         }
         read::<T>(self.conn.wrapping_add(off as u64))
@@ -202,7 +205,7 @@ pub fn go_tls_handshake_return(ctx: ProbeContext) -> u32 {
     let now = unsafe { bpf_ktime_get_ns() };
     let failed = go_reg(&ctx, GoReg::Arg0) != 0;
     let c = start.conn;
-    let head = ConnHead::read(c);
+    let head = ConnSpan::read(c, cfg.conn_is_client);
     let is_client = head.field::<u8>(cfg.conn_is_client).unwrap_or(0);
     let mut ev = TlsEvent {
         header: EventHeader { kind: EventKind::Tls as u32, tgid, ktime_ns: now },
@@ -228,8 +231,9 @@ pub fn go_tls_handshake_return(ctx: ProbeContext) -> u32 {
             ev.alert_received = alert_of(&cfg, c.wrapping_add(cfg.conn_in_err as u64), b"remote error", 12);
         }
     } else {
-        let p = cfg.conn_client_protocol;
-        read_alpn(&mut ev, head.field::<u64>(p).unwrap_or(0), head.field::<u64>(p.wrapping_add(8)).unwrap_or(0));
+        // The string header (pointer, length) in one read.
+        let [ptr, len] = read::<[u64; 2]>(c.wrapping_add(cfg.conn_client_protocol as u64)).unwrap_or([0, 0]);
+        read_alpn(&mut ev, ptr, len);
     }
     if EVENTS.output::<TlsEvent>(&ev, BPF_RB_NO_WAKEUP).is_err() {
         count_lost_ringbuf(prog);
