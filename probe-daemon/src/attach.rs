@@ -159,7 +159,7 @@ pub enum MemoryHooks {
 }
 
 /// The kernel function of system call `name`'s entry point on this architecture.
-pub fn syscall_entry_point(name: &str) -> Option<String> {
+fn syscall_entry_point(name: &str) -> Option<String> {
     let prefix = if cfg!(target_arch = "x86_64") {
         "__x64_sys_"
     } else if cfg!(target_arch = "aarch64") {

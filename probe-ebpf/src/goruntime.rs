@@ -2,7 +2,7 @@
 //! binary (function entries and RET instructions; never uretprobes, which crash Go). Each of these
 //! fires a few times per GC cycle, so they are cheap enough to stay on.
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_user},
     macros::{map, uprobe},
     maps::{HashMap, PerCpuHashMap},
     programs::ProbeContext,
@@ -13,7 +13,7 @@ use probe_common::{
     ProgId, StwStart, DURATION_UNKNOWN, MAX_CREATION_SITES, MAX_PROCS,
 };
 
-use crate::maps::{count_event, count_lost_map_full, count_lost_ringbuf, EVENTS};
+use crate::maps::{count_event, count_lost_map_full, count_lost_ringbuf, current_tgid, EVENTS};
 
 /// Start of the GC cycle in progress, per process.
 #[map]
@@ -62,7 +62,7 @@ fn creation_counts(prog: ProgId, tgid: u32) -> Option<&'static mut GoCreationCou
 pub fn go_newproc(ctx: ProbeContext) -> u32 {
     let prog = ProgId::GoNewproc;
     count_event(prog);
-    let tgid = tgid();
+    let tgid = current_tgid();
     let Some(cfg) = (unsafe { GO_CREATION.get(&tgid) }).copied() else { return 0 };
     let newg = go_reg(&ctx, GoReg::Arg0);
     if newg == 0 {
@@ -93,7 +93,7 @@ pub fn go_newproc(ctx: ProbeContext) -> u32 {
 pub fn go_goexit(ctx: ProbeContext) -> u32 {
     let prog = ProgId::GoExit;
     count_event(prog);
-    let tgid = tgid();
+    let tgid = current_tgid();
     let Some(cfg) = (unsafe { GO_CREATION.get(&tgid) }).copied() else { return 0 };
     let g = go_reg(&ctx, GoReg::CurrentG);
     if g == 0 {
@@ -106,11 +106,6 @@ pub fn go_goexit(ctx: ProbeContext) -> u32 {
         }
     }
     0
-}
-
-#[inline(always)]
-fn tgid() -> u32 {
-    (bpf_get_current_pid_tgid() >> 32) as u32
 }
 
 /// The registers Go's register ABI gives a meaning to.
@@ -154,7 +149,7 @@ pub fn go_gc_start(_ctx: ProbeContext) -> u32 {
     let prog = ProgId::GoGcStart;
     count_event(prog);
     let now = unsafe { bpf_ktime_get_ns() };
-    if let Err(e) = GC_START.insert(&tgid(), &now, BPF_NOEXIST) {
+    if let Err(e) = GC_START.insert(&current_tgid(), &now, BPF_NOEXIST) {
         // -EEXIST (17): a cycle is already under way; anything else: the map is full.
         if e != -17 {
             count_lost_map_full(prog);
@@ -169,7 +164,7 @@ pub fn go_gc_done(_ctx: ProbeContext) -> u32 {
     let prog = ProgId::GoGcDone;
     count_event(prog);
     let now = unsafe { bpf_ktime_get_ns() };
-    let tgid = tgid();
+    let tgid = current_tgid();
     let duration_ns = match unsafe { GC_START.get(&tgid) } {
         Some(start) => now.saturating_sub(*start),
         None => DURATION_UNKNOWN,
@@ -195,7 +190,7 @@ pub fn go_stw_stop(ctx: ProbeContext) -> u32 {
         reason: (go_reg(&ctx, GoReg::Arg0) & 0xff) as u32,
         _pad: 0,
     };
-    if STW_START.insert(&tgid(), &start, 0).is_err() {
+    if STW_START.insert(&current_tgid(), &start, 0).is_err() {
         count_lost_map_full(prog);
     }
     0
@@ -207,7 +202,7 @@ pub fn go_stw_start(_ctx: ProbeContext) -> u32 {
     let prog = ProgId::GoStwStart;
     count_event(prog);
     let now = unsafe { bpf_ktime_get_ns() };
-    let tgid = tgid();
+    let tgid = current_tgid();
     let Some(start) = (unsafe { STW_START.get(&tgid) }).copied() else {
         return 0;
     };

@@ -19,7 +19,7 @@ use aya_ebpf::{
 };
 use probe_common::{tp, FailureKey, InflightCall, MemSyscall, ProgId};
 
-use crate::maps::{count_event, count_failure, count_lost_map_full, proc_counters, INFLIGHT};
+use crate::maps::{count_event, count_failure, count_lost_map_full, current_tgid, proc_counters, INFLIGHT};
 
 const MAX_ERRNO: i64 = 4095;
 const ENOMEM: u16 = 12;
@@ -95,11 +95,6 @@ fn syscall_ret(ctx: &FExitContext) -> i64 {
 }
 
 #[inline(always)]
-fn tgid() -> u32 {
-    (bpf_get_current_pid_tgid() >> 32) as u32
-}
-
-#[inline(always)]
 fn count_mmap(prog: ProgId, tgid: u32, len: u64, ret: i64) {
     match errno_of(ret) {
         Some(errno) => count_failure(prog, FailureKey { tgid, syscall: MemSyscall::Mmap as u16, errno }),
@@ -144,7 +139,7 @@ fn count_brk(prog: ProgId, tgid: u32, requested: u64, ret: i64) {
 pub fn mmap_fexit(ctx: FExitContext) -> u32 {
     let prog = ProgId::MmapFexit;
     count_event(prog);
-    count_mmap(prog, tgid(), syscall_arg(&ctx, 1), syscall_ret(&ctx));
+    count_mmap(prog, current_tgid(), syscall_arg(&ctx, 1), syscall_ret(&ctx));
     0
 }
 
@@ -153,7 +148,7 @@ pub fn mmap_fexit(ctx: FExitContext) -> u32 {
 pub fn munmap_fexit(ctx: FExitContext) -> u32 {
     let prog = ProgId::MunmapFexit;
     count_event(prog);
-    let tgid = tgid();
+    let tgid = current_tgid();
     count_munmap(prog, tgid, syscall_arg(&ctx, 1));
     count_munmap_failure(prog, tgid, syscall_ret(&ctx));
     0
@@ -164,7 +159,7 @@ pub fn munmap_fexit(ctx: FExitContext) -> u32 {
 pub fn brk_fexit(ctx: FExitContext) -> u32 {
     let prog = ProgId::BrkFexit;
     count_event(prog);
-    count_brk(prog, tgid(), syscall_arg(&ctx, 0), syscall_ret(&ctx));
+    count_brk(prog, current_tgid(), syscall_arg(&ctx, 0), syscall_ret(&ctx));
     0
 }
 
@@ -190,7 +185,7 @@ pub fn sys_enter_munmap(ctx: TracePointContext) -> u32 {
     let prog = ProgId::SysEnterMunmap;
     count_event(prog);
     let len: u64 = unsafe { ctx.read_at(tp::SYS_ENTER_ARG1 as usize) }.unwrap_or(0);
-    count_munmap(prog, tgid(), len);
+    count_munmap(prog, current_tgid(), len);
     0
 }
 
@@ -199,7 +194,7 @@ pub fn sys_exit_munmap(ctx: TracePointContext) -> u32 {
     let prog = ProgId::SysExitMunmap;
     count_event(prog);
     let ret: i64 = unsafe { ctx.read_at(tp::SYS_EXIT_RET as usize) }.unwrap_or(0);
-    count_munmap_failure(prog, tgid(), ret);
+    count_munmap_failure(prog, current_tgid(), ret);
     0
 }
 

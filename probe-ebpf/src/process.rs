@@ -15,7 +15,7 @@ use probe_common::{
     OFFSET_NONE,
 };
 
-use crate::maps::{config, count_event, count_lost_ringbuf, EVENTS};
+use crate::maps::{config, count_event, count_lost_ringbuf, current_tgid, EVENTS};
 
 #[inline(always)]
 fn header(kind: EventKind, tgid: u32) -> EventHeader {
@@ -31,7 +31,7 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
         return 0;
     };
     let ev = entry.as_mut_ptr();
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let tgid = current_tgid();
     unsafe {
         (*ev).header = header(EventKind::Exec, tgid);
         (*ev).ppid = 0;

@@ -43,15 +43,7 @@ impl Leaky {
 }
 
 fn wait_tracked(port: u16, pid: u32) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        let v = json(port, "GET", "/api/v1/targets", "")?;
-        if v["targets"].as_array().into_iter().flatten().any(|t| t["pid"] == pid && t["runtime_reads"] == "ok") {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    bail!("process {pid} not tracked")
+    bench_util::wait_target(port, pid, Duration::from_secs(20), "tracked with its runtime read", |t| t["runtime_reads"] == "ok")
 }
 
 /// Waits for a finished snapshot of `pid` (or of id `id`); returns its metadata.

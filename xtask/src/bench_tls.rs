@@ -31,7 +31,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::bench_util::{self, json, median, GoProgram, Proc};
+use crate::bench_util::{self, median, GoProgram, Proc};
 
 /// The chainprobe configurations measured against "no chainprobe".
 #[derive(Clone, Copy, PartialEq)]
@@ -93,19 +93,10 @@ type TlsProbe = GoProgram;
 
 /// Waits until the daemon tracks `pid` (with the Go TLS probes on it when `tls`).
 fn wait_tracked(port: u16, pid: u32, tls: bool) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline {
-        let v = json(port, "GET", "/api/v1/targets", "")?;
-        let attached = v["targets"].as_array().into_iter().flatten().any(|t| {
-            t["pid"].as_u64() == Some(u64::from(pid))
-                && (!tls || t["probes"].as_array().into_iter().flatten().any(|p| p["name"] == "go_tls_handshake_enter" && p["state"] == "attached"))
-        });
-        if attached {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    bail!("chainprobe did not attach the Go TLS probes to pid {pid}")
+    let what = if tls { "tracked with the Go TLS probes attached" } else { "tracked" };
+    bench_util::wait_target(port, pid, Duration::from_secs(15), what, |t| {
+        !tls || t["probes"].as_array().into_iter().flatten().any(|p| p["name"] == "go_tls_handshake_enter" && p["state"] == "attached")
+    })
 }
 
 /// CPU time (seconds) `pid` has used so far, uprobe hits and BPF programs included: the sum of its

@@ -1,5 +1,6 @@
-//! What the benchmarks share: a child process stopped on drop, starting chainprobe, driving a Go
-//! fixture program, the median, the root check, and building the Go programs they run.
+//! What the benchmarks share: a child process stopped on drop, starting chainprobe and waiting
+//! for it to track a process, driving a Go fixture program, the median, the root check, and
+//! building the Go programs they run.
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::TcpStream,
@@ -85,6 +86,20 @@ pub fn json(port: u16, method: &str, path: &str, body: &str) -> Result<serde_jso
         bail!("{method} {path}: HTTP {s}: {b}");
     }
     serde_json::from_str(&b).with_context(|| format!("{method} {path}: {b}"))
+}
+
+/// Waits (at most `timeout`) until the daemon on `port` lists `pid` in /api/v1/targets with
+/// `ready(target)` true; `what` names the awaited state in the error.
+pub fn wait_target(port: u16, pid: u32, timeout: Duration, what: &str, ready: impl Fn(&serde_json::Value) -> bool) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        let v = json(port, "GET", "/api/v1/targets", "")?;
+        if v["targets"].as_array().into_iter().flatten().any(|t| t["pid"].as_u64() == Some(u64::from(pid)) && ready(t)) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("chainprobe did not report pid {pid} as {what} within {timeout:?}")
 }
 
 /// Starts `chainprobe run` with `[server] listen` on a free loopback port plus `extra` TOML
