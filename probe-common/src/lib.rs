@@ -225,6 +225,11 @@ impl ProgId {
                 | ProgId::SslHandshakeEnter
                 | ProgId::SslHandshakeReturn
                 | ProgId::SslFree
+                // Not attached where the kernel refuses fexit and `[collect] memory_hooks = "auto"`:
+                // the daemon is ready without them (the calls are then not counted).
+                | ProgId::MmapFexit
+                | ProgId::MunmapFexit
+                | ProgId::BrkFexit
         )
     }
 }

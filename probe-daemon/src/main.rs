@@ -141,7 +141,8 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check => {
-            let items = kernel::check();
+            let mut items = kernel::check();
+            items.push(chainprobe::attach::fexit_check());
             for i in &items {
                 println!("{i}");
             }

@@ -15,7 +15,7 @@ fn check_reports_each_requirement_and_passes_here() {
     let out = chainprobe(&["check"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
-    for item in ["BTF", "tracefs", "tracepoint sock:inet_sock_set_state", "tracepoint sched:sched_process_exit", "uprobes", "capabilities: load BPF", "memlock"] {
+    for item in ["BTF", "tracefs", "tracepoint sock:inet_sock_set_state", "tracepoint sched:sched_process_exit", "uprobes", "capabilities: load BPF", "memlock", "fexit (mmap, munmap, brk)"] {
         assert!(text.lines().any(|l| l.contains(item)), "no line for {item}:\n{text}");
     }
     assert!(!text.contains("[FAIL]"), "{text}");

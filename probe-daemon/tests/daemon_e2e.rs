@@ -184,19 +184,56 @@ fn connect_timeout_and_syn_retransmits() {
 }
 
 /// The program that counts mmap results in `m`: the fexit program where the kernel accepts it
-/// (BTF trampolines), else the sys_exit_mmap tracepoint program (this project's CI kernel refuses
-/// tracing programs with EPERM).
-fn mmap_program(m: &Metrics) -> &'static str {
-    if m.value("chainprobe_program_attached", &[("program", "mmap_fexit")]) == 1.0 {
-        "mmap_fexit"
-    } else {
-        "sys_exit_mmap"
-    }
+/// (BTF trampolines), else the sys_exit_mmap tracepoint program if attached (this project's CI
+/// kernel refuses tracing programs with EPERM), else none.
+fn mmap_program(m: &Metrics) -> Option<&'static str> {
+    ["mmap_fexit", "sys_exit_mmap"].into_iter().find(|p| m.value("chainprobe_program_attached", &[("program", p)]) == 1.0)
 }
+
+/// Counted on any kernel: fexit where the kernel allows it, else the syscall tracepoints.
+const COUNT_MEMORY: &str = "memory_hooks = \"fexit-or-tracepoints\"\n";
 
 #[test]
 fn mmap_calls_bytes_and_failures() {
-    mmap_counts("mmap", "");
+    mmap_counts("mmap", COUNT_MEMORY);
+}
+
+/// The default never puts the node's system calls on the slow path: fexit programs where the
+/// kernel allows them (then the calls are counted), else nothing, said in the log and the metrics.
+#[test]
+fn memory_hooks_auto_uses_fexit_or_no_syscall_tracepoint() {
+    let d = Daemon::start("mmap-auto", "");
+    let child = fork_child(|| unsafe {
+        let p = libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_READ, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0);
+        if p == libc::MAP_FAILED || libc::munmap(p, 4096) != 0 {
+            return 60;
+        }
+        0
+    });
+    assert_eq!(wait_child(child), 0);
+    let p = pid_s(child);
+    let m = d.wait_metrics("exit", Duration::from_secs(10), |m| m.has("chainprobe_process_exits_total", &[("pid", &p)]));
+    for prog in ["sys_enter_mmap", "sys_exit_mmap", "sys_enter_munmap", "sys_exit_munmap", "sys_enter_brk", "sys_exit_brk"] {
+        assert!(!m.has("chainprobe_program_attached", &[("program", prog)]), "{prog} attached by default:\n{}", m.text);
+    }
+    let fexit = m.value("chainprobe_program_attached", &[("program", "mmap_fexit")]);
+    if fexit == 1.0 {
+        assert_eq!(m.value("chainprobe_mmap_calls_total", &[("pid", &p)]), 1.0, "{}", m.text);
+        assert_eq!(m.value("chainprobe_munmap_calls_total", &[("pid", &p)]), 1.0);
+    } else {
+        // Refused (this project's CI kernel): reported as a program that could not attach, the
+        // log says what is lost and how to opt in, nothing is counted, and the daemon is ready.
+        for prog in ["mmap_fexit", "munmap_fexit", "brk_fexit"] {
+            assert_eq!(m.value("chainprobe_program_attached", &[("program", prog)]), 0.0, "{prog}:\n{}", m.text);
+            assert_eq!(m.value("chainprobe_attach_failures_total", &[("program", prog)]), 1.0, "{prog}");
+        }
+        let log = d.log_text();
+        assert!(log.contains("so it is not counted") && log.contains("fexit-or-tracepoints"), "{log}");
+        for family in ["chainprobe_mmap_calls_total", "chainprobe_munmap_calls_total"] {
+            assert!(!m.has(family, &[("pid", &p)]), "{family} counted without a program:\n{}", m.text);
+        }
+    }
+    assert_eq!(d.get("/readyz").unwrap().0, 200, "ready with or without the fexit programs");
 }
 
 #[test]
@@ -279,10 +316,11 @@ fn mmap_counts(tag: &str, collect: &str) -> Daemon {
     assert_eq!(m.value("chainprobe_mmap_failures_total", &[("pid", &p), ("syscall", "mmap"), ("errno", "EINVAL")]), 1.0);
     assert_eq!(m.value("chainprobe_process_exits_total", &[("pid", &p), ("reason", "signal"), ("code", "SIGTERM")]), 1.0);
     assert!(!m.has("chainprobe_process_memory_maps", &[("pid", &p)]), "no map count for an exited process");
-    let prog = mmap_program(&m);
-    if prog == "sys_exit_mmap" && !collect.contains("tracepoints") {
-        // auto fell back: the log says why, once per system call.
-        assert!(d.log_text().contains("no fexit program for this system call"), "{}", d.log_text());
+    let prog = mmap_program(&m).expect("a program counted the mmaps");
+    assert!(m.value("chainprobe_events_processed_total", &[("program", prog)]) >= K as f64 + 1.0, "{}", m.text);
+    if prog == "sys_exit_mmap" && collect.contains("fexit-or-tracepoints") {
+        // fexit refused: the log says why, once per system call.
+        assert!(d.log_text().contains("counting it with its syscall tracepoints"), "{}", d.log_text());
     }
     d
 }
@@ -322,13 +360,12 @@ fn endpoints_and_self_metrics() {
     assert!(m.text.ends_with("# EOF\n"), "OpenMetrics text ends with # EOF");
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
     assert!(m.has("chainprobe_build_info", &[("kernel", kernel.trim()), ("version", env!("CARGO_PKG_VERSION"))]), "{}", m.text);
-    let mmap = mmap_program(&m);
-    for prog in ["inet_sock_set_state", mmap, "sched_process_exit", "tcp_send_reset"] {
+    for prog in ["inet_sock_set_state", "sched_process_exit", "tcp_send_reset"] {
         assert_eq!(m.value("chainprobe_program_attached", &[("program", prog)]), 1.0, "{prog}");
         assert_eq!(m.value("chainprobe_attach_failures_total", &[("program", prog)]), 0.0, "{prog}");
         assert!(m.has("chainprobe_events_lost_total", &[("program", prog), ("reason", "ringbuf_full")]));
     }
-    assert!(m.value("chainprobe_events_processed_total", &[("program", mmap)]) > 0.0);
+    assert!(m.value("chainprobe_events_processed_total", &[("program", "inet_sock_set_state")]) > 0.0);
     // The scrape itself is a TCP connection the daemon accepted.
     let me = d.pid().to_string();
     assert!(m.value("chainprobe_tcp_accepts_total", &[("pid", &me)]) >= 1.0, "{}", m.text);
@@ -498,7 +535,7 @@ impl Drop for MemCgroup {
 fn processes_in_kubernetes_pods_get_pod_and_container_labels() {
     // Without an API server (not in a cluster) the labels come from the cgroup path: pod UID and
     // the container id's first 12 characters.
-    let d = Daemon::start("pods", "[kubernetes]\napi = \"off\"\n");
+    let d = Daemon::start("pods", &format!("{COUNT_MEMORY}[kubernetes]\napi = \"off\"\n"));
     let uid = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
     let cid = "3f1c2a9b8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a";
     let tag = format!("chainprobe-pods-{}", std::process::id());

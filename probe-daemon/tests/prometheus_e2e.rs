@@ -194,7 +194,8 @@ const K: usize = 7;
 fn prometheus_scrapes_chainprobe_and_loads_the_alerts() {
     let promtool = tool("promtool");
     tool("prometheus");
-    let d = Daemon::start("prom-e2e", "");
+    // The fixture's mmaps are counted on any kernel (fexit, else syscall tracepoints).
+    let d = Daemon::start("prom-e2e", "memory_hooks = \"fexit-or-tracepoints\"\n");
 
     // A fixture process: K anonymous mmaps, then it waits to be killed.
     let child = fork_child(|| unsafe {

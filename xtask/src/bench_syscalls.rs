@@ -3,21 +3,19 @@
 //!
 //! Each round measures, for S seconds each, (1) loopback TCP connect+accept+close and (2) mmap +
 //! munmap of 64 KiB, first without chainprobe, then with `chainprobe run` (release build)
-//! attached. Rounds alternate so drift affects both sides alike; medians are reported with the
+//! attached with the memory system calls counted (`memory_hooks = "fexit-or-tracepoints"`). Rounds alternate so drift affects both sides alike; medians are reported with the
 //! ratio with/without, and the daemon's CPU and RSS while under that load.
 use std::{
-    io::{Read, Write},
+    io::Read,
     net::{TcpListener, TcpStream},
-    path::Path,
-    process::{Child, Command, Stdio},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
     },
-    time::{Duration, Instant},
+    time::Instant,
 };
 
-use crate::bench_util::median;
+use crate::bench_util::{http, median, start_daemon};
 use anyhow::{bail, Context, Result};
 
 fn connect_rate(secs: f64) -> Result<f64> {
@@ -73,68 +71,27 @@ fn mmap_rate(secs: f64) -> Result<f64> {
     Ok(n as f64 / start.elapsed().as_secs_f64())
 }
 
-struct Daemon {
-    child: Child,
-    port: u16,
+/// (CPU seconds used so far, RSS bytes) of process `pid`.
+fn usage(pid: u32) -> (f64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let ticks = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024;
+    (ticks / hz, rss)
 }
 
-impl Daemon {
-    fn start(bin: &Path) -> Result<Daemon> {
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let child = Command::new(bin)
-            .args(["run", "--listen", &format!("127.0.0.1:{port}")])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        let d = Daemon { child, port };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if d.get("/readyz").map(|b| b.contains("ready")).unwrap_or(false) {
-                return Ok(d);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        bail!("chainprobe did not become ready within 30 s")
-    }
-
-    fn get(&self, path: &str) -> Result<String> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
-        write!(s, "GET {path} HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n")?;
-        let mut out = String::new();
-        s.read_to_string(&mut out)?;
-        Ok(out)
-    }
-
-    /// (CPU seconds used so far, RSS bytes).
-    fn usage(&self) -> (f64, u64) {
-        let pid = self.child.id();
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
-        let f: Vec<&str> = after.split_whitespace().collect();
-        // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-        let ticks = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
-            + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .unwrap_or(0)
-            * 1024;
-        (ticks / hz, rss)
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-    }
-}
+/// The daemon's configuration: the memory system calls counted on any kernel (fexit where the
+/// kernel allows it, else the syscall tracepoints), since their cost is what this measures.
+const CONFIG: &str = "[collect]\nmemory_hooks = \"fexit-or-tracepoints\"\n";
 
 pub fn run(args: &[String]) -> Result<()> {
     let mut secs = 3.0;
@@ -153,19 +110,22 @@ pub fn run(args: &[String]) -> Result<()> {
     }
     crate::build_release()?;
     let bin = crate::repo_root().join("target/release/chainprobe");
+    let dir = crate::repo_root().join("target/bench-syscalls");
+    std::fs::create_dir_all(&dir)?;
 
     let (mut c_off, mut c_on, mut m_off, mut m_on) = (vec![], vec![], vec![], vec![]);
     let (mut cpu, mut rss_max) = (vec![], 0u64);
     for r in 0..rounds {
         c_off.push(connect_rate(secs)?);
         m_off.push(mmap_rate(secs)?);
-        let d = Daemon::start(&bin)?;
-        let (cpu0, _) = d.usage();
+        let (d, port) = start_daemon(&bin, &dir, CONFIG)?;
+        let pid = d.0.id();
+        let (cpu0, _) = usage(pid);
         let t0 = Instant::now();
         c_on.push(connect_rate(secs)?);
         m_on.push(mmap_rate(secs)?);
-        let body = d.get("/metrics")?;
-        let (cpu1, rss) = d.usage();
+        let (_, body) = http(port, "GET", "/metrics", "")?;
+        let (cpu1, rss) = usage(pid);
         cpu.push((cpu1 - cpu0) / t0.elapsed().as_secs_f64());
         rss_max = rss_max.max(rss);
         if !body.contains("chainprobe_mmap_calls_total") {

@@ -297,6 +297,17 @@ mod tests {
     }
 
     #[test]
+    fn memory_hooks_values() {
+        use crate::attach::MemoryHooks;
+        for v in [MemoryHooks::Auto, MemoryHooks::FexitOrTracepoints, MemoryHooks::Tracepoints, MemoryHooks::Off] {
+            let c = Config::from_toml(&format!("[collect]\nmemory_hooks = \"{}\"\n", v.as_str()), "t").unwrap();
+            assert_eq!(c.collect.memory_hooks, v);
+        }
+        let e = Config::from_toml("[collect]\nmemory_hooks = \"kprobes\"\n", "t").unwrap_err();
+        assert!(e.to_string().contains("fexit-or-tracepoints"), "the error lists the values: {e}");
+    }
+
+    #[test]
     fn missing_file_names_the_path() {
         let e = Config::load(Some(Path::new("/nonexistent/chainprobe.toml"))).unwrap_err();
         assert!(e.to_string().contains("/nonexistent/chainprobe.toml"), "{e}");
