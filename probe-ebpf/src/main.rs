@@ -8,6 +8,7 @@ mod goruntime;
 mod maps;
 mod mmap;
 mod process;
+mod record;
 mod tcp;
 mod tls;
 

@@ -19,6 +19,7 @@ use aya_ebpf::{
 };
 use probe_common::{tp, FailureKey, InflightCall, MemSyscall, ProgId};
 
+use crate::record::field;
 use crate::maps::{count_event, count_failure, count_lost_map_full, current_tgid, proc_counters, INFLIGHT};
 
 const MAX_ERRNO: i64 = 4095;
@@ -27,10 +28,7 @@ const ENOMEM: u16 = 12;
 #[inline(always)]
 fn remember(ctx: &TracePointContext, prog: ProgId, arg_off: u32) {
     count_event(prog);
-    let arg: u64 = match unsafe { ctx.read_at(arg_off as usize) } {
-        Ok(v) => v,
-        Err(_) => return,
-    };
+    let arg: u64 = field(ctx, arg_off);
     let id = bpf_get_current_pid_tgid();
     if INFLIGHT.insert(&id, &InflightCall { arg }, 0).is_err() {
         count_lost_map_full(prog);
@@ -44,7 +42,7 @@ fn complete(ctx: &TracePointContext, prog: ProgId) -> Option<(u32, u64, i64)> {
     let id = bpf_get_current_pid_tgid();
     let call = unsafe { INFLIGHT.get(&id) }.copied()?;
     let _ = INFLIGHT.remove(&id);
-    let ret: i64 = unsafe { ctx.read_at(tp::SYS_EXIT_RET as usize).ok()? };
+    let ret: i64 = field(ctx, tp::SYS_EXIT_RET);
     Some(((id >> 32) as u32, call.arg, ret))
 }
 
@@ -184,7 +182,7 @@ pub fn sys_exit_mmap(ctx: TracePointContext) -> u32 {
 pub fn sys_enter_munmap(ctx: TracePointContext) -> u32 {
     let prog = ProgId::SysEnterMunmap;
     count_event(prog);
-    let len: u64 = unsafe { ctx.read_at(tp::SYS_ENTER_ARG1 as usize) }.unwrap_or(0);
+    let len: u64 = field(&ctx, tp::SYS_ENTER_ARG1);
     count_munmap(prog, current_tgid(), len);
     0
 }
@@ -193,7 +191,7 @@ pub fn sys_enter_munmap(ctx: TracePointContext) -> u32 {
 pub fn sys_exit_munmap(ctx: TracePointContext) -> u32 {
     let prog = ProgId::SysExitMunmap;
     count_event(prog);
-    let ret: i64 = unsafe { ctx.read_at(tp::SYS_EXIT_RET as usize) }.unwrap_or(0);
+    let ret: i64 = field(&ctx, tp::SYS_EXIT_RET);
     count_munmap_failure(prog, current_tgid(), ret);
     0
 }

@@ -12,6 +12,7 @@ use probe_common::{
     IPPROTO_TCP, OFFSET_NONE, TCP_CLOSE, TCP_ESTABLISHED, TCP_LISTEN, TCP_SYN_RECV, TCP_SYN_SENT,
 };
 
+use crate::record::field;
 use crate::maps::{
     config, count_event, count_lost_map_full, current_tgid, proc_counters, LISTENERS, SOCK_OWNERS,
 };
@@ -58,14 +59,14 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 
 fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
     let prog = ProgId::InetSockSetState;
-    let protocol: u16 = unsafe { ctx.read_at(tp::INET_SOCK_SET_STATE_PROTOCOL as usize)? };
+    let protocol: u16 = field(ctx, tp::INET_SOCK_SET_STATE_PROTOCOL);
     if protocol != IPPROTO_TCP {
         return Ok(());
     }
     count_event(prog);
-    let sk: u64 = unsafe { ctx.read_at(tp::INET_SOCK_SET_STATE_SKADDR as usize)? };
-    let old: i32 = unsafe { ctx.read_at(tp::INET_SOCK_SET_STATE_OLDSTATE as usize)? };
-    let new: i32 = unsafe { ctx.read_at(tp::INET_SOCK_SET_STATE_NEWSTATE as usize)? };
+    let sk: u64 = field(ctx, tp::INET_SOCK_SET_STATE_SKADDR);
+    let old: i32 = field(ctx, tp::INET_SOCK_SET_STATE_OLDSTATE);
+    let new: i32 = field(ctx, tp::INET_SOCK_SET_STATE_NEWSTATE);
     // Most transitions of a connection's life (FIN_WAIT*, CLOSE_WAIT, LAST_ACK, TIME_WAIT, …)
     // count nothing: leave before any map work.
     let counts = new == TCP_SYN_SENT || new == TCP_LISTEN || old == TCP_LISTEN || old == TCP_SYN_SENT || old == TCP_ESTABLISHED || (old == TCP_SYN_RECV && new == TCP_ESTABLISHED);
@@ -159,8 +160,8 @@ fn listener_owner(ctx: &TracePointContext, cfg: &KernelConfig, sk: u64) -> u32 {
 
 #[inline(always)]
 fn listen_key(ctx: &TracePointContext, cfg: &KernelConfig, sk: u64) -> Option<ListenKey> {
-    let family: u16 = unsafe { ctx.read_at(tp::INET_SOCK_SET_STATE_FAMILY as usize).ok()? };
-    let port: u16 = unsafe { ctx.read_at(tp::INET_SOCK_SET_STATE_SPORT as usize).ok()? };
+    let family: u16 = field(ctx, tp::INET_SOCK_SET_STATE_FAMILY);
+    let port: u16 = field(ctx, tp::INET_SOCK_SET_STATE_SPORT);
     Some(ListenKey { netns: sock_netns(cfg, sk), family, port })
 }
 
@@ -168,10 +169,7 @@ fn listen_key(ctx: &TracePointContext, cfg: &KernelConfig, sk: u64) -> Option<Li
 #[inline(always)]
 fn count_on_socket(ctx: &TracePointContext, prog: ProgId, off: u32, f: impl FnOnce(&mut ProcCounters)) {
     count_event(prog);
-    let sk: u64 = match unsafe { ctx.read_at(off as usize) } {
-        Ok(sk) => sk,
-        Err(_) => return,
-    };
+    let sk: u64 = field(ctx, off);
     let tgid = if sk == 0 { 0 } else { owner(sk) };
     with_counters(prog, tgid, f);
 }
