@@ -2,9 +2,11 @@
 //! programs on the paths they watch, measured side by side in one run.
 //!
 //! Each round measures, for S seconds each, (1) loopback TCP connect+accept+close and (2) mmap +
-//! munmap of 64 KiB, first without chainprobe, then with `chainprobe run` (release build)
-//! attached with the memory system calls counted (`memory_hooks = "fexit-or-tracepoints"`). Rounds alternate so drift affects both sides alike; medians are reported with the
-//! ratio with/without, and the daemon's CPU and RSS while under that load.
+//! munmap of 64 KiB, first without chainprobe, then with `chainprobe run` (release build): the
+//! default configuration for (1), the memory system calls counted on any kernel for (2)
+//! (`memory_hooks = "fexit-or-tracepoints"`: the default counts them only by fexit). Rounds
+//! alternate so drift affects both sides alike; medians are reported with the ratio with/without,
+//! and the daemon's CPU and RSS while under that load.
 use std::{
     io::Read,
     net::{TcpListener, TcpStream},
@@ -89,9 +91,15 @@ fn usage(pid: u32) -> (f64, u64) {
     (ticks / hz, rss)
 }
 
-/// The daemon's configuration: the memory system calls counted on any kernel (fexit where the
-/// kernel allows it, else the syscall tracepoints), since their cost is what this measures.
-const CONFIG: &str = "[collect]\nmemory_hooks = \"fexit-or-tracepoints\"\n";
+/// The mmap workload's daemon configuration: the memory system calls counted on any kernel (fexit
+/// where the kernel allows it, else the syscall tracepoints), since their cost is what it measures.
+const COUNT_MEMORY: &str = "[collect]\nmemory_hooks = \"fexit-or-tracepoints\"\n";
+
+#[derive(Clone, Copy, PartialEq)]
+enum Workload {
+    Connect,
+    Mmap,
+}
 
 pub fn run(args: &[String]) -> Result<()> {
     let mut secs = 3.0;
@@ -118,18 +126,23 @@ pub fn run(args: &[String]) -> Result<()> {
     for r in 0..rounds {
         c_off.push(connect_rate(secs)?);
         m_off.push(mmap_rate(secs)?);
-        let (d, port) = start_daemon(&bin, &dir, CONFIG)?;
-        let pid = d.0.id();
-        let (cpu0, _) = usage(pid);
-        let t0 = Instant::now();
-        c_on.push(connect_rate(secs)?);
-        m_on.push(mmap_rate(secs)?);
-        let (_, body) = http(port, "GET", "/metrics", "")?;
-        let (cpu1, rss) = usage(pid);
-        cpu.push((cpu1 - cpu0) / t0.elapsed().as_secs_f64());
-        rss_max = rss_max.max(rss);
-        if !body.contains("chainprobe_mmap_calls_total") {
-            bail!("chainprobe did not count the benchmark's mmaps");
+        // The connect workload against the default configuration; the mmap one with the memory
+        // system calls counted (on a kernel without BPF trampolines the default counts none).
+        for (config, workload) in [("", Workload::Connect), (COUNT_MEMORY, Workload::Mmap)] {
+            let (d, port) = start_daemon(&bin, &dir, config)?;
+            let pid = d.0.id();
+            let (cpu0, _) = usage(pid);
+            let t0 = Instant::now();
+            match workload {
+                Workload::Connect => c_on.push(connect_rate(secs)?),
+                Workload::Mmap => m_on.push(mmap_rate(secs)?),
+            }
+            let (cpu1, rss) = usage(pid);
+            cpu.push((cpu1 - cpu0) / t0.elapsed().as_secs_f64());
+            rss_max = rss_max.max(rss);
+            if workload == Workload::Mmap && !http(port, "GET", "/metrics", "")?.1.contains("chainprobe_mmap_calls_total") {
+                bail!("chainprobe did not count the benchmark's mmaps");
+            }
         }
         eprintln!(
             "round {}: connect/s {:.0} -> {:.0}, mmap+munmap/s {:.0} -> {:.0}",
