@@ -199,7 +199,8 @@ fn attach_fexit(ebpf: &mut Ebpf, prog: ProgId, btf: &Btf) -> Result<(), String> 
         .program_mut(prog.program_name())
         .ok_or_else(|| format!("program {} missing from the eBPF object", prog.program_name()))?;
     let fexit: &mut FExit = program.try_into().map_err(|e| format!("{e}"))?;
-    fexit.load(&function, btf).map_err(|e| format!("load on {function}: {e}"))?;
+    // aya ends a load error with "Verifier output: " even when the verifier said nothing.
+    fexit.load(&function, btf).map_err(|e| format!("load on {function}: {}", e.to_string().trim_end().trim_end_matches("Verifier output:").trim_end().trim_end_matches('.')))?;
     fexit.attach().map_err(|e| format!("attach to {function}: {e}"))?;
     Ok(())
 }
@@ -209,6 +210,9 @@ fn attach_fexit(ebpf: &mut Ebpf, prog: ProgId, btf: &Btf) -> Result<(), String> 
 pub fn fexit_check() -> crate::kernel::CheckItem {
     use crate::kernel::{CheckItem, Status};
     let name = "fexit (mmap, munmap, brk)".to_string();
+    // As `run` does: kernels before 5.11 charge the object's maps to RLIMIT_MEMLOCK (the memlock
+    // line above says whether it can be raised).
+    let _ = crate::kernel::raise_memlock();
     let result = Ebpf::load(PROBE_OBJECT)
         .map_err(|e| format!("cannot load the eBPF object to try: {e}"))
         .and_then(|mut ebpf| {
