@@ -268,8 +268,8 @@ pub fn load(kcfg: KernelConfig, tracefs: &Path, memory: MemoryHooks) -> Result<(
     // The memory system calls: fexit where it works, else (per call, per `memory`) its
     // tracepoints below or nothing.
     let mut replaced = Vec::new();
-    // The calls left uncounted, with why: one log line for all of them.
-    let mut uncounted: Vec<(&str, String)> = Vec::new();
+    // The calls left uncounted, and the first one's error: one log line for all of them.
+    let (mut uncounted, mut first_error) = (Vec::new(), None);
     let btf = match memory {
         MemoryHooks::Auto | MemoryHooks::FexitOrTracepoints => Btf::from_sys_fs().map_err(|e| format!("kernel BTF unreadable: {e}")),
         MemoryHooks::Tracepoints | MemoryHooks::Off => Err(format!("[collect] memory_hooks = \"{}\"", memory.as_str())),
@@ -293,17 +293,17 @@ pub fn load(kcfg: KernelConfig, tracefs: &Path, memory: MemoryHooks) -> Result<(
                 "no fexit program for this system call: counting it with its syscall tracepoints, which send every system call on the node through the kernel's slower syscall path (a few % on syscall-heavy programs; memory_hooks = \"auto\" in [collect] avoids that by not counting the calls fexit cannot see)"
             ),
             Err(e) => {
-                uncounted.push((syscall, e.clone()));
+                uncounted.push(syscall);
+                first_error.get_or_insert_with(|| e.clone());
                 programs.push(ProgramStatus { prog, attached: false, error: Some(e) });
                 replaced.extend(tracepoints);
             }
         }
     }
-    if !uncounted.is_empty() {
-        let syscalls: Vec<&str> = uncounted.iter().map(|(s, _)| *s).collect();
+    if let Some(first_error) = first_error {
         warn!(
-            syscalls = %syscalls.join(", "),
-            first_error = %uncounted[0].1,
+            syscalls = %uncounted.join(", "),
+            %first_error,
             "no fexit program for these system calls, so they are not counted (no mmap/munmap/brk metrics or mmap_failures health signal from them); memory_hooks = \"fexit-or-tracepoints\" in [collect] counts them with syscall tracepoints instead, which send every system call on the node through the kernel's slower syscall path (a few % on syscall-heavy programs)"
         );
     }

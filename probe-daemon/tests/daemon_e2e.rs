@@ -190,6 +190,27 @@ fn mmap_program(m: &Metrics) -> Option<&'static str> {
     ["mmap_fexit", "sys_exit_mmap"].into_iter().find(|p| m.value("chainprobe_program_attached", &[("program", p)]) == 1.0)
 }
 
+/// The programs that can count mmap / munmap / brk: syscall tracepoints, and fexit programs.
+const SYSCALL_TRACEPOINT_PROGRAMS: [&str; 6] = ["sys_enter_mmap", "sys_exit_mmap", "sys_enter_munmap", "sys_exit_munmap", "sys_enter_brk", "sys_exit_brk"];
+const MEMORY_FEXIT_PROGRAMS: [&str; 3] = ["mmap_fexit", "munmap_fexit", "brk_fexit"];
+
+/// A daemon started with `collect` appended to its [collect], and a child that mapped and unmapped
+/// one page and exited: (daemon, child's pid, metrics once its exit is in).
+fn one_mmap_child(tag: &str, collect: &str) -> (Daemon, String, Metrics) {
+    let d = Daemon::start(tag, collect);
+    let child = fork_child(|| unsafe {
+        let p = libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_READ, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0);
+        if p == libc::MAP_FAILED || libc::munmap(p, 4096) != 0 {
+            return 60;
+        }
+        0
+    });
+    assert_eq!(wait_child(child), 0);
+    let p = pid_s(child);
+    let m = d.wait_metrics("exit", Duration::from_secs(10), |m| m.has("chainprobe_process_exits_total", &[("pid", &p)]));
+    (d, p, m)
+}
+
 /// Counted on any kernel: fexit where the kernel allows it, else the syscall tracepoints.
 const COUNT_MEMORY: &str = "memory_hooks = \"fexit-or-tracepoints\"\n";
 
@@ -202,18 +223,8 @@ fn mmap_calls_bytes_and_failures() {
 /// kernel allows them (then the calls are counted), else nothing, said in the log and the metrics.
 #[test]
 fn memory_hooks_auto_uses_fexit_or_no_syscall_tracepoint() {
-    let d = Daemon::start("mmap-auto", "");
-    let child = fork_child(|| unsafe {
-        let p = libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_READ, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0);
-        if p == libc::MAP_FAILED || libc::munmap(p, 4096) != 0 {
-            return 60;
-        }
-        0
-    });
-    assert_eq!(wait_child(child), 0);
-    let p = pid_s(child);
-    let m = d.wait_metrics("exit", Duration::from_secs(10), |m| m.has("chainprobe_process_exits_total", &[("pid", &p)]));
-    for prog in ["sys_enter_mmap", "sys_exit_mmap", "sys_enter_munmap", "sys_exit_munmap", "sys_enter_brk", "sys_exit_brk"] {
+    let (d, p, m) = one_mmap_child("mmap-auto", "");
+    for prog in SYSCALL_TRACEPOINT_PROGRAMS {
         assert!(!m.has("chainprobe_program_attached", &[("program", prog)]), "{prog} attached by default:\n{}", m.text);
     }
     let fexit = m.value("chainprobe_program_attached", &[("program", "mmap_fexit")]);
@@ -223,7 +234,7 @@ fn memory_hooks_auto_uses_fexit_or_no_syscall_tracepoint() {
     } else {
         // Refused (this project's CI kernel): reported as a program that could not attach, the
         // log says what is lost and how to opt in, nothing is counted, and the daemon is ready.
-        for prog in ["mmap_fexit", "munmap_fexit", "brk_fexit"] {
+        for prog in MEMORY_FEXIT_PROGRAMS {
             assert_eq!(m.value("chainprobe_program_attached", &[("program", prog)]), 0.0, "{prog}:\n{}", m.text);
             assert_eq!(m.value("chainprobe_attach_failures_total", &[("program", prog)]), 1.0, "{prog}");
         }
@@ -240,31 +251,21 @@ fn memory_hooks_auto_uses_fexit_or_no_syscall_tracepoint() {
 fn mmap_calls_bytes_and_failures_by_syscall_tracepoints() {
     let d = mmap_counts("mmap-tp", "memory_hooks = \"tracepoints\"\n");
     let m = d.metrics();
-    for prog in ["sys_enter_mmap", "sys_exit_mmap", "sys_enter_munmap", "sys_exit_munmap", "sys_enter_brk", "sys_exit_brk"] {
+    for prog in SYSCALL_TRACEPOINT_PROGRAMS {
         assert_eq!(m.value("chainprobe_program_attached", &[("program", prog)]), 1.0, "{prog}");
     }
-    for prog in ["mmap_fexit", "munmap_fexit", "brk_fexit"] {
+    for prog in MEMORY_FEXIT_PROGRAMS {
         assert!(!m.has("chainprobe_program_attached", &[("program", prog)]), "{prog} not in use");
     }
 }
 
 #[test]
 fn memory_hooks_off_count_nothing_and_attach_no_syscall_program() {
-    let d = Daemon::start("mmap-off", "memory_hooks = \"off\"\n");
-    let child = fork_child(|| unsafe {
-        let p = libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_READ, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0);
-        if p == libc::MAP_FAILED || libc::munmap(p, 4096) != 0 {
-            return 60;
-        }
-        0
-    });
-    assert_eq!(wait_child(child), 0);
-    let p = pid_s(child);
-    let m = d.wait_metrics("exit", Duration::from_secs(10), |m| m.has("chainprobe_process_exits_total", &[("pid", &p)]));
+    let (d, p, m) = one_mmap_child("mmap-off", "memory_hooks = \"off\"\n");
     for family in ["chainprobe_mmap_calls_total", "chainprobe_munmap_calls_total"] {
         assert!(!m.has(family, &[("pid", &p)]), "{family} counted with memory_hooks = off:\n{}", m.text);
     }
-    for prog in ["sys_enter_mmap", "sys_exit_mmap", "sys_enter_munmap", "sys_exit_munmap", "sys_enter_brk", "sys_exit_brk", "mmap_fexit", "munmap_fexit", "brk_fexit"] {
+    for prog in SYSCALL_TRACEPOINT_PROGRAMS.into_iter().chain(MEMORY_FEXIT_PROGRAMS) {
         assert!(!m.has("chainprobe_program_attached", &[("program", prog)]), "{prog} attached with memory_hooks = off");
     }
     assert_eq!(d.get("/readyz").unwrap().0, 200, "ready without the memory programs");

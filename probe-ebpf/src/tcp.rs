@@ -53,15 +53,15 @@ fn with_counters(prog: ProgId, tgid: u32, f: impl FnOnce(&mut ProcCounters)) {
 
 #[tracepoint]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
-    let _ = try_set_state(&ctx);
+    set_state(&ctx);
     0
 }
 
-fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
+fn set_state(ctx: &TracePointContext) {
     let prog = ProgId::InetSockSetState;
     let protocol: u16 = field(ctx, tp::INET_SOCK_SET_STATE_PROTOCOL);
     if protocol != IPPROTO_TCP {
-        return Ok(());
+        return;
     }
     count_event(prog);
     let sk: u64 = field(ctx, tp::INET_SOCK_SET_STATE_SKADDR);
@@ -71,7 +71,7 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
     // count nothing: leave before any map work.
     let counts = new == TCP_SYN_SENT || new == TCP_LISTEN || old == TCP_LISTEN || old == TCP_SYN_SENT || old == TCP_ESTABLISHED || (old == TCP_SYN_RECV && new == TCP_ESTABLISHED);
     if !counts {
-        return Ok(());
+        return;
     }
     let cfg = config();
 
@@ -81,16 +81,14 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
         if SOCK_OWNERS.insert(&sk, &tgid, 0).is_err() {
             count_lost_map_full(prog);
         }
-        return Ok(());
+        return;
     }
     if new == TCP_LISTEN {
         let tgid = current_tgid();
-        if let Some(key) = listen_key(ctx, &cfg, sk) {
-            if LISTENERS.insert(&key, &tgid, 0).is_err() {
-                count_lost_map_full(prog);
-            }
+        if LISTENERS.insert(&listen_key(ctx, &cfg, sk), &tgid, 0).is_err() {
+            count_lost_map_full(prog);
         }
-        return Ok(());
+        return;
     }
     if old == TCP_LISTEN {
         if new == TCP_SYN_RECV {
@@ -101,11 +99,9 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
             }
         } else if new == TCP_CLOSE {
             // The listener went away.
-            if let Some(key) = listen_key(ctx, &cfg, sk) {
-                let _ = LISTENERS.remove(&key);
-            }
+            let _ = LISTENERS.remove(&listen_key(ctx, &cfg, sk));
         }
-        return Ok(());
+        return;
     }
 
     if old == TCP_SYN_RECV && new == TCP_ESTABLISHED {
@@ -118,7 +114,7 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
             c.tcp_accepts += 1;
             c.tcp_established_opened += 1;
         });
-        return Ok(());
+        return;
     }
 
     let tgid = owner(sk);
@@ -146,23 +142,22 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
     // The owner stays remembered after CLOSE: a close with SO_LINGER 0 moves to CLOSE before it
     // sends its RST, and late retransmits or resets may follow. The LRU map forgets old sockets;
     // a reused address is overwritten at its SYN_SENT or SYN_RECV.
-    Ok(())
 }
 
 /// Owner of the listener on the socket's (netns, family, local port), else 0.
 #[inline(always)]
 fn listener_owner(ctx: &TracePointContext, cfg: &KernelConfig, sk: u64) -> u32 {
-    match listen_key(ctx, cfg, sk).and_then(|k| unsafe { LISTENERS.get(&k) }) {
+    match unsafe { LISTENERS.get(&listen_key(ctx, cfg, sk)) } {
         Some(t) => *t,
         None => 0,
     }
 }
 
 #[inline(always)]
-fn listen_key(ctx: &TracePointContext, cfg: &KernelConfig, sk: u64) -> Option<ListenKey> {
+fn listen_key(ctx: &TracePointContext, cfg: &KernelConfig, sk: u64) -> ListenKey {
     let family: u16 = field(ctx, tp::INET_SOCK_SET_STATE_FAMILY);
     let port: u16 = field(ctx, tp::INET_SOCK_SET_STATE_SPORT);
-    Some(ListenKey { netns: sock_netns(cfg, sk), family, port })
+    ListenKey { netns: sock_netns(cfg, sk), family, port }
 }
 
 /// Counts one event on the socket read at `off` for its owner.
