@@ -315,10 +315,11 @@ fn bpf_prog_stats(prefix: &str) -> Result<Vec<ProgInfo>> {
     Ok(progs)
 }
 
-/// The Go TLS programs' own run time with chainprobe running by default
-/// (`kernel.bpf_stats_enabled` on only for this measurement), over `n` handshake pairs: per
-/// program (smaller first: the entry), (runs per pair, ns per run).
-fn bpf_cost(bin: &Path, daemon: &Path, dir: &Path, n: u64) -> Result<Vec<(f64, f64)>> {
+/// For each of `prefixes`, the run time of the programs whose names start with it (per program,
+/// smaller first: for the Go TLS programs the entry), with chainprobe running by default
+/// (`kernel.bpf_stats_enabled` on only for this measurement), over `n` handshake pairs: (runs per
+/// pair, ns per run).
+fn bpf_cost(bin: &Path, daemon: &Path, dir: &Path, n: u64, prefixes: &[&str]) -> Result<Vec<Vec<(f64, f64)>>> {
     let (_d, port) = start_daemon(daemon, dir, Config::Default)?;
     let mut g = TlsProbe::start(bin, &[])?;
     wait_tracked(port, g.pid, true)?;
@@ -326,17 +327,22 @@ fn bpf_cost(bin: &Path, daemon: &Path, dir: &Path, n: u64) -> Result<Vec<(f64, f
     let sysctl = "/proc/sys/kernel/bpf_stats_enabled";
     let before = std::fs::read_to_string(sysctl)?;
     std::fs::write(sysctl, "1")?;
-    let measured = (|| -> Result<Vec<(f64, f64)>> {
-        let p0 = bpf_prog_stats("go_tls_handshak")?;
+    let measured = (|| -> Result<Vec<Vec<(f64, f64)>>> {
+        let p0 = prefixes.iter().map(|p| bpf_prog_stats(p)).collect::<Result<Vec<_>>>()?;
         g.cmd(&format!("hs {n} any any h2 h2,http/1.1 trusted"))?;
-        let mut p1 = bpf_prog_stats("go_tls_handshak")?;
-        p1.sort_by_key(|p| p.insns);
-        Ok(p1
+        let p1 = prefixes.iter().map(|p| bpf_prog_stats(p)).collect::<Result<Vec<_>>>()?;
+        Ok(p0
             .iter()
-            .filter_map(|b| {
-                let a = p0.iter().find(|a| a.id == b.id)?;
-                let runs = b.run_cnt - a.run_cnt;
-                Some((runs as f64 / n as f64, (b.run_time_ns - a.run_time_ns) as f64 / runs.max(1) as f64))
+            .zip(p1)
+            .map(|(p0, mut p1)| {
+                p1.sort_by_key(|p| p.insns);
+                p1.iter()
+                    .filter_map(|b| {
+                        let a = p0.iter().find(|a| a.id == b.id)?;
+                        let runs = b.run_cnt - a.run_cnt;
+                        Some((runs as f64 / n as f64, (b.run_time_ns - a.run_time_ns) as f64 / runs.max(1) as f64))
+                    })
+                    .collect()
             })
             .collect())
     })();
@@ -346,19 +352,25 @@ fn bpf_cost(bin: &Path, daemon: &Path, dir: &Path, n: u64) -> Result<Vec<(f64, f
 }
 
 /// `--programs`: only the Go TLS programs' own run time, `rounds` times (a fresh daemon and
-/// tlsprobe each), per program and per handshake pair: quick to compare two builds of the
-/// programs.
+/// tlsprobe each), per program and per handshake pair, then the TCP state-change program's (a
+/// handshake's connection runs it ~10 times): quick to compare two builds of the programs.
 fn programs(bin: &Path, daemon: &Path, dir: &Path, n: u64, rounds: usize) -> Result<()> {
     let mut per_pair = Vec::new();
     let mut per_run: [Vec<f64>; 2] = Default::default();
+    let mut tcp = Vec::new();
     for r in 0..rounds {
-        let p = bpf_cost(bin, daemon, dir, n)?;
+        // The kernel keeps 15 characters of a name.
+        let [p, tcp_prog] = &bpf_cost(bin, daemon, dir, n, &["go_tls_handshak", "inet_sock_set_s"])?[..] else {
+            bail!("bpf_cost returns one list per prefix")
+        };
+        let [(tcp_runs, tcp_ns)] = tcp_prog[..] else { bail!("expected one inet_sock_set_state program, found {}", tcp_prog.len()) };
+        tcp.push(tcp_ns);
         if p.len() != 2 {
             bail!("expected the 2 Go TLS programs to be loaded, found {}", p.len());
         }
         let pair: f64 = p.iter().map(|x| x.0 * x.1).sum();
         eprintln!(
-            "round {}: entry {:.2} runs/pair {:.0} ns/run, result {:.2} runs/pair {:.0} ns/run: {:.0} ns per handshake pair",
+            "round {}: entry {:.2} runs/pair {:.0} ns/run, result {:.2} runs/pair {:.0} ns/run: {:.0} ns per handshake pair; inet_sock_set_state {tcp_runs:.2} runs/pair {tcp_ns:.0} ns/run",
             r + 1,
             p[0].0,
             p[0].1,
@@ -376,6 +388,7 @@ fn programs(bin: &Path, daemon: &Path, dir: &Path, n: u64, rounds: usize) -> Res
         median(&mut per_run[1]),
         median(&mut per_pair)
     );
+    println!("inet_sock_set_state's run time, median of {rounds} rounds of {n} handshakes (one connection each): {:.0} ns/run", median(&mut tcp));
     Ok(())
 }
 
@@ -556,7 +569,7 @@ pub fn run(args: &[String]) -> Result<()> {
     // The probes' cost without drift between windows: traps alone (bare uprobes switched chunk
     // by chunk in one process) plus the BPF programs' own run time.
     let (trap_med, trap_best) = trap_cost(&tlsprobe, n, chunks, rounds.min(5))?;
-    let progs = bpf_cost(&tlsprobe, &daemon, &dir, n)?;
+    let progs = bpf_cost(&tlsprobe, &daemon, &dir, n, &["go_tls_handshak"])?.remove(0);
     let _ = std::fs::remove_dir_all(&dir);
     let hits: f64 = progs.iter().map(|p| p.0).sum();
     let bpf_us = progs.iter().map(|p| p.0 * p.1).sum::<f64>() / 1000.0;
