@@ -232,6 +232,9 @@ pub struct Aggregate {
     pub decode_errors: u64,
     /// Exec/exit notifications Go discovery could not take (its queue was full).
     pub discovery_dropped: u64,
+    /// Tracked Go processes by where their struct offsets come from ("dwarf", "table", "nearest",
+    /// "pending" or "none"), set by the runtime reader.
+    pub go_offsets_sources: std::collections::BTreeMap<&'static str, u64>,
 }
 
 impl Aggregate {
@@ -245,6 +248,7 @@ impl Aggregate {
             dropped_exited: 0,
             decode_errors: 0,
             discovery_dropped: 0,
+            go_offsets_sources: Default::default(),
         }
     }
 

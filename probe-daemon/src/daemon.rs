@@ -210,7 +210,8 @@ impl Shared {
                         reason: "off: goroutines are counted from memory reads; the per-goroutine probes switch on for a suspected leak or on request".into(),
                         ..Default::default()
                     }),
-                    "runtime_reads": match &t.reads_error { None => "ok".to_string(), Some(e) => e.clone() },
+                    "runtime_reads": match (&t.reads_error, &t.layout) { (Some(e), _) => e.clone(), (None, Some(_)) => "ok".to_string(), (None, None) => t.offsets.validation.clone() },
+                    "offsets": t.offsets,
                     "runtime": {
                         "goroutines": s.map(|s| s.goroutines),
                         "goroutines_created": s.map(|s| s.goidgen),
@@ -631,6 +632,14 @@ fn minor_of(version: &str) -> u32 {
 /// react to what was read.
 fn go_read_job(s: &Shared) {
     let Some(go) = &s.go else { return };
+    // Offsets not yet checked on a live process: check one process per binary (outside the lock).
+    let pending = lock(go).pending_checks();
+    for (pid, key, bin, layout) in pending {
+        let verdict = crate::goruntime::check_offsets(pid, &bin, &layout);
+        lock(go).record_verdict(key, pid, verdict);
+    }
+    let sources = lock(go).offsets_sources();
+    lock(&s.agg).go_offsets_sources = sources;
     let readable = lock(go).readable();
     let mut counts = Vec::new();
     for (pid, layout) in readable {

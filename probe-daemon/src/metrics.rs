@@ -54,6 +54,7 @@ pub struct ScrapeView {
     pub dropped_exited: u64,
     pub decode_errors: u64,
     pub discovery_dropped: u64,
+    pub go_offsets_sources: std::collections::BTreeMap<&'static str, u64>,
     pub tracked: usize,
     /// Which labels are kept (dropped ones merge series by summing).
     pub policy: LabelPolicy,
@@ -101,6 +102,7 @@ impl ScrapeView {
             dropped_exited: agg.dropped_exited,
             decode_errors: agg.decode_errors,
             discovery_dropped: agg.discovery_dropped,
+            go_offsets_sources: agg.go_offsets_sources.clone(),
             tracked: agg.tracked(),
             policy,
             limiter,
@@ -395,6 +397,15 @@ impl Collector for ScrapeView {
             MetricType::Counter,
             Value::Counter(self.discovery_dropped),
         )?;
+        self.family(
+            &mut enc,
+            "chainprobe_go_processes",
+            "Tracked Go processes by where their struct offsets come from: dwarf (the binary's own), table (generated for its Go version), nearest (the closest version's table, checked on the live process), pending (not checked yet: no runtime numbers), none (unknown or rejected: no runtime numbers; GET /api/v1/targets says why).",
+            MetricType::Gauge,
+            ["dwarf", "table", "nearest", "pending", "none"]
+                .into_iter()
+                .map(|s| (vec![("offsets_source", s.to_string())], Value::Gauge(self.go_offsets_sources.get(s).copied().unwrap_or(0) as i64))),
+        )?;
         single(
             &mut enc,
             "chainprobe_event_decode_errors",
@@ -645,6 +656,7 @@ mod tests {
             dropped_exited: 0,
             decode_errors: 0,
             discovery_dropped: 0,
+            go_offsets_sources: Default::default(),
             tracked: 2,
             policy: LabelPolicy::default(),
             limiter: None,

@@ -1,5 +1,5 @@
 //! Go runtime health end to end: real Go programs (tests/fixtures/go/src/gorun, built by
-//! `cargo xtask fixtures` with Go 1.19 and 1.27, stripped and not, PIE and not) driven over stdin,
+//! `cargo xtask fixtures` with every Go minor, stripped and not, PIE and externally linked) driven over stdin,
 //! the real daemon probing them, and the scraped numbers checked against what the programs say.
 mod common;
 
@@ -11,13 +11,14 @@ use std::{
 
 use common::{Daemon, Metrics};
 
-const VERSIONS: &[&str] = &["1.19", "1.27"];
-const VARIANTS: &[&str] = &["default", "stripped", "pie", "pie-stripped"];
+/// The ways release binaries are built: with symbols, `-s -w`, PIE + `-s -w`, externally linked
+/// PIE + `-s -w`.
+const VARIANTS: &[&str] = &["default", "stripped", "pie-stripped", "pie-ext-stripped"];
 
 /// Every (label, path) of the gorun fixture matrix; fails when the fixtures were not built.
 fn fixtures() -> Vec<(String, PathBuf)> {
     let mut out = Vec::new();
-    for v in VERSIONS {
+    for v in common::go_versions() {
         let ver = common::go_version_dir(v).file_name().unwrap().to_string_lossy().to_string();
         for variant in VARIANTS {
             out.push((format!("go{ver}-{variant}"), common::go_fixture(v, variant, "gorun")));
@@ -366,4 +367,87 @@ fn creation_probes_switch_off_when_goroutines_are_created_too_fast() {
     let c = wait_creation(&d, g.pid, false, "rate guard never fired", Duration::from_secs(15));
     assert!(c["reason"].as_str().unwrap().contains("creations/s exceeds"), "{c}");
     assert!(g.alive());
+}
+
+fn wait_offsets(d: &Daemon, g: &Gorun, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(x) = target(&targets(d), g.pid) {
+            if pred(&x) {
+                return x;
+            }
+            assert!(Instant::now() < deadline, "{}: offsets never settled: {x}", g.label);
+        }
+        assert!(Instant::now() < deadline, "{} not tracked", g.label);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A Go version without a table of its own gets the nearest table, checked on the live process
+/// before anything is read with it: with the table of a minor hidden, its processes are read with
+/// the neighbour's and report what the programs report. A deliberately wrong table (every g field
+/// one word off: what a field added by a new release does) is rejected with the reason, and no
+/// runtime number is exported for its processes.
+#[test]
+fn nearest_table_is_checked_on_the_live_process_and_a_wrong_table_is_rejected() {
+    let _serial = serial();
+    let mut tables = common::builtin_go_tables();
+    let (minor, own, fallback) = common::minor_with_a_lookalike_neighbour(&tables);
+    let t = tables["tables"].as_object_mut().unwrap();
+    t.retain(|k, _| !k.starts_with(&format!("1.{minor}/")) && !k.starts_with(&format!("1.{minor}.")));
+    // The wrong table: another minor's, every g.* offset shifted by 8.
+    let wrong_minor = common::go_versions().iter().map(|v| v.split('.').nth(1).unwrap().parse::<u32>().unwrap()).find(|&m| m >= 21 && m != minor).unwrap();
+    let wrong = format!("1.{wrong_minor}/amd64");
+    for (k, v) in t[&wrong]["offsets"].as_object_mut().unwrap().iter_mut() {
+        if k.starts_with("g.") {
+            *v = serde_json::json!(v.as_u64().unwrap() + 8);
+        }
+    }
+    let dir = common::TempDir::new("go-tables");
+    let file = common::write_go_tables(&dir, &tables);
+
+    let d = Daemon::start_with("go-nearest", GO_CFG, &[("CHAINPROBE_GO_OFFSETS_FILE", file.to_str().unwrap())]);
+    let vdir = |m: u32| common::go_versions().into_iter().find(|v| v.starts_with(&format!("1.{m}."))).unwrap();
+    for variant in ["stripped", "pie-ext-stripped"] {
+        let mut g = Gorun::start(&format!("go1.{minor}-{variant}-nearest"), &common::go_fixture(vdir(minor), variant, "gorun"));
+        let x = wait_offsets(&d, &g, |x| x["offsets"]["validation"].as_str().is_some_and(|v| !v.starts_with("pending")));
+        assert_eq!(x["offsets"]["source"], "nearest", "{}: {x}", g.label);
+        assert_eq!(x["offsets"]["table"], fallback.as_str(), "{}: {own} hidden: {x}", g.label);
+        let v = x["offsets"]["validation"].as_str().unwrap();
+        assert!(v.starts_with(&format!("accepted on pid {}", g.pid)), "{}: {x}", g.label);
+        assert_eq!(x["runtime_reads"], "ok", "{}: {x}", g.label);
+        g.cmd("park 30");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let n = g.cmd("count")[0];
+            if go_value(&d.metrics(), "chainprobe_go_goroutines", g.pid, &[]) == n as f64 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{}: goroutines read with the nearest table never matched {n}", g.label);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let m = d.metrics();
+        assert!(m.value("chainprobe_go_processes", &[("offsets_source", "nearest")]) >= 1.0, "{}", m.text);
+        // Go TLS reads the same table: enabled once it proved right.
+        let probes = x["probes"].as_array().unwrap();
+        assert!(!probes.iter().any(|p| p["name"] == "go_tls_offsets"), "{}: {x}", g.label);
+    }
+
+    let g = Gorun::start(&format!("go1.{wrong_minor}-stripped-wrong"), &common::go_fixture(vdir(wrong_minor), "stripped", "gorun"));
+    let x = wait_offsets(&d, &g, |x| x["offsets"]["validation"].as_str().is_some_and(|v| !v.starts_with("pending")));
+    assert_eq!(x["offsets"]["source"], "table", "{x}");
+    let v = x["offsets"]["validation"].as_str().unwrap();
+    assert!(v.starts_with(&format!("rejected on pid {}", g.pid)), "{x}");
+    assert!(v.contains(" is wrong"), "the reason names what is wrong: {v}");
+    assert!(x["runtime_reads"].as_str().unwrap().contains("rejected"), "{x}");
+    assert!(x["runtime"]["goroutines"].is_null(), "{x}");
+    // Reads stay off: nothing is exported for it, while the GC probes (no offsets) still count.
+    std::thread::sleep(Duration::from_millis(600));
+    let m = d.metrics();
+    let p = g.pid.to_string();
+    for name in ["chainprobe_go_goroutines", "chainprobe_go_heap_live_bytes", "chainprobe_go_heap_goal_bytes"] {
+        assert!(!m.has(name, &[("pid", &p)]), "{name} exported with a rejected table:\n{}", m.text);
+    }
+    assert!(m.value("chainprobe_go_processes", &[("offsets_source", "none")]) >= 1.0, "{}", m.text);
+    assert!(d.log_text().contains("Go offsets rejected on a live process"), "the log says so");
 }

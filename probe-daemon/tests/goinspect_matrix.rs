@@ -84,7 +84,7 @@ fn matrix() -> Vec<(String, String, PathBuf)> {
     );
     // Every toolchain of the matrix must be there (a failed build must not shrink the matrix).
     let wanted = std::env::var("CHAINPROBE_GO_VERSIONS")
-        .unwrap_or_else(|_| "1.19 1.21.13 1.23.9 1.25.5 1.27.3".into());
+        .unwrap_or_else(|_| include_str!("../../tests/fixtures/go/versions").trim().into());
     for w in wanted.split_whitespace() {
         assert!(
             versions
@@ -419,6 +419,14 @@ fn check_binary(version: &str, variant: &str, bin: &Path, t: &mut Tally) {
     }
     check_tls_result_site(&ctx, &b, &truth, &data, arch, has_tls, t);
 
+    // Where the offsets come from: the binary's DWARF, else its own minor's table.
+    let minor = version.split('.').nth(1).unwrap_or("");
+    let want_origin = if stripped { format!("table 1.{minor}/{}", arch.as_str()) } else { "DWARF".to_string() };
+    t.check(goinspect::tables::Origin::describe(&b.offsets_origin).starts_with(&want_origin), || {
+        format!("{ctx}: offsets from {:?}, want {want_origin}", b.offsets_origin)
+    });
+    t.check(b.version_from == "buildinfo", || format!("{ctx}: version from {}", b.version_from));
+
     // Data symbols vs go tool nm (code references in stripped builds, symtab otherwise). Stripping
     // can shrink the read-only segment across a page boundary, moving the writable segment (and
     // every data symbol) by a page relative to the twin: compare within that segment.
@@ -477,6 +485,58 @@ fn fixture_matrix_matches_ground_truth() {
         t.checks,
         t.failures.join("\n")
     );
+}
+
+/// Release builds that drop the `.go.buildinfo` section: every stripped fixture, with the section
+/// removed by objcopy, is still recognised, with its Go version (from runtime.buildVersion, checked
+/// against the pclntab format), and inspects exactly like the original.
+#[test]
+fn binaries_without_build_info_are_recognised_with_their_version() {
+    let dir = tmpdir("nobuildinfo");
+    let mut t = Tally::default();
+    let mut n = 0;
+    for (v, variant, bin) in matrix() {
+        if !variant.ends_with("stripped") {
+            continue;
+        }
+        let ctx = format!("{v}/{variant}/{}", bin.file_name().unwrap_or_default().to_string_lossy());
+        let out = dir.join(format!("{v}-{variant}-{}", bin.file_name().unwrap_or_default().to_string_lossy()));
+        let objcopy = if variant.starts_with("arm64") { "aarch64-linux-gnu-objcopy" } else { "objcopy" };
+        let st = std::process::Command::new(objcopy)
+            .args(["--remove-section", ".go.buildinfo"])
+            .arg(&bin)
+            .arg(&out)
+            .status()
+            .unwrap_or_else(|e| panic!("{objcopy} (binutils; tests/tools/install.sh installs it): {e}"));
+        assert!(st.success(), "{ctx}: objcopy failed");
+        let data = std::fs::read(&out).expect("read");
+        t.check(memchr_find(&data, goinspect::buildinfo::MAGIC_BYTES).is_none(), || format!("{ctx}: build info still there after objcopy"));
+        let orig = goinspect::inspect_path(&bin).expect("original inspects");
+        let b = match goinspect::inspect_path(&out) {
+            Ok(b) => b,
+            Err(e) => {
+                t.check(false, || format!("{ctx}: not recognised without build info: {e}"));
+                continue;
+            }
+        };
+        n += 1;
+        t.check(b.go_version == orig.go_version, || format!("{ctx}: version {} != {}", b.go_version, orig.go_version));
+        t.check(b.version_from == "runtime.buildVersion", || format!("{ctx}: version from {}", b.version_from));
+        t.check(b.module_path.is_none(), || format!("{ctx}: module {:?} without build info", b.module_path));
+        t.check(b.offsets_origin == orig.offsets_origin, || format!("{ctx}: offsets from {:?} != {:?}", b.offsets_origin, orig.offsets_origin));
+        t.check(b.offsets == orig.offsets, || format!("{ctx}: offsets differ"));
+        t.check(b.data_symbols == orig.data_symbols, || format!("{ctx}: data symbols {:x?} != {:x?}", b.data_symbols, orig.data_symbols));
+        t.check(b.functions == orig.functions, || format!("{ctx}: functions differ"));
+        t.check(b.link_mode == orig.link_mode, || format!("{ctx}: link mode {:?} != {:?}", b.link_mode, orig.link_mode));
+        t.check(goinspect::render_text(&b).contains("read from runtime.buildVersion"), || format!("{ctx}: render_text does not say where the version came from"));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(n > 0, "no stripped fixture");
+    assert!(t.failures.is_empty(), "{} of {} checks failed:\n{}", t.failures.len(), t.checks, t.failures.join("\n"));
+}
+
+fn memchr_find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 /// The newest Go version's `hello` of `variant` (it runs until killed with the argument

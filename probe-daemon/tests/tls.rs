@@ -1,6 +1,6 @@
 //! TLS handshake health end to end (issue #6): the real daemon probing real handshakes.
-//! - Go: tests/fixtures/go/src/tlsprobe (built by `cargo xtask fixtures` with Go 1.19 and 1.27,
-//!   stripped and not, PIE) runs exact numbers of loopback handshakes (TLS 1.2 / 1.3, ALPN h2 /
+//! - Go: tests/fixtures/go/src/tlsprobe (built by `cargo xtask fixtures` with every Go minor,
+//!   stripped and not, PIE, externally linked) runs exact numbers of loopback handshakes (TLS 1.2 / 1.3, ALPN h2 /
 //!   http/1.1) and forced failures (untrusted certificate, ALPN mismatch, version mismatch), with
 //!   Reads/Writes after each handshake; the scraped counts and labels must match exactly.
 //! - OpenSSL: `curl` against the Go server (client side counted in curl, server side in Go) and
@@ -20,8 +20,9 @@ use std::{
 
 use common::{Daemon, Metrics, TempDir};
 
-const VERSIONS: &[&str] = &["1.19", "1.27"];
-const VARIANTS: &[&str] = &["default", "stripped", "pie-stripped"];
+/// The ways release binaries are built: with symbols, `-s -w`, PIE + `-s -w`, externally linked
+/// PIE + `-s -w`.
+const VARIANTS: &[&str] = &["default", "stripped", "pie-stripped", "pie-ext-stripped"];
 
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -109,11 +110,55 @@ const DUR_COUNT: &str = "chainprobe_tls_handshake_duration_seconds_count";
 fn go_handshakes_are_counted_exactly_with_their_labels_on_every_build() {
     let _serial = serial();
     let d = Daemon::start("tls-go", "");
-    for v in VERSIONS {
+    for v in common::go_versions() {
         for variant in VARIANTS {
             go_handshakes_counted_exactly(&d, &format!("go{v}-{variant}"), v, variant, ResultSite::Caller);
         }
     }
+}
+
+/// A Go version without its own table (here: one whose table is hidden) gets the nearest
+/// table: its handshakes are counted exactly, with role, result and duration, once the table has
+/// proven right for the runtime on the live process; version and ALPN, which sit in a part of
+/// crypto/tls.Conn that moves between releases, are "unknown" rather than a guess.
+#[test]
+fn go_handshakes_with_the_nearest_table_are_counted_without_guessed_labels() {
+    let _serial = serial();
+    let mut tables = common::builtin_go_tables();
+    let (minor, _own, fallback) = common::minor_with_a_lookalike_neighbour(&tables);
+    tables["tables"].as_object_mut().unwrap().retain(|k, _| !k.starts_with(&format!("1.{minor}/")) && !k.starts_with(&format!("1.{minor}.")));
+    let dir = TempDir::new("tls-tables");
+    let file = common::write_go_tables(&dir, &tables);
+    let d = Daemon::start_with("tls-go-nearest", "", &[("CHAINPROBE_GO_OFFSETS_FILE", file.to_str().unwrap())]);
+    let label = format!("go1.{minor}-stripped-nearest");
+    let mut g = TlsProbe::start(&label, &fixture(&format!("1.{minor}"), "stripped"));
+    let pid = g.pid.to_string();
+    // TLS reads start once the nearest table is accepted for the runtime.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let t = targets(&d);
+        let x = t["targets"].as_array().unwrap().iter().find(|x| x["pid"].as_u64() == Some(u64::from(g.pid))).cloned();
+        if let Some(x) = x {
+            if x["offsets"]["validation"].as_str().is_some_and(|v| v.starts_with("accepted")) {
+                assert_eq!(x["offsets"]["source"], "nearest", "{x}");
+                assert_eq!(x["offsets"]["table"], fallback.as_str(), "{x}");
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "{label}: nearest table never accepted: {t}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(hs(&mut g, "3 1.3 any h2 h2,http/1.1 trusted"), (3, 0, 3, 0), "{label}");
+    assert_eq!(hs(&mut g, "2 any any h2 http/1.1 trusted"), (0, 2, 0, 2), "{label}");
+    let m = d.wait_metrics(&format!("{label}: all handshakes"), Duration::from_secs(10), |m| sum(m, HS, &[("pid", &pid)]) >= 10.0);
+    for role in ["client", "server"] {
+        let n = |result: &str| m.value(HS, &[("pid", &pid), ("library", "go"), ("role", role), ("result", result), ("version", "unknown"), ("alpn", "unknown")]);
+        assert_eq!(n("ok"), 3.0, "{label} {role}:\n{}", m.text);
+        assert_eq!(n("error"), 2.0, "{label} {role}:\n{}", m.text);
+    }
+    assert_eq!(sum(&m, HS, &[("pid", &pid)]), 10.0, "{label}: nothing else, no guessed label:\n{}", m.text);
+    assert_eq!(m.value(FAIL, &[("pid", &pid), ("library", "go"), ("reason", "other")]), 4.0, "{label}:\n{}", m.text);
+    assert!(g.alive());
 }
 
 /// The same with the results read at every RET of the handshake functions (the placement used

@@ -214,7 +214,8 @@ pub fn go_tls_handshake_return(ctx: ProbeContext) -> u32 {
         role: if is_client != 0 { TLS_ROLE_CLIENT } else { TLS_ROLE_SERVER },
         failed: failed as u8,
         alpn_len: 0,
-        version: head.field::<u16>(cfg.conn_vers).unwrap_or(TLS_VERSION_UNKNOWN),
+        // OFFSET_NONE (the nearest table's guess for this Go version): not reported.
+        version: if cfg.conn_vers == OFFSET_NONE { TLS_VERSION_UNKNOWN } else { head.field::<u16>(cfg.conn_vers).unwrap_or(TLS_VERSION_UNKNOWN) },
         cipher_suite: head.field::<u16>(cfg.conn_cipher_suite).unwrap_or(0),
         alert_sent: TLS_NO_ALERT,
         alert_received: TLS_NO_ALERT,
@@ -230,6 +231,8 @@ pub fn go_tls_handshake_return(ctx: ProbeContext) -> u32 {
         if cfg.conn_in_err != OFFSET_NONE {
             ev.alert_received = alert_of(&cfg, c.wrapping_add(cfg.conn_in_err as u64), b"remote error", 12);
         }
+    } else if cfg.conn_client_protocol == OFFSET_NONE {
+        ev.alpn_len = TLS_ALPN_UNREAD;
     } else {
         // The string header (pointer, length) in one read.
         let [ptr, len] = read::<[u64; 2]>(c.wrapping_add(cfg.conn_client_protocol as u64)).unwrap_or([0, 0]);

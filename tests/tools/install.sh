@@ -11,6 +11,8 @@
 #   openssl                 Debian (usually present)
 #   curl                    Debian (usually present; tls.rs drives OpenSSL handshakes with it)
 #   systemd-analyze         Debian package systemd (usually present)
+#   objcopy                 Debian packages binutils (usually present with gcc) and
+#                           binutils-aarch64-linux-gnu (aarch64-linux-gnu-objcopy)
 #
 # The tests fail (not skip) with a pointer to this script when a tool is missing.
 set -euo pipefail
@@ -88,5 +90,13 @@ if command -v systemd-analyze >/dev/null 2>&1; then
 else
   apt_install systemd
   echo "systemd-analyze: installed"
+fi
+# 6. objcopy for amd64 and arm64 (goinspect_matrix.rs removes .go.buildinfo from fixtures, as
+#    some release builds do).
+if command -v objcopy >/dev/null 2>&1 && command -v aarch64-linux-gnu-objcopy >/dev/null 2>&1; then
+  echo "objcopy: present"
+else
+  apt_install binutils binutils-aarch64-linux-gnu
+  echo "objcopy: installed"
 fi
 echo "test tools ready"

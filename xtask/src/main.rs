@@ -1,7 +1,8 @@
 //! `cargo xtask …`: build, run, test, bench and codegen for chainprobe.
 //!
 //!   cargo xtask run [-- ARGS]        build (release) and run `chainprobe run ARGS` (needs root)
-//!   cargo xtask test [-- ARGS]       install Go toolchains, build Go fixtures, run every test
+//!   cargo xtask test [-- ARGS]       install Go toolchains, build Go fixtures, check the offset
+//!                                    tables against the generator, run every test
 //!   cargo xtask fixtures             only install Go toolchains and build the Go fixtures
 //!   cargo xtask bench syscalls       loopback connect and mmap rates with and without chainprobe
 //!   cargo xtask bench goinspect      Go binary inspection time and memory
@@ -31,7 +32,7 @@ fn usage() -> &'static str {
     "usage: cargo xtask <command>\n\n\
      commands:\n  \
        run [-- ARGS]        build chainprobe (release) and run `chainprobe run ARGS` as root\n  \
-       test [-- ARGS]       install Go toolchains, build the Go fixtures, run all tests (ARGS go to cargo test)\n  \
+       test [-- ARGS]       install Go toolchains, build the Go fixtures, check the Go offset tables\n                            (codegen go-offsets --check), run all tests (ARGS go to cargo test)\n  \
        fixtures             install Go toolchains and build the Go fixtures only\n  \
        build                build chainprobe (release): target/release/chainprobe\n  \
        bench syscalls       loopback connect and mmap rates with and without chainprobe\n  \
@@ -81,6 +82,8 @@ fn dispatch(args: &[String]) -> Result<()> {
         "test" => {
             require_root("the integration tests load eBPF programs")?;
             fixtures()?;
+            // The checked-in offset tables are what the generator makes from the real toolchains.
+            codegen::run(&["go-offsets".to_string(), "--check".to_string()])?;
             // The workspace's default members: everything but the BPF-target crate.
             cargo(&[&["test"][..], &rest_after_dashes(rest).iter().map(String::as_str).collect::<Vec<_>>()].concat())
         }

@@ -16,6 +16,7 @@
 
 pub mod abi;
 pub mod buildinfo;
+mod buildversion;
 pub mod disasm;
 mod dwarf;
 mod elf;
@@ -247,6 +248,9 @@ pub struct GoBinary {
     /// As recorded in the binary, e.g. "go1.21.13".
     pub go_version: String,
     pub version: Option<GoVersion>,
+    /// Where the version was read: "buildinfo" (`.go.buildinfo`) or "runtime.buildVersion" (the
+    /// runtime's own string, for binaries whose build info was removed).
+    pub version_from: &'static str,
     pub module_path: Option<String>,
     pub module_version: Option<String>,
     pub build_settings: Vec<(String, String)>,
@@ -268,6 +272,15 @@ pub struct GoBinary {
     pub offsets: BTreeMap<String, FieldOffset>,
     /// Set when offsets could not be determined (e.g. stripped binary of an unknown Go minor).
     pub offsets_error: Option<String>,
+    /// Where the struct offsets and code references come from (DWARF, this minor's table, the
+    /// nearest table, or nowhere).
+    pub offsets_origin: tables::Origin,
+    /// waitReason strings of the table chosen for this binary (its own minor's, or the nearest's:
+    /// see `wait_reasons_exact`), indexed by g.waitreason.
+    #[serde(skip)]
+    pub wait_reasons: &'static [String],
+    /// Whether `wait_reasons` are this binary's own release's (not the nearest table's guess).
+    pub wait_reasons_exact: bool,
     pub data_symbols: BTreeMap<String, DataSymbol>,
     /// Set when data symbols could not be determined.
     pub data_symbols_error: Option<String>,
@@ -418,25 +431,10 @@ fn resolve_functions(
     out
 }
 
-fn analyze(path: &Path, img: &ElfImage<'_>) -> Result<GoBinary, GoInspectError> {
-    let bi_bytes = find_buildinfo(img);
-    let located = pclntab::locate(img);
-    let bi_bytes = match (bi_bytes, &located) {
-        (Some(b), _) => b,
-        (None, Err(_)) => {
-            return Err(GoInspectError::NotGo {
-                path: path.to_path_buf(),
-            })
-        }
-        (None, Ok(_)) => {
-            return Err(GoInspectError::UnsupportedGoVersion {
-                path: path.to_path_buf(),
-                version: "unknown".into(),
-                arch: img.arch.as_str().into(),
-                reason: "Go pclntab present but no build info (Go older than 1.13?)".into(),
-            })
-        }
-    };
+/// Parses the build info at `bytes`. `Ok(None)`: the magic is there but nothing parses and there
+/// is no Go pclntab either (the magic appears as plain data in non-Go programs: chainprobe itself
+/// holds it as a constant), so this is not a Go binary.
+fn parse_buildinfo(path: &Path, img: &ElfImage<'_>, bytes: &[u8], has_pclntab: bool) -> Result<Option<BuildInfo>, GoInspectError> {
     let read_string = |p: u64, _ps: u8| -> Option<String> {
         let ptr = img.read_ptr(p)?;
         let len = img.read_ptr(p.checked_add(8)?)?;
@@ -445,12 +443,54 @@ fn analyze(path: &Path, img: &ElfImage<'_>) -> Result<GoBinary, GoInspectError> 
         }
         Some(String::from_utf8_lossy(img.bytes_at(ptr, len)?).into_owned())
     };
-    let bi = match buildinfo::parse(bi_bytes, &read_string) {
-        Ok(bi) => bi,
-        // The build-info magic can appear as plain data in a non-Go program (chainprobe itself
-        // holds it as a constant): without a Go pclntab, that is not a Go binary.
-        Err(_) if located.is_err() => return Err(GoInspectError::NotGo { path: path.to_path_buf() }),
-        Err(e) => return Err(GoInspectError::malformed(path, "build info", e.0)),
+    match buildinfo::parse(bytes, &read_string) {
+        Ok(bi) => Ok(Some(bi)),
+        Err(_) if !has_pclntab => Ok(None),
+        Err(e) => Err(GoInspectError::malformed(path, "build info", e.0)),
+    }
+}
+
+fn pcln_format(v: pclntab::PclnVersion) -> &'static str {
+    match v {
+        pclntab::PclnVersion::V116 => "1.16",
+        pclntab::PclnVersion::V118 => "1.18",
+        pclntab::PclnVersion::V120 => "1.20",
+    }
+}
+
+fn analyze(path: &Path, img: &ElfImage<'_>) -> Result<GoBinary, GoInspectError> {
+    let bi_bytes = find_buildinfo(img);
+    let located = pclntab::locate(img);
+    let mut warnings = Vec::new();
+    let (bi, version_from) = match (bi_bytes, &located) {
+        (Some(b), _) => match parse_buildinfo(path, img, b, located.is_ok())? {
+            Some(bi) => (bi, "buildinfo"),
+            None => return Err(GoInspectError::NotGo { path: path.to_path_buf() }),
+        },
+        (None, Err(_)) => {
+            return Err(GoInspectError::NotGo {
+                path: path.to_path_buf(),
+            })
+        }
+        (None, Ok(l)) => {
+            let unsupported = |version: String, reason: String| GoInspectError::UnsupportedGoVersion {
+                path: path.to_path_buf(),
+                version,
+                arch: img.arch.as_str().into(),
+                reason,
+            };
+            let v = buildversion::find(img).map_err(|e| {
+                unsupported("unknown".into(), format!("Go pclntab present but no build info, and the runtime's version string was not found either ({e})"))
+            })?;
+            let format = pcln_format(l.tab.version);
+            let parsed = GoVersion::parse(&v);
+            let expect = parsed.and_then(|p| tables::pclntab_format_of(p.major, p.minor));
+            if expect != Some(format) {
+                return Err(unsupported(v.clone(), format!("no build info; runtime.buildVersion says {v}, but the pclntab has the Go {format} format: the version cannot be trusted")));
+            }
+            warnings.push(format!("no build info (.go.buildinfo removed?): Go version {v} read from runtime.buildVersion, consistent with the pclntab format {format}"));
+            (BuildInfo { go_version: v, ..BuildInfo::default() }, "runtime.buildVersion")
+        }
     };
     let version = GoVersion::parse(&bi.go_version);
     let abi = match version {
@@ -459,6 +499,7 @@ fn analyze(path: &Path, img: &ElfImage<'_>) -> Result<GoBinary, GoInspectError> 
     };
     let located = located.map_err(|e| GoInspectError::malformed(path, "pclntab", e))?;
     let tab = &located.tab;
+    let pcln_format = pcln_format(tab.version);
     let md = pclntab::find_moduledata(img, located.vaddr, tab);
     let text = match (md, tab.relative_entries()) {
         (Some(m), _) => m.text,
@@ -484,12 +525,17 @@ fn analyze(path: &Path, img: &ElfImage<'_>) -> Result<GoBinary, GoInspectError> 
             }
         }
     };
-    let mut warnings = Vec::new();
 
-    // Offsets and code-reference table.
-    let table = version
-        .ok_or_else(|| format!("unparseable Go version {:?}", bi.go_version))
-        .and_then(|v| tables::lookup(v, img.arch));
+    // Offsets and code-reference table: this minor's, else the nearest one of the same pclntab
+    // format (validated against the live process before the daemon reads with it).
+    let choice = match version {
+        None => Err(tables::Origin::None { reason: format!("unparseable Go version {:?}", bi.go_version) }),
+        Some(v) => tables::choose(v, img.arch, pcln_format),
+    };
+    let (table, table_origin): (Result<&'static tables::VersionTable, String>, tables::Origin) = match choice {
+        Ok(c) => (Ok(c.table), c.origin),
+        Err(o) => (Err(match &o { tables::Origin::None { reason } => reason.clone(), other => other.describe() }), o),
+    };
 
     let mut wanted: Vec<&str> = PROBE_TARGETS.to_vec();
     if let Ok(t) = &table {
@@ -581,6 +627,10 @@ fn analyze(path: &Path, img: &ElfImage<'_>) -> Result<GoBinary, GoInspectError> 
             Err(e) => offsets_error = Some(e.clone()),
         }
     }
+    let wait_reasons_exact = matches!(table_origin, tables::Origin::Table { .. });
+    let wait_reasons: &'static [String] = table.as_ref().map(|t| t.wait_reasons.as_slice()).unwrap_or(&[]);
+    let dwarf_offsets = offsets.values().any(|o| o.source == Source::Dwarf);
+    let offsets_origin = if dwarf_offsets { tables::Origin::Dwarf } else { table_origin };
     if offsets_error.is_none() {
         let missing: Vec<&str> = REQUIRED_OFFSETS
             .iter()
@@ -649,6 +699,7 @@ fn analyze(path: &Path, img: &ElfImage<'_>) -> Result<GoBinary, GoInspectError> 
         path: path.to_path_buf(),
         go_version: bi.go_version.clone(),
         version,
+        version_from,
         module_path: bi.path.clone().or_else(|| bi.main_module.clone()),
         module_version: bi.main_version.clone(),
         build_settings: bi.settings.clone(),
@@ -661,11 +712,7 @@ fn analyze(path: &Path, img: &ElfImage<'_>) -> Result<GoBinary, GoInspectError> 
         registers: abi::register_abi(img.arch),
         pclntab: PclntabInfo {
             vaddr: located.vaddr,
-            format: match tab.version {
-                pclntab::PclnVersion::V116 => "1.16",
-                pclntab::PclnVersion::V118 => "1.18",
-                pclntab::PclnVersion::V120 => "1.20",
-            },
+            format: pcln_format,
             found_by: located.how,
             nfunc: tab.nfunc,
             text,
@@ -675,6 +722,9 @@ fn analyze(path: &Path, img: &ElfImage<'_>) -> Result<GoBinary, GoInspectError> 
         absent_functions: absent,
         offsets,
         offsets_error,
+        offsets_origin,
+        wait_reasons,
+        wait_reasons_exact,
         data_symbols,
         data_symbols_error,
         tls_result_site,
@@ -794,7 +844,10 @@ pub fn learn_table(path: &Path) -> Result<tables::VersionTable, String> {
         code_refs.insert(sym.to_string(), cr);
     }
     Ok(tables::VersionTable {
+        wait_reasons: Vec::new(),
+        verified: vec![bin.go_version.clone()],
         go_version: bin.go_version,
+        from_patch: 0,
         offsets,
         code_refs,
     })
@@ -904,7 +957,8 @@ fn src(s: Source) -> &'static str {
 pub fn render_text(b: &GoBinary) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "binary:      {}", b.path.display());
-    let _ = writeln!(s, "go version:  {}", b.go_version);
+    let from = if b.version_from == "buildinfo" { String::new() } else { format!(" (read from {}: no build info)", b.version_from) };
+    let _ = writeln!(s, "go version:  {}{from}", b.go_version);
     let _ = writeln!(
         s,
         "module:      {} {}",
@@ -969,6 +1023,7 @@ pub fn render_text(b: &GoBinary) -> String {
     if let Some(e) = &b.data_symbols_error {
         let _ = writeln!(s, "  error: {e}");
     }
+    let _ = writeln!(s, "offsets from: {}", b.offsets_origin.describe());
     let _ = writeln!(s, "struct offsets:");
     for (k, o) in &b.offsets {
         let _ = writeln!(s, "  {k:<40} {:<6} ({})", o.value, src(o.source));

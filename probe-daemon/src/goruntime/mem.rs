@@ -34,6 +34,10 @@ pub struct Layout {
     pub heap_live: u64,
     pub heap_goal: u64,
     pub minor: u32,
+    /// waitReason strings of the release (see [`Layout::wait_reason`]).
+    pub wait_reasons: &'static [String],
+    /// False when they are the nearest release's: names are then not reported.
+    pub wait_reasons_exact: bool,
     /// Load bias of the executable (runtime address − link-time address).
     pub bias: u64,
 }
@@ -63,8 +67,24 @@ impl Layout {
             heap_live: off("gcControllerState.heapLive")?,
             heap_goal: off("gcControllerState.gcPercentHeapGoal")?,
             minor: bin.version.as_ref().map(|v| v.minor).unwrap_or(0),
+            wait_reasons: bin.wait_reasons,
+            wait_reasons_exact: bin.wait_reasons_exact,
             bias,
         })
+    }
+
+    /// The name of wait reason `r` as Go's tracebacks print it; "unknown" where this release's
+    /// names are not known (a Go version read with the nearest table: releases renumber them),
+    /// "reason N" for a value beyond the release's list.
+    pub fn wait_reason(&self, r: u8) -> String {
+        if !self.wait_reasons_exact {
+            return "unknown".into();
+        }
+        match self.wait_reasons.get(usize::from(r)) {
+            Some(s) if s.is_empty() => "none".into(),
+            Some(s) => s.clone(),
+            None => format!("reason {r}"),
+        }
     }
 }
 
@@ -271,7 +291,6 @@ impl ProcMem {
         if n > 0 {
             self.read_exact(allgs_ptr, &mut ptrs)?;
         }
-        let reasons = super::tables::wait_reasons(l.minor);
         // status (u32) and waitreason (u8) lie within a few dozen bytes: one read per g.
         let (lo, hi) = (l.g_status.min(l.g_waitreason), l.g_status.max(l.g_waitreason) + 4);
         let mut chunk = vec![0u8; (hi - lo) as usize];
@@ -290,8 +309,7 @@ impl ProcMem {
             }
             live += 1;
             let wait = if status == 4 {
-                let r = chunk[at(l.g_waitreason)] as usize;
-                reasons.get(r).map(|s| (*s).to_string()).unwrap_or_else(|| format!("reason {r}"))
+                l.wait_reason(chunk[at(l.g_waitreason)])
             } else {
                 String::new()
             };

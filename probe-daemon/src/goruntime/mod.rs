@@ -4,7 +4,7 @@
 //! /proc/PID/mem on a timer.
 pub mod creation;
 pub mod mem;
-pub mod tables;
+pub mod validate;
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -20,7 +20,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     attach::Probes,
-    goinspect::{GoBinary, GoInspectError, Inspector},
+    goinspect::{tables::Origin, FuncTable, GoBinary, GoInspectError, Inspector},
 };
 pub use mem::{GoSample, Layout, MemError, ProcMem};
 
@@ -54,6 +54,74 @@ struct AttachedBinary {
     links: Vec<(ProgId, UProbeLinkId)>,
     probes: Vec<ProbeState>,
     pids: HashSet<u32>,
+    /// The outcome of checking the binary's offsets on one of its processes (None: not yet).
+    verdict: Option<Checked>,
+}
+
+/// A conclusive check of a binary's offsets on one process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Checked {
+    pid: u32,
+    accepted: bool,
+    detail: String,
+}
+
+/// Where a process's struct offsets come from, and whether they were checked on a live process
+/// (`GET /api/v1/targets`, `chainprobe_go_processes{offsets_source}`).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct OffsetsStatus {
+    /// "dwarf", "table", "nearest" or "none".
+    pub source: &'static str,
+    /// The table used ("1.26/amd64").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub table: Option<String>,
+    /// The toolchain the table was generated from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generated_from: Option<String>,
+    /// "not needed (DWARF)", "pending: …", "accepted on pid N: …", "rejected on pid N: …", or why
+    /// there are no offsets.
+    pub validation: String,
+}
+
+impl OffsetsStatus {
+    fn of(bin: &GoBinary) -> OffsetsStatus {
+        let (table, generated_from) = match &bin.offsets_origin {
+            Origin::Table { table, generated_from } | Origin::Nearest { table, generated_from, .. } => (Some(table.clone()), Some(generated_from.clone())),
+            _ => (None, None),
+        };
+        let validation = match &bin.offsets_origin {
+            Origin::Dwarf if !needs_check(bin) => "not needed (offsets and addresses from this binary's DWARF and symbols)".into(),
+            Origin::None { reason } => format!("no offsets: {reason}"),
+            _ => "pending: checked against the live process before its runtime is read".into(),
+        };
+        OffsetsStatus { source: bin.offsets_origin.source(), table, generated_from, validation }
+    }
+}
+
+/// Whether `bin`'s offsets or data-symbol addresses come from outside the binary (a table, the
+/// code-reference method) and must be checked on a live process before they are trusted.
+pub fn needs_check(bin: &GoBinary) -> bool {
+    !matches!(bin.offsets_origin, Origin::Dwarf) || bin.data_symbols.values().any(|d| d.source == crate::goinspect::Source::CodeRef)
+}
+
+/// Checks `bin`'s offsets on process `pid` through its layout.
+pub fn check_offsets(pid: u32, bin: &GoBinary, layout: &Layout) -> validate::Verdict {
+    let minor = match &bin.offsets_origin {
+        Origin::Table { table, .. } | Origin::Nearest { table, .. } => table.split(['/', '.']).nth(1).and_then(|m| m.parse().ok()).unwrap_or(layout.minor),
+        _ => layout.minor,
+    };
+    let checks = match validate::Checks::new(bin, minor) {
+        Ok(c) => c,
+        Err(e) => return validate::Verdict::Rejected(e),
+    };
+    let funcs = match FuncTable::load(&PathBuf::from(format!("/proc/{pid}/exe"))) {
+        Ok(f) => f,
+        Err(e) => return validate::Verdict::Inconclusive(format!("cannot read the function table: {e}")),
+    };
+    match ProcMem::open(pid) {
+        Ok(mem) => validate::check(&mem, layout, &checks, &funcs),
+        Err(e) => validate::Verdict::Inconclusive(e.to_string()),
+    }
 }
 
 /// A tracked Go process.
@@ -71,8 +139,13 @@ pub struct GoTarget {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reads_error: Option<String>,
     pub probes: Vec<ProbeState>,
+    pub offsets: OffsetsStatus,
+    /// Set once the offsets are trusted (DWARF, or checked on a live process).
     #[serde(skip)]
     pub layout: Option<Layout>,
+    /// The layout awaiting its check.
+    #[serde(skip)]
+    pending: Option<Layout>,
     #[serde(skip)]
     pub binary: Option<Arc<GoBinary>>,
     #[serde(skip)]
@@ -104,6 +177,8 @@ pub struct Inspected {
     key: BinaryKey,
     bin: Arc<GoBinary>,
     layout: Result<Layout, String>,
+    /// A first check of the offsets, made at inspection (None: not needed or not made).
+    verdict: Option<validate::Verdict>,
 }
 
 /// Looks at processes (owned by the discovery thread): inspects their executables, remembering
@@ -160,7 +235,15 @@ impl Discoverer {
         } else {
             Err(format!("{} uses the stack ABI (Go < 1.17): unsupported", bin.go_version))
         };
-        Ok(Inspected { pid, key, bin, layout })
+        // A first check now (outside the tracker's lock) when the binary's offsets need one and
+        // no process of it was checked yet: a process that has been running for a while is read
+        // at once; one that has just exec'd is inconclusive and checked again by the reader.
+        let checked = lock(tracker).binaries.get(&key).is_some_and(|b| b.verdict.is_some());
+        let verdict = match &layout {
+            Ok(l) if needs_check(&bin) && !checked => Some(check_offsets(pid, &bin, l)),
+            _ => None,
+        };
+        Ok(Inspected { pid, key, bin, layout, verdict })
     }
 }
 
@@ -227,7 +310,7 @@ impl GoTracker {
 
     /// Tracks an inspected process: attaches its binary's probes unless already attached.
     pub fn track(&mut self, ins: Inspected) -> Discovery {
-        let Inspected { pid, key, bin, layout } = ins;
+        let Inspected { pid, key, bin, layout, verdict } = ins;
         if self.targets.contains_key(&pid) {
             // The pid exec'd another binary.
             self.forget(pid);
@@ -244,11 +327,14 @@ impl GoTracker {
             supported: bin.supported(),
             reads_error: None,
             probes: Vec::new(),
+            offsets: OffsetsStatus::of(&bin),
             layout: None,
+            pending: None,
             key: Some(key),
             binary: Some(bin.clone()),
         };
         match layout {
+            Ok(l) if needs_check(&bin) => target.pending = Some(l),
             Ok(l) => target.layout = Some(l),
             Err(e) => {
                 warn!(pid, error = %e, "Go runtime reads unavailable for this process");
@@ -268,21 +354,106 @@ impl GoTracker {
                 links.extend(l);
                 probes.extend(p);
             }
-            AttachedBinary { links, probes, pids: HashSet::new() }
+            AttachedBinary { links, probes, pids: HashSet::new(), verdict: None }
         });
         entry.pids.insert(pid);
         target.probes = entry.probes.clone();
-        if let Some(tls) = &self.tls {
-            if target.probes.iter().any(|p| p.name == ProgId::GoTlsEnter.program_name()) {
-                if let Err(e) = tls.enable(pid, &bin) {
-                    warn!(pid, error = %e, "Go TLS handshakes of this process are not reported");
-                    target.probes.push(ProbeState { name: "go_tls_offsets", function: "crypto/tls.Conn", state: "failed", sites: 0, error: Some(e.to_string()) });
-                }
+        let known = entry.verdict.clone();
+        // Go TLS reads the Conn's fields with the same table: with the nearest table, only once
+        // the table has proven right on a live process.
+        let nearest = matches!(bin.offsets_origin, Origin::Nearest { .. });
+        if !nearest {
+            self.enable_tls(&mut target);
+        }
+        info!(pid, version = %bin.go_version, exe = %target.exe.display(), offsets = %bin.offsets_origin.describe(), "tracking Go process");
+        self.targets.insert(pid, target);
+        match (known, verdict) {
+            (Some(c), _) => self.apply_verdict(key, c),
+            (None, Some(v)) => self.record_verdict(key, pid, v),
+            (None, None) => {}
+        }
+        Discovery::Tracked
+    }
+
+    /// Enables Go TLS handshake reads for `target` when its binary's TLS probes are attached.
+    fn enable_tls(&self, target: &mut GoTarget) {
+        let (Some(tls), Some(bin)) = (&self.tls, &target.binary) else { return };
+        if target.probes.iter().any(|p| p.name == ProgId::GoTlsEnter.program_name()) {
+            if let Err(e) = tls.enable(target.pid, bin) {
+                warn!(pid = target.pid, error = %e, "Go TLS handshakes of this process are not reported");
+                target.probes.push(ProbeState { name: "go_tls_offsets", function: "crypto/tls.Conn", state: "failed", sites: 0, error: Some(e.to_string()) });
             }
         }
-        info!(pid, version = %bin.go_version, exe = %target.exe.display(), "tracking Go process");
-        self.targets.insert(pid, target);
-        Discovery::Tracked
+    }
+
+    /// One process per binary whose offsets await their check: (pid, binary, layout).
+    pub fn pending_checks(&self) -> Vec<(u32, BinaryKey, Arc<GoBinary>, Layout)> {
+        let mut seen = HashSet::new();
+        self.targets
+            .values()
+            .filter_map(|t| Some((t.pid, t.key?, t.binary.clone()?, t.pending.clone()?)))
+            .filter(|(_, k, _, _)| seen.insert(*k))
+            .collect()
+    }
+
+    /// Takes the outcome of checking binary `key`'s offsets on process `pid`.
+    pub fn record_verdict(&mut self, key: BinaryKey, pid: u32, v: validate::Verdict) {
+        let c = match v {
+            validate::Verdict::Inconclusive(why) => {
+                debug!(pid, why, "Go offsets not checked yet");
+                return;
+            }
+            validate::Verdict::Accepted(d) => Checked { pid, accepted: true, detail: d },
+            validate::Verdict::Rejected(d) => Checked { pid, accepted: false, detail: d },
+        };
+        let Some(b) = self.binaries.get_mut(&key) else { return };
+        b.verdict = Some(c.clone());
+        if let Some(t) = self.targets.get(&pid) {
+            let origin = t.binary.as_ref().map(|b| b.offsets_origin.describe()).unwrap_or_default();
+            if c.accepted {
+                info!(pid, offsets = %origin, checked = %c.detail, "Go offsets accepted on a live process");
+            } else {
+                warn!(pid, offsets = %origin, reason = %c.detail, "Go offsets rejected on a live process: runtime reads (and Go TLS with the nearest table) are off for this binary");
+            }
+        }
+        self.apply_verdict(key, c);
+    }
+
+    /// Applies a binary's verdict to each of its processes still waiting for one.
+    fn apply_verdict(&mut self, key: BinaryKey, c: Checked) {
+        let pids: Vec<u32> = self.targets.values().filter(|t| t.key == Some(key) && t.pending.is_some()).map(|t| t.pid).collect();
+        for pid in pids {
+            let Some(mut t) = self.targets.remove(&pid) else { continue };
+            let pending = t.pending.take();
+            if c.accepted {
+                t.offsets.validation = format!("accepted on pid {}: {}", c.pid, c.detail);
+                t.layout = pending;
+                if matches!(t.binary.as_ref().map(|b| &b.offsets_origin), Some(Origin::Nearest { .. })) {
+                    self.enable_tls(&mut t);
+                }
+            } else {
+                t.offsets.validation = format!("rejected on pid {}: {}", c.pid, c.detail);
+                t.reads_error = Some(format!("offsets from {} rejected on pid {}: {}", t.offsets.table.as_deref().unwrap_or(t.offsets.source), c.pid, c.detail));
+            }
+            self.targets.insert(pid, t);
+        }
+    }
+
+    /// Tracked processes by where their offsets come from ("nearest" only once accepted;
+    /// rejected and pending ones count as "none" and "pending").
+    pub fn offsets_sources(&self) -> BTreeMap<&'static str, u64> {
+        let mut m = BTreeMap::new();
+        for t in self.targets.values() {
+            let s = if t.pending.is_some() {
+                "pending"
+            } else if t.layout.is_none() {
+                "none"
+            } else {
+                t.offsets.source
+            };
+            *m.entry(s).or_insert(0) += 1;
+        }
+        m
     }
 
     /// The process exited: untrack it, and detach its binary's probes if it was the last user.
@@ -414,11 +585,4 @@ mod tests {
         assert_eq!(stw_reason(27, 200), "unknown");
     }
 
-    #[test]
-    fn wait_reason_tables_follow_each_release() {
-        assert_eq!(tables::wait_reasons(19)[14], "chan receive");
-        assert_eq!(tables::wait_reasons(25)[14], "chan receive");
-        assert_eq!(tables::wait_reasons(27)[19], "chan receive", "1.27 renumbered waitReason");
-        assert!(tables::wait_reasons(40).is_empty());
-    }
 }

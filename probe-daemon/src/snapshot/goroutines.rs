@@ -14,7 +14,7 @@ use serde::Serialize;
 use super::profile::Profile;
 use crate::{
     goinspect::{FuncTable, GoBinary},
-    goruntime::{mem::status_name, tables::wait_reasons, Layout, MemError, ProcMem},
+    goruntime::{mem::status_name, Layout, MemError, ProcMem},
 };
 
 /// Frames unwound at most per goroutine.
@@ -154,7 +154,6 @@ pub fn dump(mem: &ProcMem, l: &Layout, bin: &GoBinary, funcs: &FuncTable, exe: &
     if n > 0 {
         mem.read_exact(mem.u64(l.allgs)?, &mut ptrs)?;
     }
-    let reasons = wait_reasons(l.minor);
     let span = [o.gopc, o.startpc, o.stack_lo, o.stack_hi, o.sched_pc, o.sched_sp, o.sched_bp.unwrap_or(0), l.g_status, l.g_waitreason]
         .into_iter()
         .max()
@@ -198,7 +197,7 @@ pub fn dump(mem: &ProcMem, l: &Layout, bin: &GoBinary, funcs: &FuncTable, exe: &
             user += 1;
             let state = status_name(g.status);
             let wait = if g.status == 4 {
-                reasons.get(g.wait as usize).map(|s| (*s).to_string()).unwrap_or_else(|| format!("reason {}", g.wait))
+                l.wait_reason(g.wait)
             } else {
                 String::new()
             };

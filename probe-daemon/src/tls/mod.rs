@@ -66,13 +66,20 @@ pub fn go_tls_config(bin: &GoBinary) -> Result<GoTlsConfig, TlsError> {
         (true, Some(base), Some(e)) => base + e,
         _ => OFFSET_NONE,
     };
+    // With the nearest table (a Go version without its own), Conn's fields are a guess: Conn's
+    // layout moved in four of the last six releases, and no invariant of the live process can
+    // check it before the first handshake is counted. Handshakes are then counted with their role
+    // (isClient has been Conn's first field after the net.Conn since Go 1.0), result and duration;
+    // version, ALPN and the failure reason are "unknown"/"other", never a wrong value.
+    let guess = matches!(bin.offsets_origin, crate::goinspect::tables::Origin::Nearest { .. });
+    let conn = |k: &str| if guess { Ok(OFFSET_NONE) } else { need(k) };
     Ok(GoTlsConfig {
         conn_is_client: need("crypto/tls.Conn.isClient")?,
-        conn_vers: need("crypto/tls.Conn.vers")?,
-        conn_cipher_suite: need("crypto/tls.Conn.cipherSuite")?,
-        conn_client_protocol: need("crypto/tls.Conn.clientProtocol")?,
-        conn_in_err: field("crypto/tls.Conn.in"),
-        conn_out_err: field("crypto/tls.Conn.out"),
+        conn_vers: conn("crypto/tls.Conn.vers")?,
+        conn_cipher_suite: conn("crypto/tls.Conn.cipherSuite")?,
+        conn_client_protocol: conn("crypto/tls.Conn.clientProtocol")?,
+        conn_in_err: if guess { OFFSET_NONE } else { field("crypto/tls.Conn.in") },
+        conn_out_err: if guess { OFFSET_NONE } else { field("crypto/tls.Conn.out") },
         op_error_op: op.unwrap_or(OFFSET_NONE),
         op_error_err: err.unwrap_or(OFFSET_NONE),
         permanent_error_err: opt("crypto/tls.permanentError.err").unwrap_or(OFFSET_NONE),

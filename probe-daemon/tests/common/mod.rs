@@ -29,6 +29,54 @@ pub fn go_version_dir(version: &str) -> PathBuf {
         .unwrap_or_else(|| panic!("no Go {version} fixtures in {}: run `cargo xtask fixtures`", root.display()))
 }
 
+/// One toolchain of every Go minor the project can obtain (tests/fixtures/go/versions), as the
+/// fixtures were built.
+pub fn go_versions() -> Vec<&'static str> {
+    include_str!("../../../tests/fixtures/go/versions").split_whitespace().collect()
+}
+
+/// The built-in offset tables (what the daemon embeds).
+pub fn builtin_go_tables() -> serde_json::Value {
+    serde_json::from_str(include_str!("../../src/goinspect/offsets/go-offsets.json")).unwrap()
+}
+
+/// The offsets and code references the runtime reader and its checks use.
+pub const RUNTIME_KEYS: &[&str] = &[
+    "g.goid", "g.atomicstatus", "g.waitreason", "g.stack", "g.sched", "stack.lo", "stack.hi", "gobuf.sp", "gobuf.pc",
+    "schedt.goidgen", "schedt.ngsys", "mstats.numgc", "mstats.pause_ns", "mstats.pause_total_ns",
+    "gcControllerState.heapLive", "gcControllerState.gcPercentHeapGoal",
+];
+
+/// (minor, its amd64 table, the table the daemon falls back to without it) for the newest minor
+/// of the matrix whose nearest table has the same runtime layout: hiding its own table must give
+/// the same numbers.
+pub fn minor_with_a_lookalike_neighbour(tables: &serde_json::Value) -> (u32, String, String) {
+    let t = tables["tables"].as_object().unwrap();
+    let same = |a: &serde_json::Value, b: &serde_json::Value| {
+        RUNTIME_KEYS.iter().all(|k| a["offsets"][k] == b["offsets"][k]) && a["code_refs"] == b["code_refs"]
+    };
+    let mut minors: Vec<u32> = go_versions().iter().map(|v| v.split('.').nth(1).unwrap().parse().unwrap()).filter(|m| *m >= 21).collect();
+    minors.sort_unstable();
+    for &m in minors.iter().rev() {
+        let own = format!("1.{m}/amd64");
+        // The daemon's choice: the closest minor (1.20 format), the newer one on a tie.
+        let mut near: Vec<u32> = minors.iter().copied().filter(|&x| x != m).collect();
+        near.sort_by_key(|&x| (x.abs_diff(m), std::cmp::Reverse(x)));
+        let fallback = format!("1.{}/amd64", near[0]);
+        if t.contains_key(&own) && t.keys().filter(|k| k.starts_with(&format!("1.{m}."))).count() == 0 && same(&t[&own], &t[&fallback]) {
+            return (m, own, fallback);
+        }
+    }
+    panic!("no minor of the matrix has a neighbour with the same runtime layout: pick another pair for this test");
+}
+
+/// Writes `tables` where a daemon can be pointed at it (`CHAINPROBE_GO_OFFSETS_FILE`).
+pub fn write_go_tables(dir: &TempDir, tables: &serde_json::Value) -> PathBuf {
+    let file = dir.0.join("go-offsets.json");
+    std::fs::write(&file, serde_json::to_string(tables).unwrap()).unwrap();
+    file
+}
+
 /// Fixture `program` built with Go `version` as `variant`; fails when it was not built.
 pub fn go_fixture(version: &str, variant: &str, program: &str) -> PathBuf {
     let p = go_version_dir(version).join(variant).join(program);

@@ -1,0 +1,196 @@
+//! Checks a binary's struct offsets and data-symbol addresses against one live process before
+//! any of its runtime reads is trusted, for offsets that do not come from the binary's own DWARF
+//! (a generated table, or the nearest table for a Go version without one).
+//!
+//! Each check is an invariant of the Go runtime that a wrong offset or address breaks:
+//! - `allglen` agrees with the length of the `allgs` slice (allgadd stores one after appending to
+//!   the other, under a lock), and the slice's pointer, length and capacity are consistent;
+//! - every g's status (scan bit masked) is one the runtime uses, and every waiting g's wait reason
+//!   is within the release's waitReason table;
+//! - the goids of the live g's are unique, non-zero and at most `sched.goidgen` (read after them);
+//! - for parked (waiting) g's: `stack.lo <= sched.sp < stack.hi` and `sched.pc` inside a function
+//!   of the binary (a goroutine may wake up while it is read, so 90% must pass, not all);
+//! - `sched.ngsys` is at most the number of live g's;
+//! - heap live and the GC goal are in range, and the live heap is at most 8× the goal (the goal
+//!   is `u64::MAX` with GOGC=off);
+//! - `memstats`: the last pause is at most the total of all pauses, which is non-zero once a cycle
+//!   completed.
+//!
+//! A process whose runtime has not started yet (no g) is inconclusive: checked again next time.
+
+use std::collections::HashSet;
+
+use super::mem::{Layout, ProcMem};
+use crate::goinspect::{FuncTable, GoBinary};
+
+/// The outcome of checking one process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Every invariant holds; says what was checked.
+    Accepted(String),
+    /// An invariant is broken: the offsets are wrong for this binary.
+    Rejected(String),
+    /// Not enough state to judge yet (the runtime is still starting, or the process is gone).
+    Inconclusive(String),
+}
+
+/// Offsets the checks need beyond the reader's [`Layout`].
+#[derive(Debug, Clone)]
+pub struct Checks {
+    g_goid: u64,
+    g_stack_lo: u64,
+    g_stack_hi: u64,
+    g_sched_sp: u64,
+    g_sched_pc: u64,
+    pause_ns: u64,
+    pause_total_ns: u64,
+    /// waitReason values the release can store (its own table's count; the nearest table's plus
+    /// headroom, as releases add reasons).
+    wait_reasons: usize,
+    /// Highest g status the release uses.
+    max_status: u32,
+}
+
+/// Goroutines checked at most.
+const MAX_CHECKED: usize = 4096;
+const G_SCAN: u32 = 0x1000;
+
+impl Checks {
+    /// The offsets of `bin`; Err names one that is missing.
+    pub fn new(bin: &GoBinary, table_minor: u32) -> Result<Checks, String> {
+        let n = bin.wait_reasons.len();
+        let off = |k: &str| bin.offset(k).ok_or_else(|| format!("offset {k} unknown"));
+        let stack = off("g.stack")?;
+        let sched = off("g.sched")?;
+        Ok(Checks {
+            g_goid: off("g.goid")?,
+            g_stack_lo: stack + off("stack.lo")?,
+            g_stack_hi: stack + off("stack.hi")?,
+            g_sched_sp: sched + off("gobuf.sp")?,
+            g_sched_pc: sched + off("gobuf.pc")?,
+            pause_ns: off("mstats.pause_ns")?,
+            pause_total_ns: off("mstats.pause_total_ns")?,
+            wait_reasons: if bin.wait_reasons_exact || n == 0 { n } else { n + 16 },
+            max_status: if table_minor >= 27 { 11 } else { 9 },
+        })
+    }
+}
+
+fn u64_at(b: &[u8], off: u64) -> u64 {
+    let o = off as usize;
+    b.get(o..o + 8).and_then(|s| s.try_into().ok()).map(u64::from_le_bytes).unwrap_or(0)
+}
+
+fn u32_at(b: &[u8], off: u64) -> u32 {
+    let o = off as usize;
+    b.get(o..o + 4).and_then(|s| s.try_into().ok()).map(u32::from_le_bytes).unwrap_or(0)
+}
+
+/// Checks the process behind `mem` with the reader's layout `l` and the extra offsets `c`;
+/// `funcs` names the binary's functions (link-time addresses).
+pub fn check(mem: &ProcMem, l: &Layout, c: &Checks, funcs: &FuncTable) -> Verdict {
+    use Verdict::{Accepted, Inconclusive, Rejected};
+    let pid = mem.pid();
+    let gone = |e: super::MemError| Inconclusive(format!("cannot read process {pid}: {e}"));
+    let mut slice = [0u8; 24];
+    if let Err(e) = mem.read_exact(l.allgs, &mut slice) {
+        return Rejected(format!("runtime.allgs at {:#x} is not readable ({e}): its address is wrong", l.allgs));
+    }
+    let (ptr, len, cap) = (u64_at(&slice, 0), u64_at(&slice, 8), u64_at(&slice, 16));
+    let allglen = match mem.u64(l.allglen) {
+        Ok(n) => n,
+        Err(e) => return Rejected(format!("runtime.allglen at {:#x} is not readable ({e}): its address is wrong", l.allglen)),
+    };
+    if allglen == 0 && len == 0 {
+        return Inconclusive("the Go runtime has no goroutine yet (still starting)".into());
+    }
+    if !(allglen <= len && len <= cap && len - allglen <= 16 && ptr != 0 && cap < 1 << 32) {
+        return Rejected(format!("allglen = {allglen} disagrees with the allgs slice (ptr {ptr:#x}, len {len}, cap {cap}): runtime.allgs or runtime.allglen is wrong"));
+    }
+    let n = (allglen as usize).min(MAX_CHECKED);
+    let mut ptrs = vec![0u8; n * 8];
+    if let Err(e) = mem.read_exact(ptr, &mut ptrs) {
+        return gone(e);
+    }
+    // One read per g covering every field checked.
+    let fields = [c.g_goid, c.g_stack_lo, c.g_stack_hi, c.g_sched_sp, c.g_sched_pc, l.g_status, l.g_waitreason];
+    let (lo, hi) = (fields.iter().copied().min().unwrap_or(0), fields.iter().copied().max().unwrap_or(0) + 8);
+    let gs: Vec<u64> = ptrs.chunks_exact(8).map(|p| u64::from_le_bytes(p.try_into().unwrap_or([0; 8]))).filter(|&g| g != 0).collect();
+    let reqs: Vec<(u64, usize)> = gs.iter().map(|&g| (g + lo, (hi - lo) as usize)).collect();
+    let bufs = mem.read_batch(&reqs);
+    let mut goids = HashSet::new();
+    let (mut live, mut parked, mut parked_ok) = (0u64, 0u64, 0u64);
+    let mut max_goid = 0u64;
+    for (g, buf) in gs.iter().zip(&bufs) {
+        let Some(b) = buf else {
+            return Rejected(format!("g at {g:#x} listed in allgs is not readable: runtime.allgs is wrong"));
+        };
+        let at = |off: u64| off - lo;
+        let status = u32_at(b, at(l.g_status)) & !G_SCAN;
+        if status > c.max_status || status == 5 || status == 7 {
+            return Rejected(format!("g at {g:#x} has status {status}, which the runtime never uses: g.atomicstatus is wrong"));
+        }
+        if status == 6 || status == 11 || status == 0 {
+            continue; // dead (fields are stale) or idle (not set up yet)
+        }
+        live += 1;
+        let goid = u64_at(b, at(c.g_goid));
+        if goid == 0 || !goids.insert(goid) {
+            return Rejected(format!("g at {g:#x} has goid {goid}, zero or another g's: g.goid is wrong"));
+        }
+        max_goid = max_goid.max(goid);
+        if status == 4 {
+            let reason = usize::from(b.get(at(l.g_waitreason) as usize).copied().unwrap_or(0));
+            if c.wait_reasons > 0 && reason >= c.wait_reasons {
+                return Rejected(format!("waiting g at {g:#x} has wait reason {reason}, beyond the {} this release defines: g.waitreason is wrong", c.wait_reasons));
+            }
+            parked += 1;
+            let (slo, shi) = (u64_at(b, at(c.g_stack_lo)), u64_at(b, at(c.g_stack_hi)));
+            let (sp, pc) = (u64_at(b, at(c.g_sched_sp)), u64_at(b, at(c.g_sched_pc)));
+            if slo <= sp && sp < shi && funcs.lookup(pc.wrapping_sub(l.bias)).is_some() {
+                parked_ok += 1;
+            }
+        }
+    }
+    if live == 0 {
+        return Inconclusive("no live goroutine yet".into());
+    }
+    if parked > 0 && parked_ok * 10 < parked * 9 {
+        return Rejected(format!(
+            "only {parked_ok} of {parked} parked goroutines have sched.sp inside their stack and sched.pc inside a function: g.stack or g.sched is wrong"
+        ));
+    }
+    let goidgen = match mem.u64(l.sched + l.sched_goidgen) {
+        Ok(v) => v,
+        Err(e) => return gone(e),
+    };
+    if max_goid > goidgen {
+        return Rejected(format!("goid {max_goid} is beyond sched.goidgen = {goidgen}: runtime.sched or schedt.goidgen is wrong"));
+    }
+    let ngsys = match mem.u32(l.sched + l.sched_ngsys) {
+        Ok(v) => u64::from(v),
+        Err(e) => return gone(e),
+    };
+    if ngsys > live && allglen as usize <= MAX_CHECKED {
+        return Rejected(format!("sched.ngsys = {ngsys} is more than the {live} live goroutines: schedt.ngsys is wrong"));
+    }
+    let (heap_live, heap_goal) = match (mem.u64(l.gc_controller + l.heap_live), mem.u64(l.gc_controller + l.heap_goal)) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => return gone(e),
+    };
+    if heap_goal == 0 || heap_live >= 1 << 46 || (heap_goal != u64::MAX && heap_live > heap_goal.saturating_mul(8)) {
+        return Rejected(format!("heap live {heap_live} B against a GC goal of {heap_goal} B is impossible: runtime.gcController or its offsets are wrong"));
+    }
+    let (numgc, total) = match (mem.u32(l.memstats + l.numgc), mem.u64(l.memstats + c.pause_total_ns)) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => return gone(e),
+    };
+    let last = match mem.u64(l.memstats + c.pause_ns + 8 * ((u64::from(numgc) + 255) % 256)) {
+        Ok(v) => v,
+        Err(e) => return gone(e),
+    };
+    if last > total || (numgc > 0 && total == 0) || numgc > 1 << 30 {
+        return Rejected(format!("memstats: {numgc} GC cycles, last pause {last} ns, total pauses {total} ns is impossible: runtime.memstats or its offsets are wrong"));
+    }
+    Accepted(format!("{live} live goroutines ({parked} parked) checked, heap {heap_live} B of a {heap_goal} B goal, {numgc} GC cycles"))
+}
