@@ -68,6 +68,9 @@ pub enum GoSite {
     Entry,
     /// Every RET instruction (uprobes there replace a uretprobe, which would crash Go).
     Returns,
+    /// The first instruction after the stack-bound check: reached once per call (a call that
+    /// grows its stack runs the entry twice).
+    AfterStackCheck,
 }
 
 impl ProgId {
@@ -163,9 +166,10 @@ impl ProgId {
     pub const fn go_site(self) -> Option<(&'static str, GoSite)> {
         match self {
             ProgId::GoGcStart => Some(("runtime.gcStart", GoSite::Entry)),
-            // Entry, not the RETs: mark termination wakes runtime.GC's waiters before it returns,
-            // so the next cycle's gcStart can run before the RET of this one.
-            ProgId::GoGcDone => Some(("runtime.gcMarkTermination", GoSite::Entry)),
+            // Not the RETs: mark termination wakes runtime.GC's waiters before it returns, so the
+            // next cycle's gcStart can run before the RET of this one. Not the entry either: its
+            // 1 KiB frame often needs a bigger stack, and morestack reruns the entry.
+            ProgId::GoGcDone => Some(("runtime.gcMarkTermination", GoSite::AfterStackCheck)),
             ProgId::GoStwStop => Some(("runtime.stopTheWorldWithSema", GoSite::Entry)),
             ProgId::GoStwStart => Some(("runtime.startTheWorldWithSema", GoSite::Entry)),
             // newproc1 returns the new g: read it at every RET (never a uretprobe).

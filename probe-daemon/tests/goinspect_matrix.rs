@@ -338,6 +338,12 @@ fn check_binary(version: &str, variant: &str, bin: &Path, t: &mut Tally) {
                     )
                 });
                 t.check(!rets.is_empty(), || format!("{ctx}: {name} has no RET"));
+                // The body's first instruction follows the stack check's conditional branch.
+                let body = f.after_stack_check_file_offset - f.file_offset;
+                let at = ins.iter().position(|(a, _, _)| *a == addr + body);
+                let after_branch = at.is_some_and(|i| i > 0 && i < 6 && (ins[i - 1].2.starts_with("JBE") || ins[i - 1].2.starts_with("BLS")));
+                t.check(body == 0 || after_branch, || format!("{ctx}: {name} body offset +{body:#x} is not after the stack check: {:?}", &ins[..ins.len().min(6)]));
+                t.check(body != 0 || name != "runtime.gcMarkTermination", || format!("{ctx}: {name}: no stack check found"));
                 // File offsets: the bytes at the reported offsets are what objdump printed.
                 if let Some((_, first, _)) = ins.first() {
                     let n = if arch == Arch::Amd64 {

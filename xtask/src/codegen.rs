@@ -109,6 +109,7 @@ fn go_offsets(args: &[String]) -> Result<()> {
             let src = goroot.join("src/runtime/runtime2.go");
             let text = std::fs::read_to_string(&src).with_context(|| format!("reading {}", src.display()))?;
             t.wait_reasons = wait_reasons(&text).with_context(|| src.display().to_string())?;
+            t.g_statuses = g_statuses(&text).with_context(|| src.display().to_string())?;
             let v = goinspect::GoVersion::parse(&t.go_version)
                 .with_context(|| format!("unparseable version {}", t.go_version))?;
             // Only toolchains asked for (the output dir may hold older builds).
@@ -203,6 +204,20 @@ fn goroots(root: &Path, versions: &str) -> Result<BTreeMap<String, PathBuf>> {
         m.insert(String::from_utf8_lossy(&gv.stdout).trim().to_string(), goroot);
     }
     Ok(m)
+}
+
+/// The goroutine status constants of a release, in value order: `_Gidle = iota` up to `_Gscan`.
+fn g_statuses(runtime2: &str) -> Result<Vec<String>> {
+    let names: Vec<String> = runtime2
+        .lines()
+        .skip_while(|l| !(l.contains("_Gidle") && l.contains("iota")))
+        .filter_map(|l| l.split_whitespace().next().filter(|n| n.starts_with("_G")).map(str::to_string))
+        .take_while(|n| n != "_Gscan")
+        .collect();
+    if names.len() < 10 || names[6] != "_Gdead" {
+        bail!("goroutine status constants not found (runtime2.go changed shape?): {names:?}");
+    }
+    Ok(names)
 }
 
 /// The waitReason strings of a release, indexed by value, from its runtime/runtime2.go: the

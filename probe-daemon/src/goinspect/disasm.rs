@@ -70,6 +70,43 @@ pub fn cheap_entry_offset(arch: Arch, code: &[u8], ip: u64) -> u64 {
     }
 }
 
+/// The first instruction of the body, after Go's stack-bound check (`…; JBE morestack` on amd64,
+/// `…; CMP; B.LS` on arm64), as an offset from the entry; 0 where there is no such check. When the
+/// check fails, morestack grows the stack and runs the function again from its entry, so a probe
+/// at the entry or at the check's jump fires twice for one call: a probe that must count calls
+/// exactly (one GC cycle a call of gcMarkTermination, whose 1 KiB frame often needs a new stack)
+/// goes here. The instruction there is single-stepped (~4.7 µs a hit here): for rare calls only.
+pub fn after_stack_check_offset(arch: Arch, code: &[u8], ip: u64) -> u64 {
+    match arch {
+        Arch::Amd64 => {
+            let jcc = cheap_entry_offset(arch, code, ip);
+            if jcc == 0 {
+                return 0;
+            }
+            let at = jcc as usize;
+            let len = match code.get(at) {
+                Some(0x70..=0x7f) => 2,
+                Some(0x0f) => 6,
+                _ => return 0,
+            };
+            jcc + len
+        }
+        Arch::Arm64 => {
+            // MOVD 16(g), R16 [; SUB $n, RSP, R17]; CMP R16, RSP|R17; BLS morestack
+            let dec = InstDecoder::default();
+            for (i, w) in code.chunks_exact(4).take(5).enumerate() {
+                let mut r = U8Reader::new(w);
+                match dec.decode(&mut r) {
+                    Ok(ins) if matches!(ins.opcode, Opcode::Bcc(_)) => return (i as u64 + 1) * 4,
+                    Ok(_) => {}
+                    Err(_) => return 0,
+                }
+            }
+            0
+        }
+    }
+}
+
 /// The opcodes the kernel's x86 uprobes emulate as jumps (one trap, no single step): Jcc rel8
 /// (0x70–0x7f), Jcc rel32 (0x0f 0x80–0x8f) and JMP rel8/rel32 (0xeb, 0xe9), without prefixes.
 fn emulated_jump(code: &[u8], at: usize, len: usize) -> bool {

@@ -204,6 +204,9 @@ pub struct Function {
     /// jump right after it, which the kernel emulates instead of single-stepping (4× cheaper a hit;
     /// see [`disasm::cheap_entry_offset`]).
     pub entry_probe_file_offset: u64,
+    /// File offset of the body's first instruction, after the stack check (see
+    /// [`disasm::after_stack_check_offset`]): where a probe fires once per call.
+    pub after_stack_check_file_offset: u64,
     /// Size in bytes (symtab size, else distance to the next pclntab entry).
     pub size: u64,
     /// RET instructions, relative to `entry`.
@@ -281,6 +284,8 @@ pub struct GoBinary {
     pub wait_reasons: &'static [String],
     /// Whether `wait_reasons` are this binary's own release's (not the nearest table's guess).
     pub wait_reasons_exact: bool,
+    /// Goroutine statuses the chosen table's release defines (0 = unknown).
+    pub g_statuses: usize,
     pub data_symbols: BTreeMap<String, DataSymbol>,
     /// Set when data symbols could not be determined.
     pub data_symbols_error: Option<String>,
@@ -570,6 +575,7 @@ fn analyze(path: &Path, img: &ElfImage<'_>) -> Result<GoBinary, GoInspectError> 
         })?;
         let rets = disasm::ret_offsets(img.arch, code, r.entry);
         let cheap = disasm::cheap_entry_offset(img.arch, code, r.entry);
+        let body = disasm::after_stack_check_offset(img.arch, code, r.entry);
         functions.insert(
             name.to_string(),
             Function {
@@ -577,6 +583,7 @@ fn analyze(path: &Path, img: &ElfImage<'_>) -> Result<GoBinary, GoInspectError> 
                 entry: r.entry,
                 file_offset,
                 entry_probe_file_offset: file_offset.saturating_add(cheap),
+                after_stack_check_file_offset: file_offset.saturating_add(body),
                 size: r.size,
                 ret_file_offsets: rets
                     .iter()
@@ -725,6 +732,7 @@ fn analyze(path: &Path, img: &ElfImage<'_>) -> Result<GoBinary, GoInspectError> 
         offsets_origin,
         wait_reasons,
         wait_reasons_exact,
+        g_statuses: table.as_ref().map(|t| t.g_statuses.len()).unwrap_or(0),
         data_symbols,
         data_symbols_error,
         tls_result_site,
@@ -845,6 +853,7 @@ pub fn learn_table(path: &Path) -> Result<tables::VersionTable, String> {
     }
     Ok(tables::VersionTable {
         wait_reasons: Vec::new(),
+        g_statuses: Vec::new(),
         verified: vec![bin.go_version.clone()],
         go_version: bin.go_version,
         from_patch: 0,

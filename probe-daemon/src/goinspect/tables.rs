@@ -57,6 +57,10 @@ pub struct VersionTable {
     /// occurs in that patch.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub wait_reasons: Vec<String>,
+    /// The release's goroutine statuses (`_Gidle` = 0, …, up to the `_Gscan` bit), from
+    /// runtime/runtime2.go: a g's status beyond them means a wrong offset.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub g_statuses: Vec<String>,
 }
 
 impl VersionTable {
@@ -65,7 +69,7 @@ impl VersionTable {
     pub fn same_layout(&self, other: &VersionTable) -> bool {
         let (a, b) = (&self.wait_reasons, &other.wait_reasons);
         let n = a.len().min(b.len());
-        self.offsets == other.offsets && self.code_refs == other.code_refs && a[..n] == b[..n]
+        self.offsets == other.offsets && self.code_refs == other.code_refs && a[..n] == b[..n] && self.g_statuses == other.g_statuses
     }
 }
 
@@ -270,6 +274,7 @@ mod tests {
             assert!(v.code_refs.contains_key("runtime.allgs"), "{k} lacks allgs");
             assert!(v.verified.contains(&v.go_version), "{k}: generated from {} but verified {:?}", v.go_version, v.verified);
             assert!(v.wait_reasons.len() >= 20 && v.wait_reasons[1] == "GC assist marking", "{k}: wait reasons {:?}", v.wait_reasons);
+            assert!(v.g_statuses.len() >= 10 && v.g_statuses[6] == "_Gdead", "{k}: statuses {:?}", v.g_statuses);
         }
         // Releases renumber waitReason (1.26 moved the channel reasons): read from each release.
         let t = |k: &str| &t.tables[k].wait_reasons;
@@ -320,6 +325,7 @@ mod tests {
             offsets: BTreeMap::from([("g.goid".to_string(), goid)]),
             code_refs: BTreeMap::new(),
             wait_reasons: Vec::new(),
+            g_statuses: Vec::new(),
         };
         Box::leak(Box::new(Tables {
             comment: String::new(),

@@ -137,6 +137,7 @@ impl CreationProbes {
                 };
                 let offsets = match site {
                     GoSite::Entry => vec![f.entry_probe_file_offset],
+            GoSite::AfterStackCheck => vec![f.after_stack_check_file_offset],
                     GoSite::Returns => f.ret_file_offsets.clone(),
                 };
                 for o in offsets {

@@ -28,6 +28,7 @@ pub struct Layout {
     pub gc_controller: u64,
     pub g_status: u64,
     pub g_waitreason: u64,
+    pub g_m: u64,
     pub sched_goidgen: u64,
     pub sched_ngsys: u64,
     pub numgc: u64,
@@ -61,6 +62,7 @@ impl Layout {
             gc_controller: sym("runtime.gcController")?,
             g_status: off("g.atomicstatus")?,
             g_waitreason: off("g.waitreason")?,
+            g_m: off("g.m")?,
             sched_goidgen: off("schedt.goidgen")?,
             sched_ngsys: off("schedt.ngsys")?,
             numgc: off("mstats.numgc")?,
@@ -175,7 +177,7 @@ pub struct GoSample {
 }
 
 const G_DEAD: u32 = 6;
-const G_DEAD_EXTRA: u32 = 11; // Go 1.27
+const G_DEAD_EXTRA: u32 = 11; // _Gdeadextra, Go 1.26+
 const G_SCAN: u32 = 0x1000;
 /// Goroutines read at most (beyond it the count is still exact; states are sampled).
 const MAX_G: u64 = 4_000_000;
@@ -291,32 +293,36 @@ impl ProcMem {
         if n > 0 {
             self.read_exact(allgs_ptr, &mut ptrs)?;
         }
-        // status (u32) and waitreason (u8) lie within a few dozen bytes: one read per g.
-        let (lo, hi) = (l.g_status.min(l.g_waitreason), l.g_status.max(l.g_waitreason) + 4);
-        let mut chunk = vec![0u8; (hi - lo) as usize];
+        // status (u32), waitreason (u8) and m (pointer) lie within a few dozen bytes: one range
+        // per g, read in batches (process_vm_readv, 1024 ranges a call).
+        let (lo, hi) = (l.g_status.min(l.g_waitreason).min(l.g_m), l.g_status.max(l.g_waitreason).max(l.g_m) + 8);
+        let gs: Vec<u64> = ptrs.chunks_exact(8).map(|p| u64::from_le_bytes(p.try_into().unwrap_or([0; 8]))).filter(|&g| g != 0).collect();
         let mut sample = GoSample::default();
         let mut live = 0i64;
-        for p in ptrs.chunks_exact(8) {
-            let g = u64::from_le_bytes(p.try_into().unwrap_or([0; 8]));
-            if g == 0 || self.read_exact(g + lo, &mut chunk).is_err() {
-                continue;
+        // runtime.NumGoroutine counts every g not on a free list: besides the live ones, the g of
+        // each idle extra M (cgo callbacks), which is dead (_Gdeadextra from 1.26) with g.m set,
+        // where a freed g has g.m cleared.
+        let mut extra_m = 0i64;
+        for batch in gs.chunks(4096) {
+            let reqs: Vec<(u64, usize)> = batch.iter().map(|&g| (g + lo, (hi - lo) as usize)).collect();
+            for chunk in self.read_batch(&reqs).into_iter().flatten() {
+                let at = |off: u64| (off - lo) as usize;
+                let s = at(l.g_status);
+                let status = u32::from_le_bytes([chunk[s], chunk[s + 1], chunk[s + 2], chunk[s + 3]]) & !G_SCAN;
+                if status == G_DEAD || status == G_DEAD_EXTRA {
+                    let m = at(l.g_m);
+                    if status == G_DEAD_EXTRA || chunk[m..m + 8].iter().any(|&b| b != 0) {
+                        extra_m += 1;
+                    }
+                    continue;
+                }
+                live += 1;
+                let wait = if status == 4 { l.wait_reason(chunk[at(l.g_waitreason)]) } else { String::new() };
+                *sample.by_state.entry((status_name(status), wait)).or_insert(0) += 1;
             }
-            let at = |off: u64| (off - lo) as usize;
-            let s = at(l.g_status);
-            let status = u32::from_le_bytes([chunk[s], chunk[s + 1], chunk[s + 2], chunk[s + 3]]) & !G_SCAN;
-            if status == G_DEAD || status == G_DEAD_EXTRA {
-                continue;
-            }
-            live += 1;
-            let wait = if status == 4 {
-                l.wait_reason(chunk[at(l.g_waitreason)])
-            } else {
-                String::new()
-            };
-            *sample.by_state.entry((status_name(status), wait)).or_insert(0) += 1;
         }
         let ngsys = i64::from(self.u32(l.sched + l.sched_ngsys)?);
-        sample.goroutines = (live - ngsys).max(0);
+        sample.goroutines = (live + extra_m - ngsys).max(0);
         sample.goidgen = self.u64(l.sched + l.sched_goidgen)?;
         sample.numgc = self.u32(l.memstats + l.numgc)?;
         sample.heap_live = self.u64(l.gc_controller + l.heap_live)?;

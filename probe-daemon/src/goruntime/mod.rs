@@ -106,11 +106,7 @@ pub fn needs_check(bin: &GoBinary) -> bool {
 
 /// Checks `bin`'s offsets on process `pid` through its layout.
 pub fn check_offsets(pid: u32, bin: &GoBinary, layout: &Layout) -> validate::Verdict {
-    let minor = match &bin.offsets_origin {
-        Origin::Table { table, .. } | Origin::Nearest { table, .. } => table.split(['/', '.']).nth(1).and_then(|m| m.parse().ok()).unwrap_or(layout.minor),
-        _ => layout.minor,
-    };
-    let checks = match validate::Checks::new(bin, minor) {
+    let checks = match validate::Checks::new(bin) {
         Ok(c) => c,
         Err(e) => return validate::Verdict::Rejected(e),
     };
@@ -505,6 +501,7 @@ fn attach_binary(probes: &Mutex<Probes>, pid: u32, bin: &GoBinary) -> (Vec<(Prog
         };
         let offsets: Vec<u64> = match site {
             GoSite::Entry => vec![f.entry_probe_file_offset],
+            GoSite::AfterStackCheck => vec![f.after_stack_check_file_offset],
             GoSite::Returns => f.ret_file_offsets.clone(),
         };
         states.push(attach_sites(&mut probes, pid, prog, function, offsets, &mut links));

@@ -57,7 +57,7 @@ const G_SCAN: u32 = 0x1000;
 
 impl Checks {
     /// The offsets of `bin`; Err names one that is missing.
-    pub fn new(bin: &GoBinary, table_minor: u32) -> Result<Checks, String> {
+    pub fn new(bin: &GoBinary) -> Result<Checks, String> {
         let n = bin.wait_reasons.len();
         let off = |k: &str| bin.offset(k).ok_or_else(|| format!("offset {k} unknown"));
         let stack = off("g.stack")?;
@@ -71,7 +71,14 @@ impl Checks {
             pause_ns: off("mstats.pause_ns")?,
             pause_total_ns: off("mstats.pause_total_ns")?,
             wait_reasons: if bin.wait_reasons_exact || n == 0 { n } else { n + 16 },
-            max_status: if table_minor >= 27 { 11 } else { 9 },
+            // The release's statuses (1.26 added _Gleaked and _Gdeadextra); a newer release read
+            // with the nearest table may add more, so it gets headroom (statuses are small
+            // numbers, a wrong offset reads pointers, ids and flags).
+            max_status: match (bin.wait_reasons_exact, bin.g_statuses) {
+                (_, 0) => 15,
+                (true, n) => n as u32 - 1,
+                (false, n) => n as u32 + 3,
+            },
         })
     }
 }
@@ -127,7 +134,7 @@ pub fn check(mem: &ProcMem, l: &Layout, c: &Checks, funcs: &FuncTable) -> Verdic
         };
         let at = |off: u64| off - lo;
         let status = u32_at(b, at(l.g_status)) & !G_SCAN;
-        if status > c.max_status || status == 5 || status == 7 {
+        if status > c.max_status || (c.max_status <= 11 && (status == 5 || status == 7)) {
             return Rejected(format!("g at {g:#x} has status {status}, which the runtime never uses: g.atomicstatus is wrong"));
         }
         if status == 6 || status == 11 || status == 0 {
