@@ -265,8 +265,11 @@ fn stripped_binary_without_pprof_gets_an_out_of_process_goroutine_profile() {
     let _g = serial();
     let d = Daemon::start("snap-stripped", HEALTH);
     let api = Api::new(&d, None);
-    for minor in ["1.19", "1.27"] {
-        let mut app = Leaky::start(&leaky_path(minor, "stripped"), false);
+    // Every Go minor, as release builds come: `-s -w`, and externally linked PIE `-s -w`
+    // (alternating, to keep the test short).
+    for (i, minor) in common::go_versions().into_iter().enumerate() {
+        let variant = if i % 2 == 0 { "stripped" } else { "pie-ext-stripped" };
+        let mut app = Leaky::start(&leaky_path(minor, variant), false);
         api.wait_tracked(app.pid);
         app.cmd("leak 500");
         let deadline = Instant::now() + Duration::from_secs(20);
