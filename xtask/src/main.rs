@@ -7,6 +7,7 @@
 //!   cargo xtask bench syscalls       loopback connect and mmap rates with and without chainprobe
 //!   cargo xtask bench goinspect      Go binary inspection time and memory
 //!   cargo xtask bench goruntime      goroutine-spawn and HTTP cost of the Go runtime probes
+//!   cargo xtask bench goread         daemon CPU of the periodic runtime read of a big Go process
 //!   cargo xtask bench tls            TLS handshakes/s and bulk throughput with and without chainprobe
 //!   cargo xtask codegen go-offsets   regenerate the per-Go-version offset tables
 use std::{
@@ -17,6 +18,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 
 mod bench_goinspect;
+mod bench_goread;
 mod bench_goruntime;
 mod bench_snapshot;
 mod bench_syscalls;
@@ -38,6 +40,7 @@ fn usage() -> &'static str {
        bench syscalls       loopback connect and mmap rates with and without chainprobe\n  \
        bench goinspect      Go binary inspection time and peak memory\n  \
        bench goruntime      goroutine-spawn and HTTP throughput with and without the Go probes\n  \
+       bench goread         daemon CPU reading one process of 500k goroutines (--baseline BIN: side by side)\n  \
        bench snapshot       breach → snapshot files; goroutine-profile time and target pause (10k, 100k)\n  \
        bench tls            TLS handshakes/s and bulk TLS throughput with and without chainprobe\n  \
        codegen go-offsets   regenerate the per-Go-version offset tables from real toolchains\n"
@@ -91,9 +94,10 @@ fn dispatch(args: &[String]) -> Result<()> {
             Some("syscalls") => bench_syscalls::run(&rest[1..]),
             Some("goinspect") => bench_goinspect::run(&rest[1..]),
             Some("goruntime") => bench_goruntime::run(&rest[1..]),
+            Some("goread") => bench_goread::run(&rest[1..]),
             Some("snapshot") => bench_snapshot::run(&rest[1..]),
             Some("tls") => bench_tls::run(&rest[1..]),
-            _ => bail!("bench what? `cargo xtask bench syscalls`, `goinspect`, `goruntime`, `snapshot` or `tls`"),
+            _ => bail!("bench what? `cargo xtask bench syscalls`, `goinspect`, `goruntime`, `goread`, `snapshot` or `tls`"),
         },
         "codegen" => codegen::run(rest),
         "-h" | "--help" | "help" => {

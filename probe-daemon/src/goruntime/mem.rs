@@ -1,6 +1,11 @@
 //! Reads a Go process's runtime state from its memory (/proc/PID/mem), with the addresses and
 //! offsets goinspect found: no probe on the target's hot path, no stop of the target.
-use std::{collections::BTreeMap, fs::File, os::unix::fs::FileExt, path::Path};
+use std::{
+    collections::{BTreeMap, HashMap},
+    fs::File,
+    os::unix::fs::FileExt,
+    path::Path,
+};
 
 use crate::goinspect::GoBinary;
 
@@ -223,6 +228,35 @@ impl ProcMem {
         self.file.read_exact_at(buf, addr).map_err(|source| MemError::Read { pid: self.pid, source })
     }
 
+    /// Reads `len` bytes at each of `addrs` into one buffer (range `i` at `i * len`), with few
+    /// system calls (process_vm_readv, 1024 ranges a call) and no allocation per range; the flags
+    /// say which ranges were read. For the periodic read of every g of a big process.
+    pub fn read_same_len(&self, addrs: &[u64], len: usize) -> (Vec<u8>, Vec<bool>) {
+        let mut buf = vec![0u8; addrs.len() * len];
+        let mut ok = vec![false; addrs.len()];
+        let mut i = 0;
+        while i < addrs.len() {
+            let n = (addrs.len() - i).min(1024);
+            let base = buf[i * len..].as_mut_ptr();
+            // SAFETY: range k of this call is buf[(i + k) * len..][..len], inside buf.
+            let local: Vec<libc::iovec> = (0..n).map(|k| libc::iovec { iov_base: unsafe { base.add(k * len) }.cast(), iov_len: len }).collect();
+            let remote: Vec<libc::iovec> = addrs[i..i + n].iter().map(|&a| libc::iovec { iov_base: a as *mut libc::c_void, iov_len: len }).collect();
+            // SAFETY: the local iovecs point into `buf`; the kernel checks the remote ones.
+            let got = unsafe { libc::process_vm_readv(self.pid as libc::pid_t, local.as_ptr(), n as libc::c_ulong, remote.as_ptr(), n as libc::c_ulong, 0) };
+            // The call stops at the first range it cannot read in full: read that one alone.
+            let done = if got < 0 { 0 } else { (got as usize / len).min(n) };
+            ok[i..i + done].iter_mut().for_each(|o| *o = true);
+            if done < n {
+                let k = i + done;
+                ok[k] = self.read_exact(addrs[k], &mut buf[k * len..(k + 1) * len]).is_ok();
+                i = k + 1;
+            } else {
+                i += n;
+            }
+        }
+        (buf, ok)
+    }
+
     /// Reads many (address, length) ranges with few system calls (process_vm_readv, 1024 ranges
     /// a call); `None` for a range that cannot be read. Falls back to /proc/PID/mem reads where
     /// process_vm_readv is refused.
@@ -303,23 +337,30 @@ impl ProcMem {
         // each idle extra M (cgo callbacks), which is dead (_Gdeadextra from 1.26) with g.m set,
         // where a freed g has g.m cleared.
         let mut extra_m = 0i64;
-        for batch in gs.chunks(4096) {
-            let reqs: Vec<(u64, usize)> = batch.iter().map(|&g| (g + lo, (hi - lo) as usize)).collect();
-            for chunk in self.read_batch(&reqs).into_iter().flatten() {
-                let at = |off: u64| (off - lo) as usize;
-                let s = at(l.g_status);
+        // Counted by (status, wait reason) first: names only once per distinct pair.
+        let mut counts: HashMap<(u32, u8), u64> = HashMap::new();
+        let len = (hi - lo) as usize;
+        let at = |off: u64| (off - lo) as usize;
+        let (s, m, w) = (at(l.g_status), at(l.g_m), at(l.g_waitreason));
+        for batch in gs.chunks(65536) {
+            let addrs: Vec<u64> = batch.iter().map(|&g| g + lo).collect();
+            let (buf, ok) = self.read_same_len(&addrs, len);
+            for chunk in buf.chunks_exact(len).zip(&ok).filter(|(_, ok)| **ok).map(|(c, _)| c) {
                 let status = u32::from_le_bytes([chunk[s], chunk[s + 1], chunk[s + 2], chunk[s + 3]]) & !G_SCAN;
                 if status == G_DEAD || status == G_DEAD_EXTRA {
-                    let m = at(l.g_m);
                     if status == G_DEAD_EXTRA || chunk[m..m + 8].iter().any(|&b| b != 0) {
                         extra_m += 1;
                     }
                     continue;
                 }
                 live += 1;
-                let wait = if status == 4 { l.wait_reason(chunk[at(l.g_waitreason)]) } else { String::new() };
-                *sample.by_state.entry((status_name(status), wait)).or_insert(0) += 1;
+                let reason = if status == 4 { chunk[w] } else { 0 };
+                *counts.entry((status, reason)).or_insert(0) += 1;
             }
+        }
+        for ((status, reason), n) in counts {
+            let wait = if status == 4 { l.wait_reason(reason) } else { String::new() };
+            *sample.by_state.entry((status_name(status), wait)).or_insert(0) += n;
         }
         let ngsys = i64::from(self.u32(l.sched + l.sched_ngsys)?);
         sample.goroutines = (live + extra_m - ngsys).max(0);
@@ -365,6 +406,22 @@ mod tests {
         for (k, g) in got.iter().enumerate().filter(|(k, _)| *k != 1500) {
             let i = if k < 1500 { k } else { k - 1 } as u64;
             assert_eq!(g.as_deref(), Some(&i.to_le_bytes()[..]));
+        }
+    }
+
+    #[test]
+    fn same_length_reads_of_our_own_memory() {
+        let data: Vec<u64> = (0..5000u64).collect();
+        let base = data.as_ptr() as u64;
+        let mem = ProcMem::open(std::process::id()).unwrap();
+        let mut addrs: Vec<u64> = (0..3000).map(|i| base + i * 8).collect();
+        addrs.insert(1500, 8); // unmapped: not read, and the rest still read
+        let (buf, ok) = mem.read_same_len(&addrs, 8);
+        assert_eq!(ok.iter().filter(|o| !**o).count(), 1);
+        assert!(!ok[1500]);
+        for (k, c) in buf.chunks_exact(8).enumerate().filter(|(k, _)| *k != 1500) {
+            let i = if k < 1500 { k } else { k - 1 } as u64;
+            assert_eq!(c, &i.to_le_bytes()[..]);
         }
     }
 
