@@ -105,7 +105,14 @@ pub fn document() -> Value {
                 }},
                 "Targets": { "type": "object", "properties": { "targets": { "type": "array", "items": { "type": "object", "properties": {
                     "pid": { "type": "integer" }, "comm": { "type": "string" }, "go_version": { "type": "string" },
-                    "health": { "oneOf": [{ "$ref": "#/components/schemas/Health" }, { "type": "null" }] }
+                    "health": { "oneOf": [{ "$ref": "#/components/schemas/Health" }, { "type": "null" }] },
+                    "runtime_reads": { "type": "string", "description": "ok, or why the runtime is not read (offsets pending their check, rejected, unknown)" },
+                    "offsets": { "type": "object", "description": "where the struct offsets come from and whether they were checked on a live process", "properties": {
+                        "source": { "enum": ["dwarf", "table", "nearest", "none"] },
+                        "table": { "type": "string", "description": "e.g. 1.27/amd64" },
+                        "generated_from": { "type": "string", "description": "the toolchain the table was generated from" },
+                        "validation": { "type": "string", "description": "not needed (DWARF) | pending: … | accepted on pid N: … | rejected on pid N: … | no offsets: …" }
+                    }}
                 }}}}},
                 "SnapshotRequest": { "type": "object", "additionalProperties": false, "properties": {
                     "pid": { "type": "integer" }, "namespace": { "type": "string" }, "pod": { "type": "string" }, "container": { "type": "string" },
