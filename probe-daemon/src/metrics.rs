@@ -24,6 +24,97 @@ use crate::{
 
 /// OpenMetrics content type for `GET /metrics`.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The classic Prometheus text format's content type.
+pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// An exposition format `GET /metrics` can answer in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    OpenMetrics,
+    /// Prometheus text format 0.0.4 (promtool, older scrapers, `curl`).
+    Text,
+}
+
+impl Format {
+    /// Chooses from a request's `Accept` header as exporters do: OpenMetrics when the client
+    /// prefers it (a higher q than text/plain; Prometheus sends
+    /// `application/openmetrics-text;version=1.0.0;q=0.5,…,text/plain;version=0.0.4;q=0.3,*/*;q=0.2`),
+    /// the classic text format otherwise, and without an `Accept` header.
+    pub fn negotiate(accept: Option<&str>) -> Format {
+        let Some(accept) = accept else { return Format::Text };
+        let (mut om, mut text) = (0.0f64, 0.0f64);
+        for range in accept.split(',') {
+            let mut parts = range.split(';').map(str::trim);
+            let media = parts.next().unwrap_or("").to_ascii_lowercase();
+            let q = parts
+                .filter_map(|p| p.split_once('='))
+                .find(|(k, _)| k.trim().eq_ignore_ascii_case("q"))
+                .and_then(|(_, v)| v.trim().parse::<f64>().ok())
+                .unwrap_or(1.0)
+                .clamp(0.0, 1.0);
+            match media.as_str() {
+                "application/openmetrics-text" => om = om.max(q),
+                "text/plain" | "text/*" | "*/*" => text = text.max(q),
+                _ => {}
+            }
+        }
+        if om > text {
+            Format::OpenMetrics
+        } else {
+            Format::Text
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::OpenMetrics => CONTENT_TYPE,
+            Format::Text => TEXT_CONTENT_TYPE,
+        }
+    }
+}
+
+/// OpenMetrics text → Prometheus text format 0.0.4, the way Prometheus itself reads OpenMetrics
+/// families: a counter family `x` is `x_total` (its samples already are), an info family `x` is a
+/// gauge `x_info`; `# UNIT`, `# EOF` and exemplars are dropped. Samples pass through unchanged.
+/// (prometheus-client encodes OpenMetrics only; both answers come from the same registry.)
+pub fn openmetrics_to_text(om: &str) -> String {
+    let mut kinds: HashMap<&str, &str> = HashMap::new();
+    for l in om.lines() {
+        if let Some((name, kind)) = l.strip_prefix("# TYPE ").and_then(|r| r.split_once(' ')) {
+            kinds.insert(name, kind.trim());
+        }
+    }
+    let rename = |name: &str| -> String {
+        match kinds.get(name).copied() {
+            Some("counter") if !name.ends_with("_total") => format!("{name}_total"),
+            Some("info") => format!("{name}_info"),
+            _ => name.to_string(),
+        }
+    };
+    let mut out = String::with_capacity(om.len());
+    for l in om.lines() {
+        if l == "# EOF" || l.starts_with("# UNIT ") {
+            continue;
+        }
+        if let Some(rest) = l.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "unknown"));
+            let kind = match kind.trim() {
+                "info" | "stateset" => "gauge",
+                "unknown" => "untyped",
+                k => k,
+            };
+            out.push_str(&format!("# TYPE {} {kind}\n", rename(name)));
+        } else if let Some(rest) = l.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
+            out.push_str(&format!("# HELP {} {help}\n", rename(name)));
+        } else {
+            // An exemplar follows " # {".
+            out.push_str(l.find(" # {").map_or(l, |i| &l[..i]));
+            out.push('\n');
+        }
+    }
+    out
+}
 
 /// One process, as a scrape sees it.
 #[derive(Debug, Clone)]
@@ -687,6 +778,30 @@ mod tests {
         }
         assert!(!text.contains(r#"result="timeout""#), "zero counters are not exposed");
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn accept_header_picks_the_format() {
+        let prometheus = "application/openmetrics-text;version=1.0.0;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2";
+        assert_eq!(Format::negotiate(Some(prometheus)), Format::OpenMetrics);
+        assert_eq!(Format::negotiate(Some("application/openmetrics-text")), Format::OpenMetrics);
+        assert_eq!(Format::negotiate(Some("text/plain;version=0.0.4")), Format::Text);
+        assert_eq!(Format::negotiate(Some("*/*")), Format::Text, "curl");
+        assert_eq!(Format::negotiate(None), Format::Text);
+        assert_eq!(Format::negotiate(Some("text/plain;q=0.9, application/openmetrics-text;q=0.8")), Format::Text);
+        assert_eq!(Format::negotiate(Some("application/openmetrics-text;q=0, text/plain;q=0")), Format::Text);
+        assert_eq!(Format::negotiate(Some("garbage;;;q=x,,")), Format::Text);
+    }
+
+    #[test]
+    fn text_format_renames_families_like_prometheus() {
+        let text = openmetrics_to_text(&view().render().unwrap());
+        assert!(text.contains("# TYPE chainprobe_tcp_connects_total counter\n"), "{text}");
+        assert!(text.contains("# HELP chainprobe_tcp_connects_total "), "{text}");
+        assert!(text.contains("# TYPE chainprobe_build_info gauge\n"), "{text}");
+        assert!(text.contains("\nchainprobe_tcp_connects_total{pid=\"10\""), "samples unchanged");
+        assert!(!text.contains("# EOF") && !text.contains("# UNIT"), "{text}");
+        assert!(!text.contains(" info\n") && !text.contains(" unknown\n"), "{text}");
     }
 
     #[test]

@@ -357,8 +357,14 @@ fn endpoints_and_self_metrics() {
     let (code, body) = d.get("/readyz").unwrap();
     assert_eq!((code, body.trim()), (200, "ready"));
     assert_eq!(d.get("/nope").unwrap().0, 404);
+    // Content negotiation: the classic text format unless OpenMetrics is preferred.
     let m = d.metrics();
-    assert!(m.text.ends_with("# EOF\n"), "OpenMetrics text ends with # EOF");
+    assert!(!m.text.contains("# EOF") && m.text.contains("# TYPE chainprobe_build_info gauge"), "a plain GET gets the text format:\n{}", m.text);
+    let (head, om) = d.get_openmetrics();
+    assert!(head.contains("content-type: application/openmetrics-text"), "{head}");
+    assert!(om.ends_with("# EOF\n") && om.contains("# TYPE chainprobe_build info"), "OpenMetrics text ends with # EOF");
+    let (_, head, _) = common::http_get_with(d.addr, "/metrics", &[("Accept", "text/plain;version=0.0.4")]).unwrap();
+    assert!(head.contains("content-type: text/plain; version=0.0.4"), "{head}");
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
     assert!(m.has("chainprobe_build_info", &[("kernel", kernel.trim()), ("version", env!("CARGO_PKG_VERSION"))]), "{}", m.text);
     for prog in ["inet_sock_set_state", "sched_process_exit", "tcp_send_reset"] {

@@ -140,52 +140,23 @@ impl Drop for Kid {
     }
 }
 
-/// OpenMetrics text → Prometheus text format 0.0.4 (families renamed to their sample names,
-/// `# EOF`/`# UNIT` and exemplars dropped). Samples are passed through unchanged.
-fn openmetrics_to_text(om: &str) -> String {
-    use std::collections::HashMap;
-    let mut kinds: HashMap<&str, &str> = HashMap::new();
-    for l in om.lines() {
-        if let Some(rest) = l.strip_prefix("# TYPE ") {
-            if let Some((name, kind)) = rest.split_once(' ') {
-                kinds.insert(name, kind.trim());
-            }
-        }
+/// Parses `om` with the OpenMetrics parser of the Python client library (a second, independent
+/// implementation of the format); Err holds its complaint.
+fn openmetrics_parse(om: &str) -> Result<usize, String> {
+    let script = "import sys\nfrom prometheus_client.openmetrics.parser import text_string_to_metric_families as p\nprint(sum(1 for _ in p(sys.stdin.read())))\n";
+    let mut py = Command::new("python3")
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    py.stdin.take().expect("stdin").write_all(om.as_bytes()).expect("feed the parser");
+    let out = py.wait_with_output().expect("python3");
+    if !out.status.success() {
+        return Err(format!("{}{} (install the test tools with `bash tests/tools/install.sh`)", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)));
     }
-    let rename = |name: &str| -> String {
-        match kinds.get(name).copied() {
-            Some("counter") => format!("{name}_total"),
-            Some("info") => format!("{name}_info"),
-            _ => name.to_string(),
-        }
-    };
-    let mut out = String::new();
-    for l in om.lines() {
-        if l == "# EOF" || l.starts_with("# UNIT ") {
-            continue;
-        }
-        if let Some(rest) = l.strip_prefix("# TYPE ") {
-            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "unknown"));
-            let kind = match kind.trim() {
-                "info" | "stateset" => "gauge",
-                "unknown" => "untyped",
-                k => k,
-            };
-            out.push_str(&format!("# TYPE {} {kind}\n", rename(name)));
-        } else if let Some(rest) = l.strip_prefix("# HELP ") {
-            let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
-            out.push_str(&format!("# HELP {} {help}\n", rename(name)));
-        } else {
-            // Drop an exemplar (" # {...} v").
-            let sample = match l.find(" # {") {
-                Some(i) => &l[..i],
-                None => l,
-            };
-            out.push_str(sample);
-            out.push('\n');
-        }
-    }
-    out
+    String::from_utf8_lossy(&out.stdout).trim().parse().map_err(|e| format!("{e}"))
 }
 
 const K: usize = 7;
@@ -216,13 +187,15 @@ fn prometheus_scrapes_chainprobe_and_loads_the_alerts() {
         m.value("chainprobe_mmap_calls_total", &[("pid", &pid)]) >= K as f64 && m.has("chainprobe_process_memory_maps", &[("pid", &pid)])
     });
 
-    // The exposition is clean for promtool. chainprobe serves OpenMetrics; Debian's promtool
-    // (2.42) lints the Prometheus text format only, so the exposition is mapped the way Prometheus
-    // itself maps OpenMetrics families (counter `x` → `x_total`, info `x` → gauge `x_info`).
-    let (status, om) = d.get("/metrics").expect("scrape");
+    // Both expositions are clean: the classic text format (what a plain GET gets) for promtool,
+    // OpenMetrics (what Prometheus asks for) for an OpenMetrics parser.
+    let (status, body) = d.get("/metrics").expect("scrape");
     assert_eq!(status, 200);
+    assert!(!body.contains("# EOF"), "a plain GET gets the text format");
+    let (_, om) = d.get_openmetrics();
     assert!(om.trim_end().ends_with("# EOF"), "OpenMetrics exposition must end with # EOF");
-    let body = openmetrics_to_text(&om);
+    let families = openmetrics_parse(&om).unwrap_or_else(|e| panic!("the OpenMetrics exposition does not parse: {e}\n{om}"));
+    assert!(families >= 20, "{families} families");
     let mut pt = Command::new(&promtool)
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
@@ -307,5 +280,5 @@ fn prometheus_scrapes_chainprobe_and_loads_the_alerts() {
         std::thread::sleep(Duration::from_millis(250));
     }
     drop(prom);
-    assert!(lint_clean, "promtool check metrics is not clean:\n{text}\n--- exposition (as Prometheus text):\n{body}");
+    assert!(lint_clean, "promtool check metrics is not clean:\n{text}\n--- exposition (text format):\n{body}");
 }

@@ -5,6 +5,7 @@
 #   prometheus + promtool   Debian package `prometheus`      (prometheus_e2e.rs, deploy_manifests.rs)
 #   kubernetes-validate     PyPI, ships the Kubernetes OpenAPI schemas (validates offline)
 #   PyYAML                  PyPI (kubernetes-validate's dependency; the tests read YAML with it)
+#   prometheus-client       PyPI, its OpenMetrics parser (prometheus_e2e.rs)
 #   @kubernetes-models/prometheus-operator
 #                           npm, the ServiceMonitor/PrometheusRule CRD schemas, installed under
 #                           $CHAINPROBE_TEST_TOOLS (default /opt/chainprobe-test-tools)
@@ -57,6 +58,15 @@ else
   pip_install 'kubernetes-validate>=1.33' pyyaml
   if command -v pyenv >/dev/null 2>&1; then pyenv rehash || true; fi
   echo "kubernetes-validate: installed ($(python3 -m kubernetes_validate --version 2>&1 | tail -1))"
+fi
+
+# 2b. prometheus-client (PyPI): its OpenMetrics parser checks chainprobe's OpenMetrics exposition
+#     (promtool 2.42 lints the text format only).
+if python3 -c 'import prometheus_client.openmetrics.parser' 2>/dev/null; then
+  echo "prometheus-client: present"
+else
+  pip_install 'prometheus-client>=0.20'
+  echo "prometheus-client: installed"
 fi
 
 # 3. Prometheus Operator CRD schemas (npm).

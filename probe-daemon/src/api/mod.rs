@@ -253,11 +253,20 @@ async fn targets(State(st): State<ApiState>) -> Response {
     }
 }
 
-async fn metrics(State(st): State<ApiState>) -> Response {
+/// `GET /metrics`: OpenMetrics when the client prefers it (Prometheus does), else the classic
+/// text format (promtool, `curl`), both from the same registry.
+async fn metrics(State(st): State<ApiState>, headers: axum::http::HeaderMap) -> Response {
     let render = st.render_metrics.clone();
+    let format = crate::metrics::Format::negotiate(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
     // Draining kernel maps makes syscalls: keep them off the async workers.
     match tokio::task::spawn_blocking(move || render()).await {
-        Ok(Ok(body)) => ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body).into_response(),
+        Ok(Ok(body)) => {
+            let body = match format {
+                crate::metrics::Format::OpenMetrics => body,
+                crate::metrics::Format::Text => crate::metrics::openmetrics_to_text(&body),
+            };
+            ([(header::CONTENT_TYPE, format.content_type()), (header::VARY, "Accept")], body).into_response()
+        }
         Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("rendering metrics failed: {e}\n")).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("rendering metrics failed: {e}\n")).into_response(),
     }

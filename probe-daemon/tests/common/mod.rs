@@ -250,6 +250,13 @@ impl Daemon {
         http_get(self.addr, path)
     }
 
+    /// `/metrics` as Prometheus asks for it (OpenMetrics preferred): (response headers, body).
+    pub fn get_openmetrics(&self) -> (String, String) {
+        let (status, head, body) = http_get_with(self.addr, "/metrics", &[("Accept", PROMETHEUS_ACCEPT)]).expect("scrape /metrics");
+        assert_eq!(status, 200, "{body}");
+        (head, body)
+    }
+
     pub fn metrics(&self) -> Metrics {
         let (status, body) = self.get("/metrics").expect("scrape /metrics");
         assert_eq!(status, 200, "{body}");
@@ -308,20 +315,29 @@ pub fn stop_child(child: &mut Child) {
     let _ = child.wait();
 }
 
+/// The Accept header Prometheus scrapes with.
+pub const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2";
+
 pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    http_get_with(addr, path, &[]).map(|(status, _, body)| (status, body))
+}
+
+/// A plain HTTP/1.1 GET with extra request headers; returns (status, response headers, body).
+pub fn http_get_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> std::io::Result<(u16, String, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")?;
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n{extra}\r\n")?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf)?;
     let text = String::from_utf8_lossy(&buf).into_owned();
     let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = match text.find("\r\n\r\n") {
-        Some(i) => text[i + 4..].to_string(),
-        None => String::new(),
+    let (head, body) = match text.find("\r\n\r\n") {
+        Some(i) => (text[..i].to_string(), text[i + 4..].to_string()),
+        None => (text.clone(), String::new()),
     };
     // Bodies may be chunked: good enough for line-oriented assertions once chunk sizes are dropped.
-    Ok((status, dechunk(&text, body)))
+    Ok((status, head.to_ascii_lowercase(), dechunk(&text, body)))
 }
 
 fn dechunk(full: &str, body: String) -> String {
