@@ -140,23 +140,23 @@ impl Drop for Kid {
     }
 }
 
+/// Runs `cmd` with `input` on its standard input: (exit status success, stdout + stderr).
+fn run_with_input(cmd: &mut Command, input: &str) -> (bool, String) {
+    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start the checker");
+    child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("feed the checker");
+    let out = child.wait_with_output().expect("the checker");
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
 /// Parses `om` with the OpenMetrics parser of the Python client library (a second, independent
 /// implementation of the format); Err holds its complaint.
 fn openmetrics_parse(om: &str) -> Result<usize, String> {
     let script = "import sys\nfrom prometheus_client.openmetrics.parser import text_string_to_metric_families as p\nprint(sum(1 for _ in p(sys.stdin.read())))\n";
-    let mut py = Command::new("python3")
-        .args(["-c", script])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    py.stdin.take().expect("stdin").write_all(om.as_bytes()).expect("feed the parser");
-    let out = py.wait_with_output().expect("python3");
-    if !out.status.success() {
-        return Err(format!("{}{} (install the test tools with `bash tests/tools/install.sh`)", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)));
+    let (ok, out) = run_with_input(Command::new("python3").args(["-c", script]), om);
+    if !ok {
+        return Err(format!("{out} (install the test tools with `bash tests/tools/install.sh`)"));
     }
-    String::from_utf8_lossy(&out.stdout).trim().parse().map_err(|e| format!("{e}"))
+    out.trim().parse().map_err(|e| format!("{e}: {out}"))
 }
 
 const K: usize = 7;
@@ -196,18 +196,9 @@ fn prometheus_scrapes_chainprobe_and_loads_the_alerts() {
     assert!(om.trim_end().ends_with("# EOF"), "OpenMetrics exposition must end with # EOF");
     let families = openmetrics_parse(&om).unwrap_or_else(|e| panic!("the OpenMetrics exposition does not parse: {e}\n{om}"));
     assert!(families >= 20, "{families} families");
-    let mut pt = Command::new(&promtool)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool");
-    pt.stdin.take().expect("stdin").write_all(body.as_bytes()).expect("feed promtool");
-    let out = pt.wait_with_output().expect("promtool");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let (ok, text) = run_with_input(Command::new(&promtool).args(["check", "metrics"]), &body);
     // Asserted at the end, so that the Prometheus half runs (and reports) either way.
-    let lint_clean = out.status.success() && text.trim().is_empty();
+    let lint_clean = ok && text.trim().is_empty();
 
     let dir = TempDir::new("prometheus");
     let prom = start_prometheus(&dir.0, d.addr);
