@@ -104,20 +104,42 @@ pub fn needs_check(bin: &GoBinary) -> bool {
     !matches!(bin.offsets_origin, Origin::Dwarf) || bin.data_symbols.values().any(|d| d.source == crate::goinspect::Source::CodeRef)
 }
 
+/// A process that exited while it was checked says nothing about the offsets (its memory went
+/// away under the reads): not a rejection of the binary.
+fn gone_is_inconclusive(pid: u32, v: validate::Verdict) -> validate::Verdict {
+    match v {
+        validate::Verdict::Rejected(why) if std::fs::read_link(format!("/proc/{pid}/exe")).is_err() => {
+            validate::Verdict::Inconclusive(format!("process {pid} exited while it was checked ({why})"))
+        }
+        v => v,
+    }
+}
+
 /// Checks `bin`'s offsets on process `pid` through its layout.
 pub fn check_offsets(pid: u32, bin: &GoBinary, layout: &Layout) -> validate::Verdict {
     let checks = match validate::Checks::new(bin) {
         Ok(c) => c,
         Err(e) => return validate::Verdict::Rejected(e),
     };
+    let mem = match ProcMem::open(pid) {
+        Ok(m) => m,
+        Err(e) => return validate::Verdict::Inconclusive(e.to_string()),
+    };
+    // A process still starting (no g yet) or unreadable is retried at every read: find that out
+    // before parsing the binary's function table.
+    match mem.u64(layout.allglen) {
+        Ok(0) => return validate::Verdict::Inconclusive("the Go runtime has no goroutine yet (still starting)".into()),
+        Ok(_) => {}
+        Err(MemError::Read { source, .. }) if source.kind() == std::io::ErrorKind::PermissionDenied => {
+            return validate::Verdict::Inconclusive(format!("cannot read process {pid}'s memory: {source}"))
+        }
+        Err(e) => return gone_is_inconclusive(pid, validate::Verdict::Rejected(format!("runtime.allglen at {:#x} is not readable ({e}): its address is wrong", layout.allglen))),
+    }
     let funcs = match FuncTable::load(&PathBuf::from(format!("/proc/{pid}/exe"))) {
         Ok(f) => f,
         Err(e) => return validate::Verdict::Inconclusive(format!("cannot read the function table: {e}")),
     };
-    match ProcMem::open(pid) {
-        Ok(mem) => validate::check(&mem, layout, &checks, &funcs),
-        Err(e) => validate::Verdict::Inconclusive(e.to_string()),
-    }
+    gone_is_inconclusive(pid, validate::check(&mem, layout, &checks, &funcs))
 }
 
 /// A tracked Go process.
@@ -572,6 +594,16 @@ mod tests {
         // This test binary is not Go; a Go fixture, when built, is.
         assert!(!elf_may_be_go(&std::env::current_exe().unwrap()));
         assert!(elf_may_be_go(std::path::Path::new("/nonexistent")), "unknown: leave it to the full inspection");
+    }
+
+    #[test]
+    fn a_process_that_exits_mid_check_rejects_nothing() {
+        let gone = 0x7fff_fff0; // beyond pid_max
+        let v = gone_is_inconclusive(gone, validate::Verdict::Rejected("g at 0x1 is not readable".into()));
+        assert!(matches!(&v, validate::Verdict::Inconclusive(w) if w.contains("exited")), "{v:?}");
+        let me = std::process::id();
+        let v = gone_is_inconclusive(me, validate::Verdict::Rejected("wrong".into()));
+        assert_eq!(v, validate::Verdict::Rejected("wrong".into()), "a live process's rejection stands");
     }
 
     #[test]
