@@ -125,21 +125,8 @@ pub fn check_offsets(pid: u32, bin: &GoBinary, layout: &Layout) -> validate::Ver
         Ok(m) => m,
         Err(e) => return validate::Verdict::Inconclusive(e.to_string()),
     };
-    // A process still starting (no g yet) or unreadable is retried at every read: find that out
-    // before parsing the binary's function table.
-    match mem.u64(layout.allglen) {
-        Ok(0) => return validate::Verdict::Inconclusive("the Go runtime has no goroutine yet (still starting)".into()),
-        Ok(_) => {}
-        Err(MemError::Read { source, .. }) if source.kind() == std::io::ErrorKind::PermissionDenied => {
-            return validate::Verdict::Inconclusive(format!("cannot read process {pid}'s memory: {source}"))
-        }
-        Err(e) => return gone_is_inconclusive(pid, validate::Verdict::Rejected(format!("runtime.allglen at {:#x} is not readable ({e}): its address is wrong", layout.allglen))),
-    }
-    let funcs = match FuncTable::load(&PathBuf::from(format!("/proc/{pid}/exe"))) {
-        Ok(f) => f,
-        Err(e) => return validate::Verdict::Inconclusive(format!("cannot read the function table: {e}")),
-    };
-    gone_is_inconclusive(pid, validate::check(&mem, layout, &checks, &funcs))
+    let exe = PathBuf::from(format!("/proc/{pid}/exe"));
+    gone_is_inconclusive(pid, validate::check(&mem, layout, &checks, || FuncTable::load(&exe).map_err(|e| e.to_string())))
 }
 
 /// A tracked Go process.

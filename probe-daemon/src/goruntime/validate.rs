@@ -95,14 +95,20 @@ fn u32_at(b: &[u8], off: u64) -> u32 {
 }
 
 /// Checks the process behind `mem` with the reader's layout `l` and the extra offsets `c`;
-/// `funcs` names the binary's functions (link-time addresses).
-pub fn check(mem: &ProcMem, l: &Layout, c: &Checks, funcs: &FuncTable) -> Verdict {
+/// `funcs` gives the binary's functions (link-time addresses). It is called only once the cheap
+/// checks passed and there are parked goroutines to place: a process still starting is checked
+/// again at every read, and parsing the binary each time would cost more than the check.
+pub fn check(mem: &ProcMem, l: &Layout, c: &Checks, funcs: impl FnOnce() -> Result<FuncTable, String>) -> Verdict {
     use Verdict::{Accepted, Inconclusive, Rejected};
     let pid = mem.pid();
     let gone = |e: super::MemError| Inconclusive(format!("cannot read process {pid}: {e}"));
     let mut slice = [0u8; 24];
-    if let Err(e) = mem.read_exact(l.allgs, &mut slice) {
-        return Rejected(format!("runtime.allgs at {:#x} is not readable ({e}): its address is wrong", l.allgs));
+    match mem.read_exact(l.allgs, &mut slice) {
+        Ok(()) => {}
+        Err(super::MemError::Read { source, .. }) if source.kind() == std::io::ErrorKind::PermissionDenied => {
+            return Inconclusive(format!("cannot read process {pid}'s memory: {source}"))
+        }
+        Err(e) => return Rejected(format!("runtime.allgs at {:#x} is not readable ({e}): its address is wrong", l.allgs)),
     }
     let (ptr, len, cap) = (u64_at(&slice, 0), u64_at(&slice, 8), u64_at(&slice, 16));
     let allglen = match mem.u64(l.allglen) {
@@ -124,15 +130,17 @@ pub fn check(mem: &ProcMem, l: &Layout, c: &Checks, funcs: &FuncTable) -> Verdic
     let fields = [c.g_goid, c.g_stack_lo, c.g_stack_hi, c.g_sched_sp, c.g_sched_pc, l.g_status, l.g_waitreason];
     let (lo, hi) = (fields.iter().copied().min().unwrap_or(0), fields.iter().copied().max().unwrap_or(0) + 8);
     let gs: Vec<u64> = ptrs.chunks_exact(8).map(|p| u64::from_le_bytes(p.try_into().unwrap_or([0; 8]))).filter(|&g| g != 0).collect();
-    let reqs: Vec<(u64, usize)> = gs.iter().map(|&g| (g + lo, (hi - lo) as usize)).collect();
-    let bufs = mem.read_batch(&reqs);
+    let len = (hi - lo) as usize;
+    let (buf, read) = mem.read_same_len(&gs.iter().map(|&g| g + lo).collect::<Vec<_>>(), len);
     let mut goids = HashSet::new();
-    let (mut live, mut parked, mut parked_ok, mut zero_goids) = (0u64, 0u64, 0u64, 0u64);
+    let (mut live, mut zero_goids) = (0u64, 0u64);
+    // Parked g's: (stack.lo, stack.hi, sched.sp, sched.pc), placed once the cheap checks pass.
+    let mut parked: Vec<(u64, u64, u64, u64)> = Vec::new();
     let mut max_goid = 0u64;
-    for (g, buf) in gs.iter().zip(&bufs) {
-        let Some(b) = buf else {
+    for ((g, b), ok) in gs.iter().zip(buf.chunks_exact(len)).zip(&read) {
+        if !ok {
             return Rejected(format!("g at {g:#x} listed in allgs is not readable: runtime.allgs is wrong"));
-        };
+        }
         let at = |off: u64| off - lo;
         let status = u32_at(b, at(l.g_status)) & !G_SCAN;
         if status > c.max_status || (c.max_status <= 11 && (status == 5 || status == 7)) {
@@ -155,12 +163,7 @@ pub fn check(mem: &ProcMem, l: &Layout, c: &Checks, funcs: &FuncTable) -> Verdic
             if c.wait_reasons > 0 && reason >= c.wait_reasons {
                 return Rejected(format!("waiting g at {g:#x} has wait reason {reason}, beyond the {} this release defines: g.waitreason is wrong", c.wait_reasons));
             }
-            parked += 1;
-            let (slo, shi) = (u64_at(b, at(c.g_stack_lo)), u64_at(b, at(c.g_stack_hi)));
-            let (sp, pc) = (u64_at(b, at(c.g_sched_sp)), u64_at(b, at(c.g_sched_pc)));
-            if slo <= sp && sp < shi && funcs.lookup(pc.wrapping_sub(l.bias)).is_some() {
-                parked_ok += 1;
-            }
+            parked.push((u64_at(b, at(c.g_stack_lo)), u64_at(b, at(c.g_stack_hi)), u64_at(b, at(c.g_sched_sp)), u64_at(b, at(c.g_sched_pc))));
         }
     }
     if live == 0 {
@@ -168,11 +171,6 @@ pub fn check(mem: &ProcMem, l: &Layout, c: &Checks, funcs: &FuncTable) -> Verdic
     }
     if zero_goids > 2.max(live / 100) {
         return Rejected(format!("{zero_goids} of {live} live goroutines have goid 0: g.goid is wrong"));
-    }
-    if parked > 0 && parked_ok * 10 < parked * 9 {
-        return Rejected(format!(
-            "only {parked_ok} of {parked} parked goroutines have sched.sp inside their stack and sched.pc inside a function: g.stack or g.sched is wrong"
-        ));
     }
     let goidgen = match mem.u64(l.sched + l.sched_goidgen) {
         Ok(v) => v,
@@ -206,5 +204,18 @@ pub fn check(mem: &ProcMem, l: &Layout, c: &Checks, funcs: &FuncTable) -> Verdic
     if last > total || (numgc > 0 && total == 0) || numgc > 1 << 30 {
         return Rejected(format!("memstats: {numgc} GC cycles, last pause {last} ns, total pauses {total} ns is impossible: runtime.memstats or its offsets are wrong"));
     }
-    Accepted(format!("{live} live goroutines ({parked} parked) checked, heap {heap_live} B of a {heap_goal} B goal, {numgc} GC cycles"))
+    if !parked.is_empty() {
+        let funcs = match funcs() {
+            Ok(f) => f,
+            Err(e) => return Inconclusive(format!("cannot read the function table: {e}")),
+        };
+        let ok = parked.iter().filter(|(slo, shi, sp, pc)| slo <= sp && sp < shi && funcs.lookup(pc.wrapping_sub(l.bias)).is_some()).count();
+        if ok * 10 < parked.len() * 9 {
+            return Rejected(format!(
+                "only {ok} of {} parked goroutines have sched.sp inside their stack and sched.pc inside a function: g.stack or g.sched is wrong",
+                parked.len()
+            ));
+        }
+    }
+    Accepted(format!("{live} live goroutines ({} parked) checked, heap {heap_live} B of a {heap_goal} B goal, {numgc} GC cycles", parked.len()))
 }
