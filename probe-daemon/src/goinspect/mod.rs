@@ -64,6 +64,10 @@ pub const DATA_SYMBOLS: &[&str] = &[
     "runtime.memstats",
     "runtime.gcController",
     "runtime.mheap_",
+    // Heap profiles out of process (goruntime/heap.rs).
+    "runtime.mbuckets",
+    "runtime.mProfCycle",
+    "runtime.MemProfileRate",
 ];
 
 /// Functions in which the code-reference learner looks for references to each data symbol.
@@ -108,6 +112,18 @@ pub const CODE_REF_CANDIDATES: &[(&str, &[&str])] = &[
             "runtime.gcMarkTermination",
             "runtime.mallocinit",
         ],
+    ),
+    (
+        "runtime.mbuckets",
+        &["runtime.stkbucket", "runtime.mProf_FlushLocked", "runtime.memProfileInternal", "runtime.MemProfile"],
+    ),
+    (
+        "runtime.mProfCycle",
+        &["runtime.mProf_Malloc", "runtime.mProf_Flush", "runtime.mProf_Free", "runtime.gcMarkTermination"],
+    ),
+    (
+        "runtime.MemProfileRate",
+        &["runtime.nextSample", "runtime.profilealloc", "runtime.mallocgc", "runtime.schedinit"],
     ),
 ];
 

@@ -33,6 +33,10 @@ pub struct PclnTab<'a> {
     pub funcname_offset: u64,
     pcln_offset: usize,
     funcname_start: usize,
+    /// cutab, filetab and pctab offsets (file names and pc-value tables: see [`PclnTab::frames`]).
+    cu_offset: usize,
+    filetab_offset: usize,
+    pctab_offset: usize,
 }
 
 /// One function table entry.
@@ -88,6 +92,8 @@ impl<'a> PclnTab<'a> {
         };
         let funcname_offset = word(base)?;
         let pcln_offset = word(base + 4)?;
+        let small = |w: u64| usize::try_from(w).ok().filter(|w| *w < data.len()).unwrap_or(usize::MAX);
+        let (cu_offset, filetab_offset, pctab_offset) = (small(word(base + 1)?), small(word(base + 2)?), small(word(base + 3)?));
         let nfunc = usize::try_from(nfunc).map_err(|_| "nfunc overflow")?;
         let pcln_offset = usize::try_from(pcln_offset).map_err(|_| "pclnOffset overflow")?;
         let funcname_start =
@@ -117,6 +123,9 @@ impl<'a> PclnTab<'a> {
             funcname_offset,
             pcln_offset,
             funcname_start,
+            cu_offset,
+            filetab_offset,
+            pctab_offset,
         })
     }
 
@@ -175,6 +184,241 @@ impl<'a> PclnTab<'a> {
     pub fn relative_entries(&self) -> bool {
         self.version != PclnVersion::V116
     }
+}
+
+/// `PCDATA_InlTreeIndex` and `FUNCDATA_InlTree` (runtime/funcdata.h, the same 1.16–1.27).
+const PCDATA_INL_TREE_INDEX: usize = 2;
+const FUNCDATA_INL_TREE: usize = 3;
+/// Steps of one pc-value table decoded at most (a function's table has one per line change).
+const MAX_PCVALUE_STEPS: usize = 1 << 20;
+/// Inline levels followed at most at one PC.
+const MAX_INLINE_DEPTH: usize = 64;
+
+/// One logical frame at a PC, as runtime.CallersFrames reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SrcFrame<'a> {
+    pub function: &'a str,
+    pub file: &'a str,
+    pub line: i64,
+    /// Line of the function's `func` keyword (0 where the format does not say: before 1.20).
+    pub start_line: i64,
+    /// Entry of the physical function (as in the functab: relative to the text base from 1.18).
+    pub entry: u64,
+    /// Inlined into the physical function (or into another inlined call).
+    pub inlined: bool,
+}
+
+impl<'a> PclnTab<'a> {
+    /// Index of the function holding `pc` (in functab terms: relative to the text base from 1.18).
+    pub fn find(&self, pc: u64) -> Option<usize> {
+        let (first, _) = self.functab(0)?;
+        let (end, _) = self.functab(self.nfunc)?;
+        if pc < first || pc >= end {
+            return None;
+        }
+        // Largest i with entry(i) <= pc.
+        let (mut lo, mut hi) = (0usize, self.nfunc);
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            if self.functab(mid)?.0 <= pc {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        Some(lo)
+    }
+
+    /// Offset in `data` of function `i`'s _func and its entry.
+    fn func_at(&self, i: usize) -> Option<(usize, u64)> {
+        let (entry, funcoff) = self.functab(i)?;
+        Some((self.pcln_offset.checked_add(funcoff)?, entry))
+    }
+
+    /// (pcfile, pcln, npcdata, cuOffset, startLine, pcdata start, nfuncdata) of the _func at `f`.
+    fn func_fields(&self, f: usize) -> Option<(u32, u32, u32, u32, i64, usize, u8)> {
+        let at = |o: usize| u32_at(self.data, f.checked_add(o)?);
+        let (base, start_line, pcdata, nfd) = match self.version {
+            PclnVersion::V116 => (24, 0, 44, 43),
+            PclnVersion::V118 => (20, 0, 40, 39),
+            PclnVersion::V120 => (20, i64::from(at(36)? as i32), 44, 43),
+        };
+        Some((at(base)?, at(base + 4)?, at(base + 8)?, at(base + 12)?, start_line, f.checked_add(pcdata)?, *self.data.get(f.checked_add(nfd)?)?))
+    }
+
+    /// The value of pc-value table `off` at `target` for a function starting at `entry` (-1 where
+    /// the table has none), decoded as runtime.pcvalue does.
+    fn pcvalue(&self, off: u32, entry: u64, target: u64) -> i64 {
+        if off == 0 {
+            return -1;
+        }
+        let Some(mut p) = self.pctab_offset.checked_add(off as usize).and_then(|o| self.data.get(o..)) else { return -1 };
+        let (mut pc, mut val) = (entry, -1i64);
+        for step in 0..MAX_PCVALUE_STEPS {
+            let Some((uv, n)) = uvarint(p) else { return -1 };
+            if uv == 0 && step > 0 {
+                return -1;
+            }
+            p = &p[n..];
+            let uv = uv as u32;
+            val = val.wrapping_add(i64::from((-((uv & 1) as i32)) ^ ((uv >> 1) as i32)));
+            let Some((pcd, n)) = uvarint(p) else { return -1 };
+            p = &p[n..];
+            pc = pc.wrapping_add(pcd.wrapping_mul(u64::from(self.min_lc)));
+            if target < pc {
+                return val;
+            }
+        }
+        -1
+    }
+
+    fn file_name(&self, cu: u32, fileno: i64) -> &'a str {
+        let name = (|| {
+            let idx = usize::try_from(i64::from(cu).checked_add(fileno)?).ok()?;
+            let off = u32_at(self.data, self.cu_offset.checked_add(idx.checked_mul(4)?)?)?;
+            if off == u32::MAX {
+                return None;
+            }
+            self.cstr(self.filetab_offset.checked_add(off as usize)?)
+        })();
+        name.unwrap_or("?")
+    }
+
+    /// Every logical frame at `pc` (functab terms), innermost first: the inlined calls (from the
+    /// inline tree of `gofunc`, the bytes of go:func.* the funcdata offsets are relative to; 1.18+)
+    /// then the physical function, each with its file and line, as runtime.CallersFrames expands a
+    /// PC. Empty when no function holds `pc`.
+    pub fn frames(&self, pc: u64, gofunc: Option<&'a [u8]>) -> Vec<SrcFrame<'a>> {
+        let mut out = Vec::new();
+        let Some(i) = self.find(pc) else { return out };
+        let (Some((f, entry)), Some(phys)) = (self.func_at(i), self.func(i)) else { return out };
+        let Some((pcfile, pcln, npcdata, cu, start_line, pcdata, nfuncdata)) = self.func_fields(f) else { return out };
+        let inl_pcdata = (npcdata as usize > PCDATA_INL_TREE_INDEX).then(|| u32_at(self.data, pcdata + 4 * PCDATA_INL_TREE_INDEX)).flatten();
+        // The inline tree: 1.20+ inlinedCall {funcID u8, _ [3]u8, nameOff i32, parentPc i32,
+        // startLine i32}; 1.18–1.19 {parent i16, funcID u8, _ u8, file i32, line i32, func_ i32,
+        // parentPc i32}. Before 1.18 funcdata are pointers (not followed here).
+        let tree = match (self.version, gofunc) {
+            (PclnVersion::V116, _) | (_, None) => None,
+            (_, Some(g)) if (nfuncdata as usize) > FUNCDATA_INL_TREE => {
+                let at = pcdata.checked_add(4 * npcdata as usize).and_then(|o| o.checked_add(4 * FUNCDATA_INL_TREE));
+                at.and_then(|o| u32_at(self.data, o)).filter(|o| *o != u32::MAX).and_then(|o| g.get(o as usize..))
+            }
+            _ => None,
+        };
+        let (entry_size, name_at, parent_at, start_at) = match self.version {
+            PclnVersion::V120 => (16usize, 4usize, 8usize, Some(12usize)),
+            _ => (20, 12, 16, None),
+        };
+        let mut at = pc;
+        for _ in 0..MAX_INLINE_DEPTH {
+            let file = self.file_name(cu, self.pcvalue(pcfile, entry, at));
+            let line = self.pcvalue(pcln, entry, at);
+            let ix = match (inl_pcdata, tree) {
+                (Some(t), Some(_)) => self.pcvalue(t, entry, at),
+                _ => -1,
+            };
+            let call = usize::try_from(ix).ok().and_then(|ix| tree?.get(ix.checked_mul(entry_size)?..)?.get(..entry_size));
+            let Some(call) = call else {
+                out.push(SrcFrame { function: phys.name, file, line, start_line, entry, inlined: false });
+                return out;
+            };
+            let word = |o: usize| u32_at(call, o).map(|v| v as i32);
+            let name = word(name_at).and_then(|n| self.cstr(self.funcname_start.checked_add(usize::try_from(n).ok()?)?)).unwrap_or("?");
+            let start = start_at.and_then(word).map(i64::from).unwrap_or(0);
+            out.push(SrcFrame { function: name, file, line, start_line: start, entry, inlined: true });
+            let Some(parent) = word(parent_at).and_then(|p| u64::try_from(p).ok()) else { return out };
+            at = entry.wrapping_add(parent);
+        }
+        out
+    }
+}
+
+fn uvarint(p: &[u8]) -> Option<(u64, usize)> {
+    let mut v = 0u64;
+    for (i, b) in p.iter().enumerate().take(10) {
+        v |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some((v, i + 1));
+        }
+    }
+    None
+}
+
+/// File, line and inlining of a Go binary's code addresses, from its own pclntab (stripped and PIE
+/// binaries too): what a profile's locations need. Owns the file's bytes.
+pub struct Symbolizer {
+    data: Vec<u8>,
+    /// Range of `data` holding the pclntab (to the end of its segment).
+    pcln: std::ops::Range<usize>,
+    /// Range of `data` from go:func.* (the base of funcdata offsets) to the end of its segment.
+    gofunc: Option<std::ops::Range<usize>>,
+    /// Added to functab entries (the text base; 0 for the absolute entries of 1.16).
+    base: u64,
+    /// Why inlined frames are not expanded, when they are not.
+    pub inline_error: Option<String>,
+    /// The GNU build ID (hex) when the linker wrote one, else the Go build ID.
+    pub build_id: String,
+}
+
+impl Symbolizer {
+    /// Reads the binary at `path` (its pclntab, firstmoduledata and, for the inline trees,
+    /// moduledata.gofunc at the offset DWARF or the generated table gives).
+    pub fn load(path: &std::path::Path) -> Result<Symbolizer, super::GoInspectError> {
+        let data = std::fs::read(path).map_err(|source| super::GoInspectError::Io { path: path.to_path_buf(), source })?;
+        let bin = super::inspect_bytes(path, &data)?;
+        let img = ElfImage::parse(path, &data)?;
+        let located = locate(&img).map_err(|e| super::GoInspectError::malformed(path, "pclntab", e))?;
+        let range_of = |s: &[u8]| {
+            let start = s.as_ptr() as usize - data.as_ptr() as usize;
+            start..start + s.len()
+        };
+        let pcln = range_of(located.tab.data);
+        let base = if located.tab.relative_entries() { bin.pclntab.text } else { 0 };
+        let gofunc = match (bin.pclntab.moduledata, bin.offset("moduledata.gofunc")) {
+            (Some(md), Some(off)) => match img.read_ptr(md.wrapping_add(off)).and_then(|a| img.bytes_from(a)) {
+                Some(g) => Ok(range_of(g)),
+                None => Err("moduledata.gofunc does not point into the file".to_string()),
+            },
+            (None, _) => Err("firstmoduledata not found".into()),
+            (_, None) => Err(format!("no offset of moduledata.gofunc for {}", bin.go_version)),
+        };
+        let build_id = build_id(&data).unwrap_or_default();
+        let (gofunc, inline_error) = match gofunc {
+            Ok(g) => (Some(g), None),
+            Err(e) => (None, Some(e)),
+        };
+        Ok(Symbolizer { pcln, gofunc, base, inline_error, build_id, data })
+    }
+
+    fn tab(&self) -> Option<PclnTab<'_>> {
+        PclnTab::parse(self.data.get(self.pcln.clone())?).ok()
+    }
+
+    /// The logical frames at link-time address `pc`, innermost first (see [`PclnTab::frames`]);
+    /// entries are link-time addresses.
+    pub fn frames(&self, pc: u64) -> Vec<SrcFrame<'_>> {
+        let Some(tab) = self.tab() else { return Vec::new() };
+        let gofunc = self.gofunc.clone().and_then(|r| self.data.get(r));
+        let mut f = tab.frames(pc.wrapping_sub(self.base), gofunc);
+        for x in &mut f {
+            x.entry = x.entry.wrapping_add(self.base);
+        }
+        f
+    }
+}
+
+/// The GNU build ID note (hex), else the Go build ID (`.note.go.buildid`), of an ELF file.
+fn build_id(data: &[u8]) -> Option<String> {
+    use object::{Object, ObjectSection};
+    let file = object::File::parse(data).ok()?;
+    if let Ok(Some(id)) = file.build_id() {
+        return Some(id.iter().map(|b| format!("{b:02x}")).collect());
+    }
+    // Note: namesz u32, descsz u32, type u32 (4), "Go\0\0", then the ID.
+    let note = file.section_by_name(".note.go.buildid")?.data().ok()?;
+    let descsz = u32_at(note, 4)? as usize;
+    let desc = note.get(16..16usize.checked_add(descsz)?)?;
+    std::str::from_utf8(desc).ok().map(str::to_string)
 }
 
 /// Where the pclntab is and how it was found.

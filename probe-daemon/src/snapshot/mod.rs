@@ -8,6 +8,7 @@
 //! circuit breaker that stops snapshots while the node is under memory pressure or snapshots keep
 //! failing. Files go to [`store::Store`].
 pub mod goroutines;
+pub mod heap;
 pub mod pprof;
 pub mod profile;
 pub mod store;
@@ -46,6 +47,9 @@ pub struct SnapshotConfig {
     pub pprof_ports: Vec<u16>,
     pub discover_pprof: bool,
     pub max_goroutines: usize,
+    /// Out-of-process heap profiles: memory-profile buckets and bytes read at most.
+    pub heap_max_buckets: usize,
+    pub heap_max_read_bytes: u64,
     pub failure_threshold: u32,
     pub circuit_open_seconds: f64,
     pub memory_pressure_avg10: f64,
@@ -68,6 +72,8 @@ impl Default for SnapshotConfig {
             pprof_ports: Vec::new(),
             discover_pprof: true,
             max_goroutines: 1_000_000,
+            heap_max_buckets: 250_000,
+            heap_max_read_bytes: 512 << 20,
             failure_threshold: 5,
             circuit_open_seconds: 300.0,
             memory_pressure_avg10: 40.0,
@@ -170,6 +176,9 @@ pub struct SnapshotMeta {
     pub goroutines: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub heap: Option<HeapNumbers>,
+    /// The heap profile read out of process (source proc-mem): buckets, rate, cost.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub heap_profile: Option<heap::HeapProfileInfo>,
     /// The health signals at the trigger (rule snapshots) or at the request.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub health: Option<serde_json::Value>,
@@ -711,7 +720,27 @@ impl Snapshotter {
                 }
                 Kind::Heap => {
                     let why = err.unwrap_or_else(|| "no net/http/pprof endpoint found".into());
-                    meta.errors.insert(kind.as_str().into(), format!("{why}: a heap profile needs one; heap numbers are in the summary"));
+                    let Some((m, l, b)) = rt else {
+                        meta.errors.insert(kind.as_str().into(), format!("{why}, and runtime reads are off: {}", go.reads_error.clone().unwrap_or_default()));
+                        continue;
+                    };
+                    let limits = crate::goruntime::heap::Limits { max_buckets: self.cfg.heap_max_buckets, max_bytes: self.cfg.heap_max_read_bytes, timeout };
+                    match heap::capture(m, b, l.bias, &go.exe.display().to_string(), limits) {
+                        Ok(c) => {
+                            info!(pid, buckets = c.info.buckets, read_seconds = c.info.read_seconds, bytes_read = c.info.bytes_read, "heap profile read out of process");
+                            meta.heap_profile = Some(c.info);
+                            data.push((kind, c.profile_gz, "proc-mem".into()));
+                        }
+                        Err(crate::goruntime::heap::HeapError::Gone) => return Err(gone("reading the heap profile")),
+                        Err(_) if !crate::procfs::alive(pid) => return Err(gone("reading the heap profile")),
+                        Err(e @ crate::goruntime::heap::HeapError::Disabled) => {
+                            meta.errors.insert(kind.as_str().into(), e.to_string());
+                        }
+                        Err(e) => {
+                            warn!(pid, error = %e, "out-of-process heap profile failed");
+                            meta.errors.insert(kind.as_str().into(), format!("{why}; out-of-process heap profile failed: {e}"));
+                        }
+                    }
                 }
             }
         }

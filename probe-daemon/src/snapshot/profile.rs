@@ -4,7 +4,7 @@
 //! one line each, functions and one mapping.
 use std::{collections::HashMap, io::Write};
 
-fn varint(out: &mut Vec<u8>, mut v: u64) {
+pub(super) fn varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
         v >>= 7;
@@ -12,24 +12,24 @@ fn varint(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
-fn key(out: &mut Vec<u8>, field: u32, wire: u8) {
+pub(super) fn key(out: &mut Vec<u8>, field: u32, wire: u8) {
     varint(out, (u64::from(field) << 3) | u64::from(wire));
 }
 
-fn uint(out: &mut Vec<u8>, field: u32, v: u64) {
+pub(super) fn uint(out: &mut Vec<u8>, field: u32, v: u64) {
     if v != 0 {
         key(out, field, 0);
         varint(out, v);
     }
 }
 
-fn bytes(out: &mut Vec<u8>, field: u32, b: &[u8]) {
+pub(super) fn bytes(out: &mut Vec<u8>, field: u32, b: &[u8]) {
     key(out, field, 2);
     varint(out, b.len() as u64);
     out.extend_from_slice(b);
 }
 
-fn packed(out: &mut Vec<u8>, field: u32, vs: &[u64]) {
+pub(super) fn packed(out: &mut Vec<u8>, field: u32, vs: &[u64]) {
     if vs.is_empty() {
         return;
     }
