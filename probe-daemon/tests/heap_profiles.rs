@@ -299,6 +299,12 @@ fn out_of_process_profile_matches_the_process_own_heap_profile() {
             for needle in ["main.retainInlined", "main.newChunk"] {
                 assert!(list.contains(needle) && golist.contains(needle), "{ctx}: {needle}\n{list}");
             }
+            // `go tool pprof -lines` prints the same file:line for every retaining frame.
+            let lines = |text: &str| -> BTreeSet<String> {
+                text.lines().map(str::trim).filter(|l| l.contains("main.retain") || l.contains("main.newChunk")).map(|l| l.split_whitespace().filter(|w| w.starts_with("main.") || w.contains(".go:")).collect::<Vec<_>>().join(" ")).collect()
+            };
+            let (ours_lines, go_lines) = (lines(&pprof_tool(&["-lines", "-traces", "-sample_index=inuse_space"], &our_path)), lines(&pprof_tool(&["-lines", "-traces", "-sample_index=inuse_space"], &go_path)));
+            assert!(ours_lines.len() >= 4 && ours_lines == go_lines, "{ctx}: go tool pprof -lines\nours {ours_lines:#?}\nGo's {go_lines:#?}");
             // alloc_space only grows between two snapshots (a profile shows allocations up to
             // the last completed GC cycle: one runs between them).
             app.cmd("churn 8");
@@ -435,7 +441,7 @@ fn daemon_writes_proc_mem_heap_profiles_and_refuses_cleanly() {
 
     // A process that exits while it is read: a clean outcome either way, never a partial file.
     let mut outcomes = Vec::new();
-    for delay_ms in [0u64, 2, 5, 10, 20] {
+    for delay_ms in [0u64, 5, 10, 15, 20, 30, 50] {
         let mut gone = GoProgram::start("heapprof-exit", &heapprof(newest, "default"));
         gone.cmd("buckets 15000");
         api.wait_tracked(gone.pid);
@@ -453,7 +459,7 @@ fn daemon_writes_proc_mem_heap_profiles_and_refuses_cleanly() {
             }
             _ => panic!("unclean outcome: {snap}"),
         }
-        outcomes.push(format!("{delay_ms} ms: {}", snap["status"]));
+        outcomes.push(format!("{delay_ms} ms: {} {}", snap["status"], snap["reason"].as_str().unwrap_or_default()));
         assert!(api.alive(), "the daemon keeps running");
     }
     eprintln!("exit mid-read outcomes: {outcomes:?}");

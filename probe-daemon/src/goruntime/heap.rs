@@ -480,6 +480,45 @@ mod tests {
         assert!(matches!(read(&m, &l, limits()), Err(HeapError::Implausible(w)) if w.contains("not readable")));
     }
 
+    /// Memory that goes away after `reads` reads, as an exiting process's does.
+    struct Exiting {
+        inner: Fake,
+        reads: std::cell::Cell<u32>,
+    }
+
+    impl Memory for Exiting {
+        fn read(&self, addr: u64, buf: &mut [u8]) -> bool {
+            self.reads.set(self.reads.get().saturating_sub(1));
+            self.reads.get() > 0 && self.inner.read(addr, buf)
+        }
+        fn alive(&self) -> bool {
+            self.reads.get() > 0
+        }
+    }
+
+    #[test]
+    fn a_process_that_exits_mid_walk_is_gone_not_garbage() {
+        let l = layout(true);
+        // Buckets 64 KiB apart: one window read each.
+        let mut m = Fake::default();
+        let mut globals = vec![0u8; 0x30];
+        put(&mut globals, 0x20, 512 * 1024);
+        put(&mut globals, 0, 0x100000);
+        m.ranges.insert(0x1000, globals);
+        for i in 0..20u64 {
+            let mut b = vec![0u8; (l.bucket_size + 8 + l.record_size) as usize];
+            put(&mut b, l.allnext, if i < 19 { 0x100000 + (i + 1) * WINDOW } else { 0 });
+            put(&mut b, l.typ, MEM_PROFILE);
+            put(&mut b, l.nstk, 1);
+            m.ranges.insert(0x100000 + i * WINDOW, b);
+        }
+        assert_eq!(read(&m, &l, limits()).unwrap().buckets.len(), 20);
+        for after in [1, 3, 5, 10, 15] {
+            let e = Exiting { inner: Fake { ranges: m.ranges.clone() }, reads: std::cell::Cell::new(after) };
+            assert!(matches!(read(&e, &l, limits()), Err(HeapError::Gone)), "gone after {after} reads");
+        }
+    }
+
     #[test]
     fn arbitrary_memory_never_panics_and_work_is_bounded() {
         // xorshift: deterministic garbage, mapped at the addresses the layout reads.
