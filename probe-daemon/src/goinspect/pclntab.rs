@@ -361,11 +361,10 @@ pub struct Symbolizer {
 }
 
 impl Symbolizer {
-    /// Reads the binary at `path` (its pclntab, firstmoduledata and, for the inline trees,
-    /// moduledata.gofunc at the offset DWARF or the generated table gives).
-    pub fn load(path: &std::path::Path) -> Result<Symbolizer, super::GoInspectError> {
+    /// Reads the binary at `path`, inspected as `bin` (its pclntab, firstmoduledata and, for the
+    /// inline trees, moduledata.gofunc at the offset DWARF or the generated table gives).
+    pub fn load(path: &std::path::Path, bin: &super::GoBinary) -> Result<Symbolizer, super::GoInspectError> {
         let data = std::fs::read(path).map_err(|source| super::GoInspectError::Io { path: path.to_path_buf(), source })?;
-        let bin = super::inspect_bytes(path, &data)?;
         let img = ElfImage::parse(path, &data)?;
         let located = locate(&img).map_err(|e| super::GoInspectError::malformed(path, "pclntab", e))?;
         let range_of = |s: &[u8]| {

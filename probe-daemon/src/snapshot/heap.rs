@@ -104,7 +104,7 @@ pub fn capture(mem: &ProcMem, bin: &GoBinary, bias: u64, exe: &str, limits: Limi
     let l = layout(bin, bias)?;
     let read = reader::read(mem, &l, limits)?;
     let started = Instant::now();
-    let sym = Symbolizer::load(std::path::Path::new(&format!("/proc/{}/exe", mem.pid()))).map_err(|e| if mem.alive() { HeapError::Layout(format!("cannot symbolize: {e}")) } else { HeapError::Gone })?;
+    let sym = Symbolizer::load(std::path::Path::new(&format!("/proc/{}/exe", mem.pid())), bin).map_err(|e| if mem.alive() { HeapError::Layout(format!("cannot symbolize: {e}")) } else { HeapError::Gone })?;
     let maps = std::fs::read_to_string(format!("/proc/{}/maps", mem.pid())).map_err(|_| HeapError::Gone)?;
     let mappings = exec_mappings(&maps, &sym.build_id, exe);
     let now_ns = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0);
