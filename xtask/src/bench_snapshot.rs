@@ -72,16 +72,21 @@ fn summary_mtime_ms(dir: &Path, meta: &serde_json::Value) -> Result<u64> {
 
 pub fn run(args: &[String]) -> Result<()> {
     let mut rounds = 3usize;
+    let mut heap_only = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--rounds" => rounds = it.next().context("missing value")?.parse()?,
+            "--heap-only" => heap_only = true,
             other => bail!("unknown argument {other:?}"),
         }
     }
     crate::bench_util::require_root()?;
     crate::build_release()?;
     let root = crate::repo_root();
+    if heap_only {
+        return heap(rounds);
+    }
     let fx = crate::bench_util::go_programs("leaky", "default stripped")?;
     let (plain, stripped) = (fx.join("default/leaky"), fx.join("stripped/leaky"));
     let dir = std::env::temp_dir().join(format!("chainprobe-bench-snap-{}", std::process::id()));
@@ -144,6 +149,64 @@ pub fn run(args: &[String]) -> Result<()> {
                 median(&mut quiet) / 1000.0
             );
         }
+    }
+    drop(_d);
+    let _ = std::fs::remove_dir_all(&dir);
+    heap(rounds)
+}
+
+/// 3. Heap profiles: out of process against the process's own, at 1k, 10k and 100k buckets.
+fn heap(rounds: usize) -> Result<()> {
+    let root = crate::repo_root();
+    let fx = crate::bench_util::go_programs("heapprof", "stripped")?;
+    let bin = fx.join("stripped/heapprof");
+    let dir = std::env::temp_dir().join(format!("chainprobe-bench-heap-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let (_d, port) = start_daemon(&root.join("target/release/chainprobe"), &dir, false)?;
+    println!();
+    println!("| buckets | source | read ms | write ms | snapshot ms | profile bytes | target worst lateness during it | quiet window |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for n in [1_000u64, 10_000, 100_000] {
+        let (mut read, mut write, mut total, mut late, mut quiet, mut own, mut own_late, mut bytes, mut own_bytes) = (vec![], vec![], vec![], vec![], vec![], vec![], vec![], 0u64, 0u64);
+        for _ in 0..rounds {
+            let mut app = GoProgram::start(&bin, &[])?;
+            app.cmd(&format!("buckets {n}"))?;
+            app.cmd("gc")?;
+            wait_tracked(port, app.pid)?;
+            std::thread::sleep(Duration::from_millis(300));
+            app.cmd("lateness")?;
+            let t = Instant::now();
+            let v = json(port, "POST", "/api/v1/snapshots", &format!("{{\"pid\": {}, \"kinds\": [\"heap\"]}}", app.pid))?;
+            let id = v["id"].as_str().context("id")?.to_string();
+            let meta = wait_done(port, app.pid, Some(&id))?;
+            let window = t.elapsed();
+            late.push(app.cmd("lateness")?.first().copied().unwrap_or(0) as f64);
+            std::thread::sleep(window);
+            quiet.push(app.cmd("lateness")?.first().copied().unwrap_or(0) as f64);
+            let hp = &meta["heap_profile"];
+            if hp["buckets"].as_u64().unwrap_or(0) < n {
+                bail!("heap profile of {} buckets, expected {n}: {meta}", hp["buckets"]);
+            }
+            read.push(hp["read_seconds"].as_f64().unwrap_or(0.0) * 1e3);
+            write.push(hp["write_seconds"].as_f64().unwrap_or(0.0) * 1e3);
+            total.push(meta["duration_seconds"].as_f64().unwrap_or(0.0) * 1e3);
+            bytes = meta["files"]["heap"]["bytes"].as_u64().unwrap_or(0);
+            // The process's own, right after.
+            app.cmd("lateness")?;
+            let path = dir.join("own.pb.gz");
+            own.push(app.cmd(&format!("write {}", path.display()))?.first().copied().unwrap_or(0) as f64 / 1e3);
+            own_late.push(app.cmd("lateness")?.first().copied().unwrap_or(0) as f64);
+            own_bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        }
+        println!(
+            "| {n} | out of process (proc-mem) | {:.1} | {:.1} | {:.1} | {bytes} | {:.1} ms | {:.1} ms |",
+            median(&mut read),
+            median(&mut write),
+            median(&mut total),
+            median(&mut late) / 1000.0,
+            median(&mut quiet) / 1000.0
+        );
+        println!("| {n} | the process itself (WriteHeapProfile) | | | {:.1} | {own_bytes} | {:.1} ms | |", median(&mut own), median(&mut own_late) / 1000.0);
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())

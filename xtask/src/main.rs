@@ -41,7 +41,7 @@ fn usage() -> &'static str {
        bench goinspect      Go binary inspection time and peak memory\n  \
        bench goruntime      goroutine-spawn and HTTP throughput with and without the Go probes\n  \
        bench goread         daemon CPU reading one process of 500k goroutines (--baseline BIN: side by side)\n  \
-       bench snapshot       breach → snapshot files; goroutine-profile time and target pause (10k, 100k)\n  \
+       bench snapshot       breach → snapshot files; goroutine-profile time and target pause (10k, 100k);\n                            heap profile out of process vs the process's own (1k, 10k, 100k buckets; --heap-only)\n  \
        bench tls            TLS handshakes/s and bulk TLS throughput with and without chainprobe\n  \
        codegen go-offsets   regenerate the per-Go-version offset tables from real toolchains\n"
 }
