@@ -154,6 +154,7 @@ pub enum HeapError {
 struct Reader<'m, M: Memory + ?Sized> {
     mem: &'m M,
     windows: Vec<(u64, Vec<u8>)>,
+    unmapped: std::collections::HashSet<u64>,
     bytes: u64,
     reads: u64,
     max_bytes: u64,
@@ -179,15 +180,19 @@ impl<M: Memory + ?Sized> Reader<'_, M> {
                 out.extend_from_slice(&self.windows[i].1[at..at + len as usize]);
                 return Ok(true);
             }
-            self.charge(WINDOW)?;
-            let mut buf = vec![0u8; WINDOW as usize];
-            if self.mem.read(w, &mut buf) {
-                out.extend_from_slice(&buf[at..at + len as usize]);
-                if self.windows.len() >= WINDOWS_KEPT {
-                    self.windows.remove(0);
+            // A window that runs into unmapped memory is not tried again.
+            if !self.unmapped.contains(&w) {
+                self.charge(WINDOW)?;
+                let mut buf = vec![0u8; WINDOW as usize];
+                if self.mem.read(w, &mut buf) {
+                    out.extend_from_slice(&buf[at..at + len as usize]);
+                    if self.windows.len() >= WINDOWS_KEPT {
+                        self.windows.remove(0);
+                    }
+                    self.windows.push((w, buf));
+                    return Ok(true);
                 }
-                self.windows.push((w, buf));
-                return Ok(true);
+                self.unmapped.insert(w);
             }
             // Part of the window is not mapped: the exact range alone.
         }
@@ -217,7 +222,7 @@ pub fn read<M: Memory + ?Sized>(mem: &M, l: &HeapLayout, limits: Limits) -> Resu
     let started = Instant::now();
     let deadline = started + limits.timeout;
     l.check().map_err(HeapError::Implausible)?;
-    let mut r = Reader { mem, windows: Vec::new(), bytes: 0, reads: 0, max_bytes: limits.max_bytes };
+    let mut r = Reader { mem, windows: Vec::new(), unmapped: Default::default(), bytes: 0, reads: 0, max_bytes: limits.max_bytes };
     let unreadable = |r: &Reader<'_, M>, what: String| if r.mem.alive() { HeapError::Implausible(what) } else { HeapError::Gone };
     let rate = match r.word(l.mem_profile_rate)? {
         Some(v) => v as i64,
@@ -226,12 +231,24 @@ pub fn read<M: Memory + ?Sized>(mem: &M, l: &HeapLayout, limits: Limits) -> Resu
     if rate == 0 {
         return Err(HeapError::Disabled);
     }
+    // A wrong address reads some other word: a rate no program sets.
+    if !(0..=1 << 40).contains(&rate) {
+        return Err(HeapError::Implausible(format!("runtime.MemProfileRate = {rate}")));
+    }
     let read_cycle = |r: &mut Reader<'_, M>| -> Result<u32, HeapError> {
         let mut b = Vec::with_capacity(4);
-        if !r.get(l.mprof_cycle.wrapping_add(l.cycle_value), 4, &mut b)? {
+        let at = l.mprof_cycle.wrapping_add(l.cycle_value);
+        // Read afresh, never from a cached window: the second reading must see a change.
+        r.windows.retain(|(w, _)| *w != at & !(WINDOW - 1));
+        if !r.get(at, 4, &mut b)? {
             return Err(unreadable(r, "runtime.mProfCycle is not readable".into()));
         }
-        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) >> 1)
+        let cycle = u32::from_le_bytes([b[0], b[1], b[2], b[3]]) >> 1;
+        // The runtime wraps the cycle at mProfCycleWrap = len(future) × 2<<24.
+        if u64::from(cycle) >= l.futures * (2 << 24) {
+            return Err(HeapError::Implausible(format!("runtime.mProfCycle = {cycle}")));
+        }
+        Ok(cycle)
     };
     for attempt in 1..=ATTEMPTS {
         let cycle = read_cycle(&mut r)?;
@@ -519,6 +536,40 @@ mod tests {
         }
     }
 
+    /// Memory whose profile cycle advances at every reading of it (GC cycles ending faster
+    /// than the walk), or only at the first `advances`.
+    struct Advancing {
+        inner: Fake,
+        cycle_reads: std::cell::Cell<u32>,
+        advances: u32,
+    }
+
+    impl Memory for Advancing {
+        fn read(&self, addr: u64, buf: &mut [u8]) -> bool {
+            let ok = self.inner.read(addr, buf);
+            let at = 0x1010u64;
+            if ok && addr <= at && at + 4 <= addr + buf.len() as u64 {
+                let n = self.cycle_reads.get();
+                self.cycle_reads.set(n + 1);
+                let cycle = 4 + n.min(self.advances);
+                let o = (at - addr) as usize;
+                buf[o..o + 4].copy_from_slice(&(cycle << 1).to_le_bytes());
+            }
+            ok
+        }
+    }
+
+    #[test]
+    fn a_gc_cycle_ending_during_the_walk_makes_it_read_again() {
+        let l = layout(true);
+        let fake = || memory(&l, 512 * 1024, 4, &[(16, vec![1], [(1, 0); 4])]);
+        let always = Advancing { inner: fake(), cycle_reads: Default::default(), advances: u32::MAX };
+        assert!(matches!(read(&always, &l, limits()), Err(HeapError::Changed { attempts: 3 })));
+        let once = Advancing { inner: fake(), cycle_reads: Default::default(), advances: 1 };
+        let h = read(&once, &l, limits()).unwrap();
+        assert_eq!((h.attempts, h.cycle), (2, 5), "read again, consistent the second time");
+    }
+
     #[test]
     fn arbitrary_memory_never_panics_and_work_is_bounded() {
         // xorshift: deterministic garbage, mapped at the addresses the layout reads.
@@ -538,6 +589,8 @@ mod tests {
             // Steer some heads into the mapped range so chains are followed.
             if round % 2 == 0 {
                 put(&mut globals, 0, 0x10000 + (next() % 0x8000) * 8);
+                put(&mut globals, 0x10, next() % 1000);
+                put(&mut globals, 0x20, 512 * 1024);
             }
             let m = Fake { ranges: BTreeMap::from([(0x1000, globals), (0x10000, heap)]) };
             let lim = Limits { max_buckets: 1000, max_bytes: 8 << 20, timeout: Duration::from_secs(5) };
