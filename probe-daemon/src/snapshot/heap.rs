@@ -116,7 +116,8 @@ pub fn capture(mem: &ProcMem, bin: &GoBinary, bias: u64, exe: &str, limits: Limi
         read.rate
     );
     let (profile, inuse) = write(&read, &|pc| sym.frames(pc.wrapping_sub(bias)).into_iter().map(Frame::from).collect(), bias, &mappings, now_ns, &comment);
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    // gzip.BestSpeed, as Go's profile builder writes.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     std::io::Write::write_all(&mut gz, &profile).map_err(|e| HeapError::Layout(e.to_string()))?;
     let profile_gz = gz.finish().map_err(|e| HeapError::Layout(e.to_string()))?;
     Ok(HeapCapture {
@@ -201,17 +202,24 @@ pub fn scale_heap_sample(count: i64, bytes: i64, rate: i64) -> (i64, i64) {
 pub type Symbolize<'a> = dyn Fn(u64) -> Vec<Frame> + 'a;
 
 /// A resolved stack PC.
-#[derive(Clone)]
+#[derive(Clone, Copy)]
 struct Pc {
-    /// FuncForPC(pc).Name(): the innermost function at the return address itself.
-    name_at: Option<String>,
-    /// The logical frame CallersFrames reports for it (at pc - 1 inside a function).
-    frame: Option<Frame>,
-    /// The address of that frame (pc - 1 inside a function), the location's address.
+    /// FuncForPC(pc).Name() is a runtime function (the innermost function at the return address).
+    runtime: bool,
+    /// The logical frame CallersFrames reports for it (at pc - 1 inside a function), interned.
+    frame: Option<usize>,
+    /// The address of that frame (pc - 1 inside a function): a location's address.
     at: u64,
 }
 
-fn resolve(sym: &Symbolize<'_>, pc: u64, bias: u64) -> Pc {
+/// Interned frames, each with its profile function id.
+#[derive(Default)]
+struct Frames {
+    list: Vec<(Frame, u64)>,
+    ids: HashMap<Frame, usize>,
+}
+
+fn resolve(sym: &Symbolize<'_>, pc: u64, bias: u64, frames: &mut Frames, b: &mut Builder) -> Pc {
     let here = sym(pc);
     let entry = here.first().map(|f| f.entry.wrapping_add(bias));
     let at = match entry {
@@ -219,8 +227,18 @@ fn resolve(sym: &Symbolize<'_>, pc: u64, bias: u64) -> Pc {
         None => pc.wrapping_sub(1),
         _ => pc,
     };
-    let frame = if at == pc { here.first().cloned() } else { sym(at).into_iter().next() };
-    Pc { name_at: here.first().map(|f| f.function.clone()), frame, at }
+    let runtime = here.first().is_some_and(|f| f.function.starts_with("runtime.") || f.function.starts_with("internal/runtime/"));
+    let frame = if at == pc { here.into_iter().next() } else { sym(at).into_iter().next() };
+    let frame = frame.map(|f| match frames.ids.get(&f) {
+        Some(&i) => i,
+        None => {
+            let id = b.function(&f);
+            frames.list.push((f.clone(), id));
+            frames.ids.insert(f, frames.list.len() - 1);
+            frames.list.len() - 1
+        }
+    });
+    Pc { runtime, frame, at }
 }
 
 /// Encodes the profile (not gzipped); returns it and its total inuse_space.
@@ -232,17 +250,7 @@ pub fn write(read: &HeapRead, sym: &Symbolize<'_>, bias: u64, mappings: &[Mappin
     let period_type = (b.string("space"), b.string("bytes"));
     let bytes_key = b.string("bytes");
     let mut pcs: HashMap<u64, Pc> = HashMap::new();
-    let mut samples = Vec::with_capacity(read.buckets.len());
-    let mut inuse_total = 0i64;
-    for bk in &read.buckets {
-        for pc in &bk.stack {
-            pcs.entry(*pc).or_insert_with(|| resolve(sym, *pc, bias));
-        }
-        let locs = b.locations(&bk.stack, &pcs, mappings);
-        let (values, label) = values(bk, read.rate, read.has_byte_counters);
-        inuse_total = inuse_total.saturating_add(values[3]);
-        samples.push((locs, values, label));
-    }
+    let mut frames = Frames::default();
     let mut out = Vec::new();
     for (t, u) in &types {
         let mut m = Vec::new();
@@ -250,14 +258,28 @@ pub fn write(read: &HeapRead, sym: &Symbolize<'_>, bias: u64, mappings: &[Mappin
         uint(&mut m, 2, *u);
         bytes(&mut out, 1, &m);
     }
-    for (locs, vals, label) in &samples {
-        let mut m = Vec::new();
-        packed(&mut m, 1, locs);
-        packed(&mut m, 2, &vals.iter().map(|v| *v as u64).collect::<Vec<_>>());
+    let mut inuse_total = 0i64;
+    let (mut locs, mut m, mut vals) = (Vec::new(), Vec::new(), Vec::new());
+    for bk in &read.buckets {
+        for pc in &bk.stack {
+            if !pcs.contains_key(pc) {
+                let p = resolve(sym, *pc, bias, &mut frames, &mut b);
+                pcs.insert(*pc, p);
+            }
+        }
+        locs.clear();
+        b.locations(&bk.stack, &pcs, &frames, mappings, &mut locs);
+        let (values, label) = values(bk, read.rate, read.has_byte_counters);
+        inuse_total = inuse_total.saturating_add(values[3]);
+        m.clear();
+        packed(&mut m, 1, &locs);
+        vals.clear();
+        vals.extend(values.iter().map(|v| *v as u64));
+        packed(&mut m, 2, &vals);
         if let Some(n) = label {
-            let mut l = Vec::new();
+            let mut l = Vec::with_capacity(8);
             uint(&mut l, 1, bytes_key);
-            uint(&mut l, 3, *n as u64);
+            uint(&mut l, 3, n as u64);
             bytes(&mut m, 3, &l);
         }
         bytes(&mut out, 2, &m);
@@ -345,10 +367,14 @@ struct Builder {
     funcs: Vec<(u64, u64, u64, i64)>,
     func_ids: HashMap<(String, String, i64), u64>,
     locs: Vec<Loc>,
-    /// Locations by their PCs (Go caches them by the first PC).
-    loc_ids: HashMap<Vec<u64>, u64>,
+    /// Locations by their first PC, with how many PCs they cover (as Go's profile builder
+    /// caches them).
+    loc_ids: HashMap<u64, (u64, usize)>,
     /// Mappings with symbolized locations.
     symbolized: std::collections::BTreeSet<u64>,
+    /// The deck: PCs of the location being built and their frames (reused buffers).
+    deck: Vec<u64>,
+    deck_frames: Vec<usize>,
 }
 
 impl Builder {
@@ -374,59 +400,76 @@ impl Builder {
         id
     }
 
-    /// The location ids of a bucket's stack (leaf first), as runtime/pprof's appendLocsForStack
-    /// builds them: leading runtime frames hidden; consecutive PCs of one physical frame (an
-    /// inlined call, then its callers in the same function) one location with several lines.
-    fn locations(&mut self, stack: &[u64], pcs: &HashMap<u64, Pc>, mappings: &[Mapping]) -> Vec<u64> {
-        let runtime = |pc: &u64| pcs.get(pc).and_then(|p| p.name_at.as_deref()).is_some_and(|n| n.starts_with("runtime.") || n.starts_with("internal/runtime/"));
-        let stk = match stack.iter().position(|pc| !runtime(pc)) {
+    /// Whether frame `f` continues the deck: the deck's last frame is inlined into the same
+    /// physical function, and not the same function (recursion), as pcDeck.tryAdd decides.
+    fn joins(&self, frames: &Frames, f: usize) -> bool {
+        let Some(&last) = self.deck_frames.last() else { return true };
+        let (last, new) = (&frames.list[last].0, &frames.list[f].0);
+        last.inlined && last.entry != 0 && last.entry == new.entry && last.function != new.function
+    }
+
+    /// The location ids of a bucket's stack (leaf first) appended to `out`, as runtime/pprof's
+    /// appendLocsForStack builds them: leading runtime frames hidden; consecutive PCs of one
+    /// physical frame (an inlined call, then its callers in the same function) one location with
+    /// several lines; a location met before (by its first PC) reused.
+    fn locations(&mut self, stack: &[u64], pcs: &HashMap<u64, Pc>, frames: &Frames, mappings: &[Mapping], out: &mut Vec<u64>) {
+        let stk = match stack.iter().position(|pc| !pcs.get(pc).is_some_and(|p| p.runtime)) {
             Some(i) => &stack[i..],
             None => stack,
         };
-        let mut out = Vec::new();
-        // The deck: PCs of one location and their frames.
-        let mut deck: Vec<u64> = Vec::new();
-        let mut frames: Vec<Frame> = Vec::new();
-        for pc in stk {
-            let Some(p) = pcs.get(pc) else { continue };
-            if p.frame.as_ref().is_some_and(|f| f.function == "runtime.goexit") {
-                self.emit(&mut deck, &mut frames, pcs, mappings, &mut out);
+        let mut i = 0;
+        while i < stk.len() {
+            let pc = stk[i];
+            let Some(p) = pcs.get(&pc) else {
+                i += 1;
+                continue;
+            };
+            if let Some(&(id, n)) = self.loc_ids.get(&pc) {
+                if !self.deck.is_empty() && p.frame.is_some_and(|f| self.joins(frames, f)) {
+                    self.deck.push(pc);
+                    self.deck_frames.extend(p.frame);
+                    i += 1;
+                    continue;
+                }
+                self.emit(pcs, frames, mappings, out);
+                out.push(id);
+                i += n.max(1);
                 continue;
             }
-            let joins = match (frames.last(), &p.frame) {
-                (Some(last), Some(f)) => last.inlined && last.entry == f.entry && last.entry != 0 && last.function != f.function,
-                _ => false,
-            };
-            if !joins {
-                self.emit(&mut deck, &mut frames, pcs, mappings, &mut out);
+            if p.frame.is_some_and(|f| frames.list[f].0.function == "runtime.goexit") {
+                self.emit(pcs, frames, mappings, out);
+                i += 1;
+                continue;
             }
-            deck.push(*pc);
-            frames.extend(p.frame.clone());
+            if !self.deck.is_empty() && !p.frame.is_some_and(|f| self.joins(frames, f)) {
+                self.emit(pcs, frames, mappings, out);
+                if let Some(&(id, n)) = self.loc_ids.get(&pc) {
+                    out.push(id);
+                    i += n.max(1);
+                    continue;
+                }
+            }
+            self.deck.push(pc);
+            self.deck_frames.extend(p.frame);
+            i += 1;
         }
-        self.emit(&mut deck, &mut frames, pcs, mappings, &mut out);
-        out
+        self.emit(pcs, frames, mappings, out);
     }
 
-    fn emit(&mut self, deck: &mut Vec<u64>, frames: &mut Vec<Frame>, pcs: &HashMap<u64, Pc>, mappings: &[Mapping], out: &mut Vec<u64>) {
-        if deck.is_empty() {
-            return;
-        }
-        let key = std::mem::take(deck);
-        let fr = std::mem::take(frames);
-        if let Some(&id) = self.loc_ids.get(&key) {
-            out.push(id);
-            return;
-        }
-        let addr = pcs.get(&key[0]).map(|p| p.at).unwrap_or(key[0]);
+    fn emit(&mut self, pcs: &HashMap<u64, Pc>, frames: &Frames, mappings: &[Mapping], out: &mut Vec<u64>) {
+        let Some(&first) = self.deck.first() else { return };
+        let addr = pcs.get(&first).map(|p| p.at).unwrap_or(first);
         let mapping = mappings.iter().position(|m| addr >= m.0 && addr < m.1).map(|i| i as u64 + 1).unwrap_or(0);
-        if mapping != 0 && !fr.is_empty() {
+        if mapping != 0 && !self.deck_frames.is_empty() {
             self.symbolized.insert(mapping);
         }
-        let lines = fr.iter().map(|f| (self.function(f), f.line)).collect();
+        let lines = self.deck_frames.iter().map(|&f| (frames.list[f].1, frames.list[f].0.line)).collect();
         let id = self.locs.len() as u64 + 1;
         self.locs.push((id, mapping, addr, lines));
-        self.loc_ids.insert(key, id);
+        self.loc_ids.insert(first, (id, self.deck.len()));
         out.push(id);
+        self.deck.clear();
+        self.deck_frames.clear();
     }
 }
 
@@ -472,14 +515,20 @@ mod tests {
             attempts: 1,
             seconds: 0.0,
         };
-        let mut b = Builder::default();
-        let pcs: HashMap<u64, Pc> = read.buckets[0].stack.iter().map(|pc| (*pc, resolve(&sym, *pc, 0))).collect();
-        let locs = b.locations(&read.buckets[0].stack, &pcs, &[(0, 0x10000, 0, "/bin/x".into(), "id".into())]);
+        let (mut b, mut frames) = (Builder::default(), Frames::default());
+        let pcs: HashMap<u64, Pc> = read.buckets[0].stack.iter().map(|pc| (*pc, resolve(&sym, *pc, 0, &mut frames, &mut b))).collect();
+        let mut locs = Vec::new();
+        b.locations(&read.buckets[0].stack, &pcs, &frames, &[(0, 0x10000, 0, "/bin/x".into(), "id".into())], &mut locs);
         // runtime frame hidden; alloc+work one location; main another.
         assert_eq!(locs.len(), 2);
         assert_eq!(b.locs[0].2, 0x2010, "address of the call: pc - 1");
         assert_eq!(b.locs[0].3.len(), 2, "inlined call and its caller: one location, two lines");
         assert_eq!(b.locs[1].3.len(), 1);
+        // The same stack again: the same locations, found by their first PC.
+        let mut again = Vec::new();
+        b.locations(&read.buckets[0].stack, &pcs, &frames, &[(0, 0x10000, 0, "/bin/x".into(), "id".into())], &mut again);
+        assert_eq!(again, locs);
+        assert_eq!(b.locs.len(), 2);
         let (enc, inuse) = write(&read, &sym, 0, &[(0, 0x10000, 0, "/bin/x".into(), "id".into())], 1, "c");
         assert!(!enc.is_empty());
         assert_eq!(inuse, scale_heap_sample(1, 1 << 20, 512 * 1024).1, "one 1 MiB object in use, unsampled");
