@@ -469,3 +469,19 @@ fn daemon_writes_proc_mem_heap_profiles_and_refuses_cleanly() {
     }
     assert!(d.child.id() > 0 && api.alive());
 }
+
+/// Not a check: the reader's cost at 1k, 10k and 100k buckets in this (debug) build, for
+/// diagnosis (`cargo test --test heap_profiles -- --ignored --nocapture`; the release numbers are
+/// `cargo xtask bench snapshot --heap-only`).
+#[test]
+#[ignore]
+fn read_cost_by_bucket_count() {
+    let _g = serial();
+    for n in [1_000, 10_000, 100_000] {
+        let mut app = GoProgram::start("heapprof", &heapprof("1.27", "stripped"));
+        app.cmd(&format!("buckets {n}"));
+        app.cmd("gc");
+        let c = ours(app.pid);
+        eprintln!("{n}: {} buckets, read {:.1} ms ({} bytes), written {:.1} ms, {} bytes gz", c.info.buckets, c.info.read_seconds * 1e3, c.info.bytes_read, c.info.write_seconds * 1e3, c.profile_gz.len());
+    }
+}

@@ -16,12 +16,13 @@
 //! (`stkbucket` fills a new bucket, sets its `allnext` to the current head, then publishes it) and
 //! never frees or unlinks a bucket (persistentalloc). So the chain reachable from one reading of
 //! the head is immutable: walking it gives exactly the buckets that existed at that moment, and
-//! buckets added during the walk are simply newer than the profile. Only the counters move. A GC
-//! cycle that ends during the walk (mProfCycle changes) would move counts between the slots being
-//! read, so the cycle is read before and after the walk and the walk is repeated when it changed
-//! (a few times, then a clean error). Buckets are read through 64 KiB windows (one
-//! process_vm_readv each): persistentalloc places consecutive buckets next to each other, so a
-//! window holds hundreds of them.
+//! buckets added during the walk are simply newer than the profile. Only the counters move, and a
+//! GC cycle that ends while they are read (mProfCycle changes) moves counts between the slots
+//! being read. So the read has two phases: the walk (headers and stacks, through 64 KiB windows,
+//! one process_vm_readv each: persistentalloc places consecutive buckets next to each other),
+//! however long it takes; then every bucket's memRecord in one batched sweep (process_vm_readv,
+//! 1,024 ranges a call: a few ms for 100k buckets) between two readings of the cycle, repeated
+//! when the cycle changed in between (3 times, then a clean error).
 //!
 //! Self-contained (std only) so that the fuzzer compiles it in alone: the process side
 //! (ProcMem, the layout from goinspect) is in snapshot/heap.rs.
@@ -42,6 +43,13 @@ const ATTEMPTS: u32 = 3;
 pub trait Memory {
     /// Fills `buf` from `addr`; false when any of it cannot be read.
     fn read(&self, addr: u64, buf: &mut [u8]) -> bool;
+    /// Reads `len` bytes at each of `addrs` (range `i` at `i * len`); the flags say which were
+    /// read. ProcMem batches them (process_vm_readv, 1,024 ranges a call).
+    fn read_many(&self, addrs: &[u64], len: usize) -> (Vec<u8>, Vec<bool>) {
+        let mut buf = vec![0u8; addrs.len() * len];
+        let ok = addrs.iter().enumerate().map(|(i, a)| self.read(*a, &mut buf[i * len..(i + 1) * len])).collect();
+        (buf, ok)
+    }
     /// Whether the process is still there (a failed read of a live process is not an exit).
     fn alive(&self) -> bool {
         true
@@ -250,48 +258,62 @@ pub fn read<M: Memory + ?Sized>(mem: &M, l: &HeapLayout, limits: Limits) -> Resu
         }
         Ok(cycle)
     };
+    // 1. The list: sizes and stacks never change once a bucket is published, so one walk from
+    //    one reading of the head is a consistent list however long it takes.
+    let Some(head) = r.word(l.mbuckets)? else {
+        return Err(unreadable(&r, "runtime.mbuckets is not readable".into()));
+    };
+    // (size, stack) per bucket, in list order, and where its memRecord is.
+    let mut list: Vec<(u64, Vec<u64>)> = Vec::new();
+    let mut records: Vec<u64> = Vec::new();
+    let mut b = head;
+    let mut buf = Vec::new();
+    while b != 0 {
+        if list.len() >= limits.max_buckets {
+            return Err(HeapError::TooManyBuckets { cap: limits.max_buckets });
+        }
+        if list.len().is_multiple_of(256) && Instant::now() > deadline {
+            return Err(HeapError::Deadline { seconds: limits.timeout.as_secs_f64(), buckets: list.len() });
+        }
+        if !b.is_multiple_of(8) {
+            return Err(HeapError::Implausible(format!("bucket pointer {b:#x} is not aligned (bucket {})", list.len())));
+        }
+        buf.clear();
+        if !r.get(b, l.bucket_size, &mut buf)? {
+            return Err(unreadable(&r, format!("bucket {} at {b:#x} is not readable", list.len())));
+        }
+        let (next, typ, size, nstk) = (word_at(&buf, l.allnext), word_at(&buf, l.typ), word_at(&buf, l.size), word_at(&buf, l.nstk));
+        if typ != MEM_PROFILE || nstk > MAX_STACK {
+            return Err(HeapError::Implausible(format!("bucket {} at {b:#x}: type {typ}, {nstk} frames", list.len())));
+        }
+        buf.clear();
+        if !r.get(b + l.bucket_size, nstk * 8, &mut buf)? {
+            return Err(unreadable(&r, format!("bucket {} at {b:#x}: stack not readable", list.len())));
+        }
+        list.push((size, buf.chunks_exact(8).map(|c| word_at(c, 0)).collect()));
+        records.push(b + l.bucket_size + nstk * 8);
+        b = next;
+    }
+    r.windows.clear();
+    // 2. The counters, which do move: every memRecord in one batched sweep between two readings
+    //    of the profile cycle, again if a GC cycle ended in between (the sweep is short: a few ms
+    //    for 100k buckets, where the walk above may take longer than a busy program's GC cycle).
+    let rec_len = l.record_size as usize;
     for attempt in 1..=ATTEMPTS {
+        if Instant::now() > deadline {
+            return Err(HeapError::Deadline { seconds: limits.timeout.as_secs_f64(), buckets: list.len() });
+        }
         let cycle = read_cycle(&mut r)?;
-        r.windows.clear();
-        let Some(head) = r.word(l.mbuckets)? else {
-            return Err(unreadable(&r, "runtime.mbuckets is not readable".into()));
-        };
-        // (size, stack, record bytes) per bucket, in list order.
-        let mut raw: Vec<(u64, Vec<u64>, Vec<u8>)> = Vec::new();
-        let mut b = head;
-        let mut buf = Vec::new();
-        while b != 0 {
-            if raw.len() >= limits.max_buckets {
-                return Err(HeapError::TooManyBuckets { cap: limits.max_buckets });
-            }
-            if raw.len().is_multiple_of(256) && Instant::now() > deadline {
-                return Err(HeapError::Deadline { seconds: limits.timeout.as_secs_f64(), buckets: raw.len() });
-            }
-            if !b.is_multiple_of(8) {
-                return Err(HeapError::Implausible(format!("bucket pointer {b:#x} is not aligned (bucket {})", raw.len())));
-            }
-            buf.clear();
-            if !r.get(b, l.bucket_size, &mut buf)? {
-                return Err(unreadable(&r, format!("bucket {} at {b:#x} is not readable", raw.len())));
-            }
-            let (next, typ, size, nstk) = (word_at(&buf, l.allnext), word_at(&buf, l.typ), word_at(&buf, l.size), word_at(&buf, l.nstk));
-            if typ != MEM_PROFILE || nstk > MAX_STACK {
-                return Err(HeapError::Implausible(format!("bucket {} at {b:#x}: type {typ}, {nstk} frames", raw.len())));
-            }
-            buf.clear();
-            let rest = nstk * 8 + l.record_size;
-            if !r.get(b + l.bucket_size, rest, &mut buf)? {
-                return Err(unreadable(&r, format!("bucket {} at {b:#x}: stack and record not readable", raw.len())));
-            }
-            let stack: Vec<u64> = buf[..(nstk * 8) as usize].chunks_exact(8).map(|c| word_at(c, 0)).collect();
-            raw.push((size, stack, buf[(nstk * 8) as usize..].to_vec()));
-            b = next;
+        r.charge((records.len() as u64).saturating_mul(l.record_size))?;
+        let (recs, ok) = mem.read_many(&records, rec_len);
+        if let Some(i) = ok.iter().position(|o| !o) {
+            return Err(unreadable(&r, format!("memRecord of bucket {i} at {:#x} is not readable", records[i])));
         }
         if read_cycle(&mut r)? != cycle {
-            tracing::debug!(attempt, "a GC cycle ended during the bucket walk: reading again");
+            tracing::debug!(attempt, "a GC cycle ended while the counters were read: reading them again");
             continue;
         }
-        let buckets = fold(l, cycle, raw);
+        let buckets = fold(l, cycle, list, &recs);
         return Ok(HeapRead {
             rate,
             cycle,
@@ -315,23 +337,26 @@ fn cycle_counts(l: &HeapLayout, rec: &[u8], at: u64, size: u64) -> [u64; 4] {
     }
 }
 
-fn fold(l: &HeapLayout, cycle: u32, raw: Vec<(u64, Vec<u64>, Vec<u8>)>) -> Vec<Bucket> {
+fn fold(l: &HeapLayout, cycle: u32, list: Vec<(u64, Vec<u64>)>, recs: &[u8]) -> Vec<Bucket> {
     let index = u64::from(cycle) % l.futures;
     let add = |x: [u64; 4], y: [u64; 4]| [0, 1, 2, 3].map(|i| x[i].wrapping_add(y[i]));
-    let mut counts: Vec<[u64; 4]> = raw
+    let rec = |i: usize| recs.get(i * l.record_size as usize..(i + 1) * l.record_size as usize).unwrap_or(&[]);
+    let mut counts: Vec<[u64; 4]> = list
         .iter()
-        .map(|(size, _, rec)| add(cycle_counts(l, rec, l.active, *size), cycle_counts(l, rec, l.future + index * l.cycle_size, *size)))
+        .enumerate()
+        .map(|(i, (size, _))| add(cycle_counts(l, rec(i), l.active, *size), cycle_counts(l, rec(i), l.future + index * l.cycle_size, *size)))
         .collect();
     if counts.iter().all(|c| c[0] == 0 && c[1] == 0) {
         // No completed cycle yet: every future cycle counts.
-        counts = raw
+        counts = list
             .iter()
-            .map(|(size, _, rec)| (0..l.futures).fold(cycle_counts(l, rec, l.active, *size), |acc, c| add(acc, cycle_counts(l, rec, l.future + c * l.cycle_size, *size))))
+            .enumerate()
+            .map(|(i, (size, _))| (0..l.futures).fold(cycle_counts(l, rec(i), l.active, *size), |acc, c| add(acc, cycle_counts(l, rec(i), l.future + c * l.cycle_size, *size))))
             .collect();
     }
-    raw.into_iter()
+    list.into_iter()
         .zip(counts)
-        .map(|((size, stack, _), [allocs, frees, alloc_bytes, free_bytes])| Bucket { size, stack, allocs, frees, alloc_bytes, free_bytes })
+        .map(|((size, stack), [allocs, frees, alloc_bytes, free_bytes])| Bucket { size, stack, allocs, frees, alloc_bytes, free_bytes })
         .collect()
 }
 

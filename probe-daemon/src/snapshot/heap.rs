@@ -30,6 +30,10 @@ impl Memory for ProcMem {
         }
     }
 
+    fn read_many(&self, addrs: &[u64], len: usize) -> (Vec<u8>, Vec<bool>) {
+        self.read_same_len(addrs, len)
+    }
+
     fn alive(&self) -> bool {
         crate::procfs::alive(self.pid())
     }
