@@ -35,8 +35,21 @@ impl Memory for ProcMem {
     }
 
     fn alive(&self) -> bool {
-        crate::procfs::alive(self.pid())
+        live(self.pid())
     }
+}
+
+/// Whether process `pid` is alive and not exiting (PF_EXITING in the flags of /proc/PID/stat):
+/// a read that fails while the process is being torn down is its exit, not a bad bucket list.
+fn live(pid: u32) -> bool {
+    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    let Some(rest) = s.rfind(')').map(|i| &s[i + 1..]) else { return false };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // After the ")" closing the comm: state (field 3) first, flags (field 9) seventh.
+    let running = f.first().is_some_and(|st| *st != "Z" && *st != "X");
+    let flags = f.get(6).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+    const PF_EXITING: u64 = 0x4;
+    running && flags & PF_EXITING == 0
 }
 
 /// The reader's layout for `bin` loaded with `bias`: data-symbol addresses (.symtab or code
@@ -106,7 +119,10 @@ pub struct HeapCapture {
 /// executable as the process maps it (the name in /proc/PID/maps), read through /proc/PID/exe.
 pub fn capture(mem: &ProcMem, bin: &GoBinary, bias: u64, exe: &str, limits: Limits) -> Result<HeapCapture, HeapError> {
     let l = layout(bin, bias)?;
-    let read = reader::read(mem, &l, limits)?;
+    let read = reader::read(mem, &l, limits).map_err(|e| match e {
+        HeapError::Implausible(_) | HeapError::Changed { .. } if !live(mem.pid()) => HeapError::Gone,
+        e => e,
+    })?;
     let started = Instant::now();
     let sym = Symbolizer::load(std::path::Path::new(&format!("/proc/{}/exe", mem.pid())), bin).map_err(|e| if mem.alive() { HeapError::Layout(format!("cannot symbolize: {e}")) } else { HeapError::Gone })?;
     let maps = std::fs::read_to_string(format!("/proc/{}/maps", mem.pid())).map_err(|_| HeapError::Gone)?;
@@ -522,6 +538,12 @@ mod tests {
 
     fn frame(function: &str, line: i64, entry: u64, inlined: bool) -> Frame {
         Frame { function: function.into(), file: "/src/main.go".into(), line, start_line: 1, entry, inlined }
+    }
+
+    #[test]
+    fn liveness_from_proc_stat() {
+        assert!(live(std::process::id()));
+        assert!(!live(0x7fff_fff0), "beyond pid_max");
     }
 
     #[test]
