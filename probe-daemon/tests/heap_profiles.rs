@@ -35,14 +35,17 @@ const MIB: i64 = 1 << 20;
 
 // ---- a minimal profile.proto reader ----
 
+/// A sample: location ids leaf first, values, numeric labels.
+type Sample = (Vec<u64>, Vec<i64>, Vec<(String, i64)>);
+/// A location: mapping id, address, [(function id, line)].
+type Location = (u64, u64, Vec<(u64, i64)>);
+
 #[derive(Debug, Default)]
 struct Prof {
     types: Vec<(String, String)>,
     period: i64,
-    /// (location ids leaf first, values, numeric labels)
-    samples: Vec<(Vec<u64>, Vec<i64>, Vec<(String, i64)>)>,
-    /// id → (mapping id, address, [(function id, line)])
-    locs: HashMap<u64, (u64, u64, Vec<(u64, i64)>)>,
+    samples: Vec<Sample>,
+    locs: HashMap<u64, Location>,
     /// id → (name, file)
     funcs: HashMap<u64, (String, String)>,
     /// (start, limit, file, build id)
