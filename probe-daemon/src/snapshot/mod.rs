@@ -100,6 +100,9 @@ impl SnapshotConfig {
         if self.dir.is_empty() {
             return Err(("snapshot.dir", "must name a directory".into()));
         }
+        if self.heap_max_buckets == 0 || self.heap_max_read_bytes < 1 << 16 {
+            return Err(("snapshot.heap_max_buckets / heap_max_read_bytes", "must be at least 1 bucket and 65536 bytes".into()));
+        }
         if !(0.0..=1.0).contains(&self.min_available_memory_ratio) || !(0.0..=100.0).contains(&self.memory_pressure_avg10) {
             return Err(("snapshot.min_available_memory_ratio / memory_pressure_avg10", "a ratio 0–1 and a percentage 0–100".into()));
         }
