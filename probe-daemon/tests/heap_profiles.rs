@@ -15,11 +15,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use chainprobe::{
-    goinspect,
-    goruntime::{heap::Limits, mem::load_bias, ProcMem},
-    snapshot::heap::{capture, HeapCapture},
-};
 use common::{Daemon, GoProgram, TempDir};
 use serde_json::Value;
 
@@ -226,15 +221,29 @@ fn pprof_tool(args: &[&str], file: &Path) -> String {
     text
 }
 
-/// chainprobe's out-of-process profile of `pid`, through the library (as the snapshotter does).
-fn ours(pid: u32) -> HeapCapture {
-    let bin = goinspect::inspect_pid(pid).expect("inspect");
-    let exe = PathBuf::from(format!("/proc/{pid}/exe"));
-    let bias = load_bias(pid, &exe).expect("bias");
-    let mem = ProcMem::open(pid).expect("mem");
-    let name = std::fs::read_link(&exe).unwrap().display().to_string();
-    let limits = Limits { max_buckets: 250_000, max_bytes: 512 << 20, timeout: Duration::from_secs(10) };
-    capture(&mem, &bin, bias, &name, limits).unwrap_or_else(|e| panic!("capture of pid {pid}: {e}"))
+/// What chainprobe wrote for a heap snapshot: the profile's bytes and the summary.
+struct Ours {
+    profile_gz: Vec<u8>,
+    summary: Value,
+}
+
+/// chainprobe's heap snapshot of `pid`, requested over the daemon's API (only the public
+/// surface: the test does not depend on the library's modules).
+fn ours(api: &Api<'_>, dir: &Path, pid: u32) -> Ours {
+    let snap = api.wait_finished(&api.request(pid));
+    assert_eq!(snap["status"], "done", "{snap}\n{}", api.d.log_text());
+    assert_eq!(snap["files"]["heap"]["source"], "proc-mem", "{snap}");
+    let file = dir.join(snap["files"]["heap"]["file"].as_str().unwrap());
+    Ours { profile_gz: std::fs::read(&file).unwrap(), summary: snap }
+}
+
+/// A daemon for heap snapshots on request, its snapshots in `dir`.
+fn heap_daemon(tag: &str, dir: &TempDir, extra: &str) -> Daemon {
+    Daemon::start(tag, &format!("[snapshot]\ndir = \"{}\"\nmax_per_target_per_hour = 1000\nmax_snapshots = 1000\n{extra}", dir.0.display()))
+}
+
+fn api(d: &Daemon) -> Api<'_> {
+    Api { d, http: reqwest::blocking::Client::builder().timeout(Duration::from_secs(60)).build().unwrap() }
 }
 
 fn theirs(app: &mut GoProgram, dir: &TempDir, name: &str) -> (Prof, PathBuf) {
@@ -253,15 +262,21 @@ fn within(ours: i64, theirs: i64, pct: f64) -> bool {
 fn out_of_process_profile_matches_the_process_own_heap_profile() {
     let _g = serial();
     let dir = TempDir::new("heap-compare");
+    let snaps = TempDir::new("heap-compare-snaps");
+    let d = heap_daemon("heap-compare", &snaps, "");
+    let api = api(&d);
     let mut report = Vec::new();
     for version in VERSIONS {
         for variant in VARIANTS {
             let ctx = format!("go{version} {variant}");
             let t0 = Instant::now();
             let mut app = GoProgram::start(&ctx, &heapprof(version, variant));
+            api.wait_tracked(app.pid);
             assert_eq!(app.cmd("retain"), vec![48 * MIB, 8 * MIB, 16 * MIB], "{ctx}");
             app.cmd("gc");
-            let c = ours(app.pid);
+            // chainprobe's profile, then the process's own, a few ms apart.
+            let c = ours(&api, &snaps.0, app.pid);
+            let info = &c.summary["heap_profile"];
             let (go, go_path) = theirs(&mut app, &dir, &format!("{version}-{variant}-go.pb.gz"));
             let our_path = dir.0.join(format!("{version}-{variant}-ours.pb.gz"));
             std::fs::write(&our_path, &c.profile_gz).unwrap();
@@ -270,8 +285,8 @@ fn out_of_process_profile_matches_the_process_own_heap_profile() {
             assert_eq!(me.types, go.types, "{ctx}");
             assert_eq!(me.period, go.period, "{ctx}: period (MemProfileRate)");
             assert_eq!(me.period, 512 * 1024, "{ctx}");
-            assert_eq!(c.info.buckets as usize, me.samples.len(), "{ctx}: one sample per bucket");
-            assert!(c.info.inline_frames.is_none(), "{ctx}: {:?}", c.info.inline_frames);
+            assert_eq!(info["buckets"].as_u64().unwrap() as usize, me.samples.len(), "{ctx}: one sample per bucket");
+            assert!(info.get("inline_frames").is_none(), "{ctx}: {info}");
             // In use per function: within 10% of what the process reports itself.
             let (mine, gos) = (me.flat("inuse_space"), go.flat("inuse_space"));
             for (f, truth) in [("main.retainBig", 48 * MIB), ("main.retainSmall", 8 * MIB), ("main.newChunk", 16 * MIB)] {
@@ -312,7 +327,7 @@ fn out_of_process_profile_matches_the_process_own_heap_profile() {
             // the last completed GC cycle: one runs between them).
             app.cmd("churn 8");
             app.cmd("gc");
-            let again = parse(&ours(app.pid).profile_gz);
+            let again = parse(&ours(&api, &snaps.0, app.pid).profile_gz);
             let (before, after) = (me.flat("alloc_space"), again.flat("alloc_space"));
             for (f, v) in &before {
                 let now = after.get(f).copied().unwrap_or(0);
@@ -321,13 +336,19 @@ fn out_of_process_profile_matches_the_process_own_heap_profile() {
             let total = |m: &BTreeMap<String, i64>| m.values().sum::<i64>();
             assert!(total(&after) > total(&before), "{ctx}: churn shows in alloc_space");
             report.push(format!("{ctx}: checked in {:.1} s", t0.elapsed().as_secs_f64()));
-            report.push(format!("{ctx}: {} buckets, read {:.1} ms ({} bytes), written {:.1} ms", c.info.buckets, c.info.read_seconds * 1e3, c.info.bytes_read, c.info.write_seconds * 1e3));
+            report.push(format!(
+                "{ctx}: {} buckets, read {:.1} ms ({} bytes), written {:.1} ms",
+                info["buckets"],
+                info["read_seconds"].as_f64().unwrap_or(0.0) * 1e3,
+                info["bytes_read"],
+                info["write_seconds"].as_f64().unwrap_or(0.0) * 1e3
+            ));
         }
     }
     eprintln!("{}", report.join("\n"));
 }
 
-/// The daemon's snapshot of `pid`: waits until it is finished.
+/// The daemon's API, as the tests use it.
 struct Api<'d> {
     d: &'d Daemon,
     http: reqwest::blocking::Client,
@@ -392,11 +413,8 @@ fn heap_files(dir: &Path) -> Vec<PathBuf> {
 fn daemon_writes_proc_mem_heap_profiles_and_refuses_cleanly() {
     let _g = serial();
     let snaps = TempDir::new("heap-snaps");
-    let d = Daemon::start(
-        "heap-daemon",
-        &format!("[snapshot]\ndir = \"{}\"\nmax_per_target_per_hour = 100\nheap_max_buckets = 20000\n", snaps.0.display()),
-    );
-    let api = Api { d: &d, http: reqwest::blocking::Client::builder().timeout(Duration::from_secs(20)).build().unwrap() };
+    let d = heap_daemon("heap-daemon", &snaps, "heap_max_buckets = 20000\n");
+    let api = api(&d);
     let newest = VERSIONS[VERSIONS.len() - 1];
 
     // A stripped PIE without any endpoint: the heap profile comes from its memory.
@@ -473,18 +491,22 @@ fn daemon_writes_proc_mem_heap_profiles_and_refuses_cleanly() {
     assert!(d.child.id() > 0 && api.alive());
 }
 
-/// Not a check: the reader's cost at 1k, 10k and 100k buckets in this (debug) build, for
+/// Not a check: the reader's cost at 1k, 10k and 100k buckets in the daemon this test builds, for
 /// diagnosis (`cargo test --test heap_profiles -- --ignored --nocapture`; the release numbers are
 /// `cargo xtask bench snapshot --heap-only`).
 #[test]
 #[ignore]
 fn read_cost_by_bucket_count() {
     let _g = serial();
+    let snaps = TempDir::new("heap-cost-snaps");
+    let d = heap_daemon("heap-cost", &snaps, "");
+    let api = api(&d);
     for n in [1_000, 10_000, 100_000] {
         let mut app = GoProgram::start("heapprof", &heapprof("1.27", "stripped"));
         app.cmd(&format!("buckets {n}"));
         app.cmd("gc");
-        let c = ours(app.pid);
-        eprintln!("{n}: {} buckets, read {:.1} ms ({} bytes), written {:.1} ms, {} bytes gz", c.info.buckets, c.info.read_seconds * 1e3, c.info.bytes_read, c.info.write_seconds * 1e3, c.profile_gz.len());
+        api.wait_tracked(app.pid);
+        let c = ours(&api, &snaps.0, app.pid);
+        eprintln!("{n}: {} bytes gz, {}", c.profile_gz.len(), c.summary["heap_profile"]);
     }
 }
