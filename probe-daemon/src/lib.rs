@@ -16,7 +16,7 @@ pub mod attach;
 pub mod config;
 pub mod daemon;
 pub mod events;
-pub mod goinspect;
+
 pub mod goruntime;
 pub mod health;
 pub mod k8s;

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use chainprobe::goinspect::{self, Arch, GoBinary, GoInspectError, Inspector, LinkMode, Source};
+use goinspect::{self, Arch, GoBinary, GoInspectError, Inspector, LinkMode, Source};
 
 const VARIANTS: &[&str] = &[
     "default",

@@ -220,7 +220,7 @@ impl Drop for TraceUprobes {
 /// chunk by chunk, so drift cannot favour one. Returns CPU µs per pair of (none, RETs, call site):
 /// the medians, and the best (lowest) chunks.
 fn trap_cost(bin: &Path, n: u64, chunks: u64, rounds: usize) -> Result<([f64; 3], [f64; 3])> {
-    let b = crate::codegen::goinspect::inspect_path(bin)?;
+    let b = goinspect::inspect_path(bin)?;
     let mut sites = Vec::new();
     for (i, name) in ["crypto/tls.(*Conn).clientHandshake", "crypto/tls.(*Conn).serverHandshake"].iter().enumerate() {
         let f = b.function(name).with_context(|| format!("{name} not in {}", bin.display()))?;

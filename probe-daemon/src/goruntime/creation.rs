@@ -16,9 +16,9 @@ use serde::Serialize;
 use tracing::{info, warn};
 
 use super::{BinaryKey, GoTarget};
+use goinspect::FuncTable;
 use crate::{
     attach::{CreationMaps, Probes},
-    goinspect::FuncTable,
 };
 
 /// When creation probes may switch on by themselves.

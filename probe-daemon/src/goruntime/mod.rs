@@ -18,9 +18,9 @@ use probe_common::{GoSite, ProgId};
 use serde::Serialize;
 use tracing::{debug, info, warn};
 
+use goinspect::{tables::Origin, FuncTable, GoBinary, GoInspectError, Inspector};
 use crate::{
     attach::Probes,
-    goinspect::{tables::Origin, FuncTable, GoBinary, GoInspectError, Inspector},
 };
 pub use mem::{GoSample, Layout, MemError, ProcMem};
 
@@ -101,7 +101,7 @@ impl OffsetsStatus {
 /// Whether `bin`'s offsets or data-symbol addresses come from outside the binary (a table, the
 /// code-reference method) and must be checked on a live process before they are trusted.
 pub fn needs_check(bin: &GoBinary) -> bool {
-    !matches!(bin.offsets_origin, Origin::Dwarf) || bin.data_symbols.values().any(|d| d.source == crate::goinspect::Source::CodeRef)
+    !matches!(bin.offsets_origin, Origin::Dwarf) || bin.data_symbols.values().any(|d| d.source == goinspect::Source::CodeRef)
 }
 
 /// A process that exited while it was checked says nothing about the offsets (its memory went

@@ -25,7 +25,8 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 pub use crate::health::Kind;
-use crate::{goinspect::FuncTable, goruntime::{GoTarget, ProcMem}, k8s::PodLabels};
+use crate::{goruntime::{GoTarget, ProcMem}, k8s::PodLabels};
+use goinspect::FuncTable;
 use goroutines::HeapNumbers;
 use store::{sanitize, Store};
 
@@ -605,12 +606,12 @@ impl Snapshotter {
 
     /// The function table of the executable of `pid` (remembered per file: many pods run the
     /// same binary).
-    fn funcs(&self, pid: u32) -> Result<Arc<FuncTable>, crate::goinspect::GoInspectError> {
+    fn funcs(&self, pid: u32) -> Result<Arc<FuncTable>, goinspect::GoInspectError> {
         use std::os::unix::fs::MetadataExt;
         let exe = PathBuf::from(format!("/proc/{pid}/exe"));
         let key = std::fs::metadata(&exe)
             .map(|m| (m.dev(), m.ino(), m.mtime()))
-            .map_err(|source| crate::goinspect::GoInspectError::Io { path: exe.clone(), source })?;
+            .map_err(|source| goinspect::GoInspectError::Io { path: exe.clone(), source })?;
         if let Some(f) = lock(&self.inner).funcs.iter().find(|f| f.0 == key) {
             return Ok(f.1.clone());
         }
@@ -694,7 +695,7 @@ impl Snapshotter {
                     };
                     let funcs = self.funcs(pid).map_err(|e| match e {
                         // A live process always has its executable: it is exiting.
-                        crate::goinspect::GoInspectError::Io { ref source, .. } if source.kind() == std::io::ErrorKind::NotFound => gone("reading its binary"),
+                        goinspect::GoInspectError::Io { ref source, .. } if source.kind() == std::io::ErrorKind::NotFound => gone("reading its binary"),
                         _ if !crate::procfs::alive(pid) => gone("reading its binary"),
                         e => Failure { reason: format!("cannot read the function table: {e}"), counts: true },
                     })?;

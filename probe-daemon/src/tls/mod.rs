@@ -33,9 +33,9 @@ use tracing::{debug, info, warn};
 
 pub use state::{TlsKey, TlsState, TlsTotals};
 
+use goinspect::{GoBinary, TLS_HANDSHAKE_CALLER};
 use crate::{
     attach::Probes,
-    goinspect::{GoBinary, TLS_HANDSHAKE_CALLER},
     goruntime::{attach_sites, ProbeState},
 };
 
@@ -71,7 +71,7 @@ pub fn go_tls_config(bin: &GoBinary) -> Result<GoTlsConfig, TlsError> {
     // check it before the first handshake is counted. Handshakes are then counted with their role
     // (isClient has been Conn's first field after the net.Conn since Go 1.0), result and duration;
     // version, ALPN and the failure reason are "unknown"/"other", never a wrong value.
-    let guess = matches!(bin.offsets_origin, crate::goinspect::tables::Origin::Nearest { .. });
+    let guess = matches!(bin.offsets_origin, goinspect::tables::Origin::Nearest { .. });
     let conn = |k: &str| if guess { Ok(OFFSET_NONE) } else { need(k) };
     Ok(GoTlsConfig {
         conn_is_client: need("crypto/tls.Conn.isClient")?,
@@ -126,7 +126,7 @@ impl GoTls {
     /// jump: ~1.2 µs a hit instead of ~4.7 µs for a single-stepped RET), else every RET of both.
     /// `[tls] go_result_site = "rets"` forces the RETs.
     pub fn attach_binary(&self, probes: &mut Probes, pid: u32, bin: &GoBinary) -> (Vec<(ProgId, UProbeLinkId)>, Vec<ProbeState>) {
-        let present: Vec<(&'static str, &crate::goinspect::Function)> =
+        let present: Vec<(&'static str, &goinspect::Function)> =
             GO_TLS_FUNCTIONS.iter().filter_map(|&name| bin.function(name).map(|f| (name, f))).collect();
         // No crypto/tls in this binary: nothing to probe, not an error.
         let mut sites: Vec<(ProgId, &'static str, Vec<u64>)> =

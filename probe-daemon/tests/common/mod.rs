@@ -37,7 +37,7 @@ pub fn go_versions() -> Vec<&'static str> {
 
 /// The built-in offset tables (what the daemon embeds).
 pub fn builtin_go_tables() -> serde_json::Value {
-    serde_json::from_str(include_str!("../../src/goinspect/offsets/go-offsets.json")).unwrap()
+    serde_json::from_str(goinspect::tables::TABLES_JSON).unwrap()
 }
 
 /// The offsets and code references the runtime reader and its checks use.
