@@ -11,7 +11,7 @@ use std::{
 };
 
 use aya::programs::uprobe::UProbeLinkId;
-use probe_common::{CreationSite, GoCreationConfig, GoSite, ProgId};
+use probe_common::{CreationSite, GoCreationConfig, GoSite, GoidKey, ProgGroup, ProgId};
 use serde::Serialize;
 use tracing::{info, warn};
 
@@ -129,7 +129,7 @@ impl CreationProbes {
         let mut failure = None;
         {
             let mut p = lock(probes);
-            for &prog in ProgId::GO_CREATION {
+            for prog in ProgId::in_group(ProgGroup::GoCreation) {
                 let Some((function, site)) = prog.go_site() else { continue };
                 let Some(f) = bin.function(function) else {
                     failure = Some(format!("{function} not found in the binary"));
@@ -183,7 +183,7 @@ impl CreationProbes {
         for k in doomed {
             let _ = self.maps.sites.remove(&k);
         }
-        let doomed: Vec<CreationSite> = self.maps.window_goids.keys().flatten().filter(|k| k.tgid == pid).collect();
+        let doomed: Vec<GoidKey> = self.maps.window_goids.keys().flatten().filter(|k| k.tgid == pid).collect();
         for k in doomed {
             let _ = self.maps.window_goids.remove(&k);
         }

@@ -14,7 +14,7 @@ use std::{
 };
 
 use aya::programs::uprobe::UProbeLinkId;
-use probe_common::{GoSite, ProgId};
+use probe_common::{GoSite, ProgGroup, ProgId};
 use serde::Serialize;
 use tracing::{debug, info, warn};
 
@@ -502,7 +502,7 @@ fn attach_binary(probes: &Mutex<Probes>, pid: u32, bin: &GoBinary) -> (Vec<(Prog
     let mut links = Vec::new();
     let mut states = Vec::new();
     let mut probes = lock(probes);
-    for &prog in ProgId::GO {
+    for prog in ProgId::in_group(ProgGroup::GoRuntime) {
         let Some((function, site)) = prog.go_site() else { continue };
         let Some(f) = bin.function(function) else {
             states.push(ProbeState { name: prog.program_name(), function, state: "absent", sites: 0, error: None });
