@@ -1,7 +1,7 @@
 //! Loads chainprobe's kernel programs, hands them this kernel's offsets, and attaches each to its
 //! tracepoint (or, for the memory system calls, to the call's entry point through a BPF
 //! trampoline where the kernel has them). Dropping [`Probes`] detaches everything.
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use std::num::NonZeroU32;
 
@@ -141,6 +141,48 @@ fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(ebpf: &mut Ebpf
     let name = spec.name;
     let map = ebpf.take_map(name).ok_or(AttachError::MissingMap(name))?;
     T::try_from(map).map_err(|source| AttachError::Map { name, source })
+}
+
+/// State of one probe of one binary, as `/api/v1/targets` shows it.
+#[derive(Debug, Clone, serde::Serialize, PartialEq, Eq)]
+pub struct ProbeState {
+    pub name: &'static str,
+    pub function: &'static str,
+    /// "attached", "failed" or "absent" (function not in this binary).
+    pub state: &'static str,
+    /// Attach points (entry or RET instructions).
+    pub sites: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Attaches `prog` at each file offset of `offsets` in the executable of `pid` (for every process
+/// of that file), adds the links to `links`, and says how it went.
+pub fn attach_sites(
+    probes: &mut Probes,
+    pid: u32,
+    prog: ProgId,
+    function: &'static str,
+    offsets: Vec<u64>,
+    links: &mut Vec<(ProgId, UProbeLinkId)>,
+) -> ProbeState {
+    let target = PathBuf::from(format!("/proc/{pid}/exe"));
+    let mut error = if offsets.is_empty() { Some("no RET instruction found".to_string()) } else { None };
+    let mut attached = 0;
+    for off in offsets {
+        match probes.attach_uprobe(prog, &target, off, None) {
+            Ok(link) => {
+                links.push((prog, link));
+                attached += 1;
+            }
+            Err(e) => error = Some(e),
+        }
+    }
+    if let Some(e) = &error {
+        warn!(pid, probe = prog.program_name(), function, error = %e, "Go probe not attached: what it reports is missing for this binary");
+    }
+    let state = if error.is_none() { "attached" } else { "failed" };
+    ProbeState { name: prog.program_name(), function, state, sites: attached, error }
 }
 
 /// How the memory system calls (mmap, munmap, brk) are hooked (`[collect] memory_hooks`).

@@ -13,10 +13,12 @@
 pub mod aggregate;
 pub mod api;
 pub mod attach;
+pub mod collector;
 pub mod config;
 pub mod daemon;
-pub mod events;
-
+pub mod decode;
+pub mod discovery;
+pub mod evidence;
 pub mod goruntime;
 pub mod health;
 pub mod k8s;

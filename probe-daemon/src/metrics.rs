@@ -19,6 +19,7 @@ use probe_common::{MemSyscall, ProcCounters, ProgId, ProgStats};
 use crate::{
     aggregate::{errno_name, Aggregate, ExitInfo, GoState},
     attach::ProgramStatus,
+    health::Health,
     k8s::{LabelPolicy, PodLabels, SeriesLimiter},
 };
 
@@ -128,8 +129,8 @@ pub struct ProcView {
     pub exit: Option<ExitInfo>,
     pub go: Option<GoState>,
     pub pod: Option<PodLabels>,
-    pub health: Option<crate::health::Health>,
-    /// TLS handshakes (issue #6).
+    pub health: Option<Health>,
+    /// TLS handshakes.
     pub tls: Option<crate::tls::TlsState>,
 }
 
@@ -155,12 +156,16 @@ pub struct ScrapeView {
 }
 
 impl ScrapeView {
-    pub fn from_aggregate(agg: &Aggregate, programs: &[ProgramStatus], kernel: &str) -> Self {
-        Self::with_policy(agg, programs, kernel, LabelPolicy::default(), None)
+    /// Copies what a scrape encodes out of the aggregate and the latest health results.
+    /// `max_map_count` is the node's `vm.max_map_count` (the collector reads it).
+    pub fn new(agg: &Aggregate, health: &HashMap<u32, Health>, max_map_count: Option<u64>, programs: &[ProgramStatus], kernel: &str) -> Self {
+        Self::with_policy(agg, health, max_map_count, programs, kernel, LabelPolicy::default(), None)
     }
 
     pub fn with_policy(
         agg: &Aggregate,
+        health: &HashMap<u32, Health>,
+        max_map_count: Option<u64>,
         programs: &[ProgramStatus],
         kernel: &str,
         policy: LabelPolicy,
@@ -178,7 +183,7 @@ impl ScrapeView {
                 exit: p.exit.clone(),
                 go: p.go.clone(),
                 pod: p.pod.clone(),
-                health: p.health.clone(),
+                health: health.get(&p.pid).cloned(),
                 tls: p.tls.clone(),
             })
             .collect();
@@ -189,7 +194,7 @@ impl ScrapeView {
             procs,
             prog_stats: agg.prog_stats().to_vec(),
             programs: programs.to_vec(),
-            max_map_count: crate::procfs::max_map_count(),
+            max_map_count,
             dropped_exited: agg.dropped_exited,
             decode_errors: agg.decode_errors,
             discovery_dropped: agg.discovery_dropped,
@@ -725,7 +730,7 @@ mod tests {
                     go: None,
                     tls: None,
                     pod: Some(PodLabels { namespace: "shop".into(), pod: "cart-1".into(), container: "app".into() }),
-                    health: Some(crate::health::Health { score: 70, signals: vec![crate::health::Signal { name: "goroutines", value: 6000.0, threshold: Some(5000.0), state: crate::health::State::Critical }] }),
+                    health: Some(Health { score: 70, signals: vec![crate::health::Signal { name: "goroutines", value: 6000.0, threshold: Some(5000.0), state: crate::health::State::Critical }] }),
                 },
                 ProcView {
                     pid: 11,

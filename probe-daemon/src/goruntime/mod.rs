@@ -19,9 +19,7 @@ use serde::Serialize;
 use tracing::{debug, info, warn};
 
 use goinspect::{tables::Origin, FuncTable, GoBinary, GoInspectError, Inspector};
-use crate::{
-    attach::Probes,
-};
+use crate::attach::{attach_sites, ProbeState, Probes};
 pub use mem::{GoSample, Layout, MemError, ProcMem};
 
 /// Identity of an executable file.
@@ -34,19 +32,6 @@ pub struct BinaryKey {
 fn binary_key(pid: u32) -> Option<BinaryKey> {
     let m = std::fs::metadata(format!("/proc/{pid}/exe")).ok()?;
     Some(BinaryKey { dev: m.dev(), ino: m.ino() })
-}
-
-/// State of one probe of one binary, as `/api/v1/targets` shows it.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct ProbeState {
-    pub name: &'static str,
-    pub function: &'static str,
-    /// "attached", "failed" or "absent" (function not in this binary).
-    pub state: &'static str,
-    /// Attach points (entry or RET instructions).
-    pub sites: usize,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
 }
 
 /// What is attached to one executable.
@@ -187,7 +172,7 @@ pub struct Inspected {
 }
 
 /// Looks at processes (owned by the discovery thread): inspects their executables, remembering
-/// which ones are not Go, without holding the tracker's lock.
+/// which ones are not Go.
 pub struct Discoverer {
     inspector: Inspector,
     /// Executables known not to be (supported) Go.
@@ -202,12 +187,12 @@ impl Default for Discoverer {
 
 impl Discoverer {
     /// Inspects the executable of `pid`. `Err` says why it is not to be tracked.
-    pub fn inspect(&mut self, tracker: &Mutex<GoTracker>, pid: u32) -> Result<Inspected, Discovery> {
+    pub fn inspect(&mut self, tracker: &GoTracker, pid: u32) -> Result<Inspected, Discovery> {
         let Some(key) = binary_key(pid) else {
             debug!(pid, "process gone before it could be inspected");
             return Err(Discovery::Gone);
         };
-        if lock(tracker).targets.get(&pid).is_some_and(|t| t.key == Some(key)) {
+        if tracker.targets.get(&pid).is_some_and(|t| t.key == Some(key)) {
             return Err(Discovery::AlreadyTracked);
         }
         if self.not_go.contains(&key) {
@@ -243,7 +228,7 @@ impl Discoverer {
         // A first check now (outside the tracker's lock) when the binary's offsets need one and
         // no process of it was checked yet: a process that has been running for a while is read
         // at once; one that has just exec'd is inconclusive and checked again by the reader.
-        let checked = lock(tracker).binaries.get(&key).is_some_and(|b| b.verdict.is_some());
+        let checked = tracker.binaries.get(&key).is_some_and(|b| b.verdict.is_some());
         let verdict = match &layout {
             Ok(l) if needs_check(&bin) && !checked => Some(check_offsets(pid, &bin, l)),
             _ => None,
@@ -516,35 +501,6 @@ fn attach_binary(probes: &Mutex<Probes>, pid: u32, bin: &GoBinary) -> (Vec<(Prog
         states.push(attach_sites(&mut probes, pid, prog, function, offsets, &mut links));
     }
     (links, states)
-}
-
-/// Attaches `prog` at each file offset of `offsets` in the executable of `pid` (for every process
-/// of that file), adds the links to `links`, and says how it went.
-pub(crate) fn attach_sites(
-    probes: &mut Probes,
-    pid: u32,
-    prog: ProgId,
-    function: &'static str,
-    offsets: Vec<u64>,
-    links: &mut Vec<(ProgId, UProbeLinkId)>,
-) -> ProbeState {
-    let target = PathBuf::from(format!("/proc/{pid}/exe"));
-    let mut error = if offsets.is_empty() { Some("no RET instruction found".to_string()) } else { None };
-    let mut attached = 0;
-    for off in offsets {
-        match probes.attach_uprobe(prog, &target, off, None) {
-            Ok(link) => {
-                links.push((prog, link));
-                attached += 1;
-            }
-            Err(e) => error = Some(e),
-        }
-    }
-    if let Some(e) = &error {
-        warn!(pid, probe = prog.program_name(), function, error = %e, "Go probe not attached: what it reports is missing for this binary");
-    }
-    let state = if error.is_none() { "attached" } else { "failed" };
-    ProbeState { name: prog.program_name(), function, state, sites: attached, error }
 }
 
 /// stwReason names (Go >= 1.21; the same order through 1.27).

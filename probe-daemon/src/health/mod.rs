@@ -13,32 +13,10 @@ use std::{
 use probe_common::{MemSyscall, ProcCounters};
 use serde::{Deserialize, Serialize};
 
-use crate::aggregate::{Aggregate, ExitReason, ProcessState};
-
-/// Snapshot kinds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Kind {
-    Heap,
-    Goroutine,
-}
-
-impl Kind {
-    pub const ALL: [Kind; 2] = [Kind::Heap, Kind::Goroutine];
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Heap => "heap",
-            Kind::Goroutine => "goroutine",
-        }
-    }
-    pub fn parse(s: &str) -> Option<Kind> {
-        match s {
-            "heap" => Some(Kind::Heap),
-            "goroutine" => Some(Kind::Goroutine),
-            _ => None,
-        }
-    }
-}
+use crate::{
+    aggregate::{Aggregate, ExitReason, ProcessState},
+    evidence::Kind,
+};
 
 /// State of one signal: ok, warn or critical (the `chainprobe_health_signal_state` value).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

@@ -24,7 +24,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-pub use crate::health::Kind;
+pub use crate::evidence::Kind;
 use crate::{goruntime::{GoTarget, ProcMem}, k8s::PodLabels};
 use goinspect::FuncTable;
 use goroutines::HeapNumbers;
@@ -196,15 +196,29 @@ pub struct TargetInfo {
 /// Looks a process up by pid.
 pub type Resolve = dyn Fn(u32) -> Option<TargetInfo> + Send + Sync;
 
-/// Why a snapshot was not taken (HTTP status, message).
+/// Why a snapshot was not taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalReason {
+    /// `[snapshot] enabled = false`.
+    Disabled,
+    UnknownProcess,
+    NotGo,
+    /// The circuit breaker is open (node pressure, repeated failures).
+    Stopped,
+    Cooldown,
+    HourlyCap,
+    QueueFull,
+}
+
+/// A snapshot not taken: why, and a message that says what to do.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Refusal {
-    pub status: u16,
+    pub reason: RefusalReason,
     pub message: String,
 }
 
-fn refuse(status: u16, message: impl Into<String>) -> Refusal {
-    Refusal { status, message: message.into() }
+fn refuse(reason: RefusalReason, message: impl Into<String>) -> Refusal {
+    Refusal { reason, message: message.into() }
 }
 
 /// Counters for `/metrics`.
@@ -420,16 +434,16 @@ impl Snapshotter {
             Err(r)
         };
         if !self.cfg.enabled {
-            return refused(refuse(409, "snapshots are disabled in the configuration ([snapshot] enabled = false)"));
+            return refused(refuse(RefusalReason::Disabled, "snapshots are disabled in the configuration ([snapshot] enabled = false)"));
         }
         let Some(target) = (self.resolve)(pid) else {
-            return refused(refuse(404, format!("process {pid} is not known to chainprobe (see GET /api/v1/targets)")));
+            return refused(refuse(RefusalReason::UnknownProcess, format!("process {pid} is not known to chainprobe (see GET /api/v1/targets)")));
         };
         if target.go.is_none() {
-            return refused(refuse(422, format!("process {pid} ({}) is not a tracked Go process: heap and goroutine snapshots need one", target.comm)));
+            return refused(refuse(RefusalReason::NotGo, format!("process {pid} ({}) is not a tracked Go process: heap and goroutine snapshots need one", target.comm)));
         }
         if let Some(why) = self.circuit_reason() {
-            return refused(refuse(503, format!("snapshots are stopped: {why}")));
+            return refused(refuse(RefusalReason::Stopped, format!("snapshots are stopped: {why}")));
         }
         let now = Instant::now();
         let mut inner = lock(&self.inner);
@@ -442,7 +456,7 @@ impl Snapshotter {
                 let cd = Duration::from_secs_f64(self.cfg.cooldown_seconds);
                 if now.saturating_duration_since(*last) < cd {
                     drop(inner);
-                    return refused(refuse(429, format!("process {pid} is in its snapshot cooldown ([snapshot] cooldown_seconds = {})", self.cfg.cooldown_seconds)));
+                    return refused(refuse(RefusalReason::Cooldown, format!("process {pid} is in its snapshot cooldown ([snapshot] cooldown_seconds = {})", self.cfg.cooldown_seconds)));
                 }
             }
         }
@@ -455,7 +469,7 @@ impl Snapshotter {
         };
         if in_last_hour >= self.cfg.max_per_target_per_hour as usize {
             drop(inner);
-            return refused(refuse(429, format!("process {pid} already had {} snapshots in the last hour ([snapshot] max_per_target_per_hour)", self.cfg.max_per_target_per_hour)));
+            return refused(refuse(RefusalReason::HourlyCap, format!("process {pid} already had {} snapshots in the last hour ([snapshot] max_per_target_per_hour)", self.cfg.max_per_target_per_hour)));
         }
         let id = random_id();
         let (created, _, created_ms) = timestamps(SystemTime::now());
@@ -481,7 +495,7 @@ impl Snapshotter {
         if self.queue.try_send(Job { id: id.clone(), target }).is_err() {
             inner.jobs.remove(&id);
             drop(inner);
-            return refused(refuse(503, format!("{} snapshots are already queued ([snapshot] max_pending)", self.cfg.max_pending)));
+            return refused(refuse(RefusalReason::QueueFull, format!("{} snapshots are already queued ([snapshot] max_pending)", self.cfg.max_pending)));
         }
         inner.hourly.entry(pid).or_default().push_back(now);
         if trigger == Trigger::Rule {

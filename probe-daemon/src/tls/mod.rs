@@ -34,10 +34,7 @@ use tracing::{debug, info, warn};
 pub use state::{TlsKey, TlsState, TlsTotals};
 
 use goinspect::{GoBinary, TLS_HANDSHAKE_CALLER};
-use crate::{
-    attach::Probes,
-    goruntime::{attach_sites, ProbeState},
-};
+use crate::attach::{attach_sites, ProbeState, Probes};
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
