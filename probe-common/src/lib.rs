@@ -289,7 +289,7 @@ impl ProgId {
     }
 }
 
-// ---- TLS handshakes (issue #6) -------------------------------------------------------------
+// ---- TLS handshakes -------------------------------------------------------------
 
 /// Go functions that run once per real handshake (never the entry of `handshakeContext`, which
 /// runs again on every Read and Write): the entry program goes at each entry; the return program

@@ -30,6 +30,7 @@ use crate::{
     metrics::ScrapeView,
     procfs,
     snapshot::{Snapshotter, Trigger},
+    sync::lock,
 };
 
 /// What the collector is asked or told.
@@ -309,7 +310,7 @@ impl Thread {
         if pids.is_empty() {
             return;
         }
-        let mut lim = self.own.limiter.lock().unwrap_or_else(|e| e.into_inner());
+        let mut lim = lock(&self.own.limiter);
         for pid in pids {
             self.scores.remove(pid);
             lim.release_label("pid", &pid.to_string());

@@ -17,7 +17,7 @@ use crate::{
     api::{self, ApiAuth, ApiState, RateLimiter},
     attach::{self, KernelMaps},
     collector::{self, Collector, DrainMaps, View},
-    config::Config,
+    config::{Config, Settings},
     discovery::{self, GoView, Trackers},
     goruntime::{creation::CreationProbes, GoTracker},
     health::HealthEngine,
@@ -51,7 +51,8 @@ pub enum DaemonError {
 
 /// Runs the daemon until SIGTERM/SIGINT.
 pub async fn run(cfg: Config) -> Result<(), DaemonError> {
-    cfg.validate()?;
+    let settings = Settings::new(cfg)?;
+    let cfg = &settings.config;
 
     let failures: Vec<String> = kernel::check()
         .into_iter()
@@ -78,8 +79,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     let programs = probes.programs.clone();
     let probes = Arc::new(Mutex::new(probes));
 
-    let creation_settings = cfg.creation_settings()?;
-    let policy = cfg.label_policy()?;
+    let (creation_settings, policy) = (settings.creation.clone(), settings.label_policy.clone());
     let pods = Arc::new(PodResolver::start(&cfg.kubernetes)?);
 
     // Discovery owns the Go and OpenSSL trackers; the collector owns the per-process state. Each
@@ -98,7 +98,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             go,
             openssl: cfg.tls.openssl.then(|| OpenSsl::new(probes.clone(), ssl_libs)),
             probes: probes.clone(),
-            read_interval: cfg.go_read_interval()?,
+            read_interval: settings.go_read_interval,
         };
         let (tx, rx) = mpsc::sync_channel(16_384);
         let to_collector = collector_tx.clone();
@@ -120,7 +120,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         None
     };
     let own = Collector {
-        agg: Aggregate::new(cfg.scrape_interval()?, cfg.metrics.max_exited_processes).with_identify(Box::new(collector::identify)),
+        agg: Aggregate::new(settings.scrape_interval, cfg.metrics.max_exited_processes).with_identify(Box::new(collector::identify)),
         health: HealthEngine::new(cfg.health.clone()),
         ring,
         maps: DrainMaps { counters, failures, stats },
@@ -131,11 +131,11 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         discovery: discovery_tx.clone(),
         go_view: go_view.clone(),
         snapshots: snapshots.clone(),
-        drain_interval: cfg.drain_interval()?,
+        drain_interval: settings.drain_interval,
     };
     let view = collector::start(own, collector_rx).map_err(DaemonError::Thread)?;
     let _ = view_slot.set(view.clone());
-    collector::start_proc_reader(view.clone(), pods, collector_tx.clone(), cfg.map_count_interval()?).map_err(DaemonError::Thread)?;
+    collector::start_proc_reader(view.clone(), pods, collector_tx.clone(), settings.map_count_interval).map_err(DaemonError::Thread)?;
 
     let listener = tokio::net::TcpListener::bind(cfg.server.listen)
         .await

@@ -364,6 +364,7 @@ print fmt: \"comm=%s pid=%d\"";
     }
 
     #[test]
+    #[cfg_attr(not(feature = "system-tests"), ignore = "reads tracefs and BTF as root: the system tier (cargo xtask test)")]
     fn live_kernel_layouts_match_what_the_programs_read() {
         // Runs on the CI machine's real kernel: every required tracepoint must have the fields
         // at the offsets the kernel programs use.
@@ -378,6 +379,7 @@ print fmt: \"comm=%s pid=%d\"";
     }
 
     #[test]
+    #[cfg_attr(not(feature = "system-tests"), ignore = "reads tracefs and BTF as root: the system tier (cargo xtask test)")]
     fn btf_offsets_found_on_this_kernel() {
         let root = tracefs_root().expect("tracefs mounted");
         let rep = kernel_config(&root, Path::new(VMLINUX_BTF)).expect("BTF readable");

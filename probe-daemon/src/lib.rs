@@ -1,12 +1,15 @@
 //! chainprobe: an eBPF daemon that tells whether the Go services on a node are healthy and
 //! captures evidence when they are not.
 //!
-//! Data flows one way: kernel programs → [`attach`] (load, attach, kernel maps) → [`events`]
-//! (decode ring buffer, drain per-CPU maps) → [`aggregate`] (per-process state) → [`health`]
-//! (signals, score, rules) → [`metrics`], [`snapshot`] (heap and goroutine profiles, stored on
-//! disk) and the HTTP [`api`]. [`goinspect`] reads Go binaries, [`goruntime`] probes and reads Go
-//! processes, [`k8s`] names pods. [`kernel`] answers what the running kernel provides; [`config`]
-//! holds the settings; [`daemon`] wires everything for `chainprobe run`.
+//! Data flows one way (docs/ARCHITECTURE.md draws it; `tests/architecture.rs` enforces it):
+//! kernel programs → [`attach`] (load, attach, kernel maps) → [`decode`] (records → events) →
+//! [`aggregate`] (per-process state) → [`health`] (signals, score, rules) → [`snapshot`] (profiles
+//! on disk), [`metrics`] (exposition) and the HTTP [`api`]. The trackers [`goruntime`], [`tls`] and
+//! [`k8s`] find and probe Go processes, libssl files and pods (Go binaries are read by the
+//! `goinspect` crate). Two threads own all mutable state: [`discovery`] (the trackers) and
+//! [`collector`] (ring buffer, kernel maps, aggregate, health); each publishes an immutable view
+//! and takes typed commands. [`kernel`] answers what the running kernel provides; [`config`] holds
+//! the settings; [`daemon`] wires everything for `chainprobe run`.
 // The OpenAPI document (api::openapi) is one large json! literal.
 #![recursion_limit = "256"]
 
@@ -26,4 +29,5 @@ pub mod kernel;
 pub mod metrics;
 pub mod procfs;
 pub mod snapshot;
+pub mod sync;
 pub mod tls;

@@ -299,7 +299,7 @@ impl ScrapeView {
         }
         // The cap applies to per-process series (they carry `comm`); chainprobe's own are exempt.
         if let Some(limiter) = &self.limiter {
-            let mut lim = limiter.lock().unwrap_or_else(|e| e.into_inner());
+            let mut lim = crate::sync::lock(limiter);
             merged.retain(|(l, _)| !l.iter().any(|(k, _)| *k == "comm") || lim.admit(name, l));
         }
         let mut me = enc.encode_descriptor(name, help, None, kind)?;
@@ -478,7 +478,7 @@ impl Collector for ScrapeView {
             MetricType::Counter,
             Value::Counter(self.dropped_exited),
         )?;
-        let series_dropped = self.limiter.as_ref().map(|l| l.lock().unwrap_or_else(|e| e.into_inner()).dropped_total()).unwrap_or(0);
+        let series_dropped = self.limiter.as_ref().map(|l| crate::sync::lock(l).dropped_total()).unwrap_or(0);
         single(
             &mut enc,
             "chainprobe_series_dropped",
@@ -566,7 +566,7 @@ impl ScrapeView {
         Ok(())
     }
 
-    /// TLS handshake families (issue #6). Labels: pid, comm (+ pod labels), library, and
+    /// TLS handshake families. Labels: pid, comm (+ pod labels), library, and
     /// role / result / version / alpn / reason as documented in README.md.
     fn encode_tls(&self, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let tls = || self.procs.iter().filter_map(|p| p.tls.as_ref().map(|t| (p, t)));

@@ -37,6 +37,7 @@ use crate::{
     collector::{self, View},
     discovery::{self, GoView},
     snapshot::{valid_id, Kind, Snapshotter, Trigger},
+    sync::lock,
 };
 
 /// What the handlers reach: the collector and discovery by command (with a reply channel), their
@@ -92,7 +93,7 @@ impl RateLimiter {
 
     /// `Ok` when `client` may make a request now, else how long until it may.
     pub fn check(&self, client: IpAddr, now: Instant) -> Result<(), Duration> {
-        let mut b = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let mut b = lock(&self.buckets);
         if b.len() > 10_000 {
             // Forget clients whose buckets are full again.
             let full = Duration::from_secs_f64(self.burst / self.per_second);
@@ -132,7 +133,7 @@ impl ApiAuth {
         }
         let path = self.token_file.as_ref()?;
         let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok()?;
-        let mut cache = self.file_cache.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cache = lock(&self.file_cache);
         if let Some((t, tok)) = cache.as_ref() {
             if *t == mtime {
                 return Some(tok.clone());

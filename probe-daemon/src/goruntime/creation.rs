@@ -4,6 +4,7 @@
 //! a suspected goroutine leak (the count rising read after read), an API request, or config
 //! (`always`). They switch off when the window ends or when goroutines are created too fast to
 //! afford the probes.
+use crate::sync::lock;
 use std::{
     collections::{HashMap, VecDeque},
     sync::{Arc, Mutex},
@@ -78,10 +79,6 @@ pub struct CreationProbes {
     cooldown_until: HashMap<u32, Instant>,
     history: HashMap<u32, VecDeque<i64>>,
     funcs: HashMap<BinaryKey, Arc<FuncTable>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl CreationProbes {

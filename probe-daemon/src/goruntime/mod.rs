@@ -6,6 +6,7 @@ pub mod creation;
 pub mod mem;
 pub mod validate;
 
+use crate::sync::lock;
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     os::unix::fs::MetadataExt,
@@ -157,7 +158,7 @@ pub struct GoTracker {
     probes: Arc<Mutex<Probes>>,
     targets: HashMap<u32, GoTarget>,
     binaries: HashMap<BinaryKey, AttachedBinary>,
-    /// Go TLS handshake probes (issue #6), when enabled.
+    /// Go TLS handshake probes, when enabled.
     tls: Option<Arc<crate::tls::GoTls>>,
 }
 
@@ -273,10 +274,6 @@ pub fn elf_may_be_go(path: &std::path::Path) -> bool {
         let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
         matches!(&name[..end], b".go.buildinfo" | b".gopclntab" | b".data.rel.ro.gopclntab" | b".note.go.buildid" | b".go.module")
     })
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl GoTracker {

@@ -12,6 +12,7 @@ pub mod pprof;
 pub mod profile;
 pub mod store;
 
+use crate::sync::lock;
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
     net::SocketAddr,
@@ -289,10 +290,6 @@ pub struct Snapshotter {
     inner: Mutex<Inner>,
     queue: mpsc::SyncSender<Job>,
     resolve: Arc<Resolve>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// 16 hex digits from the kernel's random source.

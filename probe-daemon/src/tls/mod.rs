@@ -1,4 +1,4 @@
-//! TLS handshake health (issue #6): Go crypto/tls and OpenSSL.
+//! TLS handshake health: Go crypto/tls and OpenSSL.
 //!
 //! - Go: [`GoTls`] attaches the handshake uprobes to each Go binary (the entry of
 //!   `(*Conn).clientHandshake` / `serverHandshake`; the result where `handshakeContext` gets it
@@ -13,6 +13,7 @@
 pub mod libssl;
 pub mod state;
 
+use crate::sync::lock;
 use std::{
     collections::{HashMap, HashSet},
     os::unix::fs::MetadataExt,
@@ -35,10 +36,6 @@ pub use state::{TlsKey, TlsState, TlsTotals};
 
 use goinspect::{GoBinary, TLS_HANDSHAKE_CALLER};
 use crate::attach::{attach_sites, ProbeState, Probes};
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TlsError {
