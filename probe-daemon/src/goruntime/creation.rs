@@ -98,10 +98,6 @@ impl CreationProbes {
         self.status.get(&pid)
     }
 
-    pub fn settings(&self) -> &CreationSettings {
-        &self.settings
-    }
-
     /// Switches the probes on for `t` for `window` (default: the configured window).
     pub fn enable(&mut self, probes: &Mutex<Probes>, t: &GoTarget, reason: String, window: Option<Duration>) -> Result<(), String> {
         if self.active.contains_key(&t.pid) {

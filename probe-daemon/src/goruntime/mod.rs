@@ -468,11 +468,6 @@ impl GoTracker {
         }
     }
 
-    /// Binaries with probes attached (for tests and self metrics).
-    pub fn attached_binaries(&self) -> usize {
-        self.binaries.len()
-    }
-
     /// (pid, layout) of every process whose runtime can be read.
     pub fn readable(&self) -> Vec<(u32, Layout)> {
         self.targets.values().filter_map(|t| t.layout.clone().map(|l| (t.pid, l))).collect()
@@ -521,9 +516,6 @@ pub fn stw_reason(minor: u32, reason: u32) -> &'static str {
         _ => "unknown",
     }
 }
-
-/// Goroutine counts by state for metrics: ("waiting", "chan receive") → n.
-pub type StateCounts = BTreeMap<(&'static str, String), u64>;
 
 #[cfg(test)]
 mod tests {

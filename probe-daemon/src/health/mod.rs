@@ -332,10 +332,6 @@ impl HealthEngine {
         HealthEngine { cfg, hist: HashMap::new(), exits: VecDeque::new(), seen_exits: HashMap::new() }
     }
 
-    pub fn config(&self) -> &HealthConfig {
-        &self.cfg
-    }
-
     /// How long until the next evaluation: shorter while anything is degraded.
     pub fn next_interval(&self, degraded: bool) -> Duration {
         let s = if degraded { self.cfg.degraded_interval_seconds } else { self.cfg.interval_seconds };

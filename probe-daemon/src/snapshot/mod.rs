@@ -23,7 +23,7 @@ use std::{
 
 use prometheus_client::metrics::histogram::Histogram;
 use serde::{Deserialize, Serialize};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 pub use crate::evidence::Kind;
 use crate::{goruntime::{GoTarget, ProcMem}, k8s::PodLabels};
@@ -712,6 +712,7 @@ impl Snapshotter {
                     })?;
                     match goroutines::dump(m, l, b, &funcs, &go.exe.display().to_string(), self.cfg.max_goroutines) {
                         Ok(d) => {
+                            debug!(pid, goroutines = d.goroutines, system = d.system, unwound = d.unwound, seconds = d.seconds, "goroutine profile read out of process");
                             meta.goroutines = Some(d.goroutines);
                             data.push((kind, d.profile_gz, "proc-mem".into()));
                         }

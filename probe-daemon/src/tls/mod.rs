@@ -163,7 +163,6 @@ pub struct SslReads {
 
 struct AttachedLib {
     view: SslLibrary,
-    links: Vec<(ProgId, UProbeLinkId)>,
     pid_set: HashSet<u32>,
 }
 
@@ -278,7 +277,9 @@ impl OpenSsl {
                 role: cfg.is_server != OFFSET_NONE,
                 notes,
             };
-            let (links, states) = attach_libssl(&mut lock(&self.probes), &target, index as u64);
+            // A library's probes stay for the daemon's life (a file mapped once is mapped again);
+            // dropping the programs at exit detaches them.
+            let (_links, states) = attach_libssl(&mut lock(&self.probes), &target, index as u64);
             drop(file);
             let ok = states.iter().filter(|s| s.state == "attached").count();
             if ok == 0 {
@@ -296,7 +297,6 @@ impl OpenSsl {
                 key,
                 AttachedLib {
                     view: SslLibrary { path: path.clone(), dev: key.0, ino: key.1, pids: 0, probes: states, reads },
-                    links,
                     pid_set: HashSet::new(),
                 },
             );
@@ -315,18 +315,6 @@ impl OpenSsl {
             l.pid_set.remove(&pid);
             l.view.pids = l.pid_set.len();
         }
-    }
-
-    /// Detaches every OpenSSL probe (also done when the daemon's programs are dropped).
-    pub fn detach_all(&mut self) {
-        let mut probes = lock(&self.probes);
-        for (_, l) in self.libs.drain() {
-            for (prog, link) in l.links {
-                probes.detach_uprobe(prog, link);
-            }
-            debug!(path = l.view.path, "OpenSSL probes detached");
-        }
-        self.by_pid.clear();
     }
 
     /// The probed libraries (for /api/v1/targets).
