@@ -47,8 +47,11 @@ pub enum ProgId {
     OomMarkVictim = 12,
     GoGcStart = 13,
     GoGcDone = 14,
-    GoStwStop = 15,
-    GoStwStart = 16,
+    /// A stop-the-world pause begins (`runtime.stopTheWorldWithSema`; program `go_stw_stop`,
+    /// named after the runtime function).
+    GoPauseBegin = 15,
+    /// A stop-the-world pause ends (`runtime.startTheWorldWithSema`; program `go_stw_start`).
+    GoPauseEnd = 16,
     GoNewproc = 17,
     GoExit = 18,
     GoTlsEnter = 19,
@@ -73,6 +76,28 @@ pub enum GoSite {
     AfterStackCheck,
 }
 
+/// Program families. Tracepoints attach at start; the Go families per Go process (GoCreation only
+/// on demand); OpenSSL per libssl file; the memory fexit programs at start where the kernel allows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProgGroup {
+    Tracepoint,
+    GoRuntime,
+    GoCreation,
+    GoTls,
+    OpenSsl,
+    MemoryFexit,
+}
+
+/// BPF program types chainprobe uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProgKind {
+    TracePoint,
+    UProbe,
+    /// Only on C code (libssl): Go's movable stacks crash under uretprobes.
+    URetProbe,
+    FExit,
+}
+
 impl ProgId {
     pub const COUNT: u32 = 27;
     pub const ALL: [ProgId; Self::COUNT as usize] = [
@@ -91,8 +116,8 @@ impl ProgId {
         ProgId::OomMarkVictim,
         ProgId::GoGcStart,
         ProgId::GoGcDone,
-        ProgId::GoStwStop,
-        ProgId::GoStwStart,
+        ProgId::GoPauseBegin,
+        ProgId::GoPauseEnd,
         ProgId::GoNewproc,
         ProgId::GoExit,
         ProgId::GoTlsEnter,
@@ -105,20 +130,46 @@ impl ProgId {
         ProgId::BrkFexit,
     ];
     /// The tracepoint programs, attached once at start.
-    pub const TRACEPOINTS: &'static [ProgId] = Self::ALL.split_at(13).0;
-    /// The Go runtime uprobes, attached per Go binary.
-    pub const GO: &'static [ProgId] = Self::ALL.split_at(13).1.split_at(4).0;
-    /// The on-demand goroutine probes, attached per process while creation tracking is on.
-    pub const GO_CREATION: &'static [ProgId] = Self::ALL.split_at(17).1.split_at(2).0;
-    /// The Go crypto/tls handshake uprobes, attached per Go binary at [`GO_TLS_FUNCTIONS`].
-    pub const GO_TLS: &'static [ProgId] = Self::ALL.split_at(19).1.split_at(2).0;
-    /// The OpenSSL (libssl) probes, attached per library file.
-    pub const OPENSSL: &'static [ProgId] = Self::ALL.split_at(21).1.split_at(3).0;
-    /// The memory system calls' fexit programs, attached at start where the kernel has BPF
-    /// trampolines, each instead of a pair of syscall tracepoint programs ([`Self::replaces`]).
-    pub const MEMORY_FEXIT: &'static [ProgId] = Self::ALL.split_at(24).1;
+    /// Programs of `group`, in index order.
+    pub fn in_group(group: ProgGroup) -> impl Iterator<Item = ProgId> {
+        Self::ALL.into_iter().filter(move |p| p.group() == group)
+    }
 
-    /// The kernel program's function name (what the daemon loads by name).
+    /// The family a program belongs to (what attaches it, and when).
+    pub const fn group(self) -> ProgGroup {
+        match self {
+            ProgId::InetSockSetState
+            | ProgId::TcpSendReset
+            | ProgId::TcpReceiveReset
+            | ProgId::TcpRetransmitSkb
+            | ProgId::SysEnterMmap
+            | ProgId::SysExitMmap
+            | ProgId::SysEnterMunmap
+            | ProgId::SysExitMunmap
+            | ProgId::SysEnterBrk
+            | ProgId::SysExitBrk
+            | ProgId::SchedProcessExec
+            | ProgId::SchedProcessExit
+            | ProgId::OomMarkVictim => ProgGroup::Tracepoint,
+            ProgId::GoGcStart | ProgId::GoGcDone | ProgId::GoPauseBegin | ProgId::GoPauseEnd => ProgGroup::GoRuntime,
+            ProgId::GoNewproc | ProgId::GoExit => ProgGroup::GoCreation,
+            ProgId::GoTlsEnter | ProgId::GoTlsReturn => ProgGroup::GoTls,
+            ProgId::SslHandshakeEnter | ProgId::SslHandshakeReturn | ProgId::SslFree => ProgGroup::OpenSsl,
+            ProgId::MmapFexit | ProgId::MunmapFexit | ProgId::BrkFexit => ProgGroup::MemoryFexit,
+        }
+    }
+
+    /// The BPF program type, as the kernel object declares it.
+    pub const fn kind(self) -> ProgKind {
+        match self.group() {
+            // libssl is C: a uretprobe is safe there (never on Go code, whose stack moves).
+            _ if matches!(self, ProgId::SslHandshakeReturn) => ProgKind::URetProbe,
+            ProgGroup::Tracepoint => ProgKind::TracePoint,
+            ProgGroup::GoRuntime | ProgGroup::GoCreation | ProgGroup::GoTls | ProgGroup::OpenSsl => ProgKind::UProbe,
+            ProgGroup::MemoryFexit => ProgKind::FExit,
+        }
+    }
+
     pub const fn program_name(self) -> &'static str {
         match self {
             ProgId::InetSockSetState => "inet_sock_set_state",
@@ -136,8 +187,8 @@ impl ProgId {
             ProgId::OomMarkVictim => "oom_mark_victim",
             ProgId::GoGcStart => "go_gc_start",
             ProgId::GoGcDone => "go_gc_done",
-            ProgId::GoStwStop => "go_stw_stop",
-            ProgId::GoStwStart => "go_stw_start",
+            ProgId::GoPauseBegin => "go_stw_stop",
+            ProgId::GoPauseEnd => "go_stw_start",
             ProgId::GoNewproc => "go_newproc",
             ProgId::GoExit => "go_goexit",
             ProgId::GoTlsEnter => "go_tls_handshake_enter",
@@ -170,8 +221,8 @@ impl ProgId {
             // next cycle's gcStart can run before the RET of this one. Not the entry either: its
             // 1 KiB frame often needs a bigger stack, and morestack reruns the entry.
             ProgId::GoGcDone => Some(("runtime.gcMarkTermination", GoSite::AfterStackCheck)),
-            ProgId::GoStwStop => Some(("runtime.stopTheWorldWithSema", GoSite::Entry)),
-            ProgId::GoStwStart => Some(("runtime.startTheWorldWithSema", GoSite::Entry)),
+            ProgId::GoPauseBegin => Some(("runtime.stopTheWorldWithSema", GoSite::Entry)),
+            ProgId::GoPauseEnd => Some(("runtime.startTheWorldWithSema", GoSite::Entry)),
             // newproc1 returns the new g: read it at every RET (never a uretprobe).
             ProgId::GoNewproc => Some(("runtime.newproc1", GoSite::Returns)),
             ProgId::GoExit => Some(("runtime.goexit1", GoSite::Entry)),
@@ -198,8 +249,8 @@ impl ProgId {
             ProgId::OomMarkVictim => ("oom", "mark_victim"),
             ProgId::GoGcStart
             | ProgId::GoGcDone
-            | ProgId::GoStwStop
-            | ProgId::GoStwStart
+            | ProgId::GoPauseBegin
+            | ProgId::GoPauseEnd
             | ProgId::GoNewproc
             | ProgId::GoExit
             | ProgId::GoTlsEnter
@@ -220,8 +271,8 @@ impl ProgId {
             ProgId::OomMarkVictim
                 | ProgId::GoGcStart
                 | ProgId::GoGcDone
-                | ProgId::GoStwStop
-                | ProgId::GoStwStart
+                | ProgId::GoPauseBegin
+                | ProgId::GoPauseEnd
                 | ProgId::GoNewproc
                 | ProgId::GoExit
                 | ProgId::GoTlsEnter
@@ -238,7 +289,7 @@ impl ProgId {
     }
 }
 
-// ---- TLS handshakes (issue #6) -------------------------------------------------------------
+// ---- TLS handshakes -------------------------------------------------------------
 
 /// Go functions that run once per real handshake (never the entry of `handshakeContext`, which
 /// runs again on every Read and Write): the entry program goes at each entry; the return program
@@ -625,7 +676,7 @@ pub struct GoCreationCounts {
 }
 
 /// Key of the creation-site table: process and creation PC (runtime address of the `go`
-/// statement, g.gopc). Also keys the live goroutines of a window by (process, goid).
+/// statement, g.gopc).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct CreationSite {
@@ -633,6 +684,18 @@ pub struct CreationSite {
     pub _pad: u32,
     pub gopc: u64,
 }
+
+/// Key of the goroutines created during a creation-probe window: (process, goid).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct GoidKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub goid: u64,
+}
+
+/// Goroutines of creation-probe windows remembered at once (over all processes).
+pub const MAX_WINDOW_GOIDS: u32 = 65_536;
 
 /// Creation sites remembered at once (over all processes); further sites count as lost.
 pub const MAX_CREATION_SITES: u32 = 16_384;
@@ -706,36 +769,142 @@ pub const ECONNRESET: i32 = 104;
 pub const ETIMEDOUT: i32 = 110;
 pub const ECONNREFUSED: i32 = 111;
 
+/// The maps the kernel object defines, by name: the daemon opens them by these names, and a test
+/// (probe-daemon `abi` tests, no root) checks the built object against every field here.
+pub mod maps {
+    use super::*;
+    use core::mem::size_of;
+
+    /// `bpf_map_type` values of the map types used.
+    #[repr(u32)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum MapKind {
+        Hash = 1,
+        Array = 2,
+        PerCpuHash = 5,
+        PerCpuArray = 6,
+        LruHash = 9,
+        RingBuf = 27,
+    }
+
+    /// One map: name, type, key and value size, capacity (bytes for a ring buffer), and whether
+    /// the daemon opens it (the others are the kernel programs' own state).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct MapSpec {
+        pub name: &'static str,
+        pub kind: MapKind,
+        pub key_size: u32,
+        pub value_size: u32,
+        pub max_entries: u32,
+        pub user: bool,
+    }
+
+    const fn spec(name: &'static str, kind: MapKind, key_size: usize, value_size: usize, max_entries: u32, user: bool) -> MapSpec {
+        MapSpec { name, kind, key_size: key_size as u32, value_size: value_size as u32, max_entries, user }
+    }
+
+    // Shared by every family.
+    pub const CONFIG: MapSpec = spec("CONFIG", MapKind::Array, 4, size_of::<KernelConfig>(), 1, true);
+    pub const PROG_STATS: MapSpec = spec("PROG_STATS", MapKind::PerCpuArray, 4, size_of::<ProgStats>(), ProgId::COUNT, true);
+    pub const PROC_COUNTERS: MapSpec = spec("PROC_COUNTERS", MapKind::PerCpuHash, 4, size_of::<ProcCounters>(), MAX_PROCS, true);
+    pub const FAILURES: MapSpec = spec("FAILURES", MapKind::PerCpuHash, size_of::<FailureKey>(), 8, MAX_FAILURE_KEYS, true);
+    pub const EVENTS: MapSpec = spec("EVENTS", MapKind::RingBuf, 0, 0, EVENTS_RING_BYTES, true);
+    // Memory system calls (tracepoint pairs), TCP owner attribution.
+    pub const INFLIGHT: MapSpec = spec("INFLIGHT", MapKind::Hash, 8, size_of::<InflightCall>(), MAX_INFLIGHT, false);
+    pub const SOCK_OWNERS: MapSpec = spec("SOCK_OWNERS", MapKind::LruHash, 8, 4, MAX_SOCKETS, false);
+    pub const LISTENERS: MapSpec = spec("LISTENERS", MapKind::Hash, size_of::<ListenKey>(), 4, MAX_LISTENERS, false);
+    // Go runtime.
+    pub const GC_START: MapSpec = spec("GC_START", MapKind::Hash, 4, 8, MAX_PROCS, false);
+    pub const STW_START: MapSpec = spec("STW_START", MapKind::Hash, 4, size_of::<StwStart>(), MAX_PROCS, false);
+    pub const GO_CREATION: MapSpec = spec("GO_CREATION", MapKind::Hash, 4, size_of::<GoCreationConfig>(), MAX_PROCS, true);
+    pub const GO_CREATION_COUNTS: MapSpec = spec("GO_CREATION_COUNTS", MapKind::PerCpuHash, 4, size_of::<GoCreationCounts>(), MAX_PROCS, true);
+    pub const CREATION_SITES: MapSpec = spec("CREATION_SITES", MapKind::PerCpuHash, size_of::<CreationSite>(), 8, MAX_CREATION_SITES, true);
+    pub const WINDOW_GOIDS: MapSpec = spec("WINDOW_GOIDS", MapKind::Hash, size_of::<GoidKey>(), 1, MAX_WINDOW_GOIDS, true);
+    // TLS.
+    pub const GO_TLS_CONFIG: MapSpec = spec("GO_TLS_CONFIG", MapKind::Hash, 4, size_of::<GoTlsConfig>(), MAX_PROCS, true);
+    pub const TLS_INFLIGHT: MapSpec = spec("TLS_INFLIGHT", MapKind::LruHash, size_of::<TlsInflightKey>(), size_of::<TlsInflight>(), MAX_TLS_INFLIGHT, false);
+    pub const SSL_LIBS: MapSpec = spec("SSL_LIBS", MapKind::Hash, 4, size_of::<SslLibConfig>(), MAX_SSL_LIBS, true);
+    pub const SSL_ROLES: MapSpec = spec("SSL_ROLES", MapKind::LruHash, size_of::<TlsInflightKey>(), 4, MAX_TLS_INFLIGHT, false);
+
+    /// Every map of the kernel object.
+    pub const ALL: [MapSpec; 18] = [
+        CONFIG, PROG_STATS, PROC_COUNTERS, FAILURES, EVENTS, INFLIGHT, SOCK_OWNERS, LISTENERS, GC_START, STW_START,
+        GO_CREATION, GO_CREATION_COUNTS, CREATION_SITES, WINDOW_GOIDS, GO_TLS_CONFIG, TLS_INFLIGHT, SSL_LIBS, SSL_ROLES,
+    ];
+}
+
+// Sizes of every type that crosses the kernel/user boundary: a field added on one side only, or a
+// padding change, fails the build here instead of misreading a map.
+const _: () = {
+    use core::mem::size_of;
+    assert!(size_of::<KernelConfig>() == 32);
+    assert!(size_of::<ProgStats>() == 24);
+    assert!(size_of::<ProcCounters>() == 128);
+    assert!(size_of::<FailureKey>() == 8);
+    assert!(size_of::<InflightCall>() == 8);
+    assert!(size_of::<ListenKey>() == 8);
+    assert!(size_of::<EventHeader>() == 16);
+    assert!(size_of::<ExecEvent>() == 168);
+    assert!(size_of::<ExitEvent>() == 40);
+    assert!(size_of::<OomEvent>() == 24);
+    assert!(size_of::<GoGcEvent>() == 24);
+    assert!(size_of::<GoStwEvent>() == 32);
+    assert!(size_of::<StwStart>() == 16);
+    assert!(size_of::<GoCreationConfig>() == 8);
+    assert!(size_of::<GoCreationCounts>() == 16);
+    assert!(size_of::<CreationSite>() == 16);
+    assert!(size_of::<GoidKey>() == 16);
+    assert!(size_of::<GoTlsConfig>() == 40);
+    assert!(size_of::<TlsInflight>() == 32);
+    assert!(size_of::<TlsInflightKey>() == 16);
+    assert!(size_of::<SslLibConfig>() == 16);
+    assert!(size_of::<TlsEvent>() == 64);
+    // Every ring-buffer record starts with the header.
+    assert!(core::mem::offset_of!(ExecEvent, header) == 0);
+    assert!(core::mem::offset_of!(ExitEvent, header) == 0);
+    assert!(core::mem::offset_of!(OomEvent, header) == 0);
+    assert!(core::mem::offset_of!(GoGcEvent, header) == 0);
+    assert!(core::mem::offset_of!(GoStwEvent, header) == 0);
+    assert!(core::mem::offset_of!(TlsEvent, header) == 0);
+};
+
 #[cfg(test)]
 mod tests {
+    extern crate std;
     use super::*;
 
     #[test]
     fn program_groups_partition_all() {
-        assert!(ProgId::TRACEPOINTS.iter().all(|p| p.go_site().is_none() && !p.tracepoint().0.is_empty()));
-        assert!(ProgId::GO.iter().chain(ProgId::GO_CREATION).all(|p| p.go_site().is_some()));
-        assert!(ProgId::GO_TLS.iter().chain(ProgId::OPENSSL).all(|p| p.go_site().is_none() && p.optional()));
-        assert_eq!(ProgId::GO_TLS, &[ProgId::GoTlsEnter, ProgId::GoTlsReturn]);
-        assert_eq!(ProgId::GO_CREATION, &[ProgId::GoNewproc, ProgId::GoExit]);
-        assert_eq!(ProgId::MEMORY_FEXIT, &[ProgId::MmapFexit, ProgId::MunmapFexit, ProgId::BrkFexit]);
-        for p in ProgId::MEMORY_FEXIT {
+        let group = |g| ProgId::in_group(g).collect::<std::vec::Vec<_>>();
+        assert!(ProgId::in_group(ProgGroup::Tracepoint).all(|p| p.go_site().is_none() && !p.tracepoint().0.is_empty()));
+        assert!(ProgId::in_group(ProgGroup::GoRuntime).chain(ProgId::in_group(ProgGroup::GoCreation)).all(|p| p.go_site().is_some()));
+        assert!(ProgId::in_group(ProgGroup::GoTls).chain(ProgId::in_group(ProgGroup::OpenSsl)).all(|p| p.go_site().is_none() && p.optional()));
+        assert_eq!(group(ProgGroup::GoTls), [ProgId::GoTlsEnter, ProgId::GoTlsReturn]);
+        assert_eq!(group(ProgGroup::GoCreation), [ProgId::GoNewproc, ProgId::GoExit]);
+        assert_eq!(group(ProgGroup::MemoryFexit), [ProgId::MmapFexit, ProgId::MunmapFexit, ProgId::BrkFexit]);
+        for p in ProgId::in_group(ProgGroup::MemoryFexit) {
             let (_, replaced) = p.replaces().expect("a memory fexit program names the tracepoints it replaces");
-            assert!(p.tracepoint().0.is_empty() && p.go_site().is_none());
-            assert!(replaced.iter().all(|t| ProgId::TRACEPOINTS.contains(t) && t.tracepoint().0 == "syscalls"));
+            assert!(p.tracepoint().0.is_empty() && p.go_site().is_none() && p.kind() == ProgKind::FExit);
+            assert!(replaced.iter().all(|t| t.group() == ProgGroup::Tracepoint && t.tracepoint().0 == "syscalls"));
         }
-        assert!(ProgId::ALL.iter().filter(|p| !ProgId::MEMORY_FEXIT.contains(p)).all(|p| p.replaces().is_none()));
-        assert_eq!(
-            ProgId::TRACEPOINTS.len()
-                + ProgId::GO.len()
-                + ProgId::GO_CREATION.len()
-                + ProgId::GO_TLS.len()
-                + ProgId::OPENSSL.len()
-                + ProgId::MEMORY_FEXIT.len(),
-            ProgId::COUNT as usize
-        );
+        // Never a uretprobe on Go code.
+        assert!(ProgId::ALL.iter().filter(|p| p.kind() == ProgKind::URetProbe).all(|p| p.group() == ProgGroup::OpenSsl));
+        assert!(ProgId::ALL.iter().filter(|p| p.group() != ProgGroup::MemoryFexit).all(|p| p.replaces().is_none()));
         for (i, p) in ProgId::ALL.iter().enumerate() {
             assert_eq!(*p as usize, i, "ALL is in index order");
         }
+        let mut names: std::vec::Vec<_> = ProgId::ALL.iter().map(|p| p.program_name()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), ProgId::COUNT as usize, "program names are unique");
+    }
+
+    #[test]
+    fn map_names_are_unique() {
+        let mut names: std::vec::Vec<_> = maps::ALL.iter().map(|m| m.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), maps::ALL.len());
     }
 }
 
@@ -752,6 +921,7 @@ mod user {
     unsafe impl aya::Pod for GoCreationConfig {}
     unsafe impl aya::Pod for GoCreationCounts {}
     unsafe impl aya::Pod for CreationSite {}
+    unsafe impl aya::Pod for GoidKey {}
     unsafe impl aya::Pod for GoTlsConfig {}
     unsafe impl aya::Pod for TlsInflight {}
     unsafe impl aya::Pod for TlsInflightKey {}

@@ -1,6 +1,7 @@
 //! Per-process state: what the kernel counted for each process, folded with what the ring buffer
-//! said (exec, exit, OOM kill), plus slow /proc readings. One writer (the daemon's collector) and
-//! readers (metrics rendering) share it behind a mutex.
+//! said (exec, exit, OOM kill, Go GC and pauses, TLS handshakes), plus the slow readings the
+//! collector hands in (map counts, pods, Go runtime reads). Pure: no /proc, no kernel maps; the
+//! collector thread owns it (one writer) and copies views out of it.
 //!
 //! Series lifetime: the state of an exited process is kept until it has been scraped at least once
 //! and `exited_grace` has passed (so Prometheus sees the final values), or 4 × `exited_grace` in
@@ -12,10 +13,25 @@ use std::{
 
 use prometheus_client::metrics::histogram::Histogram;
 use probe_common::{
-    FailureKey, MemSyscall, ProcCounters, ProgId, ProgStats, DURATION_UNKNOWN, EXIT_CODE_UNKNOWN,
+    MemSyscall, ProcCounters, ProgId, ProgStats, DURATION_UNKNOWN, EXIT_CODE_UNKNOWN,
 };
 
-use crate::goruntime::{stw_reason, GoSample};
+use crate::{
+    decode::{Event, KernelSnapshot},
+    goruntime::{stw_reason, GoSample},
+};
+
+/// What the collector knows of a pid the aggregate sees for the first time (its comm from /proc,
+/// and whether it is still running).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identity {
+    Live(String),
+    /// Gone before its exit event was seen (or it ended before chainprobe started).
+    Gone(Option<String>),
+}
+
+/// Looks a pid up (the collector reads /proc; tests answer from a table).
+pub type Identify = dyn Fn(u32) -> Identity + Send;
 
 /// GC cycle durations: 100 µs to ~13 s.
 fn gc_histogram() -> Histogram {
@@ -144,8 +160,6 @@ pub struct ProcessState {
     pub pod: Option<crate::k8s::PodLabels>,
     /// The API named the pod (no further look-ups needed).
     pub pod_named: bool,
-    /// The latest health evaluation.
-    pub health: Option<crate::health::Health>,
     /// The pprof port its pod's annotation names.
     pub pprof_port: Option<u16>,
     /// TLS handshakes (Go crypto/tls and OpenSSL); None until the first one.
@@ -159,7 +173,6 @@ impl ProcessState {
             go: None,
             pod: None,
             pod_named: false,
-            health: None,
             pprof_port: None,
             pid,
             comm,
@@ -206,19 +219,10 @@ impl ProcessState {
     }
 }
 
-/// Kernel counters read in one pass over the maps.
-#[derive(Debug, Clone, Default)]
-pub struct KernelSnapshot {
-    pub procs: Vec<(u32, ProcCounters)>,
-    pub failures: Vec<(FailureKey, u64)>,
-    pub prog_stats: Vec<(ProgId, ProgStats)>,
-}
-
 /// Label of the pseudo-process that owns what cannot be attributed (e.g. RSTs the kernel sends
 /// for closed ports, softirq events on sockets opened before chainprobe started).
 pub const UNATTRIBUTED_COMM: &str = "unattributed";
 
-#[derive(Debug)]
 pub struct Aggregate {
     procs: HashMap<u32, ProcessState>,
     /// Pids the OOM killer marked, until their exit arrives.
@@ -235,11 +239,21 @@ pub struct Aggregate {
     /// Tracked Go processes by where their struct offsets come from ("dwarf", "table", "nearest",
     /// "pending" or "none"), set by the runtime reader.
     pub go_offsets_sources: std::collections::BTreeMap<&'static str, u64>,
+    identify: Box<Identify>,
+}
+
+impl std::fmt::Debug for Aggregate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Aggregate").field("processes", &self.procs.len()).finish_non_exhaustive()
+    }
 }
 
 impl Aggregate {
+    /// An aggregate that takes a first-seen pid for a live process named "unknown" (see
+    /// [`Self::with_identify`]).
     pub fn new(exited_grace: Duration, max_exited: usize) -> Self {
         Aggregate {
+            identify: Box::new(|_| Identity::Live("unknown".into())),
             procs: HashMap::new(),
             oom_victims: HashMap::new(),
             prog_stats: Vec::new(),
@@ -249,6 +263,33 @@ impl Aggregate {
             decode_errors: 0,
             discovery_dropped: 0,
             go_offsets_sources: Default::default(),
+        }
+    }
+
+    /// How first-seen pids are named and found alive or gone.
+    pub fn with_identify(mut self, identify: Box<Identify>) -> Self {
+        self.identify = identify;
+        self
+    }
+
+    /// Applies one decoded ring-buffer event.
+    pub fn apply(&mut self, ev: Event, now: Instant) {
+        match ev {
+            Event::Exec { tgid, comm, filename } => {
+                tracing::debug!(pid = tgid, %comm, %filename, "exec");
+                self.on_exec(tgid, comm);
+            }
+            Event::Exit { tgid, comm, exit_code } => {
+                tracing::debug!(pid = tgid, %comm, exit_code, "exit");
+                self.on_exit(tgid, comm, exit_code, now)
+            }
+            Event::OomVictim { tgid } => {
+                tracing::warn!(pid = tgid, "OOM killer chose a victim");
+                self.on_oom_victim(tgid, now);
+            }
+            Event::GoGc { tgid, duration_ns } => self.on_go_gc(tgid, duration_ns),
+            Event::GoStw { tgid, duration_ns, reason } => self.on_go_stw(tgid, duration_ns, reason),
+            Event::Tls(e) => self.on_tls(&e, now),
         }
     }
 
@@ -270,13 +311,14 @@ impl Aggregate {
     }
 
     fn entry(&mut self, pid: u32, now: Instant) -> &mut ProcessState {
+        let identify = &self.identify;
         self.procs.entry(pid).or_insert_with(|| {
             if pid == 0 {
                 return ProcessState::new(0, UNATTRIBUTED_COMM.into());
             }
-            match crate::procfs::comm(pid) {
-                Some(comm) if crate::procfs::alive(pid) => ProcessState::new(pid, comm),
-                comm => {
+            match identify(pid) {
+                Identity::Live(comm) => ProcessState::new(pid, comm),
+                Identity::Gone(comm) => {
                     // Gone before we saw its exit event (or it ended before chainprobe started):
                     // keep its counts for the usual grace period.
                     let mut p = ProcessState::new(pid, comm.unwrap_or_else(|| "unknown".into()));
@@ -490,15 +532,6 @@ impl Aggregate {
         }
     }
 
-    /// Results of a health evaluation.
-    pub fn set_health(&mut self, results: Vec<(u32, crate::health::Health)>) {
-        for (pid, h) in results {
-            if let Some(p) = self.procs.get_mut(&pid) {
-                p.health = Some(h);
-            }
-        }
-    }
-
     pub fn set_go_sample(&mut self, pid: u32, sample: GoSample) {
         if let Some(go) = self.procs.get_mut(&pid).and_then(|p| p.go.as_mut()) {
             go.sample = Some(sample);
@@ -529,6 +562,7 @@ impl Aggregate {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use probe_common::FailureKey;
 
     fn counters(mmap_calls: u64) -> ProcCounters {
         ProcCounters { mmap_calls, ..Default::default() }

@@ -1,7 +1,7 @@
 //! Loads chainprobe's kernel programs, hands them this kernel's offsets, and attaches each to its
 //! tracepoint (or, for the memory system calls, to the call's entry point through a BPF
 //! trampoline where the kernel has them). Dropping [`Probes`] detaches everything.
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use std::num::NonZeroU32;
 
@@ -14,8 +14,9 @@ use aya::{
     Btf, Ebpf,
 };
 use probe_common::{
-    CreationSite, FailureKey, GoCreationConfig, GoCreationCounts, GoTlsConfig, KernelConfig, ProcCounters, SslLibConfig,
-    ProgId, ProgStats,
+    maps::{self, MapSpec},
+    CreationSite, FailureKey, GoCreationConfig, GoCreationCounts, GoTlsConfig, GoidKey, KernelConfig, ProcCounters, ProgGroup, ProgId,
+    ProgStats, SslLibConfig,
 };
 use tracing::{debug, info, warn};
 
@@ -133,15 +134,55 @@ pub struct CreationMaps {
     pub counts: PerCpuHashMap<MapData, u32, GoCreationCounts>,
     pub sites: PerCpuHashMap<MapData, CreationSite, u64>,
     /// (tgid, goid) of goroutines created in the window and still alive.
-    pub window_goids: HashMap<MapData, CreationSite, u8>,
+    pub window_goids: HashMap<MapData, GoidKey, u8>,
 }
 
-fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
-    ebpf: &mut Ebpf,
-    name: &'static str,
-) -> Result<T, AttachError> {
+fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(ebpf: &mut Ebpf, spec: MapSpec) -> Result<T, AttachError> {
+    let name = spec.name;
     let map = ebpf.take_map(name).ok_or(AttachError::MissingMap(name))?;
     T::try_from(map).map_err(|source| AttachError::Map { name, source })
+}
+
+/// State of one probe of one binary, as `/api/v1/targets` shows it.
+#[derive(Debug, Clone, serde::Serialize, PartialEq, Eq)]
+pub struct ProbeState {
+    pub name: &'static str,
+    pub function: &'static str,
+    /// "attached", "failed" or "absent" (function not in this binary).
+    pub state: &'static str,
+    /// Attach points (entry or RET instructions).
+    pub sites: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Attaches `prog` at each file offset of `offsets` in the executable of `pid` (for every process
+/// of that file), adds the links to `links`, and says how it went.
+pub fn attach_sites(
+    probes: &mut Probes,
+    pid: u32,
+    prog: ProgId,
+    function: &'static str,
+    offsets: Vec<u64>,
+    links: &mut Vec<(ProgId, UProbeLinkId)>,
+) -> ProbeState {
+    let target = PathBuf::from(format!("/proc/{pid}/exe"));
+    let mut error = if offsets.is_empty() { Some("no RET instruction found".to_string()) } else { None };
+    let mut attached = 0;
+    for off in offsets {
+        match probes.attach_uprobe(prog, &target, off, None) {
+            Ok(link) => {
+                links.push((prog, link));
+                attached += 1;
+            }
+            Err(e) => error = Some(e),
+        }
+    }
+    if let Some(e) = &error {
+        warn!(pid, probe = prog.program_name(), function, error = %e, "Go probe not attached: what it reports is missing for this binary");
+    }
+    let state = if error.is_none() { "attached" } else { "failed" };
+    ProbeState { name: prog.program_name(), function, state, sites: attached, error }
 }
 
 /// How the memory system calls (mmap, munmap, brk) are hooked (`[collect] memory_hooks`).
@@ -244,15 +285,16 @@ pub fn load(kcfg: KernelConfig, tracefs: &Path, memory: MemoryHooks) -> Result<(
     }
 
     {
-        let map = ebpf.map_mut("CONFIG").ok_or(AttachError::MissingMap("CONFIG"))?;
-        let mut config: Array<&mut MapData, KernelConfig> =
-            Array::try_from(map).map_err(|source| AttachError::Map { name: "CONFIG", source })?;
-        config.set(0, kcfg, 0).map_err(|source| AttachError::Map { name: "CONFIG", source })?;
+        let name = maps::CONFIG.name;
+        let map = ebpf.map_mut(name).ok_or(AttachError::MissingMap(name))?;
+        let mut config: Array<&mut MapData, KernelConfig> = Array::try_from(map).map_err(|source| AttachError::Map { name, source })?;
+        config.set(0, kcfg, 0).map_err(|source| AttachError::Map { name, source })?;
     }
 
     let mut programs = Vec::new();
     // Go uprobes are loaded now and attached per Go binary as processes are discovered.
-    for &prog in ProgId::GO.iter().chain(ProgId::GO_CREATION).chain(ProgId::GO_TLS).chain(ProgId::OPENSSL) {
+    let per_process = [ProgGroup::GoRuntime, ProgGroup::GoCreation, ProgGroup::GoTls, ProgGroup::OpenSsl];
+    for prog in ProgId::ALL.into_iter().filter(|p| per_process.contains(&p.group())) {
         let loaded = (|| -> Result<(), String> {
             let program = ebpf
                 .program_mut(prog.program_name())
@@ -274,7 +316,7 @@ pub fn load(kcfg: KernelConfig, tracefs: &Path, memory: MemoryHooks) -> Result<(
         MemoryHooks::Auto | MemoryHooks::FexitOrTracepoints => Btf::from_sys_fs().map_err(|e| format!("kernel BTF unreadable: {e}")),
         MemoryHooks::Tracepoints | MemoryHooks::Off => Err(format!("[collect] memory_hooks = \"{}\"", memory.as_str())),
     };
-    for &prog in ProgId::MEMORY_FEXIT {
+    for prog in ProgId::in_group(ProgGroup::MemoryFexit) {
         let Some((syscall, tracepoints)) = prog.replaces() else { continue };
         if memory == MemoryHooks::Off {
             replaced.extend(tracepoints);
@@ -307,7 +349,7 @@ pub fn load(kcfg: KernelConfig, tracefs: &Path, memory: MemoryHooks) -> Result<(
             "no fexit program for these system calls, so they are not counted (no mmap/munmap/brk metrics or mmap_failures health signal from them); memory_hooks = \"fexit-or-tracepoints\" in [collect] counts them with syscall tracepoints instead, which send every system call on the node through the kernel's slower syscall path (a few % on syscall-heavy programs)"
         );
     }
-    for &prog in ProgId::TRACEPOINTS.iter().filter(|p| !replaced.contains(p)) {
+    for prog in ProgId::in_group(ProgGroup::Tracepoint).filter(|p| !replaced.contains(p)) {
         let status = attach_one(&mut ebpf, prog, tracefs);
         match &status.error {
             None => debug!(program = prog.program_name(), "attached"),
@@ -318,18 +360,18 @@ pub fn load(kcfg: KernelConfig, tracefs: &Path, memory: MemoryHooks) -> Result<(
     }
 
     let maps = KernelMaps {
-        counters: take(&mut ebpf, "PROC_COUNTERS")?,
-        failures: take(&mut ebpf, "FAILURES")?,
-        stats: take(&mut ebpf, "PROG_STATS")?,
-        events: take(&mut ebpf, "EVENTS")?,
+        counters: take(&mut ebpf, maps::PROC_COUNTERS)?,
+        failures: take(&mut ebpf, maps::FAILURES)?,
+        stats: take(&mut ebpf, maps::PROG_STATS)?,
+        events: take(&mut ebpf, maps::EVENTS)?,
         creation: CreationMaps {
-            config: take(&mut ebpf, "GO_CREATION")?,
-            counts: take(&mut ebpf, "GO_CREATION_COUNTS")?,
-            sites: take(&mut ebpf, "CREATION_SITES")?,
-            window_goids: take(&mut ebpf, "WINDOW_GOIDS")?,
+            config: take(&mut ebpf, maps::GO_CREATION)?,
+            counts: take(&mut ebpf, maps::GO_CREATION_COUNTS)?,
+            sites: take(&mut ebpf, maps::CREATION_SITES)?,
+            window_goids: take(&mut ebpf, maps::WINDOW_GOIDS)?,
         },
-        go_tls: take(&mut ebpf, "GO_TLS_CONFIG")?,
-        ssl_libs: take(&mut ebpf, "SSL_LIBS")?,
+        go_tls: take(&mut ebpf, maps::GO_TLS_CONFIG)?,
+        ssl_libs: take(&mut ebpf, maps::SSL_LIBS)?,
     };
     Ok((Probes { _ebpf: ebpf, programs }, maps))
 }
@@ -376,4 +418,53 @@ fn spawn_logger(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
             guard.clear_ready();
         }
     });
+}
+
+#[cfg(test)]
+mod abi_tests {
+    //! The kernel/user ABI, checked on the object this daemon embeds (no root: parsing only).
+    use aya_obj::{Object, ProgramSection};
+    use probe_common::{maps, ProgId, ProgKind};
+
+    use super::PROBE_OBJECT;
+
+    fn object() -> Object {
+        Object::parse(PROBE_OBJECT).expect("the embedded eBPF object parses")
+    }
+
+    #[test]
+    fn every_program_is_in_the_object_with_its_type() {
+        let obj = object();
+        for prog in ProgId::ALL {
+            let p = obj.programs.get(prog.program_name()).unwrap_or_else(|| panic!("program {} missing from the object", prog.program_name()));
+            let ok = matches!(
+                (prog.kind(), &p.section),
+                (ProgKind::TracePoint, ProgramSection::TracePoint)
+                    | (ProgKind::UProbe, ProgramSection::UProbe { sleepable: false })
+                    | (ProgKind::URetProbe, ProgramSection::URetProbe { sleepable: false })
+                    | (ProgKind::FExit, ProgramSection::FExit { sleepable: false })
+            );
+            assert!(ok, "program {}: object section {:?}, ProgId says {:?}", prog.program_name(), p.section, prog.kind());
+        }
+        let known: Vec<&str> = ProgId::ALL.iter().map(|p| p.program_name()).collect();
+        let mut extra: Vec<&String> = obj.programs.keys().filter(|n| !known.contains(&n.as_str())).collect();
+        extra.sort();
+        assert!(extra.is_empty(), "programs in the object without a ProgId: {extra:?}");
+    }
+
+    #[test]
+    fn every_map_matches_its_spec() {
+        let obj = object();
+        for spec in maps::ALL {
+            let m = obj.maps.get(spec.name).unwrap_or_else(|| panic!("map {} missing from the object", spec.name));
+            let got = (m.map_type(), m.key_size(), m.value_size(), m.max_entries());
+            let want = (spec.kind as u32, spec.key_size, spec.value_size, spec.max_entries);
+            assert_eq!(got, want, "map {}: (type, key size, value size, max entries) in the object vs probe_common::maps", spec.name);
+        }
+        // Data sections (.rodata, .bss) and aya-log's own maps are not part of the ABI.
+        let mut extra: Vec<&String> =
+            obj.maps.keys().filter(|n| !n.starts_with('.') && !n.starts_with("AYA_") && !maps::ALL.iter().any(|s| s.name == n.as_str())).collect();
+        extra.sort();
+        assert!(extra.is_empty(), "maps in the object without a probe_common::maps spec: {extra:?}");
+    }
 }

@@ -218,11 +218,11 @@ async fn snapshot(c: Client, target: Option<Target>, kinds: Vec<String>, output:
 }
 
 fn inspect(binary: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
-    let info = chainprobe::goinspect::inspect_path(binary)?;
+    let info = goinspect::inspect_path(binary)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&info).context("encoding JSON")?);
     } else {
-        print!("{}", chainprobe::goinspect::render_text(&info));
+        print!("{}", goinspect::render_text(&info));
     }
     Ok(ExitCode::SUCCESS)
 }

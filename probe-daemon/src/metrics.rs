@@ -19,6 +19,7 @@ use probe_common::{MemSyscall, ProcCounters, ProgId, ProgStats};
 use crate::{
     aggregate::{errno_name, Aggregate, ExitInfo, GoState},
     attach::ProgramStatus,
+    health::Health,
     k8s::{LabelPolicy, PodLabels, SeriesLimiter},
 };
 
@@ -128,8 +129,8 @@ pub struct ProcView {
     pub exit: Option<ExitInfo>,
     pub go: Option<GoState>,
     pub pod: Option<PodLabels>,
-    pub health: Option<crate::health::Health>,
-    /// TLS handshakes (issue #6).
+    pub health: Option<Health>,
+    /// TLS handshakes.
     pub tls: Option<crate::tls::TlsState>,
 }
 
@@ -155,12 +156,16 @@ pub struct ScrapeView {
 }
 
 impl ScrapeView {
-    pub fn from_aggregate(agg: &Aggregate, programs: &[ProgramStatus], kernel: &str) -> Self {
-        Self::with_policy(agg, programs, kernel, LabelPolicy::default(), None)
+    /// Copies what a scrape encodes out of the aggregate and the latest health results.
+    /// `max_map_count` is the node's `vm.max_map_count` (the collector reads it).
+    pub fn new(agg: &Aggregate, health: &HashMap<u32, Health>, max_map_count: Option<u64>, programs: &[ProgramStatus], kernel: &str) -> Self {
+        Self::with_policy(agg, health, max_map_count, programs, kernel, LabelPolicy::default(), None)
     }
 
     pub fn with_policy(
         agg: &Aggregate,
+        health: &HashMap<u32, Health>,
+        max_map_count: Option<u64>,
         programs: &[ProgramStatus],
         kernel: &str,
         policy: LabelPolicy,
@@ -178,7 +183,7 @@ impl ScrapeView {
                 exit: p.exit.clone(),
                 go: p.go.clone(),
                 pod: p.pod.clone(),
-                health: p.health.clone(),
+                health: health.get(&p.pid).cloned(),
                 tls: p.tls.clone(),
             })
             .collect();
@@ -189,7 +194,7 @@ impl ScrapeView {
             procs,
             prog_stats: agg.prog_stats().to_vec(),
             programs: programs.to_vec(),
-            max_map_count: crate::procfs::max_map_count(),
+            max_map_count,
             dropped_exited: agg.dropped_exited,
             decode_errors: agg.decode_errors,
             discovery_dropped: agg.discovery_dropped,
@@ -294,7 +299,7 @@ impl ScrapeView {
         }
         // The cap applies to per-process series (they carry `comm`); chainprobe's own are exempt.
         if let Some(limiter) = &self.limiter {
-            let mut lim = limiter.lock().unwrap_or_else(|e| e.into_inner());
+            let mut lim = crate::sync::lock(limiter);
             merged.retain(|(l, _)| !l.iter().any(|(k, _)| *k == "comm") || lim.admit(name, l));
         }
         let mut me = enc.encode_descriptor(name, help, None, kind)?;
@@ -473,7 +478,7 @@ impl Collector for ScrapeView {
             MetricType::Counter,
             Value::Counter(self.dropped_exited),
         )?;
-        let series_dropped = self.limiter.as_ref().map(|l| l.lock().unwrap_or_else(|e| e.into_inner()).dropped_total()).unwrap_or(0);
+        let series_dropped = self.limiter.as_ref().map(|l| crate::sync::lock(l).dropped_total()).unwrap_or(0);
         single(
             &mut enc,
             "chainprobe_series_dropped",
@@ -561,7 +566,7 @@ impl ScrapeView {
         Ok(())
     }
 
-    /// TLS handshake families (issue #6). Labels: pid, comm (+ pod labels), library, and
+    /// TLS handshake families. Labels: pid, comm (+ pod labels), library, and
     /// role / result / version / alpn / reason as documented in README.md.
     fn encode_tls(&self, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let tls = || self.procs.iter().filter_map(|p| p.tls.as_ref().map(|t| (p, t)));
@@ -725,7 +730,7 @@ mod tests {
                     go: None,
                     tls: None,
                     pod: Some(PodLabels { namespace: "shop".into(), pod: "cart-1".into(), container: "app".into() }),
-                    health: Some(crate::health::Health { score: 70, signals: vec![crate::health::Signal { name: "goroutines", value: 6000.0, threshold: Some(5000.0), state: crate::health::State::Critical }] }),
+                    health: Some(Health { score: 70, signals: vec![crate::health::Signal { name: "goroutines", value: 6000.0, threshold: Some(5000.0), state: crate::health::State::Critical }] }),
                 },
                 ProcView {
                     pid: 11,

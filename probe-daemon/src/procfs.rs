@@ -31,12 +31,6 @@ pub fn max_map_count() -> Option<u64> {
     fs::read_to_string("/proc/sys/vm/max_map_count").ok()?.trim().parse().ok()
 }
 
-/// Turns a NUL-padded kernel string into a Rust string.
-pub fn cstr(bytes: &[u8]) -> String {
-    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-    String::from_utf8_lossy(&bytes[..end]).into_owned()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -51,9 +45,4 @@ mod tests {
         assert!(!alive(u32::MAX - 1));
     }
 
-    #[test]
-    fn cstr_stops_at_nul() {
-        assert_eq!(cstr(b"bash\0\0\0"), "bash");
-        assert_eq!(cstr(b"full"), "full");
-    }
 }

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use chainprobe::goinspect::{self, Arch, GoBinary, GoInspectError, Inspector, LinkMode, Source};
+use goinspect::{self, Arch, GoBinary, GoInspectError, Inspector, LinkMode, Source};
 
 const VARIANTS: &[&str] = &[
     "default",
@@ -21,12 +21,7 @@ const VARIANTS: &[&str] = &[
     "arm64-stripped",
 ];
 
-fn fixtures_root() -> PathBuf {
-    match std::env::var_os("CHAINPROBE_FIXTURES") {
-        Some(p) => PathBuf::from(p),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/go-fixtures"),
-    }
-}
+use test_support::fixtures_root;
 
 fn variants() -> Vec<String> {
     match std::env::var("CHAINPROBE_GO_VARIANTS") {

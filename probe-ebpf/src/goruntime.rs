@@ -9,8 +9,8 @@ use aya_ebpf::{
 };
 use probe_common::{
     BPF_RB_NO_WAKEUP,
-    CreationSite, EventHeader, EventKind, GoCreationConfig, GoCreationCounts, GoGcEvent, GoStwEvent,
-    ProgId, StwStart, DURATION_UNKNOWN, MAX_CREATION_SITES, MAX_PROCS,
+    CreationSite, EventHeader, EventKind, GoCreationConfig, GoCreationCounts, GoGcEvent, GoStwEvent, GoidKey,
+    ProgId, StwStart, DURATION_UNKNOWN, MAX_CREATION_SITES, MAX_PROCS, MAX_WINDOW_GOIDS,
 };
 
 use crate::maps::{count_event, count_lost_map_full, count_lost_ringbuf, current_tgid, EVENTS};
@@ -38,7 +38,7 @@ pub static CREATION_SITES: PerCpuHashMap<CreationSite, u64> = PerCpuHashMap::wit
 /// Goroutines created while counting and still alive: (tgid, goid). Exits count only these, so a
 /// goroutine that began before the window does not count as an exit of the window.
 #[map]
-static WINDOW_GOIDS: HashMap<CreationSite, u8> = HashMap::with_max_entries(65_536, 0);
+static WINDOW_GOIDS: HashMap<GoidKey, u8> = HashMap::with_max_entries(MAX_WINDOW_GOIDS, 0);
 
 const BPF_NOEXIST: u64 = 1;
 
@@ -72,7 +72,7 @@ pub fn go_newproc(ctx: ProbeContext) -> u32 {
         c.created += 1;
     }
     let goid: u64 = unsafe { bpf_probe_read_user((newg + cfg.g_goid as u64) as *const u64) }.unwrap_or(0);
-    if WINDOW_GOIDS.insert(&CreationSite { tgid, _pad: 0, gopc: goid }, &1u8, 0).is_err() {
+    if WINDOW_GOIDS.insert(&GoidKey { tgid, _pad: 0, goid }, &1u8, 0).is_err() {
         count_lost_map_full(prog);
     }
     let gopc: u64 = unsafe { bpf_probe_read_user((newg + cfg.g_gopc as u64) as *const u64) }.unwrap_or(0);
@@ -100,7 +100,7 @@ pub fn go_goexit(ctx: ProbeContext) -> u32 {
         return 0;
     }
     let goid: u64 = unsafe { bpf_probe_read_user((g + cfg.g_goid as u64) as *const u64) }.unwrap_or(0);
-    if WINDOW_GOIDS.remove(&CreationSite { tgid, _pad: 0, gopc: goid }).is_ok() {
+    if WINDOW_GOIDS.remove(&GoidKey { tgid, _pad: 0, goid }).is_ok() {
         if let Some(c) = creation_counts(prog, tgid) {
             c.exited += 1;
         }
@@ -183,7 +183,7 @@ pub fn go_gc_done(_ctx: ProbeContext) -> u32 {
 /// runtime.stopTheWorldWithSema entry: the world starts stopping.
 #[uprobe]
 pub fn go_stw_stop(ctx: ProbeContext) -> u32 {
-    let prog = ProgId::GoStwStop;
+    let prog = ProgId::GoPauseBegin;
     count_event(prog);
     let start = StwStart {
         ktime_ns: unsafe { bpf_ktime_get_ns() },
@@ -199,7 +199,7 @@ pub fn go_stw_stop(ctx: ProbeContext) -> u32 {
 /// runtime.startTheWorldWithSema entry: the pause ends.
 #[uprobe]
 pub fn go_stw_start(_ctx: ProbeContext) -> u32 {
-    let prog = ProgId::GoStwStart;
+    let prog = ProgId::GoPauseEnd;
     count_event(prog);
     let now = unsafe { bpf_ktime_get_ns() };
     let tgid = current_tgid();

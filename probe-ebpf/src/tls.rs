@@ -1,4 +1,4 @@
-//! TLS handshakes (issue #6): Go crypto/tls and OpenSSL (libssl).
+//! TLS handshakes: Go crypto/tls and OpenSSL (libssl).
 //!
 //! Go: uprobes at the entry of `(*Conn).clientHandshake` and `(*Conn).serverHandshake` (they run
 //! once per real handshake; `handshakeContext` runs again on every Read and Write), and where the

@@ -19,7 +19,7 @@ use std::time::Instant;
 use crate::bench_util::median;
 use anyhow::{bail, Context, Result};
 
-use crate::codegen::goinspect;
+
 
 fn vm_hwm_kb() -> u64 {
     std::fs::read_to_string("/proc/self/status")

@@ -8,7 +8,7 @@ use std::{path::Path, time::Duration};
 
 use anyhow::{bail, Context, Result};
 
-use crate::bench_util::{self, median, GoProgram};
+use crate::bench_util::{self, median};
 
 /// utime + stime of `pid`, in seconds.
 fn cpu_seconds(pid: u32) -> Result<f64> {
@@ -29,12 +29,12 @@ fn measure(bin: &Path, leaky: &Path, n: u64, seconds: u64) -> Result<f64> {
     std::fs::create_dir_all(&dir)?;
     let extra = "[go]\nread_interval_seconds = 1.0\ncreation_probes = \"manual\"\n[snapshot]\nenabled = false\n";
     let (d, port) = bench_util::start_daemon(bin, &dir, extra)?;
-    let mut app = GoProgram::start(leaky, &[])?;
-    app.cmd(&format!("leak {n}"))?;
+    let mut app = bench_util::go_program(leaky, &[])?;
+    app.try_cmd(&format!("leak {n}"))?;
     bench_util::wait_target(port, app.pid, Duration::from_secs(60), &format!("read with {n} goroutines"), |t| {
         t["runtime"]["goroutines"].as_u64().is_some_and(|g| g >= n)
     })?;
-    let pid = d.0.id();
+    let pid = d.pid();
     let c0 = cpu_seconds(pid)?;
     std::thread::sleep(Duration::from_secs(seconds));
     let c1 = cpu_seconds(pid)?;

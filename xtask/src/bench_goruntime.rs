@@ -20,7 +20,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::bench_util::{self, http, median, Proc};
 
-fn start_daemon(bin: &Path, dir: &Path) -> Result<(Proc, u16)> {
+fn start_daemon(bin: &Path, dir: &Path) -> Result<(bench_util::Daemon, u16)> {
     bench_util::start_daemon(bin, dir, "[go]\ncreation_probes = \"manual\"\ncreation_max_rate = 1e12\ncreation_window_seconds = 3600.0\n")
 }
 
@@ -89,7 +89,7 @@ pub fn run(args: &[String]) -> Result<()> {
     for r in 0..rounds {
         none.push(spawn_round(&spawn, n, |_| Ok(()))?);
         {
-            let bt = Proc(
+            let bt = Proc::new(
                 Command::new("bpftrace")
                     .args(["-e", &format!("uprobe:{}:runtime.newproc1 {{}}", spawn.display())])
                     .stdout(Stdio::null())
@@ -120,7 +120,7 @@ pub fn run(args: &[String]) -> Result<()> {
         let mut srv = Command::new(&httpb).stdout(Stdio::piped()).spawn()?;
         let mut line = String::new();
         BufReader::new(srv.stdout.take().context("stdout")?).read_line(&mut line)?;
-        let srv = Proc(srv);
+        let srv = Proc::new(srv);
         let port: u16 = line.trim().rsplit(':').next().and_then(|p| p.parse().ok()).context("httpbench address")?;
         h_off.push(wrk_rate(port, http_secs)?);
         let (_d, _) = start_daemon(&daemon, &dir)?;

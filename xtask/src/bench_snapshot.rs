@@ -16,9 +16,9 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::bench_util::{self, json, median, GoProgram, Proc};
+use crate::bench_util::{self, json, median, GoProgram};
 
-fn start_daemon(bin: &Path, dir: &Path, rules: bool) -> Result<(Proc, u16)> {
+fn start_daemon(bin: &Path, dir: &Path, rules: bool) -> Result<(bench_util::Daemon, u16)> {
     let extra = format!(
             "[api]\nrate_limit_per_second = 1000.0\nrate_limit_burst = 1000\n[go]\nread_interval_seconds = 0.2\ncreation_probes = \"manual\"\n[health]\ninterval_seconds = 0.5\ndegraded_interval_seconds = 0.5\n{}[health.signals.goroutines]\nwarn = 200.0\ncritical = 400.0\n[snapshot]\ndir = \"{}\"\nmax_per_target_per_hour = 100\nmax_snapshots = 1000\nmax_goroutines = 1000000\nfetch_timeout_seconds = 60.0\nmax_profile_bytes = 1073741824\n",
             if rules { "" } else { "rules = []\n" },
@@ -33,12 +33,12 @@ struct Leaky(GoProgram);
 impl Leaky {
     fn start(bin: &Path, pprof: bool) -> Result<Leaky> {
         let args: &[&str] = if pprof { &["-pprof", "127.0.0.1:0"] } else { &[] };
-        Ok(Leaky(GoProgram::start(bin, args)?))
+        Ok(Leaky(bench_util::go_program(bin, args)?))
     }
 
     /// Sends `c`; the first number of the reply (0 when it has none).
     fn cmd(&mut self, c: &str) -> Result<i64> {
-        Ok(self.0.cmd(c)?.first().copied().unwrap_or(0))
+        Ok(self.0.try_cmd(c)?.first().copied().unwrap_or(0))
     }
 }
 

@@ -130,7 +130,7 @@ pub fn run(args: &[String]) -> Result<()> {
         // system calls counted (on a kernel without BPF trampolines the default counts none).
         for (config, workload) in [("", Workload::Connect), (COUNT_MEMORY, Workload::Mmap)] {
             let (d, port) = start_daemon(&bin, &dir, config)?;
-            let pid = d.0.id();
+            let pid = d.pid();
             let (cpu0, _) = usage(pid);
             let t0 = Instant::now();
             match workload {

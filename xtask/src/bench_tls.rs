@@ -67,9 +67,9 @@ const WINDOWS: usize = 1 + Config::ALL.len();
 /// Starts chainprobe with configuration `c`, once its start-up scan is over: the scan inspects
 /// every process's binary, and a round would otherwise measure a daemon busy on one of the two
 /// cores rather than the probes.
-fn start_daemon(bin: &Path, dir: &Path, c: Config) -> Result<(Proc, u16)> {
+fn start_daemon(bin: &Path, dir: &Path, c: Config) -> Result<(bench_util::Daemon, u16)> {
     let (p, port) = bench_util::start_daemon(bin, dir, c.toml())?;
-    wait_idle(p.0.id())?;
+    wait_idle(p.pid())?;
     Ok((p, port))
 }
 
@@ -133,7 +133,7 @@ struct Chunk {
 /// reply) and measures it as a chunk.
 fn chunk(g: &mut TlsProbe, cmd: &str, ops: u64, elapsed_ns: impl Fn(&[i64]) -> Result<i64>) -> Result<Chunk> {
     let (s0, c0) = (steal_seconds()?, cpu_seconds(g.pid)?);
-    let r = g.cmd(cmd)?;
+    let r = g.try_cmd(cmd)?;
     let (s1, c1) = (steal_seconds()?, cpu_seconds(g.pid)?);
     let secs = elapsed_ns(&r)? as f64 / 1e9;
     let ncpu = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
@@ -148,7 +148,7 @@ fn go_window(g: &mut TlsProbe, n: u64, m: u64, chunks: u64, daemon: Option<(u16,
     if let Some((port, tls)) = daemon {
         wait_tracked(port, g.pid, tls)?;
     }
-    g.cmd("hs 100 any any h2 h2,http/1.1 trusted")?; // warm-up
+    g.try_cmd("hs 100 any any h2 h2,http/1.1 trusted")?; // warm-up
     let (hn, bm) = ((n / chunks).max(1), (m / chunks).max(1));
     let mut hs = Vec::new();
     let mut bulk = Vec::new();
@@ -220,7 +220,7 @@ impl Drop for TraceUprobes {
 /// chunk by chunk, so drift cannot favour one. Returns CPU µs per pair of (none, RETs, call site):
 /// the medians, and the best (lowest) chunks.
 fn trap_cost(bin: &Path, n: u64, chunks: u64, rounds: usize) -> Result<([f64; 3], [f64; 3])> {
-    let b = crate::codegen::goinspect::inspect_path(bin)?;
+    let b = goinspect::inspect_path(bin)?;
     let mut sites = Vec::new();
     for (i, name) in ["crypto/tls.(*Conn).clientHandshake", "crypto/tls.(*Conn).serverHandshake"].iter().enumerate() {
         let f = b.function(name).with_context(|| format!("{name} not in {}", bin.display()))?;
@@ -233,8 +233,8 @@ fn trap_cost(bin: &Path, n: u64, chunks: u64, rounds: usize) -> Result<([f64; 3]
     sites.push(("call".to_string(), call.file_offset));
     let probes = TraceUprobes::new(bin, &sites)?;
     let placements: [&[&str]; 3] = [&[], &["entry", "ret"], &["entry", "call"]];
-    let mut g = TlsProbe::start(bin, &[])?;
-    g.cmd("hs 100 any any h2 h2,http/1.1 trusted")?;
+    let mut g = bench_util::go_program(bin, &[])?;
+    g.try_cmd("hs 100 any any h2 h2,http/1.1 trusted")?;
     let hn = (n / chunks).max(1);
     let mut cpu: [Vec<f64>; 3] = Default::default();
     for r in 0..rounds * chunks as usize {
@@ -245,7 +245,7 @@ fn trap_cost(bin: &Path, n: u64, chunks: u64, rounds: usize) -> Result<([f64; 3]
         }
     }
     drop(probes);
-    let _ = g.cmd("quit");
+    let _ = g.try_cmd("quit");
     let best = |v: &Vec<f64>| v.iter().copied().fold(f64::INFINITY, f64::min);
     let (b0, b1, b2) = (best(&cpu[0]), best(&cpu[1]), best(&cpu[2]));
     let [mut c0, mut c1, mut c2] = cpu;
@@ -321,15 +321,15 @@ fn bpf_prog_stats(prefix: &str) -> Result<Vec<ProgInfo>> {
 /// pair, ns per run).
 fn bpf_cost(bin: &Path, daemon: &Path, dir: &Path, n: u64, prefixes: &[&str]) -> Result<Vec<Vec<(f64, f64)>>> {
     let (_d, port) = start_daemon(daemon, dir, Config::Default)?;
-    let mut g = TlsProbe::start(bin, &[])?;
+    let mut g = bench_util::go_program(bin, &[])?;
     wait_tracked(port, g.pid, true)?;
-    g.cmd("hs 100 any any h2 h2,http/1.1 trusted")?;
+    g.try_cmd("hs 100 any any h2 h2,http/1.1 trusted")?;
     let sysctl = "/proc/sys/kernel/bpf_stats_enabled";
     let before = std::fs::read_to_string(sysctl)?;
     std::fs::write(sysctl, "1")?;
     let measured = (|| -> Result<Vec<Vec<(f64, f64)>>> {
         let p0 = prefixes.iter().map(|p| bpf_prog_stats(p)).collect::<Result<Vec<_>>>()?;
-        g.cmd(&format!("hs {n} any any h2 h2,http/1.1 trusted"))?;
+        g.try_cmd(&format!("hs {n} any any h2 h2,http/1.1 trusted"))?;
         let p1 = prefixes.iter().map(|p| bpf_prog_stats(p)).collect::<Result<Vec<_>>>()?;
         Ok(p0
             .iter()
@@ -347,7 +347,7 @@ fn bpf_cost(bin: &Path, daemon: &Path, dir: &Path, n: u64, prefixes: &[&str]) ->
             .collect())
     })();
     std::fs::write(sysctl, before.trim())?;
-    let _ = g.cmd("quit");
+    let _ = g.try_cmd("quit");
     measured
 }
 
@@ -407,7 +407,7 @@ fn openssl_round(cert: &Path, key: &Path, secs: u64) -> Result<f64> {
         .spawn()
         .context("starting openssl s_server")?;
     let _keep_stdin = srv.stdin.take();
-    let _srv = Proc(srv);
+    let _srv = Proc::new(srv);
     std::thread::sleep(Duration::from_millis(500));
     let out = Command::new("openssl")
         .args(["s_time", "-connect", &format!("127.0.0.1:{port}"), "-new", "-time", &secs.to_string()])
@@ -482,7 +482,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut bulk: [Vec<Vec<Chunk>>; WINDOWS] = Default::default();
     let mut ossl: [Vec<f64>; WINDOWS] = Default::default();
     // One tlsprobe for all windows: each daemon finds it running (its start-up scan) and attaches.
-    let mut g = TlsProbe::start(&tlsprobe, &[])?;
+    let mut g = bench_util::go_program(&tlsprobe, &[])?;
     for r in 0..rounds {
         let mut order = Config::ALL;
         order.rotate_left(r % Config::ALL.len());

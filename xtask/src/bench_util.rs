@@ -1,34 +1,16 @@
-//! What the benchmarks share: a child process stopped on drop, starting chainprobe and waiting
-//! for it to track a process, driving a Go fixture program, the median, the root check, and
-//! building the Go programs they run.
+//! What the benchmarks share beyond the test-support crate (child processes, the Go fixture
+//! driver, the daemon launcher, HTTP): waiting for chainprobe to track a process, the median, the
+//! root check, and building the Go programs they run.
 use std::{
-    io::{BufRead, BufReader, Read, Write},
-    net::TcpStream,
+    net::SocketAddr,
     path::{Path, PathBuf},
-    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
 
-/// A child process: SIGTERM when dropped, SIGKILL after 5 s.
-pub struct Proc(pub Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+pub use test_support::{Daemon, GoProgram, Proc};
 
 /// The median (NaN for no values).
 pub fn median(v: &mut [f64]) -> f64 {
@@ -64,18 +46,7 @@ pub fn go_programs(programs: &str, variants: &str) -> Result<PathBuf> {
 
 /// `method path` with `body` (JSON) to chainprobe on 127.0.0.1:`port`: (status, body).
 pub fn http(port: u16, method: &str, path: &str, body: &str) -> Result<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(120)))?;
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: b\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    let status = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    // Small JSON bodies: drop chunk framing if any.
-    let body = match (body.find('{'), body.rfind('}')) {
-        (Some(a), Some(b)) if b >= a => body[a..=b].to_string(),
-        _ => body,
-    };
+    let (status, _, body) = test_support::http(SocketAddr::from(([127, 0, 0, 1], port)), method, path, &[], body, Duration::from_secs(120))?;
     Ok((status, body))
 }
 
@@ -103,63 +74,17 @@ pub fn wait_target(port: u16, pid: u32, timeout: Duration, what: &str, ready: im
 }
 
 /// Starts `chainprobe run` with `[server] listen` on a free loopback port plus `extra` TOML
-/// (written to `dir/bench.toml`) and waits until /readyz answers 200 (at most 30 s).
-pub fn start_daemon(bin: &Path, dir: &Path, extra: &str) -> Result<(Proc, u16)> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let cfg = dir.join("bench.toml");
-    std::fs::write(&cfg, format!("[server]\nlisten = \"127.0.0.1:{port}\"\n{extra}"))?;
-    let child = Command::new(bin)
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .with_context(|| format!("starting {}", bin.display()))?;
-    let p = Proc(child);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if http(port, "GET", "/readyz", "").is_ok_and(|r| r.0 == 200) {
-            return Ok((p, port));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    bail!("chainprobe did not become ready")
+/// (in `dir`) and waits until /readyz answers 200 (at most 30 s).
+pub fn start_daemon(bin: &Path, dir: &Path, extra: &str) -> Result<(Daemon, u16)> {
+    let addr = test_support::free_addr()?;
+    let toml = format!("[server]\nlisten = \"{addr}\"\n{extra}");
+    let d = Daemon::launch(bin, dir, addr, &toml, &[("RUST_LOG", "warn")], Duration::from_secs(30)).with_context(|| format!("starting {}", bin.display()))?;
+    Ok((d, addr.port()))
 }
 
-/// A Go fixture program driven over stdin (tests/fixtures/go/src: one command a line, answered
-/// by `ok N…` or an error line), started with GOMAXPROCS=2; it first prints `ready …`.
-pub struct GoProgram {
-    _p: Proc,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-    pub pid: u32,
-}
-
-impl GoProgram {
-    pub fn start(bin: &Path, args: &[&str]) -> Result<GoProgram> {
-        let mut child = Command::new(bin).args(args).env("GOMAXPROCS", "2").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn()?;
-        let stdin = child.stdin.take().context("stdin")?;
-        let mut stdout = BufReader::new(child.stdout.take().context("stdout")?);
-        let pid = child.id();
-        let p = Proc(child);
-        let mut line = String::new();
-        stdout.read_line(&mut line)?;
-        if !line.starts_with("ready") {
-            bail!("{}: {line}", bin.display());
-        }
-        Ok(GoProgram { _p: p, stdin, stdout, pid })
-    }
-
-    /// Sends `c`; the numbers of its `ok` reply.
-    pub fn cmd(&mut self, c: &str) -> Result<Vec<i64>> {
-        writeln!(self.stdin, "{c}")?;
-        self.stdin.flush()?;
-        let mut line = String::new();
-        self.stdout.read_line(&mut line)?;
-        let mut w = line.split_whitespace();
-        if w.next() != Some("ok") {
-            bail!("{c}: {line}");
-        }
-        w.map(|x| x.parse().context("reply")).collect()
-    }
+/// Starts the Go fixture program `bin` with `args` and reads its `ready` line.
+pub fn go_program(bin: &Path, args: &[&str]) -> Result<GoProgram> {
+    let mut cmd = Command::new(bin);
+    cmd.args(args);
+    Ok(GoProgram::try_spawn(&bin.display().to_string(), cmd)?)
 }

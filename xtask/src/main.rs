@@ -87,8 +87,9 @@ fn dispatch(args: &[String]) -> Result<()> {
             fixtures()?;
             // The checked-in offset tables are what the generator makes from the real toolchains.
             codegen::run(&["go-offsets".to_string(), "--check".to_string()])?;
-            // The workspace's default members: everything but the BPF-target crate.
-            cargo(&[&["test"][..], &rest_after_dashes(rest).iter().map(String::as_str).collect::<Vec<_>>()].concat())
+            // The workspace's default members (everything but the BPF-target crate), with the
+            // system tier of the integration tests.
+            cargo(&[&["test", "--features", "probe-daemon/system-tests"][..], &rest_after_dashes(rest).iter().map(String::as_str).collect::<Vec<_>>()].concat())
         }
         "bench" => match rest.first().map(String::as_str) {
             Some("syscalls") => bench_syscalls::run(&rest[1..]),

@@ -6,8 +6,8 @@ use std::{path::PathBuf, time::Duration};
 pub enum ClientError {
     #[error("cannot reach chainprobe at {url}: {source} (is the daemon running? pass --server)")]
     Connect { url: String, source: reqwest::Error },
-    #[error("{url}: HTTP {status}: {message}")]
-    Api { url: String, status: u16, message: String },
+    #[error("{url}: {error}")]
+    Api { url: String, error: super::ApiError },
     #[error("{url}: unexpected answer: {0}", url = .1)]
     Decode(String, String),
     #[error("cannot write {path}: {source}")]
@@ -51,11 +51,7 @@ impl Client {
             return Ok(resp);
         }
         let body = resp.text().await.unwrap_or_default();
-        let message = serde_json::from_str::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v["error"].as_str().map(str::to_string))
-            .unwrap_or_else(|| if status == 401 { "unauthorized: set CHAINPROBE_API_TOKEN or --token-file".into() } else { body.trim().to_string() });
-        Err(ClientError::Api { url: url.to_string(), status, message })
+        Err(ClientError::Api { url: url.to_string(), error: super::ApiError::from_answer(status, &body) })
     }
 
     async fn json(&self, req: reqwest::RequestBuilder, url: &str) -> Result<serde_json::Value, ClientError> {

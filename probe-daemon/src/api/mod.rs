@@ -1,11 +1,15 @@
 //! The HTTP server: `/metrics` for Prometheus, `/healthz` and `/readyz` for Kubernetes probes,
 //! and the on-call API under `/api/v1/` (bearer token). Handlers reach the rest of the daemon only
-//! through the narrow [`ApiState`] handles.
+//! through [`ApiState`]: typed commands to the collector and to discovery, and their published
+//! views. HTTP status codes live here only ([`ApiError`]).
 use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
     path::PathBuf,
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc, Arc, Mutex,
+    },
     time::{Duration, Instant, SystemTime},
 };
 
@@ -20,35 +24,59 @@ use axum::{
 use tracing::info;
 
 pub mod client;
+pub mod error;
 pub mod openapi;
+pub mod types;
 
-use crate::snapshot::{valid_id, Kind, Snapshotter, Trigger};
+use tokio::sync::{oneshot, watch};
 
-/// Renders the metrics exposition, or says why it could not.
-pub type RenderMetrics = dyn Fn() -> Result<String, String> + Send + Sync;
-/// `Ok(())` when ready, else the reasons it is not.
-pub type Readiness = dyn Fn() -> Result<(), Vec<String>> + Send + Sync;
+pub use error::{ApiError, ErrorBody};
 
-/// The tracked Go processes as JSON (`GET /api/v1/targets`).
-pub type Targets = dyn Fn() -> serde_json::Value + Send + Sync;
-/// Switches a process's goroutine-creation probes: (pid, on, seconds) → state, or (HTTP status,
-/// message).
-pub type SetCreation = dyn Fn(u32, bool, Option<f64>) -> Result<serde_json::Value, (u16, String)> + Send + Sync;
-/// The pid of the Go process in (namespace, pod, container), or (HTTP status, message).
-pub type FindTarget = dyn Fn(&str, &str, Option<&str>) -> Result<u32, (u16, String)> + Send + Sync;
+use crate::{
+    attach::ProgramStatus,
+    collector::{self, View},
+    discovery::{self, GoView},
+    snapshot::{valid_id, Kind, Snapshotter, Trigger},
+    sync::lock,
+};
 
+/// What the handlers reach: the collector and discovery by command (with a reply channel), their
+/// published views by reading, the snapshotter, and the server's own settings.
 #[derive(Clone)]
 pub struct ApiState {
-    pub render_metrics: Arc<RenderMetrics>,
-    pub readiness: Arc<Readiness>,
-    pub targets: Arc<Targets>,
-    pub set_creation: Arc<SetCreation>,
-    pub find_target: Arc<FindTarget>,
+    pub collector: mpsc::SyncSender<collector::Command>,
+    /// None when neither Go nor OpenSSL tracking is on.
+    pub discovery: Option<mpsc::SyncSender<discovery::Command>>,
+    pub view: watch::Receiver<Arc<View>>,
+    pub go_view: watch::Receiver<Arc<GoView>>,
+    pub programs: Arc<Vec<ProgramStatus>>,
+    /// Set once the server listens.
+    pub serving: Arc<AtomicBool>,
     pub snapshots: Option<Arc<Snapshotter>>,
     pub auth: Arc<ApiAuth>,
     pub limiter: Arc<RateLimiter>,
     /// Largest request body accepted.
     pub max_body: usize,
+}
+
+impl ApiState {
+    /// `Ok(())` when ready, else the reasons it is not.
+    pub fn readiness(&self) -> Result<(), Vec<String>> {
+        let mut reasons: Vec<String> = self
+            .programs
+            .iter()
+            .filter(|p| !p.attached && !p.prog.optional())
+            .map(|p| format!("program {} not attached: {}", p.prog.program_name(), p.error.as_deref().unwrap_or("unknown")))
+            .collect();
+        if !self.serving.load(Ordering::Relaxed) {
+            reasons.push("HTTP server starting".into());
+        }
+        if reasons.is_empty() {
+            Ok(())
+        } else {
+            Err(reasons)
+        }
+    }
 }
 
 /// Per-client token buckets for `/api/` (by the connection's address: headers can be forged).
@@ -65,7 +93,7 @@ impl RateLimiter {
 
     /// `Ok` when `client` may make a request now, else how long until it may.
     pub fn check(&self, client: IpAddr, now: Instant) -> Result<(), Duration> {
-        let mut b = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let mut b = lock(&self.buckets);
         if b.len() > 10_000 {
             // Forget clients whose buckets are full again.
             let full = Duration::from_secs_f64(self.burst / self.per_second);
@@ -105,7 +133,7 @@ impl ApiAuth {
         }
         let path = self.token_file.as_ref()?;
         let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok()?;
-        let mut cache = self.file_cache.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cache = lock(&self.file_cache);
         if let Some((t, tok)) = cache.as_ref() {
             if *t == mtime {
                 return Some(tok.clone());
@@ -222,7 +250,7 @@ pub struct CreationRequest {
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
+    ApiError::new(status.as_u16(), message).into_response()
 }
 
 async fn creation_probes(
@@ -237,29 +265,43 @@ async fn creation_probes(
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("body must be {{\"enabled\": true|false, \"seconds\": N}}: {e}")),
     };
-    let f = st.set_creation.clone();
-    match tokio::task::spawn_blocking(move || f(pid, req.enabled, req.seconds)).await {
-        Ok(Ok(v)) => Json(v).into_response(),
-        Ok(Err((code, msg))) => error(StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), msg),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    let window = match req.seconds {
+        Some(s) if !(s.is_finite() && s > 0.0 && s <= 3600.0) => return error(StatusCode::BAD_REQUEST, "seconds must be between 0 and 3600"),
+        Some(s) => Some(Duration::from_secs_f64(s)),
+        None => None,
+    };
+    let Some(tx) = st.discovery.clone() else { return ApiError::from(discovery::CreationError::GoDisabled).into_response() };
+    let (reply, answer) = oneshot::channel();
+    let cmd = discovery::Command::SetCreation { pid, enable: req.enabled, window, reply };
+    if tokio::task::spawn_blocking(move || tx.send(cmd)).await.ok().and_then(Result::ok).is_none() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "Go discovery is not running (see the daemon's log)");
+    }
+    match answer.await {
+        Ok(Ok(status)) => Json(types::CreationResponse { pid, creation_probes: status }).into_response(),
+        Ok(Err(e)) => ApiError::from(e).into_response(),
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "Go discovery stopped before it answered (see the daemon's log)"),
     }
 }
 
 async fn targets(State(st): State<ApiState>) -> Response {
-    let f = st.targets.clone();
-    match tokio::task::spawn_blocking(move || f()).await {
-        Ok(v) => Json(v).into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("listing targets failed: {e}\n")).into_response(),
-    }
+    let (view, go) = (st.view.borrow().clone(), st.go_view.borrow().clone());
+    Json(types::TargetsResponse::new(&view, &go)).into_response()
 }
 
 /// `GET /metrics`: OpenMetrics when the client prefers it (Prometheus does), else the classic
 /// text format (promtool, `curl`), both from the same registry.
 async fn metrics(State(st): State<ApiState>, headers: axum::http::HeaderMap) -> Response {
-    let render = st.render_metrics.clone();
     let format = crate::metrics::Format::negotiate(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
-    // Draining kernel maps makes syscalls: keep them off the async workers.
-    match tokio::task::spawn_blocking(move || render()).await {
+    let (tx, stats) = (st.collector.clone(), st.snapshots.as_ref().map(|s| s.stats()));
+    // The collector drains the kernel maps and copies the state out; encoding runs here, off the
+    // collector thread and off the async workers.
+    let render = move || -> Result<String, String> {
+        let (reply, answer) = oneshot::channel();
+        tx.send(collector::Command::Scrape(reply)).map_err(|_| "the collector is not running (see the daemon's log)".to_string())?;
+        let view = answer.blocking_recv().map_err(|_| "the collector stopped before it answered (see the daemon's log)".to_string())?;
+        view.with_snapshots(stats).render().map_err(|e| e.to_string())
+    };
+    match tokio::task::spawn_blocking(render).await {
         Ok(Ok(body)) => {
             let body = match format {
                 crate::metrics::Format::OpenMetrics => body,
@@ -277,7 +319,7 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(st): State<ApiState>) -> Response {
-    match (st.readiness)() {
+    match st.readiness() {
         Ok(()) => "ready\n".into_response(),
         Err(reasons) => {
             (StatusCode::SERVICE_UNAVAILABLE, format!("not ready:\n- {}\n", reasons.join("\n- ")))
@@ -319,19 +361,20 @@ async fn create_snapshot(State(st): State<ApiState>, body: axum::body::Bytes) ->
             None => return error(StatusCode::BAD_REQUEST, format!("unknown kind {k:?}: heap or goroutine")),
         }
     }
-    let find = st.find_target.clone();
-    let res = tokio::task::spawn_blocking(move || {
-        let pid = match (req.pid, req.namespace.as_deref(), req.pod.as_deref()) {
-            (Some(pid), None, None) => pid,
-            (None, Some(ns), Some(pod)) => find(ns, pod, req.container.as_deref())?,
-            _ => return Err((400, "name either \"pid\", or \"namespace\" and \"pod\" (and optionally \"container\")".to_string())),
-        };
-        snap.request(pid, &kinds, Trigger::Api, None).map_err(|r| (r.status, r.message))
-    })
-    .await;
-    match res {
-        Ok(Ok(meta)) => (StatusCode::ACCEPTED, Json(serde_json::json!({ "id": meta.id, "status": meta.status, "pid": meta.pid }))).into_response(),
-        Ok(Err((code, msg))) => error(StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), msg),
+    let pid = match (req.pid, req.namespace.as_deref(), req.pod.as_deref()) {
+        (Some(pid), None, None) => pid,
+        (None, Some(ns), Some(pod)) => {
+            let (view, go) = (st.view.borrow().clone(), st.go_view.borrow().clone());
+            match view.find_go_process(&go, ns, pod, req.container.as_deref()) {
+                Ok(pid) => pid,
+                Err(e) => return ApiError::from(e).into_response(),
+            }
+        }
+        _ => return error(StatusCode::BAD_REQUEST, "name either \"pid\", or \"namespace\" and \"pod\" (and optionally \"container\")"),
+    };
+    match tokio::task::spawn_blocking(move || snap.request(pid, &kinds, Trigger::Api, None)).await {
+        Ok(Ok(meta)) => (StatusCode::ACCEPTED, Json(types::SnapshotAccepted { id: meta.id, status: meta.status, pid: meta.pid })).into_response(),
+        Ok(Err(r)) => ApiError::from(r).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }

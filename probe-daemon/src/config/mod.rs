@@ -32,7 +32,7 @@ pub struct Config {
     pub tls: TlsConfig,
 }
 
-/// TLS handshake probes (issue #6).
+/// TLS handshake probes.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
@@ -229,16 +229,16 @@ impl Config {
         Ok(())
     }
 
-    pub fn scrape_interval(&self) -> Result<Duration, ConfigError> {
+    fn scrape_interval(&self) -> Result<Duration, ConfigError> {
         seconds("metrics.scrape_interval_seconds", self.metrics.scrape_interval_seconds, 0.1)
     }
-    pub fn drain_interval(&self) -> Result<Duration, ConfigError> {
+    fn drain_interval(&self) -> Result<Duration, ConfigError> {
         seconds("collect.drain_interval_seconds", self.collect.drain_interval_seconds, 0.05)
     }
-    pub fn go_read_interval(&self) -> Result<Duration, ConfigError> {
+    fn go_read_interval(&self) -> Result<Duration, ConfigError> {
         seconds("go.read_interval_seconds", self.go.read_interval_seconds, 0.05)
     }
-    pub fn creation_settings(&self) -> Result<crate::goruntime::creation::CreationSettings, ConfigError> {
+    fn creation_settings(&self) -> Result<crate::goruntime::creation::CreationSettings, ConfigError> {
         let g = &self.go;
         if !(g.creation_max_rate > 0.0) {
             return Err(ConfigError::Invalid { key: "go.creation_max_rate", message: "must be above 0".into() });
@@ -256,7 +256,7 @@ impl Config {
             top_n: g.creation_top_n,
         })
     }
-    pub fn label_policy(&self) -> Result<crate::k8s::LabelPolicy, ConfigError> {
+    fn label_policy(&self) -> Result<crate::k8s::LabelPolicy, ConfigError> {
         crate::k8s::LabelPolicy::from_config(&crate::k8s::LabelPolicyConfig {
             drop_labels: self.metrics.drop_labels.clone(),
             keep_labels: self.metrics.keep_labels.clone(),
@@ -264,14 +264,53 @@ impl Config {
         })
         .map_err(|e| ConfigError::Invalid { key: "metrics.drop_labels / metrics.keep_labels", message: e.to_string() })
     }
-    pub fn map_count_interval(&self) -> Result<Duration, ConfigError> {
+    fn map_count_interval(&self) -> Result<Duration, ConfigError> {
         seconds("collect.map_count_interval_seconds", self.collect.map_count_interval_seconds, 0.1)
+    }
+}
+
+/// The settings the daemon runs with: a [`Config`] validated once, with its derived values
+/// (durations, creation-probe settings, label policy) computed.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The sections used as they are (server, api, health, snapshot, kubernetes, tls, go, …).
+    pub config: Config,
+    pub scrape_interval: Duration,
+    pub drain_interval: Duration,
+    pub map_count_interval: Duration,
+    pub go_read_interval: Duration,
+    pub creation: crate::goruntime::creation::CreationSettings,
+    pub label_policy: crate::k8s::LabelPolicy,
+}
+
+impl Settings {
+    /// Validates `config` (every key, with the key named in the error) and derives the rest.
+    pub fn new(config: Config) -> Result<Settings, ConfigError> {
+        config.validate()?;
+        Ok(Settings {
+            scrape_interval: config.scrape_interval()?,
+            drain_interval: config.drain_interval()?,
+            map_count_interval: config.map_count_interval()?,
+            go_read_interval: config.go_read_interval()?,
+            creation: config.creation_settings()?,
+            label_policy: config.label_policy()?,
+            config,
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settings_carry_the_validated_durations() {
+        let s = Settings::new(Config::default()).expect("defaults are valid");
+        assert_eq!(s.drain_interval, Duration::from_secs_f64(Config::default().collect.drain_interval_seconds));
+        let mut bad = Config::default();
+        bad.collect.drain_interval_seconds = 0.0;
+        assert!(matches!(Settings::new(bad), Err(ConfigError::Invalid { key: "collect.drain_interval_seconds", .. })));
+    }
 
     #[test]
     fn documented_defaults_are_the_built_in_defaults() {

@@ -4,6 +4,7 @@
 //! a suspected goroutine leak (the count rising read after read), an API request, or config
 //! (`always`). They switch off when the window ends or when goroutines are created too fast to
 //! afford the probes.
+use crate::sync::lock;
 use std::{
     collections::{HashMap, VecDeque},
     sync::{Arc, Mutex},
@@ -11,14 +12,14 @@ use std::{
 };
 
 use aya::programs::uprobe::UProbeLinkId;
-use probe_common::{CreationSite, GoCreationConfig, GoSite, ProgId};
+use probe_common::{CreationSite, GoCreationConfig, GoSite, GoidKey, ProgGroup, ProgId};
 use serde::Serialize;
 use tracing::{info, warn};
 
 use super::{BinaryKey, GoTarget};
+use goinspect::FuncTable;
 use crate::{
     attach::{CreationMaps, Probes},
-    goinspect::FuncTable,
 };
 
 /// When creation probes may switch on by themselves.
@@ -80,10 +81,6 @@ pub struct CreationProbes {
     funcs: HashMap<BinaryKey, Arc<FuncTable>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl CreationProbes {
     pub fn new(maps: CreationMaps, settings: CreationSettings) -> Self {
         CreationProbes {
@@ -99,10 +96,6 @@ impl CreationProbes {
 
     pub fn status(&self, pid: u32) -> Option<&CreationStatus> {
         self.status.get(&pid)
-    }
-
-    pub fn settings(&self) -> &CreationSettings {
-        &self.settings
     }
 
     /// Switches the probes on for `t` for `window` (default: the configured window).
@@ -129,7 +122,7 @@ impl CreationProbes {
         let mut failure = None;
         {
             let mut p = lock(probes);
-            for &prog in ProgId::GO_CREATION {
+            for prog in ProgId::in_group(ProgGroup::GoCreation) {
                 let Some((function, site)) = prog.go_site() else { continue };
                 let Some(f) = bin.function(function) else {
                     failure = Some(format!("{function} not found in the binary"));
@@ -183,7 +176,7 @@ impl CreationProbes {
         for k in doomed {
             let _ = self.maps.sites.remove(&k);
         }
-        let doomed: Vec<CreationSite> = self.maps.window_goids.keys().flatten().filter(|k| k.tgid == pid).collect();
+        let doomed: Vec<GoidKey> = self.maps.window_goids.keys().flatten().filter(|k| k.tgid == pid).collect();
         for k in doomed {
             let _ = self.maps.window_goids.remove(&k);
         }

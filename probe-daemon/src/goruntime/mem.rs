@@ -7,7 +7,7 @@ use std::{
     path::Path,
 };
 
-use crate::goinspect::GoBinary;
+use goinspect::GoBinary;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MemError {

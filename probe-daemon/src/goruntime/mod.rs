@@ -7,6 +7,7 @@ pub mod heap;
 pub mod mem;
 pub mod validate;
 
+use crate::sync::lock;
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     os::unix::fs::MetadataExt,
@@ -15,14 +16,12 @@ use std::{
 };
 
 use aya::programs::uprobe::UProbeLinkId;
-use probe_common::{GoSite, ProgId};
+use probe_common::{GoSite, ProgGroup, ProgId};
 use serde::Serialize;
 use tracing::{debug, info, warn};
 
-use crate::{
-    attach::Probes,
-    goinspect::{tables::Origin, FuncTable, GoBinary, GoInspectError, Inspector},
-};
+use goinspect::{tables::Origin, FuncTable, GoBinary, GoInspectError, Inspector};
+use crate::attach::{attach_sites, ProbeState, Probes};
 pub use mem::{GoSample, Layout, MemError, ProcMem};
 
 /// Identity of an executable file.
@@ -35,19 +34,6 @@ pub struct BinaryKey {
 fn binary_key(pid: u32) -> Option<BinaryKey> {
     let m = std::fs::metadata(format!("/proc/{pid}/exe")).ok()?;
     Some(BinaryKey { dev: m.dev(), ino: m.ino() })
-}
-
-/// State of one probe of one binary, as `/api/v1/targets` shows it.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct ProbeState {
-    pub name: &'static str,
-    pub function: &'static str,
-    /// "attached", "failed" or "absent" (function not in this binary).
-    pub state: &'static str,
-    /// Attach points (entry or RET instructions).
-    pub sites: usize,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
 }
 
 /// What is attached to one executable.
@@ -102,7 +88,7 @@ impl OffsetsStatus {
 /// Whether `bin`'s offsets or data-symbol addresses come from outside the binary (a table, the
 /// code-reference method) and must be checked on a live process before they are trusted.
 pub fn needs_check(bin: &GoBinary) -> bool {
-    !matches!(bin.offsets_origin, Origin::Dwarf) || bin.data_symbols.values().any(|d| d.source == crate::goinspect::Source::CodeRef)
+    !matches!(bin.offsets_origin, Origin::Dwarf) || bin.data_symbols.values().any(|d| d.source == goinspect::Source::CodeRef)
 }
 
 /// A process that exited while it was checked says nothing about the offsets (its memory went
@@ -173,7 +159,7 @@ pub struct GoTracker {
     probes: Arc<Mutex<Probes>>,
     targets: HashMap<u32, GoTarget>,
     binaries: HashMap<BinaryKey, AttachedBinary>,
-    /// Go TLS handshake probes (issue #6), when enabled.
+    /// Go TLS handshake probes, when enabled.
     tls: Option<Arc<crate::tls::GoTls>>,
 }
 
@@ -188,7 +174,7 @@ pub struct Inspected {
 }
 
 /// Looks at processes (owned by the discovery thread): inspects their executables, remembering
-/// which ones are not Go, without holding the tracker's lock.
+/// which ones are not Go.
 pub struct Discoverer {
     inspector: Inspector,
     /// Executables known not to be (supported) Go.
@@ -203,12 +189,12 @@ impl Default for Discoverer {
 
 impl Discoverer {
     /// Inspects the executable of `pid`. `Err` says why it is not to be tracked.
-    pub fn inspect(&mut self, tracker: &Mutex<GoTracker>, pid: u32) -> Result<Inspected, Discovery> {
+    pub fn inspect(&mut self, tracker: &GoTracker, pid: u32) -> Result<Inspected, Discovery> {
         let Some(key) = binary_key(pid) else {
             debug!(pid, "process gone before it could be inspected");
             return Err(Discovery::Gone);
         };
-        if lock(tracker).targets.get(&pid).is_some_and(|t| t.key == Some(key)) {
+        if tracker.targets.get(&pid).is_some_and(|t| t.key == Some(key)) {
             return Err(Discovery::AlreadyTracked);
         }
         if self.not_go.contains(&key) {
@@ -244,7 +230,7 @@ impl Discoverer {
         // A first check now (outside the tracker's lock) when the binary's offsets need one and
         // no process of it was checked yet: a process that has been running for a while is read
         // at once; one that has just exec'd is inconclusive and checked again by the reader.
-        let checked = lock(tracker).binaries.get(&key).is_some_and(|b| b.verdict.is_some());
+        let checked = tracker.binaries.get(&key).is_some_and(|b| b.verdict.is_some());
         let verdict = match &layout {
             Ok(l) if needs_check(&bin) && !checked => Some(check_offsets(pid, &bin, l)),
             _ => None,
@@ -289,10 +275,6 @@ pub fn elf_may_be_go(path: &std::path::Path) -> bool {
         let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
         matches!(&name[..end], b".go.buildinfo" | b".gopclntab" | b".data.rel.ro.gopclntab" | b".note.go.buildid" | b".go.module")
     })
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl GoTracker {
@@ -487,11 +469,6 @@ impl GoTracker {
         }
     }
 
-    /// Binaries with probes attached (for tests and self metrics).
-    pub fn attached_binaries(&self) -> usize {
-        self.binaries.len()
-    }
-
     /// (pid, layout) of every process whose runtime can be read.
     pub fn readable(&self) -> Vec<(u32, Layout)> {
         self.targets.values().filter_map(|t| t.layout.clone().map(|l| (t.pid, l))).collect()
@@ -503,7 +480,7 @@ fn attach_binary(probes: &Mutex<Probes>, pid: u32, bin: &GoBinary) -> (Vec<(Prog
     let mut links = Vec::new();
     let mut states = Vec::new();
     let mut probes = lock(probes);
-    for &prog in ProgId::GO {
+    for prog in ProgId::in_group(ProgGroup::GoRuntime) {
         let Some((function, site)) = prog.go_site() else { continue };
         let Some(f) = bin.function(function) else {
             states.push(ProbeState { name: prog.program_name(), function, state: "absent", sites: 0, error: None });
@@ -517,35 +494,6 @@ fn attach_binary(probes: &Mutex<Probes>, pid: u32, bin: &GoBinary) -> (Vec<(Prog
         states.push(attach_sites(&mut probes, pid, prog, function, offsets, &mut links));
     }
     (links, states)
-}
-
-/// Attaches `prog` at each file offset of `offsets` in the executable of `pid` (for every process
-/// of that file), adds the links to `links`, and says how it went.
-pub(crate) fn attach_sites(
-    probes: &mut Probes,
-    pid: u32,
-    prog: ProgId,
-    function: &'static str,
-    offsets: Vec<u64>,
-    links: &mut Vec<(ProgId, UProbeLinkId)>,
-) -> ProbeState {
-    let target = PathBuf::from(format!("/proc/{pid}/exe"));
-    let mut error = if offsets.is_empty() { Some("no RET instruction found".to_string()) } else { None };
-    let mut attached = 0;
-    for off in offsets {
-        match probes.attach_uprobe(prog, &target, off, None) {
-            Ok(link) => {
-                links.push((prog, link));
-                attached += 1;
-            }
-            Err(e) => error = Some(e),
-        }
-    }
-    if let Some(e) = &error {
-        warn!(pid, probe = prog.program_name(), function, error = %e, "Go probe not attached: what it reports is missing for this binary");
-    }
-    let state = if error.is_none() { "attached" } else { "failed" };
-    ProbeState { name: prog.program_name(), function, state, sites: attached, error }
 }
 
 /// stwReason names (Go >= 1.21; the same order through 1.27).
@@ -569,9 +517,6 @@ pub fn stw_reason(minor: u32, reason: u32) -> &'static str {
         _ => "unknown",
     }
 }
-
-/// Goroutine counts by state for metrics: ("waiting", "chan receive") → n.
-pub type StateCounts = BTreeMap<(&'static str, String), u64>;
 
 #[cfg(test)]
 mod tests {

@@ -22,7 +22,7 @@
 use std::collections::HashSet;
 
 use super::mem::{Layout, ProcMem};
-use crate::goinspect::{FuncTable, GoBinary};
+use goinspect::{FuncTable, GoBinary};
 
 /// The outcome of checking one process.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -13,32 +13,10 @@ use std::{
 use probe_common::{MemSyscall, ProcCounters};
 use serde::{Deserialize, Serialize};
 
-use crate::aggregate::{Aggregate, ExitReason, ProcessState};
-
-/// Snapshot kinds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Kind {
-    Heap,
-    Goroutine,
-}
-
-impl Kind {
-    pub const ALL: [Kind; 2] = [Kind::Heap, Kind::Goroutine];
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Heap => "heap",
-            Kind::Goroutine => "goroutine",
-        }
-    }
-    pub fn parse(s: &str) -> Option<Kind> {
-        match s {
-            "heap" => Some(Kind::Heap),
-            "goroutine" => Some(Kind::Goroutine),
-            _ => None,
-        }
-    }
-}
+use crate::{
+    aggregate::{Aggregate, ExitReason, ProcessState},
+    evidence::Kind,
+};
 
 /// State of one signal: ok, warn or critical (the `chainprobe_health_signal_state` value).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -352,10 +330,6 @@ fn push(q: &mut VecDeque<f64>, v: f64, cap: usize) {
 impl HealthEngine {
     pub fn new(cfg: HealthConfig) -> Self {
         HealthEngine { cfg, hist: HashMap::new(), exits: VecDeque::new(), seen_exits: HashMap::new() }
-    }
-
-    pub fn config(&self) -> &HealthConfig {
-        &self.cfg
     }
 
     /// How long until the next evaluation: shorter while anything is degraded.

@@ -12,8 +12,8 @@ use std::{collections::HashMap, time::Instant};
 use serde::Serialize;
 
 use super::profile::Profile;
+use goinspect::{FuncTable, GoBinary};
 use crate::{
-    goinspect::{FuncTable, GoBinary},
     goruntime::{mem::status_name, Layout, MemError, ProcMem},
 };
 

@@ -13,6 +13,7 @@ pub mod pprof;
 pub mod profile;
 pub mod store;
 
+use crate::sync::lock;
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
     net::SocketAddr,
@@ -23,10 +24,11 @@ use std::{
 
 use prometheus_client::metrics::histogram::Histogram;
 use serde::{Deserialize, Serialize};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
-pub use crate::health::Kind;
-use crate::{goinspect::FuncTable, goruntime::{GoTarget, ProcMem}, k8s::PodLabels};
+pub use crate::evidence::Kind;
+use crate::{goruntime::{GoTarget, ProcMem}, k8s::PodLabels};
+use goinspect::FuncTable;
 use goroutines::HeapNumbers;
 use store::{sanitize, Store};
 
@@ -207,15 +209,29 @@ pub struct TargetInfo {
 /// Looks a process up by pid.
 pub type Resolve = dyn Fn(u32) -> Option<TargetInfo> + Send + Sync;
 
-/// Why a snapshot was not taken (HTTP status, message).
+/// Why a snapshot was not taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalReason {
+    /// `[snapshot] enabled = false`.
+    Disabled,
+    UnknownProcess,
+    NotGo,
+    /// The circuit breaker is open (node pressure, repeated failures).
+    Stopped,
+    Cooldown,
+    HourlyCap,
+    QueueFull,
+}
+
+/// A snapshot not taken: why, and a message that says what to do.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Refusal {
-    pub status: u16,
+    pub reason: RefusalReason,
     pub message: String,
 }
 
-fn refuse(status: u16, message: impl Into<String>) -> Refusal {
-    Refusal { status, message: message.into() }
+fn refuse(reason: RefusalReason, message: impl Into<String>) -> Refusal {
+    Refusal { reason, message: message.into() }
 }
 
 /// Counters for `/metrics`.
@@ -286,10 +302,6 @@ pub struct Snapshotter {
     inner: Mutex<Inner>,
     queue: mpsc::SyncSender<Job>,
     resolve: Arc<Resolve>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// 16 hex digits from the kernel's random source.
@@ -431,16 +443,16 @@ impl Snapshotter {
             Err(r)
         };
         if !self.cfg.enabled {
-            return refused(refuse(409, "snapshots are disabled in the configuration ([snapshot] enabled = false)"));
+            return refused(refuse(RefusalReason::Disabled, "snapshots are disabled in the configuration ([snapshot] enabled = false)"));
         }
         let Some(target) = (self.resolve)(pid) else {
-            return refused(refuse(404, format!("process {pid} is not known to chainprobe (see GET /api/v1/targets)")));
+            return refused(refuse(RefusalReason::UnknownProcess, format!("process {pid} is not known to chainprobe (see GET /api/v1/targets)")));
         };
         if target.go.is_none() {
-            return refused(refuse(422, format!("process {pid} ({}) is not a tracked Go process: heap and goroutine snapshots need one", target.comm)));
+            return refused(refuse(RefusalReason::NotGo, format!("process {pid} ({}) is not a tracked Go process: heap and goroutine snapshots need one", target.comm)));
         }
         if let Some(why) = self.circuit_reason() {
-            return refused(refuse(503, format!("snapshots are stopped: {why}")));
+            return refused(refuse(RefusalReason::Stopped, format!("snapshots are stopped: {why}")));
         }
         let now = Instant::now();
         let mut inner = lock(&self.inner);
@@ -453,7 +465,7 @@ impl Snapshotter {
                 let cd = Duration::from_secs_f64(self.cfg.cooldown_seconds);
                 if now.saturating_duration_since(*last) < cd {
                     drop(inner);
-                    return refused(refuse(429, format!("process {pid} is in its snapshot cooldown ([snapshot] cooldown_seconds = {})", self.cfg.cooldown_seconds)));
+                    return refused(refuse(RefusalReason::Cooldown, format!("process {pid} is in its snapshot cooldown ([snapshot] cooldown_seconds = {})", self.cfg.cooldown_seconds)));
                 }
             }
         }
@@ -466,7 +478,7 @@ impl Snapshotter {
         };
         if in_last_hour >= self.cfg.max_per_target_per_hour as usize {
             drop(inner);
-            return refused(refuse(429, format!("process {pid} already had {} snapshots in the last hour ([snapshot] max_per_target_per_hour)", self.cfg.max_per_target_per_hour)));
+            return refused(refuse(RefusalReason::HourlyCap, format!("process {pid} already had {} snapshots in the last hour ([snapshot] max_per_target_per_hour)", self.cfg.max_per_target_per_hour)));
         }
         let id = random_id();
         let (created, _, created_ms) = timestamps(SystemTime::now());
@@ -492,7 +504,7 @@ impl Snapshotter {
         if self.queue.try_send(Job { id: id.clone(), target }).is_err() {
             inner.jobs.remove(&id);
             drop(inner);
-            return refused(refuse(503, format!("{} snapshots are already queued ([snapshot] max_pending)", self.cfg.max_pending)));
+            return refused(refuse(RefusalReason::QueueFull, format!("{} snapshots are already queued ([snapshot] max_pending)", self.cfg.max_pending)));
         }
         inner.hourly.entry(pid).or_default().push_back(now);
         if trigger == Trigger::Rule {
@@ -617,12 +629,12 @@ impl Snapshotter {
 
     /// The function table of the executable of `pid` (remembered per file: many pods run the
     /// same binary).
-    fn funcs(&self, pid: u32) -> Result<Arc<FuncTable>, crate::goinspect::GoInspectError> {
+    fn funcs(&self, pid: u32) -> Result<Arc<FuncTable>, goinspect::GoInspectError> {
         use std::os::unix::fs::MetadataExt;
         let exe = PathBuf::from(format!("/proc/{pid}/exe"));
         let key = std::fs::metadata(&exe)
             .map(|m| (m.dev(), m.ino(), m.mtime()))
-            .map_err(|source| crate::goinspect::GoInspectError::Io { path: exe.clone(), source })?;
+            .map_err(|source| goinspect::GoInspectError::Io { path: exe.clone(), source })?;
         if let Some(f) = lock(&self.inner).funcs.iter().find(|f| f.0 == key) {
             return Ok(f.1.clone());
         }
@@ -706,12 +718,13 @@ impl Snapshotter {
                     };
                     let funcs = self.funcs(pid).map_err(|e| match e {
                         // A live process always has its executable: it is exiting.
-                        crate::goinspect::GoInspectError::Io { ref source, .. } if source.kind() == std::io::ErrorKind::NotFound => gone("reading its binary"),
+                        goinspect::GoInspectError::Io { ref source, .. } if source.kind() == std::io::ErrorKind::NotFound => gone("reading its binary"),
                         _ if !crate::procfs::alive(pid) => gone("reading its binary"),
                         e => Failure { reason: format!("cannot read the function table: {e}"), counts: true },
                     })?;
                     match goroutines::dump(m, l, b, &funcs, &go.exe.display().to_string(), self.cfg.max_goroutines) {
                         Ok(d) => {
+                            debug!(pid, goroutines = d.goroutines, system = d.system, unwound = d.unwound, seconds = d.seconds, "goroutine profile read out of process");
                             meta.goroutines = Some(d.goroutines);
                             data.push((kind, d.profile_gz, "proc-mem".into()));
                         }

@@ -102,20 +102,12 @@ impl Store {
         Ok(store)
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     pub fn bytes(&self) -> u64 {
         self.index.values().flat_map(|e| e.files.iter().map(|f| f.1)).sum()
     }
 
     pub fn len(&self) -> usize {
         self.index.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.index.is_empty()
     }
 
     /// Writes `data` as `name` atomically; returns its size.

@@ -1,4 +1,4 @@
-//! TLS handshake health (issue #6): Go crypto/tls and OpenSSL.
+//! TLS handshake health: Go crypto/tls and OpenSSL.
 //!
 //! - Go: [`GoTls`] attaches the handshake uprobes to each Go binary (the entry of
 //!   `(*Conn).clientHandshake` / `serverHandshake`; the result where `handshakeContext` gets it
@@ -13,6 +13,7 @@
 pub mod libssl;
 pub mod state;
 
+use crate::sync::lock;
 use std::{
     collections::{HashMap, HashSet},
     os::unix::fs::MetadataExt,
@@ -33,15 +34,8 @@ use tracing::{debug, info, warn};
 
 pub use state::{TlsKey, TlsState, TlsTotals};
 
-use crate::{
-    attach::Probes,
-    goinspect::{GoBinary, TLS_HANDSHAKE_CALLER},
-    goruntime::{attach_sites, ProbeState},
-};
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+use goinspect::{GoBinary, TLS_HANDSHAKE_CALLER};
+use crate::attach::{attach_sites, ProbeState, Probes};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TlsError {
@@ -71,7 +65,7 @@ pub fn go_tls_config(bin: &GoBinary) -> Result<GoTlsConfig, TlsError> {
     // check it before the first handshake is counted. Handshakes are then counted with their role
     // (isClient has been Conn's first field after the net.Conn since Go 1.0), result and duration;
     // version, ALPN and the failure reason are "unknown"/"other", never a wrong value.
-    let guess = matches!(bin.offsets_origin, crate::goinspect::tables::Origin::Nearest { .. });
+    let guess = matches!(bin.offsets_origin, goinspect::tables::Origin::Nearest { .. });
     let conn = |k: &str| if guess { Ok(OFFSET_NONE) } else { need(k) };
     Ok(GoTlsConfig {
         conn_is_client: need("crypto/tls.Conn.isClient")?,
@@ -126,7 +120,7 @@ impl GoTls {
     /// jump: ~1.2 µs a hit instead of ~4.7 µs for a single-stepped RET), else every RET of both.
     /// `[tls] go_result_site = "rets"` forces the RETs.
     pub fn attach_binary(&self, probes: &mut Probes, pid: u32, bin: &GoBinary) -> (Vec<(ProgId, UProbeLinkId)>, Vec<ProbeState>) {
-        let present: Vec<(&'static str, &crate::goinspect::Function)> =
+        let present: Vec<(&'static str, &goinspect::Function)> =
             GO_TLS_FUNCTIONS.iter().filter_map(|&name| bin.function(name).map(|f| (name, f))).collect();
         // No crypto/tls in this binary: nothing to probe, not an error.
         let mut sites: Vec<(ProgId, &'static str, Vec<u64>)> =
@@ -169,7 +163,6 @@ pub struct SslReads {
 
 struct AttachedLib {
     view: SslLibrary,
-    links: Vec<(ProgId, UProbeLinkId)>,
     pid_set: HashSet<u32>,
 }
 
@@ -284,7 +277,9 @@ impl OpenSsl {
                 role: cfg.is_server != OFFSET_NONE,
                 notes,
             };
-            let (links, states) = attach_libssl(&mut lock(&self.probes), &target, index as u64);
+            // A library's probes stay for the daemon's life (a file mapped once is mapped again);
+            // dropping the programs at exit detaches them.
+            let (_links, states) = attach_libssl(&mut lock(&self.probes), &target, index as u64);
             drop(file);
             let ok = states.iter().filter(|s| s.state == "attached").count();
             if ok == 0 {
@@ -302,7 +297,6 @@ impl OpenSsl {
                 key,
                 AttachedLib {
                     view: SslLibrary { path: path.clone(), dev: key.0, ino: key.1, pids: 0, probes: states, reads },
-                    links,
                     pid_set: HashSet::new(),
                 },
             );
@@ -321,18 +315,6 @@ impl OpenSsl {
             l.pid_set.remove(&pid);
             l.view.pids = l.pid_set.len();
         }
-    }
-
-    /// Detaches every OpenSSL probe (also done when the daemon's programs are dropped).
-    pub fn detach_all(&mut self) {
-        let mut probes = lock(&self.probes);
-        for (_, l) in self.libs.drain() {
-            for (prog, link) in l.links {
-                probes.detach_uprobe(prog, link);
-            }
-            debug!(path = l.view.path, "OpenSSL probes detached");
-        }
-        self.by_pid.clear();
     }
 
     /// The probed libraries (for /api/v1/targets).

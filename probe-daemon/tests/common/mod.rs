@@ -1,43 +1,26 @@
-//! Shared helpers of the integration tests: start the real daemon binary, scrape it, parse the
-//! exposition, and run exact workloads in forked children (raw syscalls only, so their counts are
+//! Shared helpers of the integration tests (what benchmarks share too is in the test-support
+//! crate): start the real daemon binary, scrape it, parse the exposition, and run exact workloads in forked children (raw syscalls only, so their counts are
 //! exactly what the test asks for).
 #![allow(dead_code)]
 use std::{
     collections::BTreeMap,
-    io::{Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
-    path::PathBuf,
-    process::{Child, Command, Stdio},
+    net::{SocketAddr, TcpListener},
+    path::{Path, PathBuf},
+    process::Child,
     time::{Duration, Instant},
 };
 
-/// Where `cargo xtask fixtures` puts the Go fixtures (`CHAINPROBE_FIXTURES` overrides it).
-pub fn fixtures_root() -> PathBuf {
-    std::env::var_os("CHAINPROBE_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/go-fixtures"))
-}
+#[allow(unused_imports)]
+pub use test_support::{fixtures_root, go_versions, stop_child as stop_child_within, tail, GoProgram};
 
 /// The directory of the fixtures built with Go `version` ("1.19", "1.27" or a full version).
 pub fn go_version_dir(version: &str) -> PathBuf {
-    let root = fixtures_root();
-    std::fs::read_dir(&root)
-        .unwrap_or_else(|e| panic!("no Go fixtures in {} ({e}): run `cargo xtask fixtures` first", root.display()))
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n == version || n.starts_with(&format!("{version}."))))
-        .unwrap_or_else(|| panic!("no Go {version} fixtures in {}: run `cargo xtask fixtures`", root.display()))
-}
-
-/// One toolchain of every Go minor the project can obtain (tests/fixtures/go/versions), as the
-/// fixtures were built.
-pub fn go_versions() -> Vec<&'static str> {
-    include_str!("../../../tests/fixtures/go/versions").split_whitespace().collect()
+    test_support::go_version_dir(version).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The built-in offset tables (what the daemon embeds).
 pub fn builtin_go_tables() -> serde_json::Value {
-    serde_json::from_str(include_str!("../../src/goinspect/offsets/go-offsets.json")).unwrap()
+    serde_json::from_str(goinspect::tables::TABLES_JSON).unwrap()
 }
 
 /// The offsets and code references the runtime reader and its checks use.
@@ -84,69 +67,9 @@ pub fn go_fixture(version: &str, variant: &str, program: &str) -> PathBuf {
     p
 }
 
-/// A Go fixture program driven over stdin (one command a line, one reply line each), started
-/// with GOMAXPROCS=2 and killed when dropped. It first prints `ready …`.
-pub struct GoProgram {
-    pub label: String,
-    pub child: Child,
-    stdin: std::process::ChildStdin,
-    stdout: std::io::BufReader<std::process::ChildStdout>,
-    pub pid: u32,
-    /// The words of its `ready` line after "ready".
-    pub ready: Vec<String>,
-}
-
-impl GoProgram {
-    pub fn start(label: &str, path: &std::path::Path) -> GoProgram {
-        Self::spawn(label, Command::new(path))
-    }
-
-    pub fn spawn(label: &str, mut cmd: Command) -> GoProgram {
-        use std::io::BufRead;
-        let mut child = cmd
-            .env("GOMAXPROCS", "2")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {label}: {e}"));
-        let stdin = child.stdin.take().expect("stdin");
-        let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
-        let mut line = String::new();
-        stdout.read_line(&mut line).expect("ready line");
-        let mut words = line.split_whitespace().map(str::to_string);
-        assert_eq!(words.next().as_deref(), Some("ready"), "{label}: {line:?}");
-        let pid = child.id();
-        GoProgram { label: label.to_string(), child, stdin, stdout, pid, ready: words.collect() }
-    }
-
-    /// Sends a command; returns the reply's numbers after "ok".
-    pub fn cmd(&mut self, c: &str) -> Vec<i64> {
-        use std::io::BufRead;
-        writeln!(self.stdin, "{c}").expect("write command");
-        self.stdin.flush().expect("flush command");
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).expect("read reply");
-        let mut words = line.split_whitespace();
-        assert_eq!(words.next(), Some("ok"), "{}: {c} -> {line:?}", self.label);
-        words.map(|w| w.parse().expect("numeric reply")).collect()
-    }
-
-    pub fn alive(&mut self) -> bool {
-        self.child.try_wait().map(|s| s.is_none()).unwrap_or(false)
-    }
-}
-
-impl Drop for GoProgram {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A running `chainprobe run`, killed (SIGTERM, then SIGKILL) when dropped.
 pub struct Daemon {
-    pub child: Child,
+    inner: test_support::Daemon,
     pub addr: SocketAddr,
     pub log: PathBuf,
     _dir: TempDir,
@@ -189,7 +112,6 @@ impl Daemon {
         let dir = TempDir::new(tag);
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let cfg = dir.0.join("chainprobe.toml");
         let toml = format!(
             "[server]\nlisten = \"{addr}\"\n[metrics]\nscrape_interval_seconds = 1.0\n[collect]\ndrain_interval_seconds = 0.2\nmap_count_interval_seconds = 0.5\n{extra_toml}"
         );
@@ -204,32 +126,9 @@ impl Daemon {
         } else {
             format!("{toml}\n[snapshot]\ndir = \"{}\"\n", dir.0.join("snapshots").display())
         };
-        std::fs::write(&cfg, toml).expect("write config");
-        let log = dir.0.join("daemon.log");
-        let logf = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_chainprobe"))
-            .args(["run", "--config"])
-            .arg(&cfg)
-            .env("RUST_LOG", "chainprobe=debug,probe_ebpf=debug")
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(logf.try_clone().expect("dup log"))
-            .stderr(logf)
-            .spawn()
-            .expect("spawn chainprobe");
-        let mut d = Daemon { child, addr, log, _dir: dir };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(Some(status)) = d.child.try_wait() {
-                panic!("chainprobe exited early ({status}):\n{}", d.log_text());
-            }
-            if let Ok((200, body)) = d.get("/readyz") {
-                assert!(body.contains("ready"));
-                return d;
-            }
-            assert!(Instant::now() < deadline, "chainprobe not ready within 60 s:\n{}", d.log_text());
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let inner = test_support::Daemon::launch(Path::new(env!("CARGO_BIN_EXE_chainprobe")), &dir.0, addr, &toml, env, Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("{e}"));
+        Daemon { addr, log: inner.log.clone(), inner, _dir: dir }
     }
 
     /// The test's own directory (config, log, snapshots).
@@ -242,7 +141,7 @@ impl Daemon {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.inner.pid()
     }
 
     /// A plain HTTP/1.1 GET; returns (status, body).
@@ -289,30 +188,9 @@ impl Daemon {
     }
 }
 
-fn tail(s: &str, n: usize) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        stop_child(&mut self.child);
-    }
-}
-
 /// SIGTERM, up to 10 s to exit, then SIGKILL; always reaped.
 pub fn stop_child(child: &mut Child) {
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
+    stop_child_within(child, Duration::from_secs(10));
 }
 
 /// The Accept header Prometheus scrapes with.
@@ -324,40 +202,7 @@ pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> 
 
 /// A plain HTTP/1.1 GET with extra request headers; returns (status, response headers, body).
 pub fn http_get_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> std::io::Result<(u16, String, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n{extra}\r\n")?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf)?;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let (head, body) = match text.find("\r\n\r\n") {
-        Some(i) => (text[..i].to_string(), text[i + 4..].to_string()),
-        None => (text.clone(), String::new()),
-    };
-    // Bodies may be chunked: good enough for line-oriented assertions once chunk sizes are dropped.
-    Ok((status, head.to_ascii_lowercase(), dechunk(&text, body)))
-}
-
-fn dechunk(full: &str, body: String) -> String {
-    if !full.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-        return body;
-    }
-    let mut out = String::new();
-    let mut rest = body.as_str();
-    loop {
-        let Some(i) = rest.find("\r\n") else { break };
-        let Ok(n) = usize::from_str_radix(rest[..i].trim(), 16) else { break };
-        if n == 0 {
-            break;
-        }
-        let start = i + 2;
-        let end = (start + n).min(rest.len());
-        out.push_str(&rest[start..end]);
-        rest = rest.get(end + 2..).unwrap_or("");
-    }
-    out
+    test_support::http(addr, "GET", path, headers, "", Duration::from_secs(10))
 }
 
 /// One parsed sample.

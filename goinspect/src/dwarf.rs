@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use object::{Object, ObjectSection};
 
-use super::elf::ElfImage;
+use crate::elf::ElfImage;
 
 /// (DWARF struct name, key prefix, fields). Keys are "<prefix>.<field>" plus "sizeof(<prefix>)".
 pub(crate) const STRUCTS: &[(&str, &str, &[&str])] = &[

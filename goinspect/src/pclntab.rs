@@ -6,7 +6,7 @@
 //! _func at pclnOffset+funcOff: 1.18+ entryOff u32, nameOff i32, 7×u32, [startLine i32 1.20+],
 //! funcID u8, ...; 1.16 entry uintptr, nameOff i32, 7×u32, funcID u8.
 
-use super::elf::ElfImage;
+use crate::elf::ElfImage;
 
 pub(crate) const MAGIC_116: u32 = 0xffff_fffa;
 pub(crate) const MAGIC_118: u32 = 0xffff_fff0;

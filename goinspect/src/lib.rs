@@ -1,4 +1,4 @@
-//! Go binary inspection (issue #3): everything needed to place Go runtime and TLS probes.
+//! Go binary inspection: everything needed to place Go runtime and TLS probes.
 //!
 //! Given an ELF executable (possibly stripped, PIE or externally linked) this module reports the Go
 //! version and build settings (`.go.buildinfo`), the ABI, the entry and every RET instruction of each
@@ -12,7 +12,8 @@
 //!   reads a (containerised) process's executable through `/proc/PID/exe`.
 //! - [`render_text`] – human-readable report; [`GoBinary`] is `serde::Serialize` for `--json`.
 //!
-//! This module only uses `super::` paths so that it can also be compiled into xtask and the fuzzers.
+//! Its own crate (no eBPF, no daemon): the daemon, `cargo xtask codegen go-offsets` and the fuzz
+//! targets (goinspect/fuzz) all depend on it.
 
 pub mod abi;
 pub mod buildinfo;

@@ -17,8 +17,8 @@ use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
 
-use super::buildinfo::GoVersion;
-use super::Arch;
+use crate::buildinfo::GoVersion;
+use crate::Arch;
 
 /// The checked-in tables.
 pub const TABLES_JSON: &str = include_str!("offsets/go-offsets.json");

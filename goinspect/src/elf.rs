@@ -9,8 +9,8 @@ use object::elf;
 use object::read::elf::{ElfFile64, FileHeader, ProgramHeader, SectionHeader, Sym};
 use object::{Endianness, Object, ObjectSymbol};
 
-use super::error::GoInspectError;
-use super::Arch;
+use crate::error::GoInspectError;
+use crate::Arch;
 
 /// A PT_LOAD segment.
 #[derive(Debug, Clone, Copy)]

@@ -5,8 +5,8 @@
 
 use serde::Serialize;
 
-use super::buildinfo::GoVersion;
-use super::Arch;
+use crate::buildinfo::GoVersion;
+use crate::Arch;
 
 /// Calling convention of Go functions in a binary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

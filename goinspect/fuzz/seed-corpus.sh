@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Write small seed corpora into probe-daemon/fuzz/corpus/<target>/ (not committed) from the fixtures.
+# Write small seed corpora into goinspect/fuzz/corpus/<target>/ (not committed) from the fixtures.
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 FIX="${CHAINPROBE_FIXTURES:-$HERE/../../target/go-fixtures}"

@@ -6,7 +6,7 @@ use iced_x86::{Code, Decoder, DecoderOptions, Mnemonic};
 use yaxpeax_arch::{Decoder as _, U8Reader};
 use yaxpeax_arm::armv8::a64::{InstDecoder, Opcode};
 
-use super::Arch;
+use crate::Arch;
 
 /// Offsets (relative to `ip`) of the RET instructions in `code` that starts at address `ip`.
 pub fn ret_offsets(arch: Arch, code: &[u8], ip: u64) -> Vec<u64> {

@@ -1,7 +1,4 @@
 #![no_main]
-#![allow(dead_code)]
-#[path = "../../src/goinspect/mod.rs"]
-mod goinspect;
 
 use libfuzzer_sys::fuzz_target;
 

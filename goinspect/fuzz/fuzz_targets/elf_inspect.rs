@@ -1,11 +1,8 @@
 #![no_main]
-#![allow(dead_code)]
 //! Whole-binary entry point (ELF → buildinfo → pclntab → moduledata → DWARF → disassembly).
 //! Without CHAINPROBE_FUZZ_BASE the input is the file. With CHAINPROBE_FUZZ_BASE=<Go binary> the
 //! input is a patch list applied to that binary (so mutations reach the deep parsers):
 //! [u32 truncate-to (0 = keep)] then repeated [u32 offset][u8 value].
-#[path = "../../src/goinspect/mod.rs"]
-mod goinspect;
 
 use std::sync::OnceLock;
 

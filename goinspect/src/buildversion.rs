@@ -11,8 +11,8 @@
 
 use std::collections::{BTreeSet, HashSet};
 
-use super::buildinfo::GoVersion;
-use super::elf::ElfImage;
+use crate::buildinfo::GoVersion;
+use crate::elf::ElfImage;
 
 /// Longest version string accepted ("go1.26.6 X:boringcrypto,nocoverageredesign" fits).
 const MAX_LEN: u64 = 96;

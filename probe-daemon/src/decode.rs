@@ -1,18 +1,21 @@
-//! From kernel to aggregate: decodes ring-buffer events (exec, exit, OOM kill) and drains the
-//! per-CPU counter maps, summing CPUs.
-use std::time::Instant;
+//! Kernel records to values: ring-buffer events (exec, exit, OOM kill, Go GC and pauses, TLS
+//! handshakes) decoded from their bytes, and the per-CPU counters summed over CPUs
+//! ([`KernelSnapshot`]). Pure: the collector reads the maps, the aggregate applies what this gives.
+use probe_common::{EventHeader, EventKind, ExecEvent, ExitEvent, FailureKey, GoGcEvent, GoStwEvent, OomEvent, ProcCounters, ProgId, ProgStats, TlsEvent};
 
-use aya::maps::{MapData, PerCpuArray, PerCpuHashMap};
-use probe_common::{
-    EventHeader, EventKind, ExecEvent, ExitEvent, FailureKey, GoGcEvent, GoStwEvent, OomEvent,
-    ProcCounters, ProgId, ProgStats, TlsEvent,
-};
-use tracing::{debug, warn};
+/// Kernel counters read in one pass over the maps, summed over CPUs.
+#[derive(Debug, Clone, Default)]
+pub struct KernelSnapshot {
+    pub procs: Vec<(u32, ProcCounters)>,
+    pub failures: Vec<(FailureKey, u64)>,
+    pub prog_stats: Vec<(ProgId, ProgStats)>,
+}
 
-use crate::{
-    aggregate::{Aggregate, KernelSnapshot},
-    procfs::cstr,
-};
+/// A NUL-terminated C string from a fixed-size kernel buffer (lossy UTF-8).
+pub fn cstr(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
 
 /// A decoded ring-buffer event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,78 +80,6 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         }
         k if k == EventKind::Tls as u32 => Ok(Event::Tls(read(bytes, k)?)),
         k => Err(DecodeError::UnknownKind(k)),
-    }
-}
-
-/// Applies one decoded event to the aggregate.
-pub fn apply(agg: &mut Aggregate, ev: Event, now: Instant) {
-    match ev {
-        Event::Exec { tgid, comm, filename } => {
-            debug!(pid = tgid, %comm, %filename, "exec");
-            agg.on_exec(tgid, comm);
-        }
-        Event::Exit { tgid, comm, exit_code } => {
-            debug!(pid = tgid, %comm, exit_code, "exit");
-            agg.on_exit(tgid, comm, exit_code, now)
-        }
-        Event::OomVictim { tgid } => {
-            warn!(pid = tgid, "OOM killer chose a victim");
-            agg.on_oom_victim(tgid, now);
-        }
-        Event::GoGc { tgid, duration_ns } => agg.on_go_gc(tgid, duration_ns),
-        Event::GoStw { tgid, duration_ns, reason } => agg.on_go_stw(tgid, duration_ns, reason),
-        Event::Tls(e) => agg.on_tls(&e, now),
-    }
-}
-
-/// Reads every per-process counter, failure counter and program statistic, summing CPUs.
-pub fn snapshot(
-    counters: &PerCpuHashMap<MapData, u32, ProcCounters>,
-    failures: &PerCpuHashMap<MapData, FailureKey, u64>,
-    stats: &PerCpuArray<MapData, ProgStats>,
-) -> KernelSnapshot {
-    let mut snap = KernelSnapshot::default();
-    // Entries can be deleted while we iterate; such errors just skip the entry.
-    for (tgid, per_cpu) in counters.iter().flatten() {
-        let mut sum = ProcCounters::default();
-        for c in per_cpu.iter() {
-            sum.accumulate(c);
-        }
-        snap.procs.push((tgid, sum));
-    }
-    for (key, per_cpu) in failures.iter().flatten() {
-        snap.failures.push((key, per_cpu.iter().sum()));
-    }
-    for prog in ProgId::ALL {
-        if let Ok(per_cpu) = stats.get(&(prog as u32), 0) {
-            let mut sum = ProgStats::default();
-            for s in per_cpu.iter() {
-                sum.events += s.events;
-                sum.lost_ringbuf += s.lost_ringbuf;
-                sum.lost_map_full += s.lost_map_full;
-            }
-            snap.prog_stats.push((prog, sum));
-        }
-    }
-    snap
-}
-
-/// Deletes the kernel entries of exited processes (their values are folded in the aggregate).
-pub fn delete_exited(
-    counters: &mut PerCpuHashMap<MapData, u32, ProcCounters>,
-    failures: &mut PerCpuHashMap<MapData, FailureKey, u64>,
-    tgids: &[u32],
-) {
-    if tgids.is_empty() {
-        return;
-    }
-    for tgid in tgids {
-        let _ = counters.remove(tgid);
-    }
-    let doomed: Vec<FailureKey> =
-        failures.keys().flatten().filter(|k| tgids.contains(&k.tgid)).collect();
-    for k in doomed {
-        let _ = failures.remove(&k);
     }
 }
 

@@ -1,0 +1,142 @@
+//! Typed API answers (what the handlers serialize; the OpenAPI document describes them).
+use serde::Serialize;
+
+use crate::{
+    attach::ProbeState,
+    collector::{ProcessSummary, View},
+    discovery::GoView,
+    goruntime::{creation::CreationStatus, GoTarget, OffsetsStatus},
+    health::Health,
+    snapshot::Status,
+    tls::SslLibrary,
+};
+
+/// `GET /api/v1/targets`.
+#[derive(Debug, Serialize)]
+pub struct TargetsResponse {
+    pub targets: Vec<Target>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub go_tracking: Option<&'static str>,
+    pub openssl_libraries: OpensslLibraries,
+}
+
+/// The probed libssl files, or why there are none.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum OpensslLibraries {
+    Probed(Vec<SslLibrary>),
+    Disabled(&'static str),
+}
+
+/// One tracked Go process.
+#[derive(Debug, Serialize)]
+pub struct Target {
+    pub pid: u32,
+    pub comm: Option<String>,
+    pub namespace: Option<String>,
+    pub pod: Option<String>,
+    pub container: Option<String>,
+    pub health: Option<Health>,
+    pub exe: std::path::PathBuf,
+    pub go_version: String,
+    pub build: Build,
+    pub abi: String,
+    pub supported: bool,
+    pub probes: Vec<ProbeState>,
+    pub creation_probes: CreationStatus,
+    /// "ok", or why the runtime is not read.
+    pub runtime_reads: String,
+    pub offsets: OffsetsStatus,
+    pub runtime: Runtime,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Build {
+    pub pie: bool,
+    pub stripped: bool,
+    pub link_mode: String,
+}
+
+/// The latest runtime read and what the probes counted.
+#[derive(Debug, Serialize)]
+pub struct Runtime {
+    pub goroutines: Option<i64>,
+    pub goroutines_created: Option<u64>,
+    pub gc_cycles_probed: Option<u64>,
+    pub gc_cycles_memstats: Option<u32>,
+    pub stw_pauses_probed: Option<u64>,
+    pub heap_live_bytes: Option<u64>,
+    pub heap_goal_bytes: Option<u64>,
+}
+
+impl TargetsResponse {
+    pub fn new(view: &View, go: &GoView) -> Self {
+        let openssl_libraries = match &go.openssl {
+            Some(libs) => OpensslLibraries::Probed(libs.clone()),
+            None => OpensslLibraries::Disabled("disabled in the configuration ([tls] openssl = false)"),
+        };
+        let Some(targets) = &go.targets else {
+            return TargetsResponse { targets: Vec::new(), go_tracking: Some("disabled in the configuration ([go] enabled = false)"), openssl_libraries };
+        };
+        // BTreeMap: by pid.
+        let targets = targets.values().map(|t| Target::new(t, view.processes.get(&t.pid))).collect();
+        TargetsResponse { targets, go_tracking: None, openssl_libraries }
+    }
+}
+
+impl Target {
+    fn new(t: &GoTarget, p: Option<&ProcessSummary>) -> Self {
+        let g = p.and_then(|p| p.go.as_ref());
+        let s = g.and_then(|g| g.sample.as_ref());
+        let pod = p.and_then(|p| p.pod.as_ref()).filter(|l| !l.pod.is_empty());
+        Target {
+            pid: t.pid,
+            comm: p.map(|p| p.comm.clone()),
+            namespace: pod.map(|l| l.namespace.clone()),
+            pod: pod.map(|l| l.pod.clone()),
+            container: pod.map(|l| l.container.clone()),
+            health: p.and_then(|p| p.health.clone()),
+            exe: t.exe.clone(),
+            go_version: t.go_version.clone(),
+            build: Build { pie: t.pie, stripped: t.stripped, link_mode: t.link_mode.clone() },
+            abi: t.abi.clone(),
+            supported: t.supported,
+            probes: t.probes.clone(),
+            creation_probes: g.and_then(|g| g.creation.clone()).unwrap_or_else(|| CreationStatus {
+                active: false,
+                reason: "off: goroutines are counted from memory reads; the per-goroutine probes switch on for a suspected leak or on request".into(),
+                ..Default::default()
+            }),
+            runtime_reads: match (&t.reads_error, &t.layout) {
+                (Some(e), _) => e.clone(),
+                (None, Some(_)) => "ok".to_string(),
+                (None, None) => t.offsets.validation.clone(),
+            },
+            offsets: t.offsets.clone(),
+            runtime: Runtime {
+                goroutines: s.map(|s| s.goroutines),
+                goroutines_created: s.map(|s| s.goidgen),
+                gc_cycles_probed: g.map(|g| g.gc_cycles),
+                gc_cycles_memstats: s.map(|s| s.numgc),
+                stw_pauses_probed: g.map(|g| g.stw_count),
+                heap_live_bytes: s.map(|s| s.heap_live),
+                heap_goal_bytes: s.map(|s| s.heap_goal),
+            },
+        }
+    }
+}
+
+/// `POST /api/v1/targets/{pid}/creation-probes`.
+#[derive(Debug, Serialize)]
+pub struct CreationResponse {
+    pub pid: u32,
+    pub creation_probes: Option<CreationStatus>,
+}
+
+/// `POST /api/v1/snapshots` (202).
+#[derive(Debug, Serialize)]
+pub struct SnapshotAccepted {
+    pub id: String,
+    pub status: Status,
+    pub pid: u32,
+}

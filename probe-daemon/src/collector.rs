@@ -1,0 +1,406 @@
+//! The collector thread: the one writer of the per-process state. It owns the ring buffer and the
+//! per-CPU kernel maps, the [`Aggregate`], the [`HealthEngine`] and the latest health results;
+//! everything else talks to it through [`Command`]s and reads the immutable [`View`] it publishes
+//! (a `watch` channel). Nothing here is behind a lock that another thread takes, except the
+//! series limiter that the scrapes it hands out share.
+//!
+//! Timers, all on this thread (so nothing races): the ring buffer every
+//! [`probe_common::EVENTS_POLL_MS`], the kernel counters every drain interval, the health
+//! evaluation at its own pace. The slow /proc readings (map counts, pod names) run on a reader
+//! thread ([`start_proc_reader`]) that sends their results back as a command.
+use std::{
+    collections::HashMap,
+    sync::{mpsc, Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use aya::maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf};
+use probe_common::{FailureKey, ProcCounters, ProgId, ProgStats};
+use tokio::sync::{oneshot, watch};
+use tracing::{debug, warn};
+
+use crate::{
+    aggregate::{Aggregate, Identity},
+    attach::ProgramStatus,
+    decode::{self, Event, KernelSnapshot},
+    discovery::{self, GoUpdate, GoView},
+    goruntime::{creation::CreationStatus, GoSample},
+    health::{Health, HealthEngine, State},
+    k8s::{LabelPolicy, PodLabels, PodMeta, PodResolver, SeriesLimiter},
+    metrics::ScrapeView,
+    procfs,
+    snapshot::{Snapshotter, Trigger},
+    sync::lock,
+};
+
+/// What the collector is asked or told.
+pub enum Command {
+    /// A scrape: drain the kernel now and copy out what `/metrics` encodes.
+    Scrape(oneshot::Sender<ScrapeView>),
+    /// From discovery.
+    Go(GoUpdate),
+    /// From the /proc reader: pod metadata of processes not yet named, and map counts (None:
+    /// unreadable; `alive` false: gone without an exit event).
+    ProcReadings { pods: Vec<(u32, Option<PodMeta>)>, map_counts: Vec<(u32, Option<u64>, bool)> },
+}
+
+/// The per-CPU maps the collector drains.
+pub struct DrainMaps {
+    pub counters: PerCpuHashMap<MapData, u32, ProcCounters>,
+    pub failures: PerCpuHashMap<MapData, FailureKey, u64>,
+    pub stats: PerCpuArray<MapData, ProgStats>,
+}
+
+/// One process as the API and the snapshotter see it.
+#[derive(Debug, Clone)]
+pub struct ProcessSummary {
+    pub pid: u32,
+    pub comm: String,
+    pub pod: Option<PodLabels>,
+    /// Its pod still has to be looked up (or named by the API).
+    pub pod_pending: bool,
+    pub exited: bool,
+    pub health: Option<Health>,
+    pub pprof_port: Option<u16>,
+    pub go: Option<GoSummary>,
+}
+
+/// What the probes and the runtime reads saw of a Go process.
+#[derive(Debug, Clone)]
+pub struct GoSummary {
+    pub sample: Option<GoSample>,
+    pub gc_cycles: u64,
+    pub stw_count: u64,
+    pub creation: Option<CreationStatus>,
+}
+
+/// The processes as of the collector's last change.
+#[derive(Debug, Clone, Default)]
+pub struct View {
+    pub processes: HashMap<u32, ProcessSummary>,
+}
+
+/// Why no single Go process was found in a pod.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FindError {
+    #[error("Go tracking is disabled in the configuration ([go] enabled = false)")]
+    GoDisabled,
+    #[error("no tracked Go process in pod {0}")]
+    NotFound(String),
+    #[error("pod {pod} has several Go processes ({pids:?}): name the container or the pid")]
+    Ambiguous { pod: String, pids: Vec<u32> },
+}
+
+impl View {
+    /// The tracked Go process in a pod (and container).
+    pub fn find_go_process(&self, go: &GoView, namespace: &str, pod: &str, container: Option<&str>) -> Result<u32, FindError> {
+        let targets = go.targets.as_ref().ok_or(FindError::GoDisabled)?;
+        let mut pids: Vec<u32> = targets
+            .keys()
+            .copied()
+            .filter(|pid| {
+                self.processes
+                    .get(pid)
+                    .and_then(|p| p.pod.as_ref())
+                    .is_some_and(|l| l.namespace == namespace && l.pod == pod && container.is_none_or(|c| l.container == c))
+            })
+            .collect();
+        pids.sort_unstable();
+        match pids.as_slice() {
+            [] => Err(FindError::NotFound(format!("{namespace}/{pod}{}", container.map(|c| format!(" container {c}")).unwrap_or_default()))),
+            [pid] => Ok(*pid),
+            _ => Err(FindError::Ambiguous { pod: format!("{namespace}/{pod}"), pids }),
+        }
+    }
+}
+
+/// What the collector owns.
+pub struct Collector {
+    pub agg: Aggregate,
+    pub health: HealthEngine,
+    pub ring: RingBuf<MapData>,
+    pub maps: DrainMaps,
+    pub programs: Vec<ProgramStatus>,
+    pub kernel: String,
+    pub policy: LabelPolicy,
+    pub limiter: Arc<Mutex<SeriesLimiter>>,
+    /// Where execs and exits go (Go and OpenSSL discovery), when it runs.
+    pub discovery: Option<mpsc::SyncSender<discovery::Command>>,
+    pub go_view: watch::Receiver<Arc<GoView>>,
+    pub snapshots: Option<Arc<Snapshotter>>,
+    pub drain_interval: Duration,
+}
+
+struct Thread {
+    own: Collector,
+    /// The latest health of each process (kept until the process leaves the aggregate).
+    scores: HashMap<u32, Health>,
+    view: watch::Sender<Arc<View>>,
+    dirty: bool,
+}
+
+/// The /proc reader for processes the aggregate knows: applies [`Aggregate::with_identify`]'s
+/// contract (comm, and alive or gone).
+pub fn identify(pid: u32) -> Identity {
+    match procfs::comm(pid) {
+        Some(comm) if procfs::alive(pid) => Identity::Live(comm),
+        comm => Identity::Gone(comm),
+    }
+}
+
+/// Starts the collector thread; it ends when every sender of `rx` is gone.
+pub fn start(own: Collector, rx: mpsc::Receiver<Command>) -> std::io::Result<watch::Receiver<Arc<View>>> {
+    let (view, view_rx) = watch::channel(Arc::new(View::default()));
+    let mut t = Thread { own, scores: HashMap::new(), view, dirty: true };
+    std::thread::Builder::new().name("collector".into()).spawn(move || t.run(rx))?;
+    Ok(view_rx)
+}
+
+impl Thread {
+    fn run(&mut self, rx: mpsc::Receiver<Command>) {
+        let ring_every = Duration::from_millis(probe_common::EVENTS_POLL_MS);
+        let now = Instant::now();
+        let (mut next_ring, mut next_drain, mut next_health) = (now + ring_every, now + self.own.drain_interval, now);
+        loop {
+            let wake = next_ring.min(next_drain).min(next_health);
+            match rx.recv_timeout(wake.saturating_duration_since(Instant::now())) {
+                Ok(cmd) => self.handle(cmd),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+            let now = Instant::now();
+            if now >= next_ring {
+                self.drain_ring();
+                next_ring = now + ring_every;
+            }
+            if now >= next_drain {
+                self.drain(now);
+                let removed = self.own.agg.prune_unscraped(now);
+                self.forget(&removed);
+                next_drain = now + self.own.drain_interval;
+            }
+            if now >= next_health {
+                next_health = Instant::now() + self.evaluate_health();
+            }
+            if self.dirty {
+                self.publish();
+            }
+        }
+    }
+
+    fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::Scrape(reply) => {
+                let _ = reply.send(self.scrape());
+            }
+            Command::Go(GoUpdate::Tracked { pid, go_version, minor }) => self.own.agg.on_go_tracked(pid, &go_version, minor, Instant::now()),
+            Command::Go(GoUpdate::Samples { samples, offsets_sources }) => {
+                for (pid, s) in samples {
+                    self.own.agg.set_go_sample(pid, s);
+                }
+                self.own.agg.go_offsets_sources = offsets_sources;
+            }
+            Command::Go(GoUpdate::Creation(statuses)) => {
+                for (pid, s) in statuses {
+                    self.own.agg.set_go_creation(pid, s);
+                }
+            }
+            Command::ProcReadings { pods, map_counts } => {
+                let now = Instant::now();
+                for (pid, meta) in pods {
+                    self.own.agg.set_pod(pid, meta);
+                }
+                for (pid, n, alive) in map_counts {
+                    match n {
+                        Some(n) => self.own.agg.set_map_count(pid, Some(n)),
+                        // Gone without an exit event (ring buffer overflow, or exited mid-read).
+                        None if !alive => self.own.agg.mark_gone(pid, now),
+                        None => self.own.agg.set_map_count(pid, None),
+                    }
+                }
+            }
+        }
+        self.dirty = true;
+    }
+
+    /// Copies the processes out for the API and the snapshotter.
+    fn publish(&mut self) {
+        let processes = self
+            .own
+            .agg
+            .processes()
+            .filter(|p| p.pid != 0)
+            .map(|p| {
+                let summary = ProcessSummary {
+                    pid: p.pid,
+                    comm: p.comm.clone(),
+                    pod: p.pod.clone(),
+                    pod_pending: !p.pod_named,
+                    exited: p.exit.is_some(),
+                    health: self.scores.get(&p.pid).cloned(),
+                    pprof_port: p.pprof_port,
+                    go: p.go.as_ref().map(|g| GoSummary { sample: g.sample.clone(), gc_cycles: g.gc_cycles, stw_count: g.stw_count, creation: g.creation.clone() }),
+                };
+                (p.pid, summary)
+            })
+            .collect();
+        self.view.send_replace(Arc::new(View { processes }));
+        self.dirty = false;
+    }
+
+    /// Folds the kernel maps into the aggregate and deletes entries of exited processes.
+    fn drain(&mut self, now: Instant) {
+        let snap = read_counters(&self.own.maps);
+        let delete = self.own.agg.apply_kernel(snap, now);
+        delete_exited(&mut self.own.maps, &delete);
+        self.dirty = true;
+    }
+
+    /// Decodes and applies every event waiting in the ring buffer; forwards execs and exits to
+    /// discovery.
+    fn drain_ring(&mut self) {
+        let now = Instant::now();
+        let mut decoded = Vec::new();
+        let mut bad = 0u64;
+        while let Some(item) = self.own.ring.next() {
+            match decode::decode(&item) {
+                Ok(ev) => decoded.push(ev),
+                Err(e) => {
+                    bad += 1;
+                    debug!(error = %e, "undecodable ring-buffer record");
+                }
+            }
+        }
+        if decoded.is_empty() && bad == 0 {
+            return;
+        }
+        let agg = &mut self.own.agg;
+        agg.decode_errors += bad;
+        for ev in decoded {
+            if let Some(tx) = &self.own.discovery {
+                let msg = match ev {
+                    Event::Exec { tgid, .. } => Some(discovery::Command::Exec(tgid)),
+                    Event::Exit { tgid, .. } => Some(discovery::Command::Exit(tgid)),
+                    _ => None,
+                };
+                if let Some(m) = msg {
+                    if tx.try_send(m).is_err() {
+                        agg.discovery_dropped += 1;
+                    }
+                }
+            }
+            agg.apply(ev, now);
+        }
+        self.dirty = true;
+    }
+
+    fn scrape(&mut self) -> ScrapeView {
+        let now = Instant::now();
+        self.drain_ring();
+        self.drain(now);
+        let removed = self.own.agg.prune_for_scrape(now);
+        self.forget(&removed);
+        let o = &self.own;
+        ScrapeView::with_policy(&o.agg, &self.scores, procfs::max_map_count(), &o.programs, &o.kernel, o.policy.clone(), Some(o.limiter.clone()))
+    }
+
+    /// Processes that left the aggregate: their health goes, and their series no longer count
+    /// against metrics.max_series.
+    fn forget(&mut self, pids: &[u32]) {
+        if pids.is_empty() {
+            return;
+        }
+        let mut lim = lock(&self.own.limiter);
+        for pid in pids {
+            self.scores.remove(pid);
+            lim.release_label("pid", &pid.to_string());
+        }
+    }
+
+    /// One health evaluation over fresh counters; breaches queue snapshots. Returns when to run
+    /// the next one.
+    fn evaluate_health(&mut self) -> Duration {
+        let now = Instant::now();
+        self.drain_ring();
+        self.drain(now);
+        let (results, breaches) = self.own.health.evaluate(&self.own.agg, procfs::max_map_count(), now);
+        let degraded = results.iter().any(|(_, h)| h.worst() != State::Ok);
+        self.scores.extend(results);
+        let next = self.own.health.next_interval(degraded);
+        if degraded {
+            debug!(next_seconds = next.as_secs_f64(), "degraded processes: evaluating sooner");
+        }
+        for b in breaches {
+            let signals: Vec<String> = b.health.signals.iter().filter(|s| s.state != State::Ok).map(|s| format!("{}={} ({:?})", s.name, s.value, s.state)).collect();
+            warn!(pid = b.pid, rule = %b.rule, score = b.health.score, signals = ?signals, "health rule breached");
+            if let Some(snap) = &self.own.snapshots {
+                if self.own.go_view.borrow().is_go(b.pid) {
+                    let _ = snap.request(b.pid, &b.kinds, Trigger::Rule, Some(&b.rule));
+                }
+            }
+        }
+        self.dirty = true;
+        next
+    }
+}
+
+/// Reads every per-process counter, failure counter and program statistic, summing CPUs.
+pub fn read_counters(maps: &DrainMaps) -> KernelSnapshot {
+    let mut snap = KernelSnapshot::default();
+    // Entries can be deleted while we iterate; such errors just skip the entry.
+    for (tgid, per_cpu) in maps.counters.iter().flatten() {
+        let mut sum = ProcCounters::default();
+        for c in per_cpu.iter() {
+            sum.accumulate(c);
+        }
+        snap.procs.push((tgid, sum));
+    }
+    for (key, per_cpu) in maps.failures.iter().flatten() {
+        snap.failures.push((key, per_cpu.iter().sum()));
+    }
+    for prog in ProgId::ALL {
+        if let Ok(per_cpu) = maps.stats.get(&(prog as u32), 0) {
+            let mut sum = ProgStats::default();
+            for s in per_cpu.iter() {
+                sum.events += s.events;
+                sum.lost_ringbuf += s.lost_ringbuf;
+                sum.lost_map_full += s.lost_map_full;
+            }
+            snap.prog_stats.push((prog, sum));
+        }
+    }
+    snap
+}
+
+/// Deletes the kernel entries of exited processes (their values are folded in the aggregate).
+fn delete_exited(maps: &mut DrainMaps, tgids: &[u32]) {
+    if tgids.is_empty() {
+        return;
+    }
+    for tgid in tgids {
+        let _ = maps.counters.remove(tgid);
+    }
+    let doomed: Vec<FailureKey> = maps.failures.keys().flatten().filter(|k| tgids.contains(&k.tgid)).collect();
+    for k in doomed {
+        let _ = maps.failures.remove(&k);
+    }
+}
+
+/// Starts the /proc reader: every `every`, the pods of processes not yet named (cgroup now, names
+/// once the API knows the pod) and every live process's map count, sent to the collector.
+pub fn start_proc_reader(view: watch::Receiver<Arc<View>>, pods: Arc<PodResolver>, tx: mpsc::SyncSender<Command>, every: Duration) -> std::io::Result<()> {
+    std::thread::Builder::new().name("proc-reader".into()).spawn(move || loop {
+        std::thread::sleep(every);
+        let live: Vec<(u32, bool)> = view.borrow().processes.values().filter(|p| !p.exited).map(|p| (p.pid, p.pod_pending)).collect();
+        let pods_read = live.iter().filter(|(_, pending)| *pending).map(|&(pid, _)| (pid, pods.resolve(pid))).collect();
+        let map_counts = live.iter().map(|&(pid, _)| match procfs::map_count(pid) {
+            Ok(n) => (pid, Some(n), true),
+            Err(_) => (pid, None, procfs::alive(pid)),
+        });
+        if tx.send(Command::ProcReadings { pods: pods_read, map_counts: map_counts.collect() }).is_err() {
+            return;
+        }
+    })?;
+    Ok(())
+}
+
