@@ -169,20 +169,20 @@ fn heap(rounds: usize) -> Result<()> {
     for n in [1_000u64, 10_000, 100_000] {
         let (mut read, mut write, mut total, mut late, mut quiet, mut own, mut own_late, mut bytes, mut own_bytes) = (vec![], vec![], vec![], vec![], vec![], vec![], vec![], 0u64, 0u64);
         for _ in 0..rounds {
-            let mut app = GoProgram::start(&bin, &[])?;
-            app.cmd(&format!("buckets {n}"))?;
-            app.cmd("gc")?;
+            let mut app = bench_util::go_program(&bin, &[])?;
+            app.try_cmd(&format!("buckets {n}"))?;
+            app.try_cmd("gc")?;
             wait_tracked(port, app.pid)?;
             std::thread::sleep(Duration::from_millis(300));
-            app.cmd("lateness")?;
+            app.try_cmd("lateness")?;
             let t = Instant::now();
             let v = json(port, "POST", "/api/v1/snapshots", &format!("{{\"pid\": {}, \"kinds\": [\"heap\"]}}", app.pid))?;
             let id = v["id"].as_str().context("id")?.to_string();
             let meta = wait_done(port, app.pid, Some(&id))?;
             let window = t.elapsed();
-            late.push(app.cmd("lateness")?.first().copied().unwrap_or(0) as f64);
+            late.push(app.try_cmd("lateness")?.first().copied().unwrap_or(0) as f64);
             std::thread::sleep(window);
-            quiet.push(app.cmd("lateness")?.first().copied().unwrap_or(0) as f64);
+            quiet.push(app.try_cmd("lateness")?.first().copied().unwrap_or(0) as f64);
             let hp = &meta["heap_profile"];
             if hp["buckets"].as_u64().unwrap_or(0) < n {
                 bail!("heap profile of {} buckets, expected {n}: {meta}", hp["buckets"]);
@@ -192,10 +192,10 @@ fn heap(rounds: usize) -> Result<()> {
             total.push(meta["duration_seconds"].as_f64().unwrap_or(0.0) * 1e3);
             bytes = meta["files"]["heap"]["bytes"].as_u64().unwrap_or(0);
             // The process's own, right after.
-            app.cmd("lateness")?;
+            app.try_cmd("lateness")?;
             let path = dir.join("own.pb.gz");
-            own.push(app.cmd(&format!("write {}", path.display()))?.first().copied().unwrap_or(0) as f64 / 1e3);
-            own_late.push(app.cmd("lateness")?.first().copied().unwrap_or(0) as f64);
+            own.push(app.try_cmd(&format!("write {}", path.display()))?.first().copied().unwrap_or(0) as f64 / 1e3);
+            own_late.push(app.try_cmd("lateness")?.first().copied().unwrap_or(0) as f64);
             own_bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         }
         println!(

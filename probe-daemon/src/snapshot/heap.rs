@@ -10,8 +10,8 @@ use std::{collections::HashMap, time::Instant};
 use serde::{Deserialize, Serialize};
 
 use super::profile::{bytes, packed, uint};
+use goinspect::{pclntab::Symbolizer, GoBinary};
 use crate::{
-    goinspect::{pclntab::Symbolizer, GoBinary},
     goruntime::{
         heap::{self as reader, Bucket, HeapError, HeapLayout, HeapRead, Limits, Memory},
         ProcMem,
@@ -123,6 +123,7 @@ pub fn capture(mem: &ProcMem, bin: &GoBinary, bias: u64, exe: &str, limits: Limi
         HeapError::Implausible(_) | HeapError::Changed { .. } if !live(mem.pid()) => HeapError::Gone,
         e => e,
     })?;
+    tracing::debug!(pid = mem.pid(), cycle = read.cycle, reads = read.reads, attempts = read.attempts, bytes = read.bytes_read, "memory-profile buckets read");
     let started = Instant::now();
     let sym = Symbolizer::load(std::path::Path::new(&format!("/proc/{}/exe", mem.pid())), bin).map_err(|e| if mem.alive() { HeapError::Layout(format!("cannot symbolize: {e}")) } else { HeapError::Gone })?;
     let maps = std::fs::read_to_string(format!("/proc/{}/maps", mem.pid())).map_err(|_| HeapError::Gone)?;
@@ -189,8 +190,8 @@ pub struct Frame {
     pub inlined: bool,
 }
 
-impl From<crate::goinspect::pclntab::SrcFrame<'_>> for Frame {
-    fn from(f: crate::goinspect::pclntab::SrcFrame<'_>) -> Frame {
+impl From<goinspect::pclntab::SrcFrame<'_>> for Frame {
+    fn from(f: goinspect::pclntab::SrcFrame<'_>) -> Frame {
         Frame { function: name_for_print(f.function), file: f.file.to_string(), line: f.line, start_line: f.start_line, entry: f.entry, inlined: f.inlined }
     }
 }
