@@ -123,6 +123,7 @@ pub fn capture(mem: &ProcMem, bin: &GoBinary, bias: u64, exe: &str, limits: Limi
         HeapError::Implausible(_) | HeapError::Changed { .. } if !live(mem.pid()) => HeapError::Gone,
         e => e,
     })?;
+    tracing::debug!(pid = mem.pid(), cycle = read.cycle, reads = read.reads, attempts = read.attempts, bytes = read.bytes_read, "memory-profile buckets read");
     let started = Instant::now();
     let sym = Symbolizer::load(std::path::Path::new(&format!("/proc/{}/exe", mem.pid())), bin).map_err(|e| if mem.alive() { HeapError::Layout(format!("cannot symbolize: {e}")) } else { HeapError::Gone })?;
     let maps = std::fs::read_to_string(format!("/proc/{}/maps", mem.pid())).map_err(|_| HeapError::Gone)?;
