@@ -85,7 +85,7 @@ pub(crate) const STRUCTS: &[(&str, &str, &[&str])] = &[
     ("crypto/tls.halfConn", "crypto/tls.halfConn", &["err"]),
     ("crypto/tls.permanentError", "crypto/tls.permanentError", &["err"]),
     ("net.OpError", "net.OpError", &["Op", "Err"]),
-    // Heap profiles read out of process (goruntime/heap.rs): the memory-profile bucket list
+    // Heap profiles read out of process (goinspect heap.rs): the memory-profile bucket list
     // (runtime.mbuckets), each bucket's memRecord (whose byte counters Go 1.27 dropped), the
     // profile cycle, and where moduledata keeps go:func.* (the base of funcdata: inline trees).
     ("runtime.bucket", "bucket", &["next", "allnext", "typ", "hash", "size", "nstk"]),

@@ -19,6 +19,7 @@ pub mod abi;
 pub mod buildinfo;
 mod buildversion;
 pub mod disasm;
+pub mod heap;
 mod dwarf;
 mod elf;
 mod error;
@@ -65,7 +66,7 @@ pub const DATA_SYMBOLS: &[&str] = &[
     "runtime.memstats",
     "runtime.gcController",
     "runtime.mheap_",
-    // Heap profiles out of process (goruntime/heap.rs).
+    // Heap profiles out of process (goinspect heap.rs).
     "runtime.mbuckets",
     "runtime.mProfCycle",
     "runtime.MemProfileRate",

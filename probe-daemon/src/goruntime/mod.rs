@@ -3,7 +3,7 @@
 //! process exits), and zero-probe runtime reads (goroutines, goroutine ids, GC count, heap) from
 //! /proc/PID/mem on a timer.
 pub mod creation;
-pub mod heap;
+
 pub mod mem;
 pub mod validate;
 

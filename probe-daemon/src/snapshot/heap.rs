@@ -1,4 +1,4 @@
-//! Out-of-process heap profile: the runtime's memory-profile buckets (goruntime/heap.rs) written as
+//! Out-of-process heap profile: the runtime's memory-profile buckets (goinspect heap.rs) written as
 //! the gzipped pprof profile Go's `/debug/pprof/heap` serves (runtime/pprof/protomem.go):
 //! sample types alloc_objects/alloc_space/inuse_objects/inuse_space, period = MemProfileRate,
 //! values unsampled with Go's `scaleHeapSample`, leading runtime frames hidden as Go hides them,
@@ -10,13 +10,13 @@ use std::{collections::HashMap, time::Instant};
 use serde::{Deserialize, Serialize};
 
 use super::profile::{bytes, packed, uint};
-use goinspect::{pclntab::Symbolizer, GoBinary};
-use crate::{
-    goruntime::{
-        heap::{self as reader, Bucket, HeapError, HeapLayout, HeapRead, Limits, Memory},
-        ProcMem,
-    },
+use goinspect::{
+    heap::{self as reader, Bucket, HeapError, HeapLayout, HeapRead, Limits, Memory},
+    pclntab::Symbolizer,
+    GoBinary,
 };
+
+use crate::goruntime::ProcMem;
 
 impl Memory for ProcMem {
     fn read(&self, addr: u64, buf: &mut [u8]) -> bool {

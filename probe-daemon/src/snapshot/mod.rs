@@ -740,16 +740,16 @@ impl Snapshotter {
                         meta.errors.insert(kind.as_str().into(), format!("{why}, and runtime reads are off: {}", go.reads_error.clone().unwrap_or_default()));
                         continue;
                     };
-                    let limits = crate::goruntime::heap::Limits { max_buckets: self.cfg.heap_max_buckets, max_bytes: self.cfg.heap_max_read_bytes, timeout };
+                    let limits = goinspect::heap::Limits { max_buckets: self.cfg.heap_max_buckets, max_bytes: self.cfg.heap_max_read_bytes, timeout };
                     match heap::capture(m, b, l.bias, &go.exe.display().to_string(), limits) {
                         Ok(c) => {
                             info!(pid, buckets = c.info.buckets, read_seconds = c.info.read_seconds, bytes_read = c.info.bytes_read, "heap profile read out of process");
                             meta.heap_profile = Some(c.info);
                             data.push((kind, c.profile_gz, "proc-mem".into()));
                         }
-                        Err(crate::goruntime::heap::HeapError::Gone) => return Err(gone("reading the heap profile")),
+                        Err(goinspect::heap::HeapError::Gone) => return Err(gone("reading the heap profile")),
                         Err(_) if !crate::procfs::alive(pid) => return Err(gone("reading the heap profile")),
-                        Err(e @ crate::goruntime::heap::HeapError::Disabled) => {
+                        Err(e @ goinspect::heap::HeapError::Disabled) => {
                             meta.errors.insert(kind.as_str().into(), e.to_string());
                         }
                         Err(e) => {

@@ -24,8 +24,10 @@
 //! 1,024 ranges a call: a few ms for 100k buckets) between two readings of the cycle, repeated
 //! when the cycle changed in between (3 times, then a clean error).
 //!
-//! Self-contained (std only) so that the fuzzer compiles it in alone: the process side
-//! (ProcMem, the layout from goinspect) is in snapshot/heap.rs.
+//! No I/O of its own: it reads through [`Memory`] (the daemon gives it /proc/PID/mem through
+//! process_vm_readv, the fuzzer a byte buffer), so it lives here with the rest of what chainprobe
+//! knows of Go's runtime structures. The process side (ProcMem, the layout from the binary) is
+//! the daemon's snapshot/heap.rs.
 use std::time::{Duration, Instant};
 
 /// `memProfile` in runtime/mprof.go (`bucketType = 1 + iota`, the same in every release).

@@ -1,9 +1,7 @@
 #![no_main]
-#![allow(dead_code)]
 //! The memory-profile bucket reader over arbitrary memory contents: never a panic, work bounded
 //! by the caps (buckets, bytes, deadline) whatever the bytes say.
-#[path = "../../src/goruntime/heap.rs"]
-mod heap;
+use goinspect::heap;
 
 use libfuzzer_sys::fuzz_target;
 use std::time::Duration;
