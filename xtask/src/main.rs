@@ -144,10 +144,10 @@ fn fixtures() -> Result<()> {
         let mut cmd = Command::new("bash");
         cmd.arg(&path).current_dir(repo_root());
         // The test matrix needs `hello` (inspection), `gorun` (runtime tests), `leaky` (health
-        // rules and snapshots) and `tlsprobe` (TLS handshakes); the benchmark programs are built
+        // rules and snapshots) , `tlsprobe` (TLS handshakes) and `heapprof` (heap profiles); the benchmark programs are built
         // by their benchmarks.
         if std::env::var_os("CHAINPROBE_GO_PROGRAMS").is_none() {
-            cmd.env("CHAINPROBE_GO_PROGRAMS", "hello gorun leaky tlsprobe");
+            cmd.env("CHAINPROBE_GO_PROGRAMS", "hello gorun leaky tlsprobe heapprof");
         }
         let status = cmd
             .status()

@@ -127,6 +127,12 @@ pub fn document() -> Value {
                     "created": { "type": "string", "format": "date-time" }, "finished": { "type": "string", "format": "date-time" },
                     "goroutines": { "type": "integer" }, "go_version": { "type": "string" },
                     "heap": { "type": "object" }, "health": { "$ref": "#/components/schemas/Health" },
+                    "heap_profile": { "type": "object", "description": "the heap profile read out of process (source proc-mem)", "properties": {
+                        "buckets": { "type": "integer" }, "memprofile_rate": { "type": "integer" },
+                        "inuse_space_bytes": { "type": "integer" }, "bytes_read": { "type": "integer" },
+                        "read_seconds": { "type": "number" }, "write_seconds": { "type": "number" },
+                        "inline_frames": { "type": "string", "description": "why inlined frames are not expanded, when they are not" }
+                    }},
                     "files": { "type": "object", "additionalProperties": { "type": "object", "properties": {
                         "file": { "type": "string" }, "bytes": { "type": "integer" }, "source": { "type": "string" }
                     }}},
