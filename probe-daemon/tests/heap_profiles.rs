@@ -11,18 +11,11 @@ use std::{
     io::Read,
     path::{Path, PathBuf},
     process::Command,
-    sync::Mutex,
     time::{Duration, Instant},
 };
 
-use common::{Daemon, GoProgram, TempDir};
+use common::{serial, Daemon, GoProgram, TempDir};
 use serde_json::Value;
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 const VERSIONS: &[&str] = &["1.19", "1.26", "1.27"];
 const VARIANTS: &[&str] = &["default", "stripped", "pie-stripped"];
@@ -491,22 +484,3 @@ fn daemon_writes_proc_mem_heap_profiles_and_refuses_cleanly() {
     assert!(api.alive(), "the daemon keeps running:\n{}", d.log_text());
 }
 
-/// Not a check: the reader's cost at 1k, 10k and 100k buckets in the daemon this test builds, for
-/// diagnosis (`cargo test --test heap_profiles -- --ignored --nocapture`; the release numbers are
-/// `cargo xtask bench snapshot --heap-only`).
-#[test]
-#[ignore]
-fn read_cost_by_bucket_count() {
-    let _g = serial();
-    let snaps = TempDir::new("heap-cost-snaps");
-    let d = heap_daemon("heap-cost", &snaps, "");
-    let api = api(&d);
-    for n in [1_000, 10_000, 100_000] {
-        let mut app = GoProgram::start("heapprof", &heapprof("1.27", "stripped"));
-        app.cmd(&format!("buckets {n}"));
-        app.cmd("gc");
-        api.wait_tracked(app.pid);
-        let c = ours(&api, &snaps.0, app.pid);
-        eprintln!("{n}: {} bytes gz, {}", c.profile_gz.len(), c.summary["heap_profile"]);
-    }
-}

@@ -7,19 +7,11 @@ use std::{
     io::{Read, Write},
     path::{Path, PathBuf},
     process::Command,
-    sync::Mutex,
     time::{Duration, Instant},
 };
 
-use common::Daemon;
+use common::{serial, Daemon};
 use serde_json::Value;
-
-/// Daemons evaluate every Go process on the machine: one test at a time keeps them apart.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 const TOKEN: &str = "test-token-7f3a";
 

@@ -9,7 +9,7 @@ use std::{collections::HashMap, time::Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::profile::{bytes, packed, uint};
+use super::profile::{bytes, packed, uint, StringTable};
 use goinspect::{
     heap::{self as reader, Bucket, HeapError, HeapLayout, HeapRead, Limits, Memory},
     pclntab::Symbolizer,
@@ -304,7 +304,6 @@ fn resolve(sym: &Symbolize<'_>, pc: u64, bias: u64, frames: &mut Frames, b: &mut
 /// Encodes the profile (not gzipped); returns it and its total inuse_space.
 pub fn write(read: &HeapRead, sym: &Symbolize<'_>, bias: u64, mappings: &[Mapping], time_nanos: i64, comment: &str) -> (Vec<u8>, i64) {
     let mut b = Builder::default();
-    b.string("");
     let types: Vec<(u64, u64)> =
         [("alloc_objects", "count"), ("alloc_space", "bytes"), ("inuse_objects", "count"), ("inuse_space", "bytes")].iter().map(|(t, u)| (b.string(t), b.string(u))).collect();
     let period_type = (b.string("space"), b.string("bytes"));
@@ -383,9 +382,7 @@ pub fn write(read: &HeapRead, sym: &Symbolize<'_>, bias: u64, mappings: &[Mappin
         bytes(&mut out, 5, &m);
     }
     let comment = b.string(comment);
-    for s in &b.strings {
-        bytes(&mut out, 6, s.as_bytes());
-    }
+    b.strings.encode(&mut out);
     uint(&mut out, 9, time_nanos as u64);
     let mut pt = Vec::new();
     uint(&mut pt, 1, period_type.0);
@@ -421,8 +418,7 @@ type Loc = (u64, u64, u64, Vec<(u64, i64)>);
 /// Locations, functions and strings of the profile under construction.
 #[derive(Default)]
 struct Builder {
-    strings: Vec<String>,
-    string_ids: HashMap<String, u64>,
+    strings: StringTable,
     /// (id, name, file, start line)
     funcs: Vec<(u64, u64, u64, i64)>,
     func_ids: HashMap<(String, String, i64), u64>,
@@ -439,13 +435,7 @@ struct Builder {
 
 impl Builder {
     fn string(&mut self, s: &str) -> u64 {
-        if let Some(&i) = self.string_ids.get(s) {
-            return i;
-        }
-        let i = self.strings.len() as u64;
-        self.strings.push(s.to_string());
-        self.string_ids.insert(s.to_string(), i);
-        i
+        self.strings.id(s)
     }
 
     fn function(&mut self, f: &Frame) -> u64 {

@@ -43,10 +43,41 @@ pub(super) fn packed(out: &mut Vec<u8>, field: u32, vs: &[u64]) {
 /// Location ids (leaf first), values, labels as (key, value) string ids.
 type Sample = (Vec<u64>, Vec<i64>, Vec<(u64, u64)>);
 
+/// A pprof string table under construction: index 0 is the empty string, as the format wants.
+pub(super) struct StringTable {
+    strings: Vec<String>,
+    ids: HashMap<String, u64>,
+}
+
+impl Default for StringTable {
+    fn default() -> Self {
+        StringTable { strings: vec![String::new()], ids: HashMap::from([(String::new(), 0)]) }
+    }
+}
+
+impl StringTable {
+    /// The id of `s`, added on first use.
+    pub(super) fn id(&mut self, s: &str) -> u64 {
+        if let Some(&i) = self.ids.get(s) {
+            return i;
+        }
+        let i = self.strings.len() as u64;
+        self.strings.push(s.to_string());
+        self.ids.insert(s.to_string(), i);
+        i
+    }
+
+    /// Profile.string_table (field 6), every string in id order.
+    pub(super) fn encode(&self, out: &mut Vec<u8>) {
+        for s in &self.strings {
+            bytes(out, 6, s.as_bytes());
+        }
+    }
+}
+
 /// A profile under construction.
 pub struct Profile {
-    strings: Vec<String>,
-    string_ids: HashMap<String, u64>,
+    strings: StringTable,
     functions: HashMap<String, u64>,
     function_list: Vec<u64>,
     /// (address, function id) → location id
@@ -65,8 +96,7 @@ impl Profile {
     /// A profile whose samples have values of `sample_types` ((type, unit) pairs).
     pub fn new(sample_types: &[(&str, &str)], period_type: (&str, &str), period: i64, time_nanos: i64) -> Profile {
         let mut p = Profile {
-            strings: vec![String::new()],
-            string_ids: HashMap::from([(String::new(), 0)]),
+            strings: StringTable::default(),
             functions: HashMap::new(),
             function_list: Vec::new(),
             locations: HashMap::new(),
@@ -85,13 +115,7 @@ impl Profile {
     }
 
     fn string(&mut self, s: &str) -> u64 {
-        if let Some(&i) = self.string_ids.get(s) {
-            return i;
-        }
-        let i = self.strings.len() as u64;
-        self.strings.push(s.to_string());
-        self.string_ids.insert(s.to_string(), i);
-        i
+        self.strings.id(s)
     }
 
     /// The executable the addresses belong to (memory start, limit, file offset, file name).
@@ -182,9 +206,7 @@ impl Profile {
             uint(&mut m, 3, *name);
             bytes(&mut out, 5, &m);
         }
-        for s in &self.strings {
-            bytes(&mut out, 6, s.as_bytes());
-        }
+        self.strings.encode(&mut out);
         uint(&mut out, 9, self.time_nanos as u64);
         let mut pt = Vec::new();
         uint(&mut pt, 1, self.period_type.0);

@@ -13,6 +13,13 @@ use std::{
 #[allow(unused_imports)]
 pub use test_support::{fixtures_root, go_versions, stop_child as stop_child_within, tail, GoProgram};
 
+/// Daemons evaluate every Go process on the machine: the tests of one file that start daemons
+/// take this, one at a time.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The directory of the fixtures built with Go `version` ("1.19", "1.27" or a full version).
 pub fn go_version_dir(version: &str) -> PathBuf {
     test_support::go_version_dir(version).unwrap_or_else(|e| panic!("{e}"))
