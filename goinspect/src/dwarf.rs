@@ -92,7 +92,22 @@ pub(crate) const STRUCTS: &[(&str, &str, &[&str])] = &[
     ("runtime.memRecord", "memRecord", &["active", "future"]),
     ("runtime.memRecordCycle", "memRecordCycle", &["allocs", "frees", "alloc_bytes", "free_bytes"]),
     ("runtime.mProfCycleHolder", "mProfCycleHolder", &["value"]),
-    ("runtime.moduledata", "moduledata", &["pcHeader", "text", "gofunc"]),
+    ("runtime.moduledata", "moduledata", &["pcHeader", "text", "gofunc", "types", "etypes"]),
+    // Crash capsules: the panic value (`_panic.arg`), the user goroutine of a thread on its system
+    // stack (`m.curg`), and enough of the type metadata to name a panic value's type and find an
+    // error's message field. Go 1.21 moved the runtime's _type family to internal/abi (and
+    // capitalised the fields): both spellings map to the same keys' prefixes.
+    ("runtime._panic", "_panic", &["arg"]),
+    ("runtime.boundsError", "boundsError", &["x", "y", "signed", "code"]),
+    ("runtime.m", "m", &["curg"]),
+    ("internal/abi.Type", "abi.Type", &["TFlag", "Kind_", "Str"]),
+    ("runtime._type", "abi.Type", &["tflag", "kind", "str"]),
+    ("internal/abi.PtrType", "abi.PtrType", &["Elem"]),
+    ("runtime.ptrtype", "abi.PtrType", &["elem"]),
+    ("internal/abi.StructType", "abi.StructType", &["Fields"]),
+    ("runtime.structtype", "abi.StructType", &["fields"]),
+    ("internal/abi.StructField", "abi.StructField", &["Name", "Typ", "Offset"]),
+    ("runtime.structfield", "abi.StructField", &["name", "typ", "offset"]),
 ];
 
 fn package_of(struct_name: &str) -> &str {

@@ -25,6 +25,7 @@ mod elf;
 mod error;
 pub mod pclntab;
 pub mod tables;
+pub mod types;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
@@ -56,6 +57,21 @@ pub const PROBE_TARGETS: &[&str] = &[
     "crypto/tls.(*Conn).clientHandshake",
     "crypto/tls.(*Conn).serverHandshake",
     "crypto/tls.(*Conn).handshakeContext",
+];
+
+/// Crash paths (probe_common::CRASH_FUNCTIONS), probed at their entries only (most never return,
+/// so they may have no RET); the linkname'd copies exist from some Go versions on.
+pub const CRASH_TARGETS: &[&str] = &[
+    "runtime.fatalpanic",
+    "runtime.throw",
+    "runtime.fatal",
+    "sync.throw",
+    "sync.fatal",
+    "internal/sync.throw",
+    "internal/sync.fatal",
+    "internal/runtime/maps.fatal",
+    "internal/runtime/cgroup.throw",
+    "os.Exit",
 ];
 
 /// Runtime data symbols located in every binary.
@@ -560,7 +576,7 @@ fn analyze(path: &Path, img: &ElfImage<'_>) -> Result<GoBinary, GoInspectError> 
         Err(o) => (Err(match &o { tables::Origin::None { reason } => reason.clone(), other => other.describe() }), o),
     };
 
-    let mut wanted: Vec<&str> = PROBE_TARGETS.to_vec();
+    let mut wanted: Vec<&str> = PROBE_TARGETS.iter().chain(CRASH_TARGETS).copied().collect();
     if let Ok(t) = &table {
         for r in t.code_refs.values() {
             if !wanted.contains(&r.function.as_str()) {
@@ -572,9 +588,12 @@ fn analyze(path: &Path, img: &ElfImage<'_>) -> Result<GoBinary, GoInspectError> 
 
     let mut functions = BTreeMap::new();
     let mut absent = Vec::new();
-    for &name in PROBE_TARGETS {
+    for &name in PROBE_TARGETS.iter().chain(CRASH_TARGETS) {
         let Some(r) = resolved.get(name) else {
-            absent.push(name.to_string());
+            // The crash family's linkname'd copies are missing from most versions: not news.
+            if !CRASH_TARGETS.contains(&name) {
+                absent.push(name.to_string());
+            }
             continue;
         };
         let code = img.bytes_at(r.entry, r.size).ok_or_else(|| {

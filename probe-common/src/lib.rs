@@ -62,6 +62,14 @@ pub enum ProgId {
     MmapFexit = 24,
     MunmapFexit = 25,
     BrkFexit = 26,
+    /// An unrecovered panic is about to be printed (`runtime.fatalpanic`).
+    GoFatalPanic = 27,
+    /// A fatal runtime error (`runtime.throw`: out of memory, stack overflow, deadlock …).
+    GoThrow = 28,
+    /// A fatal error of user code (`runtime.fatal`, Go 1.21+: concurrent map writes …).
+    GoFatal = 29,
+    /// `os.Exit` (the exit path of `log.Fatal`): counted when the code is not 0.
+    GoOsExit = 30,
 }
 
 /// Where in a Go function a uprobe goes.
@@ -86,6 +94,8 @@ pub enum ProgGroup {
     GoTls,
     OpenSsl,
     MemoryFexit,
+    /// Crash paths of every tracked Go process (rare by nature, so always on).
+    GoCrash,
 }
 
 /// BPF program types chainprobe uses.
@@ -99,7 +109,7 @@ pub enum ProgKind {
 }
 
 impl ProgId {
-    pub const COUNT: u32 = 27;
+    pub const COUNT: u32 = 31;
     pub const ALL: [ProgId; Self::COUNT as usize] = [
         ProgId::InetSockSetState,
         ProgId::TcpSendReset,
@@ -128,6 +138,10 @@ impl ProgId {
         ProgId::MmapFexit,
         ProgId::MunmapFexit,
         ProgId::BrkFexit,
+        ProgId::GoFatalPanic,
+        ProgId::GoThrow,
+        ProgId::GoFatal,
+        ProgId::GoOsExit,
     ];
     /// The tracepoint programs, attached once at start.
     /// Programs of `group`, in index order.
@@ -156,6 +170,7 @@ impl ProgId {
             ProgId::GoTlsEnter | ProgId::GoTlsReturn => ProgGroup::GoTls,
             ProgId::SslHandshakeEnter | ProgId::SslHandshakeReturn | ProgId::SslFree => ProgGroup::OpenSsl,
             ProgId::MmapFexit | ProgId::MunmapFexit | ProgId::BrkFexit => ProgGroup::MemoryFexit,
+            ProgId::GoFatalPanic | ProgId::GoThrow | ProgId::GoFatal | ProgId::GoOsExit => ProgGroup::GoCrash,
         }
     }
 
@@ -165,7 +180,7 @@ impl ProgId {
             // libssl is C: a uretprobe is safe there (never on Go code, whose stack moves).
             _ if matches!(self, ProgId::SslHandshakeReturn) => ProgKind::URetProbe,
             ProgGroup::Tracepoint => ProgKind::TracePoint,
-            ProgGroup::GoRuntime | ProgGroup::GoCreation | ProgGroup::GoTls | ProgGroup::OpenSsl => ProgKind::UProbe,
+            ProgGroup::GoRuntime | ProgGroup::GoCreation | ProgGroup::GoTls | ProgGroup::OpenSsl | ProgGroup::GoCrash => ProgKind::UProbe,
             ProgGroup::MemoryFexit => ProgKind::FExit,
         }
     }
@@ -199,6 +214,10 @@ impl ProgId {
             ProgId::MmapFexit => "mmap_fexit",
             ProgId::MunmapFexit => "munmap_fexit",
             ProgId::BrkFexit => "brk_fexit",
+            ProgId::GoFatalPanic => "go_fatalpanic",
+            ProgId::GoThrow => "go_throw",
+            ProgId::GoFatal => "go_fatal",
+            ProgId::GoOsExit => "go_os_exit",
         }
     }
 
@@ -226,6 +245,12 @@ impl ProgId {
             // newproc1 returns the new g: read it at every RET (never a uretprobe).
             ProgId::GoNewproc => Some(("runtime.newproc1", GoSite::Returns)),
             ProgId::GoExit => Some(("runtime.goexit1", GoSite::Entry)),
+            // Entries: before anything is printed (fatalpanic, fatal), or right after the one line
+            // throw prints itself; the message is in the argument registers there.
+            ProgId::GoFatalPanic => Some(("runtime.fatalpanic", GoSite::Entry)),
+            ProgId::GoThrow => Some(("runtime.throw", GoSite::Entry)),
+            ProgId::GoFatal => Some(("runtime.fatal", GoSite::Entry)),
+            ProgId::GoOsExit => Some(("os.Exit", GoSite::Entry)),
             _ => None,
         }
     }
@@ -260,7 +285,11 @@ impl ProgId {
             | ProgId::SslFree
             | ProgId::MmapFexit
             | ProgId::MunmapFexit
-            | ProgId::BrkFexit => ("", ""),
+            | ProgId::BrkFexit
+            | ProgId::GoFatalPanic
+            | ProgId::GoThrow
+            | ProgId::GoFatal
+            | ProgId::GoOsExit => ("", ""),
         }
     }
 
@@ -285,8 +314,118 @@ impl ProgId {
                 | ProgId::MmapFexit
                 | ProgId::MunmapFexit
                 | ProgId::BrkFexit
+                | ProgId::GoFatalPanic
+                | ProgId::GoThrow
+                | ProgId::GoFatal
+                | ProgId::GoOsExit
         )
     }
+}
+
+// ---- Go crashes -----------------------------------------------------------------
+
+/// The functions each crash program attaches to (at their entries), those a binary has: the
+/// runtime's own, and the linkname'd copies other runtime-internal packages call (Go 1.24's
+/// swiss maps report concurrent writes through internal/runtime/maps.fatal, with runtime.fatal
+/// inlined into it). All take the message as a string.
+pub const CRASH_FUNCTIONS: [(ProgId, &[&str]); 4] = [
+    (ProgId::GoFatalPanic, &["runtime.fatalpanic"]),
+    (ProgId::GoThrow, &["runtime.throw", "sync.throw", "internal/sync.throw", "internal/runtime/cgroup.throw"]),
+    (ProgId::GoFatal, &["runtime.fatal", "sync.fatal", "internal/sync.fatal", "internal/runtime/maps.fatal"]),
+    (ProgId::GoOsExit, &["os.Exit"]),
+];
+
+/// Bytes of a crash message the kernel copies (the throw string, or a panic value's string).
+pub const CRASH_TEXT_LEN: usize = 256;
+/// Bytes the kernel copies at a panic value's data pointer (a string header, an error's first
+/// fields, a runtime.boundsError).
+pub const CRASH_HEAD_LEN: usize = 32;
+/// Return addresses the kernel collects along the frame-pointer chain.
+pub const CRASH_MAX_PCS: usize = 32;
+
+/// What kind of crash a [`GoCrashEvent`] reports.
+pub const CRASH_PANIC: u32 = 1;
+pub const CRASH_THROW: u32 = 2;
+pub const CRASH_FATAL: u32 = 3;
+pub const CRASH_EXIT: u32 = 4;
+
+/// [`GoCrashEvent::paused`]: the process was not stopped (pauses off, or it is traced).
+pub const PAUSE_NONE: u32 = 0;
+/// The kernel sent SIGSTOP to the process: user space must send SIGCONT.
+pub const PAUSE_STOPPED: u32 = 1;
+/// Not stopped: the node's concurrent-pause limit was reached.
+pub const PAUSE_LIMIT: u32 = 2;
+
+/// Per-process settings of the crash programs (`GO_CRASH`, written when the process is tracked).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GoCrashConfig {
+    /// `g.goid`.
+    pub g_goid: u32,
+    /// `_panic.arg` (an `any`: type and data words), or [`OFFSET_NONE`].
+    pub panic_arg: u32,
+    /// Stop the process (SIGSTOP) at a crash while fewer than this many are stopped on the node;
+    /// 0: never (pauses off, or the process is traced).
+    pub max_pauses: u32,
+    /// `g.m`, `m.curg`, and `g.sched` + `gobuf.pc` / `gobuf.bp`: a crash on a thread's system
+    /// stack (runtime.throw from newstack: stack overflow) also walks the user goroutine's stack
+    /// from its saved registers. [`OFFSET_NONE`] when unknown.
+    pub g_m: u32,
+    pub m_curg: u32,
+    pub sched_pc: u32,
+    pub sched_bp: u32,
+    /// Set by the kernel at the first crash event of the process: later ones (a wrapper such as
+    /// sync.fatal calling runtime.fatal, a panic while panicking) are counted, not reported again.
+    pub crashed: u32,
+}
+
+impl GoCrashConfig {
+    /// No offsets known: the event still carries the kind, the registers and the caller chain.
+    pub const UNKNOWN: GoCrashConfig =
+        GoCrashConfig { g_goid: OFFSET_NONE, panic_arg: OFFSET_NONE, max_pauses: 0, g_m: OFFSET_NONE, m_curg: OFFSET_NONE, sched_pc: OFFSET_NONE, sched_bp: OFFSET_NONE, crashed: 0 };
+}
+
+/// `CRASH_PAUSES` indexes: pauses the kernel started (it alone adds), pauses user space ended
+/// (it alone writes). Stopped now = started − ended.
+pub const PAUSES_STARTED: u32 = 0;
+pub const PAUSES_ENDED: u32 = 1;
+
+/// A Go process reached a crash path.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GoCrashEvent {
+    pub header: EventHeader,
+    /// [`CRASH_PANIC`] …
+    pub kind: u32,
+    /// The crashing thread.
+    pub tid: u32,
+    /// `os.Exit`'s code (0 otherwise).
+    pub code: i64,
+    /// The current g, and its goid (0 when unknown).
+    pub g: u64,
+    pub goid: u64,
+    /// Registers at the function's entry.
+    pub pc: u64,
+    pub sp: u64,
+    pub fp: u64,
+    /// Panic: the value's type and data words.
+    pub value_type: u64,
+    pub value_data: u64,
+    /// Panic: bytes at `value_data`.
+    pub head: [u8; CRASH_HEAD_LEN],
+    /// [`PAUSE_NONE`], [`PAUSE_STOPPED`] or [`PAUSE_LIMIT`].
+    pub paused: u32,
+    /// Bytes of `text` copied; `text_truncated` is 1 when the message was longer.
+    pub text_len: u16,
+    pub text_truncated: u16,
+    /// Throw/fatal: the message; panic: the string the value's first word points at.
+    pub text: [u8; CRASH_TEXT_LEN],
+    pub npcs: u32,
+    /// The first `system_pcs` of `pcs` are the thread's system stack (g0); the rest are the user
+    /// goroutine's (`m.curg`), from its saved pc and frame pointer.
+    pub system_pcs: u32,
+    /// pc, then return addresses, innermost first.
+    pub pcs: [u64; CRASH_MAX_PCS],
 }
 
 // ---- TLS handshakes -------------------------------------------------------------
@@ -580,6 +719,7 @@ pub enum EventKind {
     GoGc = 4,
     GoStw = 5,
     Tls = 6,
+    GoCrash = 7,
 }
 
 /// Header shared by every ring-buffer event; `kind` tells which struct follows.
@@ -825,11 +965,15 @@ pub mod maps {
     pub const TLS_INFLIGHT: MapSpec = spec("TLS_INFLIGHT", MapKind::LruHash, size_of::<TlsInflightKey>(), size_of::<TlsInflight>(), MAX_TLS_INFLIGHT, false);
     pub const SSL_LIBS: MapSpec = spec("SSL_LIBS", MapKind::Hash, 4, size_of::<SslLibConfig>(), MAX_SSL_LIBS, true);
     pub const SSL_ROLES: MapSpec = spec("SSL_ROLES", MapKind::LruHash, size_of::<TlsInflightKey>(), 4, MAX_TLS_INFLIGHT, false);
+    // Go crashes.
+    pub const GO_CRASH: MapSpec = spec("GO_CRASH", MapKind::Hash, 4, size_of::<GoCrashConfig>(), MAX_PROCS, true);
+    pub const CRASH_PAUSES: MapSpec = spec("CRASH_PAUSES", MapKind::Array, 4, 8, 2, true);
 
     /// Every map of the kernel object.
-    pub const ALL: [MapSpec; 18] = [
+    pub const ALL: [MapSpec; 20] = [
         CONFIG, PROG_STATS, PROC_COUNTERS, FAILURES, EVENTS, INFLIGHT, SOCK_OWNERS, LISTENERS, GC_START, STW_START,
         GO_CREATION, GO_CREATION_COUNTS, CREATION_SITES, WINDOW_GOIDS, GO_TLS_CONFIG, TLS_INFLIGHT, SSL_LIBS, SSL_ROLES,
+        GO_CRASH, CRASH_PAUSES,
     ];
 }
 
@@ -859,6 +1003,8 @@ const _: () = {
     assert!(size_of::<TlsInflightKey>() == 16);
     assert!(size_of::<SslLibConfig>() == 16);
     assert!(size_of::<TlsEvent>() == 64);
+    assert!(size_of::<GoCrashConfig>() == 32);
+    assert!(size_of::<GoCrashEvent>() == 88 + CRASH_HEAD_LEN + 8 + CRASH_TEXT_LEN + 8 + 8 * CRASH_MAX_PCS);
     // Every ring-buffer record starts with the header.
     assert!(core::mem::offset_of!(ExecEvent, header) == 0);
     assert!(core::mem::offset_of!(ExitEvent, header) == 0);
@@ -866,6 +1012,7 @@ const _: () = {
     assert!(core::mem::offset_of!(GoGcEvent, header) == 0);
     assert!(core::mem::offset_of!(GoStwEvent, header) == 0);
     assert!(core::mem::offset_of!(TlsEvent, header) == 0);
+    assert!(core::mem::offset_of!(GoCrashEvent, header) == 0);
 };
 
 #[cfg(test)]
@@ -881,6 +1028,7 @@ mod tests {
         assert!(ProgId::in_group(ProgGroup::GoTls).chain(ProgId::in_group(ProgGroup::OpenSsl)).all(|p| p.go_site().is_none() && p.optional()));
         assert_eq!(group(ProgGroup::GoTls), [ProgId::GoTlsEnter, ProgId::GoTlsReturn]);
         assert_eq!(group(ProgGroup::GoCreation), [ProgId::GoNewproc, ProgId::GoExit]);
+        assert!(ProgId::in_group(ProgGroup::GoCrash).all(|p| p.optional() && p.go_site().is_some_and(|s| s.1 == GoSite::Entry)));
         assert_eq!(group(ProgGroup::MemoryFexit), [ProgId::MmapFexit, ProgId::MunmapFexit, ProgId::BrkFexit]);
         for p in ProgId::in_group(ProgGroup::MemoryFexit) {
             let (_, replaced) = p.replaces().expect("a memory fexit program names the tracepoints it replaces");
@@ -926,4 +1074,5 @@ mod user {
     unsafe impl aya::Pod for TlsInflight {}
     unsafe impl aya::Pod for TlsInflightKey {}
     unsafe impl aya::Pod for SslLibConfig {}
+    unsafe impl aya::Pod for GoCrashConfig {}
 }

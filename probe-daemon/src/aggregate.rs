@@ -59,6 +59,9 @@ pub struct GoState {
     pub sample: Option<GoSample>,
     /// Goroutine-creation probes of this process.
     pub creation: Option<crate::goruntime::creation::CreationStatus>,
+    /// How it crashed (at most one kind in a process's life, but a signal can follow an exit
+    /// path that itself failed).
+    pub crashes: BTreeMap<crate::evidence::CrashKind, u64>,
 }
 
 /// Why a process ended.
@@ -290,6 +293,18 @@ impl Aggregate {
             Event::GoGc { tgid, duration_ns } => self.on_go_gc(tgid, duration_ns),
             Event::GoStw { tgid, duration_ns, reason } => self.on_go_stw(tgid, duration_ns, reason),
             Event::Tls(e) => self.on_tls(&e, now),
+            Event::GoCrash(e) => {
+                if let Some(kind) = crate::evidence::CrashKind::of_event(e.kind) {
+                    self.on_go_crash(e.header.tgid, kind);
+                }
+            }
+        }
+    }
+
+    /// A tracked Go process crashed (`kind`); other processes' crashes are not counted here.
+    pub fn on_go_crash(&mut self, pid: u32, kind: crate::evidence::CrashKind) {
+        if let Some(go) = self.procs.get_mut(&pid).and_then(|p| p.go.as_mut()) {
+            *go.crashes.entry(kind).or_insert(0) += 1;
         }
     }
 
@@ -378,6 +393,9 @@ impl Aggregate {
             if let Some(e) = &mut p.exit {
                 if e.reason == ExitReason::Signal && e.code == "SIGKILL" {
                     e.reason = ExitReason::Oom;
+                    if let Some(go) = p.go.as_mut() {
+                        *go.crashes.entry(crate::evidence::CrashKind::OomKill).or_insert(0) += 1;
+                    }
                 }
             }
         }
@@ -393,6 +411,16 @@ impl Aggregate {
         }
         if p.comm.is_empty() || p.comm == "unknown" {
             p.comm = comm;
+        }
+        // A Go process's death by the OOM killer or a crash signal is a crash too (panics and
+        // fatal errors were counted at their probe: they exit with code 2, not by a signal).
+        let crash = match reason {
+            ExitReason::Oom => Some(crate::evidence::CrashKind::OomKill),
+            ExitReason::Signal if crate::evidence::CrashKind::crash_signal(&code) => Some(crate::evidence::CrashKind::Signal),
+            _ => None,
+        };
+        if let (Some(kind), Some(go)) = (crash, p.go.as_mut()) {
+            *go.crashes.entry(kind).or_insert(0) += 1;
         }
         p.exit = Some(ExitInfo { reason, code, at: now });
         p.scrapes_since_exit = 0;
@@ -482,6 +510,7 @@ impl Aggregate {
                 stw_seconds: 0.0,
                 sample: None,
                 creation: None,
+                crashes: BTreeMap::new(),
             });
         }
     }

@@ -15,7 +15,7 @@ use aya::{
 };
 use probe_common::{
     maps::{self, MapSpec},
-    CreationSite, FailureKey, GoCreationConfig, GoCreationCounts, GoTlsConfig, GoidKey, KernelConfig, ProcCounters, ProgGroup, ProgId,
+    CreationSite, FailureKey, GoCrashConfig, GoCreationConfig, GoCreationCounts, GoTlsConfig, GoidKey, KernelConfig, ProcCounters, ProgGroup, ProgId,
     ProgStats, SslLibConfig,
 };
 use tracing::{debug, info, warn};
@@ -126,6 +126,9 @@ pub struct KernelMaps {
     pub go_tls: HashMap<MapData, u32, GoTlsConfig>,
     /// Field offsets of each probed libssl build, by attach cookie.
     pub ssl_libs: HashMap<MapData, u32, SslLibConfig>,
+    /// Go crash programs: per-process offsets and pause permission, and the pause counters.
+    pub crash_config: HashMap<MapData, u32, GoCrashConfig>,
+    pub crash_pauses: Array<MapData, u64>,
 }
 
 /// The on-demand goroutine-creation maps.
@@ -293,7 +296,7 @@ pub fn load(kcfg: KernelConfig, tracefs: &Path, memory: MemoryHooks) -> Result<(
 
     let mut programs = Vec::new();
     // Go uprobes are loaded now and attached per Go binary as processes are discovered.
-    let per_process = [ProgGroup::GoRuntime, ProgGroup::GoCreation, ProgGroup::GoTls, ProgGroup::OpenSsl];
+    let per_process = [ProgGroup::GoRuntime, ProgGroup::GoCreation, ProgGroup::GoTls, ProgGroup::OpenSsl, ProgGroup::GoCrash];
     for prog in ProgId::ALL.into_iter().filter(|p| per_process.contains(&p.group())) {
         let loaded = (|| -> Result<(), String> {
             let program = ebpf
@@ -372,6 +375,8 @@ pub fn load(kcfg: KernelConfig, tracefs: &Path, memory: MemoryHooks) -> Result<(
         },
         go_tls: take(&mut ebpf, maps::GO_TLS_CONFIG)?,
         ssl_libs: take(&mut ebpf, maps::SSL_LIBS)?,
+        crash_config: take(&mut ebpf, maps::GO_CRASH)?,
+        crash_pauses: take(&mut ebpf, maps::CRASH_PAUSES)?,
     };
     Ok((Probes { _ebpf: ebpf, programs }, maps))
 }

@@ -128,6 +128,8 @@ pub struct Collector {
     pub discovery: Option<mpsc::SyncSender<discovery::Command>>,
     pub go_view: watch::Receiver<Arc<GoView>>,
     pub snapshots: Option<Arc<Snapshotter>>,
+    /// Crash capsules (and the pauses of crashing processes).
+    pub crashes: Option<Arc<crate::snapshot::crash::Crashes>>,
     pub drain_interval: Duration,
 }
 
@@ -287,6 +289,18 @@ impl Thread {
                     if tx.try_send(m).is_err() {
                         agg.discovery_dropped += 1;
                     }
+                }
+            }
+            if let Some(c) = &self.own.crashes {
+                use crate::snapshot::crash::Notice;
+                match &ev {
+                    Event::GoCrash(e) => c.notify(Notice::Crash { event: e.clone(), received: now }),
+                    Event::OomVictim { tgid } if self.own.go_view.borrow().is_go(*tgid) => c.notify(Notice::Oom { pid: *tgid }),
+                    Event::Exit { tgid, exit_code, .. } => {
+                        let (reason, code) = crate::aggregate::decode_exit_code(*exit_code, false);
+                        c.notify(Notice::Exit { pid: *tgid, status: format!("{} {code}", reason.as_str()) });
+                    }
+                    _ => {}
                 }
             }
             agg.apply(ev, now);

@@ -19,11 +19,11 @@ use crate::{
     collector::{self, Collector, DrainMaps, View},
     config::{Config, Settings},
     discovery::{self, GoView, Trackers},
-    goruntime::{creation::CreationProbes, GoTracker},
+    goruntime::{crash::CrashProbes, creation::CreationProbes, GoTracker},
     health::HealthEngine,
     k8s::{PodResolver, SeriesLimiter},
     kernel::{self, Status},
-    snapshot::{Snapshotter, TargetInfo},
+    snapshot::{crash::Crashes, Snapshotter, TargetInfo},
     tls::{GoTls, OpenSsl},
 };
 
@@ -73,7 +73,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     let mut kcfg = report.config;
     kcfg.self_tgid = std::process::id();
 
-    let (probes, KernelMaps { counters, failures, stats, events: ring, creation, go_tls, ssl_libs }) = attach::load(kcfg, &tracefs, cfg.collect.memory_hooks)?;
+    let (probes, KernelMaps { counters, failures, stats, events: ring, creation, go_tls, ssl_libs, crash_config, crash_pauses }) = attach::load(kcfg, &tracefs, cfg.collect.memory_hooks)?;
     let attached = probes.programs.iter().filter(|p| p.attached).count();
     info!(attached, total = probes.programs.len(), "kernel programs loaded");
     let programs = probes.programs.clone();
@@ -91,7 +91,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             if cfg.tls.go {
                 tracker = tracker.with_tls(Arc::new(GoTls::new(go_tls, cfg.tls.go_result_site)));
             }
-            tracker
+            tracker.with_crash(CrashProbes::new(crash_config, cfg.crash.kernel_max_pauses()))
         });
         let trackers = Trackers {
             creation: go.as_ref().map(|_| CreationProbes::new(creation, creation_settings)),
@@ -119,6 +119,13 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     } else {
         None
     };
+    // Crash capsules: the pause keeper runs even without snapshots (a paused process must be
+    // resumed whatever else is configured).
+    let crashes = {
+        let (views, go_view) = (view_slot.clone(), go_view.clone());
+        let resolve = Arc::new(move |pid: u32| target_info(views.get().map(|v| v.borrow().clone()).as_deref(), &go_view.borrow(), pid));
+        Arc::new(Crashes::start(cfg.crash.clone(), &cfg.snapshot.dir, snapshots.clone(), resolve, Some(crash_pauses)).map_err(DaemonError::Thread)?)
+    };
     let own = Collector {
         agg: Aggregate::new(settings.scrape_interval, cfg.metrics.max_exited_processes).with_identify(Box::new(collector::identify)),
         health: HealthEngine::new(cfg.health.clone()),
@@ -131,6 +138,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         discovery: discovery_tx.clone(),
         go_view: go_view.clone(),
         snapshots: snapshots.clone(),
+        crashes: Some(crashes.clone()),
         drain_interval: settings.drain_interval,
     };
     let view = collector::start(own, collector_rx).map_err(DaemonError::Thread)?;
@@ -171,6 +179,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         .await;
 
     drop(probes);
+    crashes.shutdown();
     info!("kernel programs detached; bye");
     served.map_err(DaemonError::Serve)
 }

@@ -1,7 +1,7 @@
 //! Kernel records to values: ring-buffer events (exec, exit, OOM kill, Go GC and pauses, TLS
 //! handshakes) decoded from their bytes, and the per-CPU counters summed over CPUs
 //! ([`KernelSnapshot`]). Pure: the collector reads the maps, the aggregate applies what this gives.
-use probe_common::{EventHeader, EventKind, ExecEvent, ExitEvent, FailureKey, GoGcEvent, GoStwEvent, OomEvent, ProcCounters, ProgId, ProgStats, TlsEvent};
+use probe_common::{EventHeader, EventKind, ExecEvent, ExitEvent, FailureKey, GoCrashEvent, GoGcEvent, GoStwEvent, OomEvent, ProcCounters, ProgId, ProgStats, TlsEvent};
 
 /// Kernel counters read in one pass over the maps, summed over CPUs.
 #[derive(Debug, Clone, Default)]
@@ -27,6 +27,8 @@ pub enum Event {
     GoStw { tgid: u32, duration_ns: u64, reason: u32 },
     /// A TLS handshake finished (Go or OpenSSL).
     Tls(TlsEvent),
+    /// A Go process reached a crash path (panic, fatal error, os.Exit with a code).
+    GoCrash(Box<GoCrashEvent>),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -79,6 +81,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             Ok(Event::GoStw { tgid: e.header.tgid, duration_ns: e.duration_ns, reason: e.reason })
         }
         k if k == EventKind::Tls as u32 => Ok(Event::Tls(read(bytes, k)?)),
+        k if k == EventKind::GoCrash as u32 => Ok(Event::GoCrash(Box::new(read(bytes, k)?))),
         k => Err(DecodeError::UnknownKind(k)),
     }
 }

@@ -224,6 +224,7 @@ impl Thread {
     /// Reads every tracked Go process's runtime state, then lets the creation probes react.
     fn read_go(&mut self) {
         let Some(go) = &mut self.own.go else { return };
+        go.refresh_crash_pauses();
         // Offsets not yet checked on a live process: check one process per binary.
         for (pid, key, bin, layout) in go.pending_checks() {
             let verdict = check_offsets(pid, &bin, &layout);

@@ -27,3 +27,49 @@ impl Kind {
     }
 }
 
+
+/// How a Go process died, as a crash capsule and `chainprobe_go_crashes_total{kind}` name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CrashKind {
+    /// An unrecovered panic (runtime errors included: nil map write, nil dereference, index).
+    Panic,
+    /// A fatal error (`fatal error: …`: concurrent map writes, out of memory, stack overflow,
+    /// deadlock): runtime.throw / runtime.fatal.
+    FatalError,
+    /// `os.Exit` with a non-zero code (log.Fatal).
+    Exit,
+    /// Killed by a signal that means a crash (SIGSEGV, SIGBUS, SIGABRT, SIGILL, SIGFPE, SIGTRAP).
+    Signal,
+    /// Killed by the OOM killer.
+    OomKill,
+}
+
+impl CrashKind {
+    pub const ALL: [CrashKind; 5] = [CrashKind::Panic, CrashKind::FatalError, CrashKind::Exit, CrashKind::Signal, CrashKind::OomKill];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CrashKind::Panic => "panic",
+            CrashKind::FatalError => "fatal_error",
+            CrashKind::Exit => "exit",
+            CrashKind::Signal => "signal",
+            CrashKind::OomKill => "oom_kill",
+        }
+    }
+
+    /// The kind of a kernel crash event (`probe_common::CRASH_*`).
+    pub fn of_event(kind: u32) -> Option<CrashKind> {
+        match kind {
+            probe_common::CRASH_PANIC => Some(CrashKind::Panic),
+            probe_common::CRASH_THROW | probe_common::CRASH_FATAL => Some(CrashKind::FatalError),
+            probe_common::CRASH_EXIT => Some(CrashKind::Exit),
+            _ => None,
+        }
+    }
+
+    /// Signals whose default action is a core dump: a crash, not a stop request.
+    pub fn crash_signal(sig: &str) -> bool {
+        matches!(sig, "SIGSEGV" | "SIGBUS" | "SIGABRT" | "SIGILL" | "SIGFPE" | "SIGTRAP" | "SIGSYS")
+    }
+}

@@ -643,6 +643,13 @@ impl ScrapeView {
                 g.stw_pauses.iter().map(move |(reason, h)| (with(go_labels(p, g), &[("reason", reason)]), Value::Histogram(h.clone())))
             }),
         )?;
+        self.family(
+            enc,
+            "chainprobe_go_crashes",
+            "Go process crashes by kind: panic (unrecovered), fatal_error (runtime.throw/fatal), exit (os.Exit with a non-zero code: log.Fatal), signal (SIGSEGV, SIGABRT …), oom_kill. The crash capsule (snapshot trigger crash) holds the message, the stack and the profiles.",
+            MetricType::Counter,
+            self.go_procs().flat_map(|(p, g)| g.crashes.iter().map(move |(kind, n)| (with(go_labels(p, g), &[("kind", kind.as_str())]), Value::Counter(*n)))),
+        )?;
         let sampled = || self.go_procs().filter_map(|(p, g)| g.sample.as_ref().map(|s| (p, g, s)));
         self.family(
             enc,

@@ -46,3 +46,20 @@ mod tests {
     }
 
 }
+
+/// Nice value of the threads that read other processes' memory for snapshots.
+pub const SNAPSHOT_NICE: i32 = 10;
+
+/// Lowers the calling thread's CPU priority to [`SNAPSHOT_NICE`], so a snapshot reader competing
+/// with the workloads for a core loses: the target's own threads (its tickers, its requests) run
+/// first (Linux nice values are per thread). Failure only costs that, so it is logged.
+pub fn yield_to_workloads() {
+    // SAFETY: gettid and setpriority take plain integers and touch no memory of ours.
+    let rc = unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, SNAPSHOT_NICE)
+    };
+    if rc != 0 {
+        tracing::debug!(error = %io::Error::last_os_error(), "cannot lower the snapshot thread's priority");
+    }
+}

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{serial, Daemon};
+use common::{pprof, serial, Daemon};
 use serde_json::Value;
 
 const TOKEN: &str = "test-token-7f3a";
@@ -23,32 +23,6 @@ const HEALTH: &str = "[api]\nrate_limit_per_second = 1000.0\nrate_limit_burst = 
 
 fn leaky_path(minor: &str, variant: &str) -> PathBuf {
     common::go_fixture(minor, variant, "leaky")
-}
-
-/// The `go` command of the toolchain that built the fixtures of `minor`.
-fn go_tool(minor: &str) -> PathBuf {
-    let ver = common::go_version_dir(minor).file_name().unwrap().to_string_lossy().to_string();
-    if ver.starts_with("1.19") {
-        return PathBuf::from("/usr/lib/go-1.19/bin/go");
-    }
-    let cache = std::env::var_os("CHAINPROBE_GO_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cache/chainprobe/go"));
-    cache.join(ver).join("go/bin/go")
-}
-
-/// `go tool pprof <args> FILE`: its output, asserting it could read the file.
-fn pprof(minor: &str, args: &[&str], file: &Path) -> String {
-    let out = Command::new(go_tool(minor))
-        .args(["tool", "pprof", "-symbolize=none"])
-        .args(args)
-        .arg(file)
-        .env("PPROF_TMPDIR", std::env::temp_dir())
-        .output()
-        .expect("run go tool pprof");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "go tool pprof {args:?} {} failed:\n{text}", file.display());
-    text
 }
 
 /// A running leaky (see its main.go for the commands); `port` is its pprof port (0 without).

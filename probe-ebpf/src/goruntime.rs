@@ -113,8 +113,17 @@ pub fn go_goexit(ctx: ProbeContext) -> u32 {
 pub(crate) enum GoReg {
     /// First integer argument / result (amd64 RAX, arm64 X0).
     Arg0,
+    /// Second integer argument (amd64 RBX, arm64 X1).
+    Arg1,
     /// The current goroutine (amd64 R14, arm64 X28).
     CurrentG,
+    /// Instruction, stack and frame pointers.
+    Pc,
+    Sp,
+    Fp,
+    /// arm64's link register (the return address at a function's entry); 0 on amd64, where it is
+    /// at the top of the stack.
+    Lr,
 }
 
 #[inline(always)]
@@ -124,7 +133,12 @@ pub(crate) fn go_reg(ctx: &ProbeContext, reg: GoReg) -> u64 {
         let regs = unsafe { &*ctx.regs };
         match reg {
             GoReg::Arg0 => regs.rax,
+            GoReg::Arg1 => regs.rbx,
             GoReg::CurrentG => regs.r14,
+            GoReg::Pc => regs.rip,
+            GoReg::Sp => regs.rsp,
+            GoReg::Fp => regs.rbp,
+            GoReg::Lr => 0,
         }
     }
     #[cfg(bpf_target_arch = "aarch64")]
@@ -132,7 +146,12 @@ pub(crate) fn go_reg(ctx: &ProbeContext, reg: GoReg) -> u64 {
         let regs = unsafe { &*(ctx.regs as *const aya_ebpf::bindings::user_pt_regs) };
         match reg {
             GoReg::Arg0 => regs.regs[0],
+            GoReg::Arg1 => regs.regs[1],
             GoReg::CurrentG => regs.regs[28],
+            GoReg::Pc => regs.pc,
+            GoReg::Sp => regs.sp,
+            GoReg::Fp => regs.regs[29],
+            GoReg::Lr => regs.regs[30],
         }
     }
     #[cfg(not(any(bpf_target_arch = "x86_64", bpf_target_arch = "aarch64")))]

@@ -4,6 +4,7 @@
 #![no_std]
 #![no_main]
 
+mod crash;
 mod goruntime;
 mod maps;
 mod mmap;

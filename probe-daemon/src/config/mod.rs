@@ -30,6 +30,7 @@ pub struct Config {
     pub health: crate::health::HealthConfig,
     pub snapshot: crate::snapshot::SnapshotConfig,
     pub tls: TlsConfig,
+    pub crash: crate::snapshot::crash::CrashConfig,
 }
 
 /// TLS handshake probes.
@@ -211,6 +212,9 @@ impl Config {
         seconds("health.interval_seconds", self.health.interval_seconds, 0.05)?;
         seconds("health.degraded_interval_seconds", self.health.degraded_interval_seconds, 0.05)?;
         seconds("health.sibling_window_seconds", self.health.sibling_window_seconds, 0.0)?;
+        if let Err((key, message)) = self.crash.check() {
+            return Err(ConfigError::Invalid { key, message });
+        }
         if let Err((key, message)) = self.snapshot.check() {
             return Err(ConfigError::Invalid { key, message });
         }

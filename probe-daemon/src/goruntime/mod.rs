@@ -2,6 +2,7 @@
 //! cycles and stop-the-world pauses (attached once per executable file, detached when its last
 //! process exits), and zero-probe runtime reads (goroutines, goroutine ids, GC count, heap) from
 //! /proc/PID/mem on a timer.
+pub mod crash;
 pub mod creation;
 
 pub mod mem;
@@ -144,6 +145,13 @@ pub struct GoTarget {
     key: Option<BinaryKey>,
 }
 
+impl GoTarget {
+    /// The executable's load bias in this process, when its layout (checked or not) is known.
+    pub fn bias(&self) -> Option<u64> {
+        self.layout.as_ref().or(self.pending.as_ref()).map(|l| l.bias)
+    }
+}
+
 /// The discovery outcome for one pid.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Discovery {
@@ -161,6 +169,8 @@ pub struct GoTracker {
     binaries: HashMap<BinaryKey, AttachedBinary>,
     /// Go TLS handshake probes, when enabled.
     tls: Option<Arc<crate::tls::GoTls>>,
+    /// The crash programs' per-process settings.
+    crash: Option<crash::CrashProbes>,
 }
 
 /// A process inspected and ready to be tracked.
@@ -279,13 +289,28 @@ pub fn elf_may_be_go(path: &std::path::Path) -> bool {
 
 impl GoTracker {
     pub fn new(probes: Arc<Mutex<Probes>>) -> Self {
-        GoTracker { probes, targets: HashMap::new(), binaries: HashMap::new(), tls: None }
+        GoTracker { probes, targets: HashMap::new(), binaries: HashMap::new(), tls: None, crash: None }
     }
 
     /// Also probes crypto/tls handshakes of every tracked Go process.
     pub fn with_tls(mut self, tls: Arc<crate::tls::GoTls>) -> Self {
         self.tls = Some(tls);
         self
+    }
+
+    /// Also reports every tracked Go process's crashes (and pauses it at them, see [`crash`]).
+    pub fn with_crash(mut self, crash: crash::CrashProbes) -> Self {
+        self.crash = Some(crash);
+        self
+    }
+
+    /// Follows debuggers attaching to and detaching from tracked processes (no pause under one).
+    pub fn refresh_crash_pauses(&self) {
+        if let Some(c) = &self.crash {
+            for pid in self.targets.keys() {
+                c.refresh(*pid);
+            }
+        }
     }
 
     pub fn targets(&self) -> impl Iterator<Item = &GoTarget> {
@@ -346,6 +371,9 @@ impl GoTracker {
         });
         entry.pids.insert(pid);
         target.probes = entry.probes.clone();
+        if let Some(c) = &self.crash {
+            c.enable(pid, &bin);
+        }
         let known = entry.verdict.clone();
         // Go TLS reads the Conn's fields with the same table: with the nearest table, only once
         // the table has proven right on a live process.
@@ -450,6 +478,9 @@ impl GoTracker {
         if let Some(tls) = &self.tls {
             tls.disable(pid);
         }
+        if let Some(c) = &self.crash {
+            c.disable(pid);
+        }
         let Some(key) = t.key else { return };
         let empty = match self.binaries.get_mut(&key) {
             Some(b) => {
@@ -492,6 +523,16 @@ fn attach_binary(probes: &Mutex<Probes>, pid: u32, bin: &GoBinary) -> (Vec<(Prog
             GoSite::Returns => f.ret_file_offsets.clone(),
         };
         states.push(attach_sites(&mut probes, pid, prog, function, offsets, &mut links));
+    }
+    // The crash programs: each at the entry of every function of its family the binary has.
+    for (prog, functions) in probe_common::CRASH_FUNCTIONS {
+        let present: Vec<(&'static str, u64)> = functions.iter().filter_map(|f| bin.function(f).map(|x| (*f, x.entry_probe_file_offset))).collect();
+        if present.is_empty() {
+            states.push(ProbeState { name: prog.program_name(), function: functions[0], state: "absent", sites: 0, error: None });
+        }
+        for (function, off) in present {
+            states.push(attach_sites(&mut probes, pid, prog, function, vec![off], &mut links));
+        }
     }
     (links, states)
 }

@@ -7,6 +7,7 @@
 //! triggers, a per-target hourly cap, a bounded queue served by `max_concurrent` workers, and a
 //! circuit breaker that stops snapshots while the node is under memory pressure or snapshots keep
 //! failing. Files go to [`store::Store`].
+pub mod crash;
 pub mod goroutines;
 pub mod heap;
 pub mod pprof;
@@ -118,6 +119,8 @@ pub enum Trigger {
     #[default]
     Api,
     Rule,
+    /// A crash capsule (the process reached a crash path, or the OOM killer took it).
+    Crash,
 }
 
 impl Trigger {
@@ -125,6 +128,7 @@ impl Trigger {
         match self {
             Trigger::Api => "api",
             Trigger::Rule => "rule",
+            Trigger::Crash => "crash",
         }
     }
 }
@@ -187,6 +191,9 @@ pub struct SnapshotMeta {
     /// The health signals at the trigger (rule snapshots) or at the request.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub health: Option<serde_json::Value>,
+    /// What a crashing process knew (trigger crash).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub capsule: Option<crash::Capsule>,
     /// Stored files by kind.
     pub files: BTreeMap<String, FileInfo>,
     /// Why a requested kind has no file.
@@ -403,10 +410,13 @@ impl Snapshotter {
             let (me, rx) = (Arc::downgrade(&s), rx.clone());
             std::thread::Builder::new()
                 .name(format!("snapshot-{i}"))
-                .spawn(move || loop {
-                    let job = lock(&rx).recv();
-                    let (Ok(job), Some(s)) = (job, me.upgrade()) else { return };
-                    s.run(job);
+                .spawn(move || {
+                    crate::procfs::yield_to_workloads();
+                    loop {
+                        let job = lock(&rx).recv();
+                        let (Ok(job), Some(s)) = (job, me.upgrade()) else { return };
+                        s.run(job);
+                    }
                 })
                 .map_err(|source| store::StoreError::Dir { dir: PathBuf::from("(worker thread)"), source })?;
         }
@@ -614,6 +624,49 @@ impl Snapshotter {
         }
     }
 
+    /// Stores a crash capsule taken elsewhere (no queue, no cooldown: crashes are rare and their
+    /// own loop guard decides): `files` are (kind, bytes, source). The stored metadata.
+    pub(crate) fn store_capsule(&self, mut meta: SnapshotMeta, files: Vec<(Kind, Vec<u8>, String)>) -> Result<SnapshotMeta, String> {
+        let stem = self.stem(&meta);
+        let mut store = lock(&self.store);
+        for (kind, bytes, source) in files {
+            let file = format!("{stem}.{}.pb.gz", kind.as_str());
+            match store.write_file(&file, &bytes) {
+                Ok(n) => {
+                    meta.files.insert(kind.as_str().into(), FileInfo { file, bytes: n, source });
+                }
+                Err(e) => {
+                    meta.errors.insert(kind.as_str().into(), e.to_string());
+                }
+            }
+        }
+        meta.status = Status::Done;
+        if let Err(e) = store.commit(&stem, &meta) {
+            for f in meta.files.values() {
+                let _ = std::fs::remove_file(PathBuf::from(&self.cfg.dir).join(&f.file));
+            }
+            return Err(e.to_string());
+        }
+        drop(store);
+        let mut inner = lock(&self.inner);
+        for k in &meta.kinds {
+            let result = if meta.files.contains_key(k.as_str()) { "ok" } else { "unavailable" };
+            *inner.totals.entry((Trigger::Crash.as_str(), k.as_str(), result)).or_insert(0) += 1;
+        }
+        Ok(meta)
+    }
+
+    /// Changes a stored snapshot's summary (a capsule learns its process's exit status).
+    pub(crate) fn update_stored(&self, id: &str, f: impl FnOnce(&mut SnapshotMeta)) -> bool {
+        match lock(&self.store).update(id, f) {
+            Ok(done) => done,
+            Err(e) => {
+                warn!(id, error = %e, "cannot update the snapshot summary");
+                false
+            }
+        }
+    }
+
     /// `<pod-or-comm>_<UTC timestamp>_<goroutine count>`, unique in the directory.
     fn stem(&self, meta: &SnapshotMeta) -> String {
         let who = sanitize(meta.pod.as_deref().unwrap_or(&meta.comm));
@@ -629,7 +682,7 @@ impl Snapshotter {
 
     /// The function table of the executable of `pid` (remembered per file: many pods run the
     /// same binary).
-    fn funcs(&self, pid: u32) -> Result<Arc<FuncTable>, goinspect::GoInspectError> {
+    pub(crate) fn funcs(&self, pid: u32) -> Result<Arc<FuncTable>, goinspect::GoInspectError> {
         use std::os::unix::fs::MetadataExt;
         let exe = PathBuf::from(format!("/proc/{pid}/exe"));
         let key = std::fs::metadata(&exe)

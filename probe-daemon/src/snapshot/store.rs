@@ -140,6 +140,22 @@ impl Store {
         Ok(())
     }
 
+    /// Rewrites the summary of stored snapshot `id` after `f` changed it (files stay as they are).
+    pub fn update(&mut self, id: &str, f: impl FnOnce(&mut SnapshotMeta)) -> Result<bool, StoreError> {
+        let Some(e) = self.index.values_mut().find(|e| e.meta.id == id) else { return Ok(false) };
+        let Some(name) = e.files.iter().map(|f| f.0.clone()).find(|n| n.ends_with(SUMMARY_SUFFIX)) else { return Ok(false) };
+        let mut meta = e.meta.clone();
+        f(&mut meta);
+        let json = serde_json::to_vec_pretty(&meta).unwrap_or_default();
+        let size = self.write_file(&name, &json)?;
+        let Some(e) = self.index.values_mut().find(|e| e.meta.id == id) else { return Ok(false) };
+        e.meta = meta;
+        if let Some(f) = e.files.iter_mut().find(|f| f.0 == name) {
+            f.1 = size;
+        }
+        Ok(true)
+    }
+
     /// Deletes the oldest snapshots until both limits hold (the newest is always kept).
     fn enforce_retention(&mut self) {
         while self.index.len() > 1 && (self.index.len() > self.max_count || self.bytes() > self.max_bytes) {

@@ -315,3 +315,30 @@ pub fn wait_child(pid: i32) -> i32 {
     assert_eq!(r, pid, "waitpid: {}", std::io::Error::last_os_error());
     status
 }
+
+/// The `go` command of the toolchain that built the fixtures of `minor`.
+pub fn go_tool(minor: &str) -> PathBuf {
+    let ver = go_version_dir(minor).file_name().unwrap().to_string_lossy().to_string();
+    if ver.starts_with("1.19") {
+        return PathBuf::from("/usr/lib/go-1.19/bin/go");
+    }
+    let cache = std::env::var_os("CHAINPROBE_GO_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cache/chainprobe/go"));
+    cache.join(ver).join("go/bin/go")
+}
+
+/// `go tool pprof <args> FILE`: its output, asserting it could read the file.
+pub fn pprof(minor: &str, args: &[&str], file: &std::path::Path) -> String {
+    let out = std::process::Command::new(go_tool(minor))
+        .args(["tool", "pprof", "-symbolize=none"])
+        .args(args)
+        .arg(file)
+        .env("PPROF_TMPDIR", std::env::temp_dir())
+        .output()
+        .expect("run go tool pprof");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "go tool pprof {args:?} {} failed:\n{text}", file.display());
+    text
+}
+

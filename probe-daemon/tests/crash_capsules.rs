@@ -1,0 +1,258 @@
+//! Crash capsules end to end: the real daemon and the `crasher` fixture (tests/fixtures/go/src/
+//! crasher) dying each way a Go service dies, on Go 1.19, 1.26 and 1.27, plain and stripped. Each
+//! capsule's kind, message and top frame (function and the line the fixture marks with
+//! `// CRASH:<kind>`) are exact; the process was paused, its goroutine profile holds the parked
+//! goroutines; its exit status and panic output are the same as without chainprobe. Then the
+//! safety of pauses: a daemon killed while a process is stopped, a bound too short, 50 crashes
+//! at once, and a debugger-attached process that is never paused.
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader, Write},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::{pprof, serial, Daemon};
+use serde_json::Value;
+
+const VERSIONS: [&str; 3] = ["1.19", "1.26", "1.27"];
+const VARIANTS: [&str; 2] = ["default", "stripped"];
+const PARKED: usize = 50;
+
+/// (kind, capsule kind, message) of each crash the fixture offers. A panic's message is what Go
+/// prints after "panic: ": by the time runtime.fatalpanic runs, the runtime has replaced error
+/// values with their Error() text (preprintpanics), so custom errors read exactly too.
+const KINDS: [(&str, &str, &str); 10] = [
+    ("panic-string", "panic", "chainprobe fixture: boom"),
+    ("panic-error", "panic", "chainprobe fixture: error value"),
+    ("panic-wrapped", "panic", "chainprobe fixture: saving state: disk full"),
+    ("panic-custom", "panic", "config line 7: chainprobe fixture: bad port"),
+    ("nil-map", "panic", "assignment to entry in nil map"),
+    ("nil-deref", "panic", "runtime error: invalid memory address or nil pointer dereference"),
+    ("index", "panic", "runtime error: index out of range [5] with length 3"),
+    ("concurrent-map", "fatal_error", "concurrent map writes"),
+    ("stack-overflow", "fatal_error", "stack overflow"),
+    ("log-fatal", "exit", "os.Exit(1)"),
+];
+
+fn crasher(version: &str, variant: &str) -> PathBuf {
+    common::go_fixture(version, variant, "crasher")
+}
+
+/// The line of the fixture's source marked `// CRASH:<kind>`.
+fn marked_line(kind: &str) -> i64 {
+    let src = include_str!("../../tests/fixtures/go/src/crasher/main.go");
+    let tag = format!("// CRASH:{kind}");
+    src.lines().position(|l| l.trim_end().ends_with(&tag)).map(|i| i as i64 + 1).unwrap_or_else(|| panic!("no {tag} in crasher/main.go"))
+}
+
+/// A running crasher: commands on stdin, replies on stdout, stderr to a file.
+struct Crasher {
+    child: Child,
+    stdin: std::process::ChildStdin,
+    stdout: BufReader<std::process::ChildStdout>,
+    stderr: PathBuf,
+    pid: u32,
+}
+
+impl Crasher {
+    fn start(bin: &Path, stderr: PathBuf) -> Crasher {
+        let err = std::fs::File::create(&stderr).expect("stderr file");
+        let mut child = Command::new(bin).env("GOMAXPROCS", "2").stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(err).spawn().expect("start crasher");
+        let (stdin, stdout) = (child.stdin.take().unwrap(), child.stdout.take().unwrap());
+        let mut c = Crasher { pid: child.id(), child, stdin, stdout: BufReader::new(stdout), stderr };
+        let ready = c.line();
+        assert!(ready.starts_with("ready "), "crasher said {ready:?}");
+        c
+    }
+
+    fn line(&mut self) -> String {
+        let mut l = String::new();
+        self.stdout.read_line(&mut l).expect("read crasher");
+        l.trim().to_string()
+    }
+
+    fn cmd(&mut self, c: &str) -> String {
+        writeln!(self.stdin, "{c}").expect("write crasher");
+        self.stdin.flush().unwrap();
+        let l = self.line();
+        assert!(l.starts_with("ok"), "crasher: {c} -> {l:?}");
+        l
+    }
+
+    fn crash(&mut self, kind: &str) {
+        writeln!(self.stdin, "crash {kind}").expect("write crasher");
+        self.stdin.flush().unwrap();
+    }
+
+    /// Waits for it to die (bounded): (exit status text, the first block of stderr normalised).
+    fn wait(&mut self, within: Duration) -> (String, String) {
+        let deadline = Instant::now() + within;
+        let status = loop {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("crasher {} did not exit within {within:?}", self.pid);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        (format!("{status}"), first_block(&std::fs::read_to_string(&self.stderr).unwrap_or_default()))
+    }
+}
+
+impl Drop for Crasher {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The panic/fatal error line(s) Go prints first, up to the first blank line, with addresses
+/// and timestamps masked.
+fn first_block(stderr: &str) -> String {
+    let block: Vec<String> = stderr
+        .lines()
+        .take_while(|l| !l.is_empty())
+        .map(|l| {
+            let mut out = String::new();
+            let mut it = l.split(' ');
+            while let Some(w) = it.next() {
+                if !out.is_empty() {
+                    out.push(' ');
+                }
+                let masked = if w.contains("0x") || w.chars().filter(|c| *c == ':' || *c == '/').count() >= 2 && w.chars().any(|c| c.is_ascii_digit()) { "#" } else { w };
+                out.push_str(masked);
+            }
+            out
+        })
+        .collect();
+    block.join("\n")
+}
+
+/// The daemon for these tests: every crash gets a capsule (no crash-loop cooldown); a generous
+/// pause bound for a loaded CI machine.
+fn daemon(tag: &str, extra: &str) -> Daemon {
+    Daemon::start(tag, &format!("[go]\nread_interval_seconds = 0.5\n[crash]\ncooldown_seconds = 0.0\nmax_pause_ms = 2000\n{extra}"))
+}
+
+fn json(d: &Daemon, path: &str) -> Value {
+    let (status, body) = d.get(path).expect("GET");
+    assert_eq!(status, 200, "{path}: {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
+}
+
+fn wait_tracked(d: &Daemon, pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let t = json(d, "/api/v1/targets");
+        if t["targets"].as_array().is_some_and(|a| a.iter().any(|t| t["pid"] == pid && t["exe"].is_string())) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("process {pid} not tracked within 30 s:\n{}", test_support::tail(&d.log_text(), 30));
+}
+
+/// The crash snapshot of `pid` (waits for it).
+fn capsule_of(d: &Daemon, pid: u32) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let list = json(d, "/api/v1/snapshots");
+        let found = list["snapshots"].as_array().and_then(|a| a.iter().find(|s| s["pid"] == pid && s["trigger"] == "crash").cloned());
+        if let Some(s) = found.filter(|s| s["status"] == "done") {
+            return s;
+        }
+        if Instant::now() > deadline {
+            panic!("no crash capsule for {pid}; snapshots: {list}\n{}", test_support::tail(&d.log_text(), 40));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs `kind` without chainprobe: (status, first block of stderr).
+fn baseline(bin: &Path, kind: &str, dir: &Path) -> (String, String) {
+    let mut c = Crasher::start(bin, dir.join(format!("baseline-{kind}.stderr")));
+    c.cmd(&format!("park {PARKED}"));
+    c.crash(kind);
+    c.wait(Duration::from_secs(20))
+}
+
+#[test]
+fn every_kind_of_crash_gets_an_exact_capsule() {
+    let _g = serial();
+    let tmp = std::env::temp_dir().join(format!("chainprobe-crash-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    // Without chainprobe first: what each crash prints and how it exits.
+    let mut base = BTreeMap::new();
+    for v in VERSIONS {
+        for var in VARIANTS {
+            for (kind, ..) in KINDS {
+                base.insert((v, var, kind), baseline(&crasher(v, var), kind, &tmp));
+            }
+        }
+    }
+    let d = daemon("crash-kinds", "");
+    let mut failures = Vec::new();
+    for v in VERSIONS {
+        for var in VARIANTS {
+            let bin = crasher(v, var);
+            for (kind, want_kind, want_msg) in KINDS {
+                let ctx = format!("go {v} {var} {kind}");
+                let mut c = Crasher::start(&bin, tmp.join(format!("{v}-{var}-{kind}.stderr")));
+                c.cmd(&format!("park {PARKED}"));
+                wait_tracked(&d, c.pid);
+                c.crash(kind);
+                let outcome = c.wait(Duration::from_secs(20));
+                let (status, block) = &base[&(v, var, kind)];
+                if &outcome.0 != status || (kind != "concurrent-map" && &outcome.1 != block) || !outcome.1.starts_with(block.lines().next().unwrap_or("")) {
+                    failures.push(format!("{ctx}: with chainprobe {outcome:?}, without {:?}", (status, block)));
+                }
+                let s = capsule_of(&d, c.pid);
+                let cap = &s["capsule"];
+                let check = |ok: bool, what: &str, failures: &mut Vec<String>| {
+                    if !ok {
+                        failures.push(format!("{ctx}: {what}: {}", serde_json::to_string(&s).unwrap_or_default()));
+                    }
+                };
+                check(cap["kind"] == want_kind, "kind", &mut failures);
+                check(cap["message"]["text"] == want_msg, "message", &mut failures);
+                check(cap["paused"] == true, "paused", &mut failures);
+                let top = &cap["top_frame"];
+                let want_fn = match kind {
+                    "panic-string" => "main.panicString",
+                    "panic-error" => "main.panicError",
+                    "panic-wrapped" => "main.panicWrapped",
+                    "panic-custom" => "main.panicCustom",
+                    "nil-map" => "main.nilMap",
+                    "nil-deref" => "main.nilDeref",
+                    "index" => "main.index",
+                    "concurrent-map" => "main.mapWriter",
+                    "stack-overflow" => "main.recurse",
+                    _ => "main.logFatal",
+                };
+                check(top["function"] == want_fn && top["line"] == marked_line(kind), &format!("top frame (want {want_fn}:{})", marked_line(kind)), &mut failures);
+                check(cap["goid"].as_u64().is_some_and(|g| g > 0), "goroutine id", &mut failures);
+                let pid = c.pid.to_string();
+                let counted = d.metrics().value("chainprobe_go_crashes_total", &[("pid", &pid), ("kind", want_kind)]);
+                check(counted == 1.0, &format!("chainprobe_go_crashes_total{{kind={want_kind}}} = {counted}"), &mut failures);
+                // The goroutine profile, read while the process was paused: the parked ones.
+                match s["files"]["goroutine"]["file"].as_str() {
+                    Some(f) => {
+                        let top = pprof("1.27", &["-top", "-nodecount=200"], &d.dir().join("snapshots").join(f));
+                        // flat flat% sum% cum cum% name: the cumulative count.
+                        let parked = top.lines().find(|l| l.contains("main.parked")).and_then(|l| l.split_whitespace().nth(3)).and_then(|n| n.parse::<usize>().ok());
+                        check(parked.is_some_and(|n| n >= PARKED), &format!("{PARKED} parked goroutines in the profile:\n{top}"), &mut failures);
+                    }
+                    None => check(false, "a goroutine profile", &mut failures),
+                }
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+    assert!(failures.is_empty(), "{} problems:\n{}", failures.len(), failures.join("\n"));
+}
