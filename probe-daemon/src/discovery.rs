@@ -101,11 +101,14 @@ const MAX_BREAKDOWN_PERIOD: Duration = Duration::from_secs(86_400);
 /// count is given up for a process.
 const DISAGREEMENTS: u32 = 5;
 
+/// Goroutines by (state, wait reason).
+type ByState = BTreeMap<(&'static str, String), u64>;
+
 /// What the reader keeps per process between reads.
 #[derive(Debug, Default)]
 struct ReadState {
     /// The last breakdown by state and when it was read.
-    last: Option<(BTreeMap<(&'static str, String), u64>, BreakdownRead)>,
+    last: Option<(ByState, BreakdownRead)>,
     /// The O(P) count agreed with an every-g read of this process (until then the every-g
     /// count is published, and the breakdown is read every interval).
     verified: bool,

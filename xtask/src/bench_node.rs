@@ -3,12 +3,14 @@
 //! Scenario `goroutines` (`--goroutines N`, default 500,000; `--seconds S`, default 120;
 //! `--rounds R`, default 1): one Go process (the `leaky` fixture, Go 1.27.3, stripped) with N
 //! parked goroutines, the release daemon with its default configuration (runtime read every 5 s,
-//! `[go] read_cpu_budget = 0.005`), and the daemon's CPU time (utime + stime of /proc/PID/stat)
+//! `[go] read_cpu_budget = 0.005`; snapshots and automatic creation probes off, the API's rate
+//! limit raised for the benchmark's polling), and the daemon's CPU time (utime + stime of /proc/PID/stat)
 //! over the window, as % of one core. Side by side in one run, each round:
 //!   - `idle`: the same process without the parked goroutines (what the daemon costs anyway);
 //!   - `O(P) count + budgeted breakdown`: the default;
 //!   - `every g each interval`: `[go] every_g_read_each_interval = true`, the read as it was
 //!     before (every g of the process at every interval).
+//!
 //! The window of the default starts right after a breakdown read and spans whole periods of the
 //! breakdown schedule (the period the API reports), so it holds the breakdown reads the budget
 //! allows in the long run, not a lucky or unlucky phase.
@@ -40,7 +42,8 @@ fn target(port: u16, pid: u32) -> Result<serde_json::Value> {
 fn measure(bin: &Path, leaky: &Path, extra: &str, n: u64, seconds: u64, whole_periods: bool) -> Result<Measured> {
     let dir = std::env::temp_dir().join(format!("chainprobe-bench-node-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let extra = format!("[snapshot]\nenabled = false\n[go]\ncreation_probes = \"manual\"\n{extra}");
+    // The benchmark polls the API faster than its default rate limit allows.
+    let extra = format!("[api]\nrate_limit_per_second = 1000.0\nrate_limit_burst = 1000\n[snapshot]\nenabled = false\n[go]\ncreation_probes = \"manual\"\n{extra}");
     let (d, port) = bench_util::start_daemon(bin, &dir, &extra)?;
     let mut app = bench_util::go_program(leaky, &[])?;
     if n > 0 {

@@ -145,7 +145,7 @@ impl Target {
                 heap_goal_bytes: s.map(|s| s.heap_goal),
                 goroutines_counted_by: t.goroutine_count.clone(),
                 goroutines_by_state: s.filter(|s| s.breakdown.is_some()).map(|s| {
-                    s.by_state.iter().map(|((state, wait), n)| StateCount { state: *state, wait_reason: wait.clone(), goroutines: *n }).collect()
+                    s.by_state.iter().map(|((state, wait), n)| StateCount { state, wait_reason: wait.clone(), goroutines: *n }).collect()
                 }),
                 goroutines_by_state_age_seconds: b.map(|b| round_ms(b.at.elapsed().as_secs_f64())),
                 goroutines_by_state_period_seconds: b.map(|b| round_ms(b.period.as_secs_f64())),
