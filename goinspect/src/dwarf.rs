@@ -9,6 +9,9 @@ use object::{Object, ObjectSection};
 use crate::elf::ElfImage;
 
 /// (DWARF struct name, key prefix, fields). Keys are "<prefix>.<field>" plus "sizeof(<prefix>)".
+/// A dotted field ("gFree.n") names a member of a member's type, followed through the type
+/// references (named or anonymous struct types, typedefs); its key holds the offset from the start
+/// of the outer struct.
 pub(crate) const STRUCTS: &[(&str, &str, &[&str])] = &[
     (
         "runtime.g",
@@ -31,8 +34,22 @@ pub(crate) const STRUCTS: &[(&str, &str, &[&str])] = &[
     (
         "runtime.schedt",
         "schedt",
-        &["goidgen", "ngsys", "gFree", "gcwaiting", "stopwait"],
+        &[
+            "goidgen",
+            "ngsys",
+            "gFree",
+            "gcwaiting",
+            "stopwait",
+            // runtime.gcount's free-list counts: Go ≤ 1.24 keeps one count (gFree.n), 1.25+ one
+            // per list (gList.size).
+            "gFree.n",
+            "gFree.stack.size",
+            "gFree.noStack.size",
+        ],
     ),
+    // Each P's free g list (gcount subtracts its count too): struct { gList; n int32 } up to Go
+    // 1.24, a gList with a size from 1.25.
+    ("runtime.p", "p", &["gFree", "gFree.n", "gFree.size"]),
     (
         "runtime.mstats",
         "mstats",
@@ -130,6 +147,61 @@ fn entry_name(
     dwarf.attr_string(unit, v).ok().map(|s| s.to_string_lossy().into_owned())
 }
 
+/// Where the DW_AT_type of `e` points, as a .debug_info offset (Go's linker refers to types in
+/// other units too).
+fn type_ref(unit: &gimli::Unit<Slice<'_>>, e: &gimli::DebuggingInformationEntry<'_, '_, Slice<'_>>) -> Option<gimli::DebugInfoOffset> {
+    match e.attr_value(gimli::DW_AT_type).ok().flatten()? {
+        gimli::AttributeValue::UnitRef(o) => o.to_debug_info_offset(&unit.header),
+        gimli::AttributeValue::DebugInfoRef(o) => Some(o),
+        _ => None,
+    }
+}
+
+/// A struct member: name, offset, type.
+type Member = (String, u64, Option<gimli::DebugInfoOffset>);
+
+/// The members of the struct type at `at` (typedefs followed).
+fn struct_members(dwarf: &gimli::Dwarf<Slice<'_>>, mut at: gimli::DebugInfoOffset) -> Result<Vec<Member>, String> {
+    for _ in 0..8 {
+        let mut headers = dwarf.units();
+        let mut found = None;
+        while let Some(h) = headers.next().map_err(|e| format!("DWARF unit header: {e}"))? {
+            if let Some(o) = at.to_unit_offset(&h) {
+                found = Some((h, o));
+                break;
+            }
+        }
+        let (header, offset) = found.ok_or_else(|| format!("DWARF type at {:#x} is in no unit", at.0))?;
+        let unit = dwarf.unit(header).map_err(|e| format!("DWARF unit: {e}"))?;
+        let mut tree = unit.entries_tree(Some(offset)).map_err(|e| format!("DWARF tree: {e}"))?;
+        let root = tree.root().map_err(|e| format!("DWARF type entry: {e}"))?;
+        let e = root.entry();
+        match e.tag() {
+            gimli::DW_TAG_typedef => {
+                at = type_ref(&unit, e).ok_or_else(|| format!("DWARF typedef at {:#x} has no type", at.0))?;
+            }
+            gimli::DW_TAG_structure_type => {
+                let mut out = Vec::new();
+                let mut members = root.children();
+                while let Some(m) = members.next().map_err(|e| format!("DWARF member: {e}"))? {
+                    let me = m.entry();
+                    if me.tag() != gimli::DW_TAG_member {
+                        continue;
+                    }
+                    let off = me.attr_value(gimli::DW_AT_data_member_location).ok().flatten().and_then(|v| v.udata_value());
+                    if let (Some(name), Some(off)) = (entry_name(dwarf, &unit, me), off) {
+                        out.push((name, off, type_ref(&unit, me)));
+                    }
+                }
+                return Ok(out);
+            }
+            // Not a struct (a pointer, an integer): it has no members to follow.
+            _ => return Ok(Vec::new()),
+        }
+    }
+    Err(format!("DWARF typedef chain at {:#x} too long", at.0))
+}
+
 pub(crate) fn struct_offsets(img: &ElfImage<'_>) -> Result<BTreeMap<String, u64>, String> {
     let load = |id: gimli::SectionId| -> Result<Cow<'_, [u8]>, gimli::Error> {
         let name = id.name();
@@ -147,6 +219,8 @@ pub(crate) fn struct_offsets(img: &ElfImage<'_>) -> Result<BTreeMap<String, u64>
     let dwarf = owned.borrow(|s| gimli::EndianSlice::new(s, gimli::LittleEndian));
     let packages: Vec<&str> = STRUCTS.iter().map(|(n, _, _)| package_of(n)).collect();
     let mut out = BTreeMap::new();
+    // (key, offset of the outer member, its type, the path inside that type) of dotted fields.
+    let mut nested: Vec<(String, u64, gimli::DebugInfoOffset, &str)> = Vec::new();
     let mut units = dwarf.units();
     while let Some(header) = units
         .next()
@@ -199,7 +273,8 @@ pub(crate) fn struct_offsets(img: &ElfImage<'_>) -> Result<BTreeMap<String, u64>
                 let Some(mname) = entry_name(&dwarf, &unit, me) else {
                     continue;
                 };
-                if !fields.contains(&mname.as_str()) {
+                let inner: Vec<&str> = fields.iter().filter_map(|f| f.strip_prefix(mname.as_str())?.strip_prefix('.')).collect();
+                if !fields.contains(&mname.as_str()) && inner.is_empty() {
                     continue;
                 }
                 let off = me
@@ -208,9 +283,41 @@ pub(crate) fn struct_offsets(img: &ElfImage<'_>) -> Result<BTreeMap<String, u64>
                     .flatten()
                     .and_then(|v| v.udata_value());
                 if let Some(off) = off {
-                    out.insert(format!("{prefix}.{mname}"), off);
+                    if fields.contains(&mname.as_str()) {
+                        out.insert(format!("{prefix}.{mname}"), off);
+                    }
+                    if let Some(ty) = type_ref(&unit, me) {
+                        for rest in inner {
+                            nested.push((format!("{prefix}.{mname}.{rest}"), off, ty, rest));
+                        }
+                    }
                 }
             }
+        }
+    }
+    // Dotted fields: through the member's type, one component at a time. A path a release does
+    // not have (gFree.n from Go 1.25 on) is simply absent.
+    for (key, base, ty, rest) in nested {
+        let (mut off, mut ty) = (base, Some(ty));
+        let mut found = true;
+        for part in rest.split('.') {
+            let members = match ty {
+                Some(t) => struct_members(&dwarf, t)?,
+                None => Vec::new(),
+            };
+            match members.into_iter().find(|(n, _, _)| n == part) {
+                Some((_, o, t)) => {
+                    off += o;
+                    ty = t;
+                }
+                None => {
+                    found = false;
+                    break;
+                }
+            }
+        }
+        if found {
+            out.insert(key, off);
         }
     }
     Ok(out)

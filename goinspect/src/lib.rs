@@ -86,6 +86,8 @@ pub const DATA_SYMBOLS: &[&str] = &[
     "runtime.mbuckets",
     "runtime.mProfCycle",
     "runtime.MemProfileRate",
+    // The goroutine count as runtime.gcount computes it: each P's free g list.
+    "runtime.allp",
 ];
 
 /// Functions in which the code-reference learner looks for references to each data symbol.
@@ -142,6 +144,10 @@ pub const CODE_REF_CANDIDATES: &[(&str, &[&str])] = &[
     (
         "runtime.MemProfileRate",
         &["runtime.nextSample", "runtime.profilealloc", "runtime.mallocgc", "runtime.schedinit"],
+    ),
+    (
+        "runtime.allp",
+        &["runtime.procresize", "runtime.checkdead", "runtime.retake"],
     ),
 ];
 

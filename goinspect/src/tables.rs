@@ -276,6 +276,18 @@ mod tests {
             assert!(v.wait_reasons.len() >= 20 && v.wait_reasons[1] == "GC assist marking", "{k}: wait reasons {:?}", v.wait_reasons);
             assert!(v.g_statuses.len() >= 10 && v.g_statuses[6] == "_Gdead", "{k}: statuses {:?}", v.g_statuses);
         }
+        // What the goroutine count in O(P) needs (runtime.gcount): allp, and the free g lists'
+        // counts, one per list from 1.25 (gList.size), one for both before (gFree.n).
+        for (k, v) in &t.tables {
+            let minor = parse_key(k).expect("key").minor;
+            assert!(v.code_refs.contains_key("runtime.allp"), "{k} lacks allp");
+            let has = |o: &str| v.offsets.contains_key(o);
+            if minor >= 25 {
+                assert!(has("schedt.gFree.stack.size") && has("schedt.gFree.noStack.size") && has("p.gFree.size") && !has("schedt.gFree.n"), "{k}: {:?}", v.offsets);
+            } else {
+                assert!(has("schedt.gFree.n") && has("p.gFree.n") && !has("p.gFree.size"), "{k}: {:?}", v.offsets);
+            }
+        }
         // Releases renumber waitReason (1.26 moved the channel reasons): read from each release.
         let t = |k: &str| &t.tables[k].wait_reasons;
         assert_eq!(t("1.19/amd64")[14], "chan receive");

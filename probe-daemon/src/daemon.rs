@@ -99,6 +99,8 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             openssl: cfg.tls.openssl.then(|| OpenSsl::new(probes.clone(), ssl_libs)),
             probes: probes.clone(),
             read_interval: settings.go_read_interval,
+            read_cpu_budget: cfg.go.read_cpu_budget,
+            every_g_read: cfg.go.every_g_read_each_interval,
         };
         let (tx, rx) = mpsc::sync_channel(16_384);
         let to_collector = collector_tx.clone();

@@ -7,19 +7,20 @@
 //! `watch` channel the API and the snapshotter read), and [`GoUpdate`]s handed to a sink (the
 //! daemon wires it to the collector's command channel).
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     sync::{mpsc, Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use tokio::sync::{oneshot, watch};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::{
     attach::Probes,
     goruntime::{
-        check_offsets,
+        budget, check_offsets,
         creation::{CreationProbes, CreationStatus},
+        mem::{thread_cpu_time, BreakdownRead},
         Discoverer, Discovery, GoSample, GoTarget, GoTracker, ProcMem,
     },
     tls::{OpenSsl, SslLibrary},
@@ -87,6 +88,66 @@ pub struct Trackers {
     pub probes: Arc<Mutex<Probes>>,
     /// How often tracked Go processes' runtimes are read.
     pub read_interval: Duration,
+    /// The goroutine-state breakdowns' share of one core (`[go] read_cpu_budget`).
+    pub read_cpu_budget: f64,
+    /// Every g of every process at every interval (`[go] every_g_read_each_interval`, the
+    /// benchmark's baseline): no O(P) count, no budget.
+    pub every_g_read: bool,
+}
+
+/// The longest time between two breakdown reads of a process (whatever the budget says).
+const MAX_BREAKDOWN_PERIOD: Duration = Duration::from_secs(86_400);
+/// Consecutive disagreements between the O(P) count and an every-g read after which the O(P)
+/// count is given up for a process.
+const DISAGREEMENTS: u32 = 5;
+
+/// Goroutines by (state, wait reason).
+type ByState = BTreeMap<(&'static str, String), u64>;
+
+/// What the reader keeps per process between reads.
+#[derive(Debug, Default)]
+struct ReadState {
+    /// The last breakdown by state and when it was read.
+    last: Option<(ByState, BreakdownRead)>,
+    /// The O(P) count agreed with an every-g read of this process (until then the every-g
+    /// count is published, and the breakdown is read every interval).
+    verified: bool,
+    disagreements: u32,
+    /// Why this process's goroutines are counted by reading every g, once the O(P) count was
+    /// given up for it.
+    fallback: Option<String>,
+}
+
+impl ReadState {
+    /// One more disagreement (or failed read) of the O(P) count; the reason, once this gives the
+    /// O(P) count up for the process.
+    fn disagree(&mut self, why: String) -> Option<String> {
+        self.disagreements += 1;
+        if self.disagreements < DISAGREEMENTS || self.fallback.is_some() {
+            return None;
+        }
+        let why = format!("{why} ({DISAGREEMENTS} reads in a row)");
+        self.fallback = Some(why.clone());
+        Some(why)
+    }
+
+    /// Whether the breakdown is to be read now.
+    fn due(&self, now: Instant) -> bool {
+        match &self.last {
+            None => true,
+            Some((_, r)) => !self.verified || self.fallback.is_some() || now >= r.at + r.period,
+        }
+    }
+}
+
+/// Whether an every-g count `every_g` confirms O(P) counts read just before and after it: the
+/// goroutines may come and go while every g is read.
+fn counts_agree(before: i64, after: i64, every_g: i64) -> bool {
+    let (lo, hi) = (before.min(after), before.max(after));
+    // A wrong free-list offset is off by the free lists (or reads garbage, refused earlier as
+    // implausible); goroutines that come and go while every g is read move the count less.
+    let slack = 16 + hi / 20;
+    every_g >= lo - slack && every_g <= hi + slack
 }
 
 struct Thread {
@@ -95,12 +156,13 @@ struct Thread {
     sink: Sink,
     view: watch::Sender<Arc<GoView>>,
     next_read: Instant,
+    reads: HashMap<u32, ReadState>,
 }
 
 /// Starts the discovery thread; it ends when every sender of `rx` is gone.
 pub fn start(own: Trackers, rx: mpsc::Receiver<Command>, sink: Sink) -> std::io::Result<watch::Receiver<Arc<GoView>>> {
     let (view, view_rx) = watch::channel(Arc::new(GoView::default()));
-    let mut t = Thread { next_read: Instant::now() + own.read_interval, own, discoverer: Discoverer::default(), sink, view };
+    let mut t = Thread { next_read: Instant::now() + own.read_interval, own, discoverer: Discoverer::default(), sink, view, reads: HashMap::new() };
     t.publish();
     std::thread::Builder::new().name("discovery".into()).spawn(move || t.run(rx))?;
     Ok(view_rx)
@@ -230,15 +292,114 @@ impl Thread {
             let verdict = check_offsets(pid, &bin, &layout);
             go.record_verdict(key, pid, verdict);
         }
+        let now = Instant::now();
+        let interval = self.own.read_interval;
+        let readable = go.readable();
+        self.reads.retain(|pid, _| readable.iter().any(|(p, _)| p == pid));
         let mut samples = Vec::new();
         let mut counts = Vec::new();
-        for (pid, layout) in go.readable() {
-            match ProcMem::open(pid).and_then(|m| m.sample(&layout)) {
-                Ok(sample) => {
-                    counts.push((pid, sample.goroutines));
-                    samples.push((pid, sample));
+        for (pid, layout) in readable {
+            let mem = match ProcMem::open(pid) {
+                Ok(m) => m,
+                Err(e) => {
+                    debug!(pid, error = %e, "Go runtime read failed");
+                    continue;
                 }
-                Err(e) => debug!(pid, error = %e, "Go runtime read failed"),
+            };
+            if self.own.every_g_read && !self.reads.contains_key(&pid) {
+                go.set_count_method(pid, "every g read at every interval ([go] every_g_read_each_interval = true)".into());
+            }
+            let st = self.reads.entry(pid).or_default();
+            let counters = match mem.counters(&layout) {
+                Ok(c) => c,
+                Err(e) => {
+                    debug!(pid, error = %e, "Go runtime read failed");
+                    continue;
+                }
+            };
+            let mut count = counters.goroutines.filter(|_| !self.own.every_g_read && st.fallback.is_none());
+            if let (Some(e), None, false) = (&counters.count_error, &st.fallback, self.own.every_g_read) {
+                debug!(pid, error = %e, "the O(P) goroutine count could not be read");
+                if let Some(why) = st.disagree(format!("the runtime's counters could not be read ({e})")) {
+                    warn!(pid, reason = %why, "Go goroutines of this process are counted by reading every g from now on (O(goroutines) per read)");
+                    go.set_count_method(pid, format!("every g read (O(goroutines)): {why}"));
+                }
+            }
+            if self.own.every_g_read || count.is_none() || st.due(now) {
+                let t0 = thread_cpu_time();
+                let b = mem.breakdown(&layout);
+                let cpu = thread_cpu_time().saturating_sub(t0);
+                match b {
+                    Ok(b) => {
+                        if let Some(before) = count {
+                            // The O(P) count is trusted once an every-g read confirms it, and
+                            // checked again at every breakdown.
+                            let after = mem.counters(&layout).ok().and_then(|c| c.goroutines).unwrap_or(before);
+                            if counts_agree(before, after, b.goroutines) {
+                                st.verified = true;
+                                st.disagreements = 0;
+                            } else {
+                                debug!(pid, before, after, every_g = b.goroutines, "the O(P) goroutine count disagrees with the every-g read");
+                                let why = format!(
+                                    "the runtime's counters gave {before}..{after} goroutines where reading every g counted {}: its free-list offsets do not fit this binary",
+                                    b.goroutines
+                                );
+                                if let Some(why) = st.disagree(why) {
+                                    warn!(pid, reason = %why, "Go goroutines of this process are counted by reading every g from now on (O(goroutines) per read)");
+                                    go.set_count_method(pid, format!("every g read (O(goroutines)): {why}"));
+                                }
+                            }
+                            if !st.verified || st.fallback.is_some() {
+                                count = Some(b.goroutines);
+                            }
+                        } else {
+                            count = Some(b.goroutines);
+                        }
+                        let period = st.last.as_ref().map(|(_, r)| r.period).unwrap_or(interval);
+                        st.last = Some((b.by_state, BreakdownRead { at: now, cpu, period }));
+                    }
+                    Err(e) => {
+                        debug!(pid, error = %e, "Go goroutine breakdown read failed");
+                        if !st.verified {
+                            count = None;
+                        }
+                    }
+                }
+            }
+            let Some(goroutines) = count else { continue };
+            counts.push((pid, goroutines));
+            let (by_state, breakdown) = match &st.last {
+                Some((m, r)) => (m.clone(), Some(*r)),
+                None => (BTreeMap::new(), None),
+            };
+            samples.push((
+                pid,
+                GoSample { goroutines, by_state, breakdown, goidgen: counters.goidgen, numgc: counters.numgc, heap_live: counters.heap_live, heap_goal: counters.heap_goal },
+            ));
+        }
+        // The next breakdown of each process, from what the last ones cost.
+        if !self.own.every_g_read {
+            let pids: Vec<u32> = self.reads.iter().filter(|(_, s)| s.last.is_some()).map(|(p, _)| *p).collect();
+            let demands: Vec<budget::Demand> = pids
+                .iter()
+                .map(|p| {
+                    let s = &self.reads[p];
+                    let cost = s.last.as_ref().map(|(_, r)| r.cpu.as_secs_f64()).unwrap_or(0.0);
+                    budget::Demand { cost, forced: !s.verified || s.fallback.is_some() }
+                })
+                .collect();
+            let periods = budget::periods(&demands, interval.as_secs_f64(), self.own.read_cpu_budget);
+            for (pid, period) in pids.iter().zip(periods) {
+                let period = Duration::try_from_secs_f64(period).unwrap_or(MAX_BREAKDOWN_PERIOD).min(MAX_BREAKDOWN_PERIOD);
+                if let Some((_, r)) = self.reads.get_mut(pid).and_then(|s| s.last.as_mut()) {
+                    r.period = period;
+                }
+            }
+            for (pid, s) in samples.iter_mut() {
+                let pid = *pid;
+                if let (Some(b), Some((_, r))) = (s.breakdown.as_mut(), self.reads.get(&pid).and_then(|s| s.last.as_ref())) {
+                    b.period = r.period;
+                }
             }
         }
         (self.sink)(GoUpdate::Samples { samples, offsets_sources: go.offsets_sources() });
@@ -252,4 +413,40 @@ impl Thread {
 
 fn minor_of(version: &str) -> u32 {
     version.trim_start_matches("go").split('.').nth(1).and_then(|m| m.parse().ok()).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_agree_within_the_churn_of_the_read() {
+        assert!(counts_agree(1000, 1000, 1000));
+        // Goroutines exited while every g was read: between the two O(P) reads.
+        assert!(counts_agree(1200, 1000, 1100));
+        assert!(counts_agree(500_000, 500_000, 500_000 + 5_000));
+        // A count that misses the free lists (a wrong offset) is off by them.
+        assert!(!counts_agree(1000, 1000, 1200));
+        assert!(!counts_agree(41, 41, 241));
+        assert!(!counts_agree(10_000, 10_000, 12_000));
+        assert!(!counts_agree(241, 241, 41));
+    }
+
+    #[test]
+    fn a_breakdown_is_due_first_then_by_its_period_once_the_count_is_verified() {
+        let now = Instant::now();
+        let mut s = ReadState::default();
+        assert!(s.due(now), "never read");
+        s.last = Some((BTreeMap::new(), BreakdownRead { at: now, cpu: Duration::ZERO, period: Duration::from_secs(60) }));
+        assert!(s.due(now + Duration::from_secs(5)), "not verified yet: every interval");
+        s.verified = true;
+        assert!(!s.due(now + Duration::from_secs(5)));
+        assert!(s.due(now + Duration::from_secs(60)));
+        for i in 1..DISAGREEMENTS {
+            assert_eq!(s.disagree(format!("wrong {i}")), None, "not given up after {i}");
+        }
+        assert_eq!(s.disagree("wrong".into()).as_deref(), Some("wrong (5 reads in a row)"));
+        assert_eq!(s.disagree("again".into()), None, "given up once");
+        assert!(s.due(now + Duration::from_secs(5)), "counted from every g: every interval");
+    }
 }

@@ -125,7 +125,10 @@ fn goroutines_gc_cycles_pauses_and_heap_agree_with_the_programs() {
             let n = g.cmd("count")[0];
             let m = d.metrics();
             let seen = go_value(&m, "chainprobe_go_goroutines", pid, &[]);
-            if seen == n as f64 && go_value(&m, "chainprobe_go_goroutines_created_total", pid, &[]) >= created0 + 240.0 - 32.0 {
+            // The breakdown by state is read under the CPU budget, possibly a little later than
+            // the count (every interval while the budget allows: a dozen small processes here).
+            let parked = go_value(&m, "chainprobe_go_goroutines_by_state", pid, &[("state", "waiting"), ("wait_reason", "chan receive")]);
+            if seen == n as f64 && parked >= 40.0 && go_value(&m, "chainprobe_go_goroutines_created_total", pid, &[]) >= created0 + 240.0 - 32.0 {
                 assert!(n >= 41, "{label}: 40 parked + main");
                 break m;
             }

@@ -8,19 +8,7 @@ use std::{path::Path, time::Duration};
 
 use anyhow::{bail, Context, Result};
 
-use crate::bench_util::{self, median};
-
-/// utime + stime of `pid`, in seconds.
-fn cpu_seconds(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command (which may hold spaces) start after the last ')'.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).context("/proc/PID/stat")?;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| -> Result<f64> { Ok(f.get(i).context("stat field")?.parse::<f64>()?) };
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Ok((ticks(11)? + ticks(12)?) / hz)
-}
+use crate::bench_util::{self, cpu_seconds, median};
 
 /// One measurement: the daemon `bin`'s CPU % of a core while it reads one process of `n` parked
 /// goroutines every second for `seconds`.

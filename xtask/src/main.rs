@@ -8,6 +8,7 @@
 //!   cargo xtask bench goinspect      Go binary inspection time and memory
 //!   cargo xtask bench goruntime      goroutine-spawn and HTTP cost of the Go runtime probes
 //!   cargo xtask bench goread         daemon CPU of the periodic runtime read of a big Go process
+//!   cargo xtask bench node --scenario goroutines   daemon CPU with one 500k-goroutine process
 //!   cargo xtask bench tls            TLS handshakes/s and bulk throughput with and without chainprobe
 //!   cargo xtask codegen go-offsets   regenerate the per-Go-version offset tables
 use std::{
@@ -20,6 +21,7 @@ use anyhow::{bail, Context, Result};
 mod bench_goinspect;
 mod bench_goread;
 mod bench_goruntime;
+mod bench_node;
 mod bench_snapshot;
 mod bench_syscalls;
 mod bench_tls;
@@ -41,6 +43,7 @@ fn usage() -> &'static str {
        bench goinspect      Go binary inspection time and peak memory\n  \
        bench goruntime      goroutine-spawn and HTTP throughput with and without the Go probes\n  \
        bench goread         daemon CPU reading one process of 500k goroutines (--baseline BIN: side by side)\n  \
+       bench node --scenario goroutines\n                            daemon CPU with one 500k-goroutine process at the default read interval:\n                            idle, O(P) count + budgeted breakdown, every g each interval (side by side)\n  \
        bench snapshot       breach → snapshot files; goroutine-profile time and target pause (10k, 100k);\n                            heap profile out of process vs the process's own (1k, 10k, 100k buckets; --heap-only)\n  \
        bench tls            TLS handshakes/s and bulk TLS throughput with and without chainprobe\n  \
        codegen go-offsets   regenerate the per-Go-version offset tables from real toolchains\n"
@@ -96,9 +99,10 @@ fn dispatch(args: &[String]) -> Result<()> {
             Some("goinspect") => bench_goinspect::run(&rest[1..]),
             Some("goruntime") => bench_goruntime::run(&rest[1..]),
             Some("goread") => bench_goread::run(&rest[1..]),
+            Some("node") => bench_node::run(&rest[1..]),
             Some("snapshot") => bench_snapshot::run(&rest[1..]),
             Some("tls") => bench_tls::run(&rest[1..]),
-            _ => bail!("bench what? `cargo xtask bench syscalls`, `goinspect`, `goruntime`, `goread`, `snapshot` or `tls`"),
+            _ => bail!("bench what? `cargo xtask bench syscalls`, `goinspect`, `goruntime`, `goread`, `node`, `snapshot` or `tls`"),
         },
         "codegen" => codegen::run(rest),
         "-h" | "--help" | "help" => {

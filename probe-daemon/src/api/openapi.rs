@@ -112,6 +112,19 @@ pub fn document() -> Value {
                         "table": { "type": "string", "description": "e.g. 1.27/amd64" },
                         "generated_from": { "type": "string", "description": "the toolchain the table was generated from" },
                         "validation": { "type": "string", "description": "not needed (DWARF) | pending: … | accepted on pid N: … | rejected on pid N: … | no offsets: …" }
+                    }},
+                    "runtime": { "type": "object", "description": "the latest runtime read (every [go] read_interval_seconds)", "properties": {
+                        "goroutines": { "type": ["integer", "null"], "description": "as runtime.NumGoroutine counts" },
+                        "goroutines_counted_by": { "type": "string", "description": "the runtime's counters (O(GOMAXPROCS) per read), or every g read (O(goroutines)) and why" },
+                        "goroutines_by_state": { "type": ["array", "null"], "description": "the last breakdown (system goroutines included), read less often for big processes ([go] read_cpu_budget)", "items": { "type": "object", "properties": {
+                            "state": { "type": "string" }, "wait_reason": { "type": "string" }, "goroutines": { "type": "integer" }
+                        }}},
+                        "goroutines_by_state_age_seconds": { "type": ["number", "null"], "description": "seconds since the breakdown was read" },
+                        "goroutines_by_state_period_seconds": { "type": ["number", "null"], "description": "seconds between two breakdown reads of this process, as scheduled now" },
+                        "goroutines_by_state_read_cpu_seconds": { "type": ["number", "null"], "description": "CPU time the last breakdown read took" },
+                        "goroutines_created": { "type": ["integer", "null"] }, "gc_cycles_probed": { "type": ["integer", "null"] },
+                        "gc_cycles_memstats": { "type": ["integer", "null"] }, "stw_pauses_probed": { "type": ["integer", "null"] },
+                        "heap_live_bytes": { "type": ["integer", "null"] }, "heap_goal_bytes": { "type": ["integer", "null"] }
                     }}
                 }}}}},
                 "SnapshotRequest": { "type": "object", "additionalProperties": false, "properties": {

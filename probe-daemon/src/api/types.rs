@@ -67,6 +67,27 @@ pub struct Runtime {
     pub stw_pauses_probed: Option<u64>,
     pub heap_live_bytes: Option<u64>,
     pub heap_goal_bytes: Option<u64>,
+    /// How `goroutines` is counted: the runtime's counters (O(P)), or every g read and why.
+    pub goroutines_counted_by: String,
+    /// The last breakdown by state (system goroutines included), read less often than the rest
+    /// for big processes: see its age.
+    pub goroutines_by_state: Option<Vec<StateCount>>,
+    /// Seconds since `goroutines_by_state` was read.
+    pub goroutines_by_state_age_seconds: Option<f64>,
+    /// Seconds between two breakdown reads of this process as scheduled now (`[go]
+    /// read_cpu_budget`).
+    pub goroutines_by_state_period_seconds: Option<f64>,
+    /// CPU seconds the last breakdown read took.
+    pub goroutines_by_state_read_cpu_seconds: Option<f64>,
+}
+
+/// Goroutines in one (state, wait reason).
+#[derive(Debug, Serialize)]
+pub struct StateCount {
+    pub state: &'static str,
+    /// Empty unless waiting.
+    pub wait_reason: String,
+    pub goroutines: u64,
 }
 
 impl TargetsResponse {
@@ -88,6 +109,7 @@ impl Target {
     fn new(t: &GoTarget, p: Option<&ProcessSummary>) -> Self {
         let g = p.and_then(|p| p.go.as_ref());
         let s = g.and_then(|g| g.sample.as_ref());
+        let b = s.and_then(|s| s.breakdown);
         let pod = p.and_then(|p| p.pod.as_ref()).filter(|l| !l.pod.is_empty());
         Target {
             pid: t.pid,
@@ -121,9 +143,21 @@ impl Target {
                 stw_pauses_probed: g.map(|g| g.stw_count),
                 heap_live_bytes: s.map(|s| s.heap_live),
                 heap_goal_bytes: s.map(|s| s.heap_goal),
+                goroutines_counted_by: t.goroutine_count.clone(),
+                goroutines_by_state: s.filter(|s| s.breakdown.is_some()).map(|s| {
+                    s.by_state.iter().map(|((state, wait), n)| StateCount { state, wait_reason: wait.clone(), goroutines: *n }).collect()
+                }),
+                goroutines_by_state_age_seconds: b.map(|b| round_ms(b.at.elapsed().as_secs_f64())),
+                goroutines_by_state_period_seconds: b.map(|b| round_ms(b.period.as_secs_f64())),
+                goroutines_by_state_read_cpu_seconds: b.map(|b| b.cpu.as_secs_f64()),
             },
         }
     }
+}
+
+/// Seconds to the millisecond.
+fn round_ms(s: f64) -> f64 {
+    (s * 1000.0).round() / 1000.0
 }
 
 /// `POST /api/v1/targets/{pid}/creation-probes`.

@@ -56,6 +56,13 @@ impl Default for TlsConfig {
 pub struct GoConfig {
     pub enabled: bool,
     pub read_interval_seconds: f64,
+    /// CPU the goroutine-state breakdowns may use, summed over the node's Go processes, as a
+    /// fraction of one core (see goruntime::budget).
+    pub read_cpu_budget: f64,
+    /// Not in default.toml (a benchmark's baseline): every g of every process read at every
+    /// interval, as before the O(P) count and the budget, for `cargo xtask bench node` to
+    /// measure both in one run.
+    pub every_g_read_each_interval: bool,
     pub creation_probes: crate::goruntime::creation::CreationMode,
     pub creation_window_seconds: f64,
     pub creation_max_rate: f64,
@@ -70,6 +77,8 @@ impl Default for GoConfig {
         GoConfig {
             enabled: true,
             read_interval_seconds: 5.0,
+            read_cpu_budget: 0.005,
+            every_g_read_each_interval: false,
             creation_probes: crate::goruntime::creation::CreationMode::Auto,
             creation_window_seconds: 60.0,
             creation_max_rate: 5000.0,
@@ -204,6 +213,12 @@ impl Config {
         self.drain_interval()?;
         self.map_count_interval()?;
         self.go_read_interval()?;
+        if !(self.go.read_cpu_budget.is_finite() && self.go.read_cpu_budget > 0.0 && self.go.read_cpu_budget <= 1.0) {
+            return Err(ConfigError::Invalid {
+                key: "go.read_cpu_budget",
+                message: format!("{} is out of range (above 0, at most 1: a fraction of one core)", self.go.read_cpu_budget),
+            });
+        }
         self.creation_settings()?;
         self.label_policy()?;
         if let Err((key, message)) = self.health.check() {
@@ -337,6 +352,17 @@ mod tests {
         assert!(e.to_string().contains("scrape_interval_seconds"), "{e}");
         let e = Config::from_toml("[log]\nformat = \"xml\"\n", "t").unwrap_err();
         assert!(e.to_string().contains("xml") || e.to_string().contains("format"), "{e}");
+    }
+
+    #[test]
+    fn read_cpu_budget_is_a_fraction_of_a_core() {
+        assert_eq!(Config::default().go.read_cpu_budget, 0.005);
+        let c = Config::from_toml("[go]\nread_cpu_budget = 0.02\n", "t").unwrap();
+        assert_eq!(c.go.read_cpu_budget, 0.02);
+        for bad in ["0.0", "-0.1", "1.5", "nan"] {
+            let e = Config::from_toml(&format!("[go]\nread_cpu_budget = {bad}\n"), "t").unwrap_err();
+            assert!(e.to_string().contains("go.read_cpu_budget"), "{bad}: {e}");
+        }
     }
 
     #[test]

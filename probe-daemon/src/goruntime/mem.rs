@@ -46,6 +46,37 @@ pub struct Layout {
     pub wait_reasons_exact: bool,
     /// Load bias of the executable (runtime address − link-time address).
     pub bias: u64,
+    /// Where runtime.gcount's inputs are, for the goroutine count in O(P); Err says why this
+    /// binary's goroutines are counted by reading every g instead.
+    pub count: Result<CountLayout, String>,
+}
+
+/// What the goroutine count needs beyond the [`Layout`]'s addresses, as `runtime.gcount` computes
+/// it (Go 1.19–1.27): `allglen − sched.gFree counts − sched.ngsys − Σ over allp of p.gFree count`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CountLayout {
+    /// runtime.allp (a `[]*p`), relocated.
+    pub allp: u64,
+    /// Offsets in schedt of the int32 free-list counts: `gFree.n` (Go ≤ 1.24), or
+    /// `gFree.stack.size` and `gFree.noStack.size` (1.25+).
+    pub sched_free: Vec<u64>,
+    /// Offset in p of its free list's int32 count: `gFree.n` (≤ 1.24) or `gFree.size` (1.25+).
+    pub p_free: u64,
+}
+
+impl CountLayout {
+    /// The count layout of `bin` loaded with `bias`, or what it lacks.
+    pub fn new(bin: &GoBinary, bias: u64) -> Result<CountLayout, String> {
+        let allp = bin.data_symbol("runtime.allp").ok_or("runtime.allp not found in the binary")?;
+        let off = |k: &str| bin.offset(k);
+        let sched_free = match (off("schedt.gFree.n"), off("schedt.gFree.stack.size"), off("schedt.gFree.noStack.size")) {
+            (Some(n), _, _) => vec![n],
+            (None, Some(a), Some(b)) => vec![a, b],
+            _ => return Err("the offset of sched.gFree's count (schedt.gFree.n or gFree.stack.size/noStack.size) is unknown".into()),
+        };
+        let p_free = off("p.gFree.n").or_else(|| off("p.gFree.size")).ok_or("the offset of p.gFree's count (p.gFree.n or p.gFree.size) is unknown")?;
+        Ok(CountLayout { allp: allp + bias, sched_free, p_free })
+    }
 }
 
 impl Layout {
@@ -77,6 +108,7 @@ impl Layout {
             wait_reasons: bin.wait_reasons,
             wait_reasons_exact: bin.wait_reasons_exact,
             bias,
+            count: CountLayout::new(bin, bias),
         })
     }
 
@@ -168,10 +200,13 @@ fn first_load_vaddr(path: &Path) -> std::io::Result<u64> {
 /// One reading of a Go process's runtime.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GoSample {
-    /// As runtime.NumGoroutine counts: live g's minus system goroutines.
+    /// As runtime.NumGoroutine counts.
     pub goroutines: i64,
-    /// Live g's (system ones included) by (status, wait reason).
+    /// Live g's (system ones included) by (status, wait reason), as of the last breakdown read
+    /// (`breakdown`): read less often than the rest for big processes.
     pub by_state: BTreeMap<(&'static str, String), u64>,
+    /// When `by_state` was read, what that read cost, and when the next is due.
+    pub breakdown: Option<BreakdownRead>,
     /// Goroutine ids handed out so far (sched.goidgen): goroutines created, within the per-P id
     /// cache slack (16 per P).
     pub goidgen: u64,
@@ -180,6 +215,40 @@ pub struct GoSample {
     pub heap_live: u64,
     pub heap_goal: u64,
 }
+
+/// The last read of the goroutines' states of one process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakdownRead {
+    pub at: std::time::Instant,
+    /// CPU time of the reading thread for the read (CLOCK_THREAD_CPUTIME_ID).
+    pub cpu: std::time::Duration,
+    /// The time between two reads of this process's states, as scheduled now.
+    pub period: std::time::Duration,
+}
+
+/// The figures read every interval, in O(P): no g is read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// runtime.gcount's result; None when the binary's layout has no [`CountLayout`] or the
+    /// count could not be read (`count_error`).
+    pub goroutines: Option<i64>,
+    pub count_error: Option<String>,
+    pub goidgen: u64,
+    pub numgc: u32,
+    pub heap_live: u64,
+    pub heap_goal: u64,
+}
+
+/// Every g read (O(goroutines)): the goroutine count and its breakdown by state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Breakdown {
+    /// As runtime.NumGoroutine counts: live g's minus system goroutines (ngsys read after them).
+    pub goroutines: i64,
+    pub by_state: BTreeMap<(&'static str, String), u64>,
+}
+
+/// Ps at most (GOMAXPROCS is capped far below).
+const MAX_P: u64 = 1 << 16;
 
 const G_DEAD: u32 = 6;
 const G_DEAD_EXTRA: u32 = 11; // _Gdeadextra, Go 1.26+
@@ -314,8 +383,78 @@ impl ProcMem {
         Ok(u32::from_le_bytes(b))
     }
 
-    /// Reads the runtime figures described by `l`.
-    pub fn sample(&self, l: &Layout) -> Result<GoSample, MemError> {
+    /// Reads what is read every interval (O(P)): the goroutine count as runtime.gcount computes
+    /// it (when the layout allows), goroutine ids, GC cycles, heap live and goal. Three system
+    /// calls: the scalars and the allp slice header in one, the P pointers, each P's count.
+    pub fn counters(&self, l: &Layout) -> Result<Counters, MemError> {
+        let pid = self.pid;
+        let count = l.count.as_ref().ok();
+        // The schedt fields read (goidgen, ngsys, the free-list counts) lie within a few hundred
+        // bytes: one range.
+        let sched_offs: Vec<u64> = [l.sched_goidgen, l.sched_ngsys].into_iter().chain(count.iter().flat_map(|c| c.sched_free.iter().copied())).collect();
+        let (s_lo, s_hi) = (sched_offs.iter().copied().min().unwrap_or(0), sched_offs.iter().copied().max().unwrap_or(0) + 8);
+        let (h_lo, h_hi) = (l.heap_live.min(l.heap_goal), l.heap_live.max(l.heap_goal) + 8);
+        let mut reqs = vec![(l.allglen, 8), (l.sched + s_lo, (s_hi - s_lo) as usize), (l.memstats + l.numgc, 4), (l.gc_controller + h_lo, (h_hi - h_lo) as usize)];
+        if let Some(c) = count {
+            reqs.push((c.allp, 16));
+        }
+        let got = self.read_batch(&reqs);
+        let part = |i: usize| batch_part(pid, &reqs, &got, i);
+        let allglen = le_u64(part(0)?, 0);
+        let sched = part(1)?;
+        let heap = part(3)?;
+        let mut out = Counters {
+            goroutines: None,
+            count_error: None,
+            goidgen: le_u64(sched, l.sched_goidgen - s_lo),
+            numgc: le_i32(part(2)?, 0) as u32,
+            heap_live: le_u64(heap, l.heap_live - h_lo),
+            heap_goal: le_u64(heap, l.heap_goal - h_lo),
+        };
+        if let Some(c) = count {
+            match self.gcount(c, allglen, sched, s_lo, part(4), l.sched_ngsys) {
+                Ok(n) => out.goroutines = Some(n),
+                Err(e) => out.count_error = Some(e.to_string()),
+            }
+        }
+        Ok(out)
+    }
+
+    /// runtime.gcount from allglen, the schedt bytes read from `s_lo` on, and the allp slice
+    /// header: each P's free-list count is read here (two system calls).
+    fn gcount(&self, c: &CountLayout, allglen: u64, sched: &[u8], s_lo: u64, allp: Result<&[u8], MemError>, ngsys_off: u64) -> Result<i64, MemError> {
+        let pid = self.pid;
+        if allglen > MAX_G * 4 {
+            return Err(MemError::Implausible { pid, what: format!("allglen = {allglen}") });
+        }
+        let hdr = allp?;
+        let (ptr, len) = (le_u64(hdr, 0), le_u64(hdr, 8));
+        if len == 0 || len > MAX_P || ptr == 0 {
+            return Err(MemError::Implausible { pid, what: format!("runtime.allp = {{ptr {ptr:#x}, len {len}}}") });
+        }
+        let mut ps = vec![0u8; len as usize * 8];
+        self.read_exact(ptr, &mut ps)?;
+        let addrs: Vec<u64> = ps.chunks_exact(8).map(|p| le_u64(p, 0)).filter(|&p| p != 0).map(|p| p + c.p_free).collect();
+        let (buf, ok) = self.read_same_len(&addrs, 4);
+        if ok.iter().any(|o| !o) {
+            return Err(MemError::Implausible { pid, what: "a P listed in runtime.allp is not readable".into() });
+        }
+        let p_free: i64 = buf.chunks_exact(4).map(|b| i64::from(le_i32(b, 0))).sum();
+        let s_free: i64 = c.sched_free.iter().map(|&o| i64::from(le_i32(sched, o - s_lo))).sum();
+        let ngsys = i64::from(le_i32(sched, ngsys_off - s_lo));
+        let g = allglen as i64;
+        // The runtime reads these without a lock too; a free count below 0 or beyond every g is
+        // not a race but a wrong offset.
+        if !(0..=g).contains(&p_free) || !(0..=g).contains(&s_free) || !(0..=g).contains(&ngsys) {
+            return Err(MemError::Implausible { pid, what: format!("free g counts (sched {s_free}, Ps {p_free}, ngsys {ngsys}) against allglen {allglen}") });
+        }
+        // As runtime.gcount: at least the goroutine that asks.
+        Ok((g - s_free - p_free - ngsys).max(1))
+    }
+
+    /// Reads every g (O(goroutines), batched): the goroutine count and the breakdown by status
+    /// and wait reason.
+    pub fn breakdown(&self, l: &Layout) -> Result<Breakdown, MemError> {
         let pid = self.pid;
         let allglen = self.u64(l.allglen)?;
         let allgs_ptr = self.u64(l.allgs)?;
@@ -331,7 +470,7 @@ impl ProcMem {
         // per g, read in batches (process_vm_readv, 1024 ranges a call).
         let (lo, hi) = (l.g_status.min(l.g_waitreason).min(l.g_m), l.g_status.max(l.g_waitreason).max(l.g_m) + 8);
         let gs: Vec<u64> = ptrs.chunks_exact(8).map(|p| u64::from_le_bytes(p.try_into().unwrap_or([0; 8]))).filter(|&g| g != 0).collect();
-        let mut sample = GoSample::default();
+        let mut out = Breakdown::default();
         let mut live = 0i64;
         // runtime.NumGoroutine counts every g not on a free list: besides the live ones, the g of
         // each idle extra M (cgo callbacks), which is dead (_Gdeadextra from 1.26) with g.m set,
@@ -360,16 +499,51 @@ impl ProcMem {
         }
         for ((status, reason), n) in counts {
             let wait = if status == 4 { l.wait_reason(reason) } else { String::new() };
-            *sample.by_state.entry((status_name(status), wait)).or_insert(0) += n;
+            *out.by_state.entry((status_name(status), wait)).or_insert(0) += n;
         }
         let ngsys = i64::from(self.u32(l.sched + l.sched_ngsys)?);
-        sample.goroutines = (live + extra_m - ngsys).max(0);
-        sample.goidgen = self.u64(l.sched + l.sched_goidgen)?;
-        sample.numgc = self.u32(l.memstats + l.numgc)?;
-        sample.heap_live = self.u64(l.gc_controller + l.heap_live)?;
-        sample.heap_goal = self.u64(l.gc_controller + l.heap_goal)?;
-        Ok(sample)
+        out.goroutines = (live + extra_m - ngsys).max(0);
+        Ok(out)
     }
+
+    /// The goroutine count alone, as cheaply as the layout allows (runtime.gcount's counters,
+    /// else every g): for a snapshot's metadata.
+    pub fn goroutines(&self, l: &Layout) -> Result<i64, MemError> {
+        match self.counters(l) {
+            Ok(Counters { goroutines: Some(n), .. }) => Ok(n),
+            _ => self.breakdown(l).map(|b| b.goroutines),
+        }
+    }
+}
+
+/// The little-endian u64 at `o` in `b` (0 beyond it).
+fn le_u64(b: &[u8], o: u64) -> u64 {
+    b.get(o as usize..o as usize + 8).and_then(|s| s.try_into().ok()).map(u64::from_le_bytes).unwrap_or(0)
+}
+
+/// The little-endian i32 at `o` in `b` (0 beyond it).
+fn le_i32(b: &[u8], o: u64) -> i32 {
+    b.get(o as usize..o as usize + 4).and_then(|s| s.try_into().ok()).map(i32::from_le_bytes).unwrap_or(0)
+}
+
+/// Range `i` of a [`ProcMem::read_batch`] answer, or why not.
+fn batch_part<'a>(pid: u32, reqs: &[(u64, usize)], got: &'a [Option<Vec<u8>>], i: usize) -> Result<&'a [u8], MemError> {
+    got.get(i).and_then(|g| g.as_deref()).ok_or_else(|| {
+        let (addr, len) = reqs.get(i).copied().unwrap_or_default();
+        MemError::Read { pid, source: std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{addr:#x} (+{len} bytes) is not readable")) }
+    })
+}
+
+/// CPU time the calling thread has used (user and system: the kernel's page walks of
+/// process_vm_readv included).
+pub fn thread_cpu_time() -> std::time::Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid timespec for the call to fill.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return std::time::Duration::ZERO;
+    }
+    std::time::Duration::new(ts.tv_sec.max(0) as u64, ts.tv_nsec.clamp(0, 999_999_999) as u32)
 }
 
 #[cfg(test)]

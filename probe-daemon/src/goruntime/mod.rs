@@ -1,7 +1,9 @@
 //! Go processes: discovery (a /proc scan at start, then every exec), per-binary uprobes for GC
 //! cycles and stop-the-world pauses (attached once per executable file, detached when its last
 //! process exits), and zero-probe runtime reads (goroutines, goroutine ids, GC count, heap) from
-//! /proc/PID/mem on a timer.
+//! /proc/PID/mem on a timer: the goroutine count and the rest in O(P) every interval, the
+//! goroutines by state (every g) under a CPU budget ([`budget`]).
+pub mod budget;
 pub mod crash;
 pub mod creation;
 
@@ -24,6 +26,18 @@ use tracing::{debug, info, warn};
 use goinspect::{tables::Origin, FuncTable, GoBinary, GoInspectError, Inspector};
 use crate::attach::{attach_sites, ProbeState, Probes};
 pub use mem::{GoSample, Layout, MemError, ProcMem};
+
+/// How a process's goroutines are counted (`GET /api/v1/targets`: runtime.goroutines_counted_by).
+pub const COUNT_BY_COUNTERS: &str = "runtime counters, as runtime.NumGoroutine (allglen - free g lists - sched.ngsys; O(GOMAXPROCS) per read)";
+
+/// The count method of a layout: the runtime's counters, or every g and why.
+fn count_method(layout: &Result<Layout, String>) -> String {
+    match layout {
+        Ok(Layout { count: Ok(_), .. }) => COUNT_BY_COUNTERS.to_string(),
+        Ok(Layout { count: Err(why), .. }) => format!("every g read (O(goroutines) per read): {why}"),
+        Err(_) => "not read".to_string(),
+    }
+}
 
 /// Identity of an executable file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -133,6 +147,8 @@ pub struct GoTarget {
     pub reads_error: Option<String>,
     pub probes: Vec<ProbeState>,
     pub offsets: OffsetsStatus,
+    /// How the goroutine count is read: [`COUNT_BY_COUNTERS`], or "every g read …: why".
+    pub goroutine_count: String,
     /// Set once the offsets are trusted (DWARF, or checked on a live process).
     #[serde(skip)]
     pub layout: Option<Layout>,
@@ -341,11 +357,16 @@ impl GoTracker {
             reads_error: None,
             probes: Vec::new(),
             offsets: OffsetsStatus::of(&bin),
+            goroutine_count: count_method(&layout),
             layout: None,
             pending: None,
             key: Some(key),
             binary: Some(bin.clone()),
         };
+        if let (Ok(Layout { count: Err(why), .. }), false) = (&layout, self.binaries.contains_key(&key)) {
+            // Once per binary; each process's target view says it too.
+            warn!(pid, exe = %target.exe.display(), reason = %why, "Go goroutines of this binary are counted by reading every g (O(goroutines) per read)");
+        }
         match layout {
             Ok(l) if needs_check(&bin) => target.pending = Some(l),
             Ok(l) => target.layout = Some(l),
@@ -497,6 +518,13 @@ impl GoTracker {
                 }
                 debug!(exe = %t.exe.display(), "last process of the binary exited; probes detached");
             }
+        }
+    }
+
+    /// Records how process `pid`'s goroutines are counted (when the reader had to change it).
+    pub fn set_count_method(&mut self, pid: u32, method: String) {
+        if let Some(t) = self.targets.get_mut(&pid) {
+            t.goroutine_count = method;
         }
     }
 

@@ -737,7 +737,7 @@ impl Snapshotter {
         };
         if let Some((m, l, b)) = rt {
             meta.heap = goroutines::heap_numbers(m, l, b).ok();
-            meta.goroutines = m.sample(l).ok().map(|s| s.goroutines.max(0) as u64);
+            meta.goroutines = m.goroutines(l).ok().map(|n| n.max(0) as u64);
         }
         let timeout = Duration::from_secs_f64(self.cfg.fetch_timeout_seconds);
         let limit = self.cfg.max_profile_bytes as usize;

@@ -35,6 +35,7 @@ pub const RUNTIME_KEYS: &[&str] = &[
     "g.goid", "g.atomicstatus", "g.waitreason", "g.stack", "g.sched", "stack.lo", "stack.hi", "gobuf.sp", "gobuf.pc",
     "schedt.goidgen", "schedt.ngsys", "mstats.numgc", "mstats.pause_ns", "mstats.pause_total_ns",
     "gcControllerState.heapLive", "gcControllerState.gcPercentHeapGoal",
+    "schedt.gFree.n", "schedt.gFree.stack.size", "schedt.gFree.noStack.size", "p.gFree.n", "p.gFree.size",
 ];
 
 /// (minor, its amd64 table, the table the daemon falls back to without it) for the newest minor
