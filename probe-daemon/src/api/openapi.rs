@@ -112,6 +112,14 @@ pub fn document() -> Value {
                         "table": { "type": "string", "description": "e.g. 1.27/amd64" },
                         "generated_from": { "type": "string", "description": "the toolchain the table was generated from" },
                         "validation": { "type": "string", "description": "not needed (DWARF) | pending: … | accepted on pid N: … | rejected on pid N: … | no offsets: …" }
+                    }},
+                    "runtime": { "type": "object", "description": "the latest runtime read and what the probes counted, with the detail the metrics leave out", "properties": {
+                        "goroutines_by_state": { "type": "array", "items": { "type": "object", "properties": {
+                            "state": { "type": "string" }, "wait_reason": { "type": "string" }, "count": { "type": "integer" }
+                        }}},
+                        "stw_pauses_by_reason": { "type": "object", "additionalProperties": { "type": "object", "properties": {
+                            "count": { "type": "integer" }, "seconds": { "type": "number" }
+                        }}}
                     }}
                 }}}}},
                 "SnapshotRequest": { "type": "object", "additionalProperties": false, "properties": {

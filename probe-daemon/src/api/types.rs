@@ -67,6 +67,23 @@ pub struct Runtime {
     pub stw_pauses_probed: Option<u64>,
     pub heap_live_bytes: Option<u64>,
     pub heap_goal_bytes: Option<u64>,
+    /// Live goroutines by status and wait reason (the metrics have the status only, by default).
+    pub goroutines_by_state: Vec<GoroutineState>,
+    /// Stop-the-world pauses by reason (the metrics have one histogram of all of them).
+    pub stw_pauses_by_reason: std::collections::BTreeMap<&'static str, PauseTotals>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct GoroutineState {
+    pub state: &'static str,
+    pub wait_reason: String,
+    pub count: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PauseTotals {
+    pub count: u64,
+    pub seconds: f64,
 }
 
 impl TargetsResponse {
@@ -121,6 +138,12 @@ impl Target {
                 stw_pauses_probed: g.map(|g| g.stw_count),
                 heap_live_bytes: s.map(|s| s.heap_live),
                 heap_goal_bytes: s.map(|s| s.heap_goal),
+                goroutines_by_state: s
+                    .map(|s| s.by_state.iter().map(|((state, wait), n)| GoroutineState { state, wait_reason: wait.clone(), count: *n }).collect())
+                    .unwrap_or_default(),
+                stw_pauses_by_reason: g
+                    .map(|g| g.stw_by_reason.iter().map(|(r, (count, seconds))| (*r, PauseTotals { count: *count, seconds: *seconds })).collect())
+                    .unwrap_or_default(),
             },
         }
     }
