@@ -739,6 +739,9 @@ pub struct ExecEvent {
     pub header: EventHeader,
     pub ppid: u32,
     pub filename_len: u32,
+    /// The process's cgroup v2 id (`bpf_get_current_cgroup_id`: the kernfs id of its cgroup
+    /// directory): its pod, even when the process is gone before user space reads its /proc.
+    pub cgroup_id: u64,
     pub comm: [u8; COMM_LEN],
     pub filename: [u8; FILENAME_LEN],
 }
@@ -988,7 +991,7 @@ const _: () = {
     assert!(size_of::<InflightCall>() == 8);
     assert!(size_of::<ListenKey>() == 8);
     assert!(size_of::<EventHeader>() == 16);
-    assert!(size_of::<ExecEvent>() == 168);
+    assert!(size_of::<ExecEvent>() == 176);
     assert!(size_of::<ExitEvent>() == 40);
     assert!(size_of::<OomEvent>() == 24);
     assert!(size_of::<GoGcEvent>() == 24);

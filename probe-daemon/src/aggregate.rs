@@ -8,10 +8,10 @@
 //! any case, or until `max_exited` newer exits push it out.
 use std::{
     collections::{BTreeMap, HashMap},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
-use prometheus_client::metrics::histogram::Histogram;
 use probe_common::{
     MemSyscall, ProcCounters, ProgId, ProgStats, DURATION_UNKNOWN, EXIT_CODE_UNKNOWN,
 };
@@ -19,6 +19,8 @@ use probe_common::{
 use crate::{
     decode::{Event, KernelSnapshot},
     goruntime::{stw_reason, GoSample},
+    hist::Buckets,
+    k8s::{CgroupIdentity, PodLabels, PodSource},
 };
 
 /// What the collector knows of a pid the aggregate sees for the first time (its comm from /proc,
@@ -33,15 +35,15 @@ pub enum Identity {
 /// Looks a pid up (the collector reads /proc; tests answer from a table).
 pub type Identify = dyn Fn(u32) -> Identity + Send;
 
-/// GC cycle durations: 100 µs to ~13 s.
-fn gc_histogram() -> Histogram {
-    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(1e-4, 2.0, 18))
-}
+/// Upper bounds of the GC cycle duration buckets (seconds), chosen from the measured
+/// distribution (docs/PERFORMANCE.md, "Series budget": on the fixtures p50 4.5 ms, p90 7.5 ms,
+/// p99 9.4 ms, max 20 ms); big heaps' cycles take tens to hundreds of ms.
+pub const GC_DURATION_BOUNDS: &[f64] = &[0.002, 0.005, 0.01, 0.05, 0.25];
 
-/// Stop-the-world pauses: 10 µs to ~1.3 s.
-fn stw_histogram() -> Histogram {
-    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(1e-5, 2.0, 18))
-}
+/// Upper bounds of the stop-the-world pause buckets (seconds), from the measured distribution
+/// (p50 11 µs, p90 110 µs, p99 0.5 ms, max 3.2 ms): above a millisecond is worth a look, above
+/// 25 ms is a problem.
+pub const STW_PAUSE_BOUNDS: &[f64] = &[0.00005, 0.0002, 0.001, 0.005, 0.025];
 
 /// Go runtime state of a process.
 #[derive(Debug, Clone)]
@@ -50,8 +52,11 @@ pub struct GoState {
     pub minor: u32,
     /// GC cycles seen by the probes since tracking began.
     pub gc_cycles: u64,
-    pub gc_duration: Histogram,
-    pub stw_pauses: BTreeMap<&'static str, Histogram>,
+    pub gc_duration: Buckets,
+    /// Every stop-the-world pause, whatever its reason.
+    pub stw_pause: Buckets,
+    /// Pauses by reason: (count, seconds).
+    pub stw_by_reason: BTreeMap<&'static str, (u64, f64)>,
     pub stw_count: u64,
     /// Total stop-the-world time seen, in seconds.
     pub stw_seconds: f64,
@@ -159,10 +164,14 @@ pub struct ProcessState {
     pub exit: Option<ExitInfo>,
     scrapes_since_exit: u32,
     pub go: Option<GoState>,
-    /// Container/pod labels; `None` until looked up, empty values outside containers.
-    pub pod: Option<crate::k8s::PodLabels>,
-    /// The API named the pod (no further look-ups needed).
-    pub pod_named: bool,
+    /// Container/pod labels, final once set (they never change, so series never split); empty
+    /// values outside containers. `None` while the pod's names are awaited from the API: the
+    /// process's series are held out of the exposition until then (see [`Aggregate::with_pods`]).
+    pub pod: Option<PodLabels>,
+    /// While `pod` is `None`: the process's cgroup identity and until when to wait for names.
+    pod_wait: Option<(CgroupIdentity, Instant)>,
+    /// When chainprobe saw its exec (None: it was running before, or its exec was missed).
+    pub exec_at: Option<Instant>,
     /// The pprof port its pod's annotation names.
     pub pprof_port: Option<u16>,
     /// TLS handshakes (Go crypto/tls and OpenSSL); None until the first one.
@@ -174,8 +183,9 @@ impl ProcessState {
         ProcessState {
             tls: None,
             go: None,
-            pod: None,
-            pod_named: false,
+            pod: Some(PodLabels::default()),
+            pod_wait: None,
+            exec_at: None,
             pprof_port: None,
             pid,
             comm,
@@ -226,6 +236,86 @@ impl ProcessState {
 /// for closed ports, softirq events on sockets opened before chainprobe started).
 pub const UNATTRIBUTED_COMM: &str = "unattributed";
 
+/// Which processes' series are folded into per-(pod, container, comm) series (the `[metrics]`
+/// fold settings).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FoldRule {
+    /// Non-Go processes are always folded.
+    pub non_go: bool,
+    /// A process whose exec chainprobe saw is held (no series) until it is this old; one that
+    /// exits younger is folded. Zero: no young rule.
+    pub young: Duration,
+    /// A fold none of whose processes is left is forgotten after this long without change.
+    pub retention: Duration,
+    /// Keep the histograms of departed per-pid Go processes per pod (for per-pod histograms).
+    pub pod_histograms: bool,
+}
+
+impl FoldRule {
+    /// Every process gets its own series (the aggregate's default).
+    pub const OFF: FoldRule = FoldRule { non_go: false, young: Duration::ZERO, retention: Duration::from_secs(600), pod_histograms: false };
+}
+
+/// Where a process's series are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exposure {
+    /// Nowhere yet: its pod's names are awaited, or it is young.
+    Held,
+    /// Its own (`pid` label).
+    PerPid,
+    /// In the series of its (pod, container, comm).
+    Folded,
+}
+
+/// The identity of folded series.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FoldKey {
+    pub pod: PodLabels,
+    pub comm: String,
+}
+
+/// What the processes that left a fold had counted (the fold's series are this plus its current
+/// processes, so they only grow).
+#[derive(Debug, Clone)]
+pub struct Fold {
+    pub counters: ProcCounters,
+    pub failures: BTreeMap<(MemSyscall, u16), u64>,
+    pub exits: BTreeMap<(ExitReason, String), u64>,
+    pub go: Option<GoState>,
+    pub tls: Option<crate::tls::TlsState>,
+    /// GC-duration and pause histograms of departed per-pid Go processes of this key (kept for
+    /// per-pod histograms).
+    pub pid_hists: Option<(Buckets, Buckets)>,
+    pub last_change: Instant,
+}
+
+impl Fold {
+    fn new(now: Instant) -> Fold {
+        Fold { counters: ProcCounters::default(), failures: BTreeMap::new(), exits: BTreeMap::new(), go: None, tls: None, pid_hists: None, last_change: now }
+    }
+}
+
+/// Adds a Go process's probe counts and histograms to `into` (no runtime read: folded series
+/// have no gauges).
+pub fn merge_go(into: &mut Option<GoState>, g: &GoState) {
+    match into {
+        None => *into = Some(GoState { sample: None, creation: None, ..g.clone() }),
+        Some(a) => {
+            a.gc_cycles += g.gc_cycles;
+            a.gc_duration.merge(&g.gc_duration);
+            a.stw_pause.merge(&g.stw_pause);
+            for (r, (n, secs)) in &g.stw_by_reason {
+                let e = a.stw_by_reason.entry(*r).or_insert((0, 0.0));
+                e.0 += n;
+                e.1 += secs;
+            }
+            a.stw_count += g.stw_count;
+            a.stw_seconds += g.stw_seconds;
+            a.go_version.clone_from(&g.go_version);
+        }
+    }
+}
+
 pub struct Aggregate {
     procs: HashMap<u32, ProcessState>,
     /// Pids the OOM killer marked, until their exit arrives.
@@ -243,7 +333,23 @@ pub struct Aggregate {
     /// "pending" or "none"), set by the runtime reader.
     pub go_offsets_sources: std::collections::BTreeMap<&'static str, u64>,
     identify: Box<Identify>,
+    /// Pod identity of first-seen processes; `None`: no pod labels.
+    pods: Option<Arc<dyn PodSource>>,
+    /// How long a process in an unnamed pod is held for its names.
+    pod_wait: Duration,
+    /// Cgroups read at exec for pids the aggregate has no state of yet (their first event, or
+    /// their exit, takes it): a process that is gone before its first event is still attributed.
+    first_sight: HashMap<u32, (Option<CgroupIdentity>, Instant)>,
+    fold: FoldRule,
+    folds: HashMap<FoldKey, Fold>,
+    /// Folds forgotten since [`Self::take_pruned_folds`].
+    pruned_folds: Vec<FoldKey>,
 }
+
+/// Pids whose exec-time cgroup is remembered at most (an exec storm of processes that never
+/// cause an event), and for how long.
+const FIRST_SIGHT_MAX: usize = 65_536;
+const FIRST_SIGHT_TTL: Duration = Duration::from_secs(60);
 
 impl std::fmt::Debug for Aggregate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -266,7 +372,122 @@ impl Aggregate {
             decode_errors: 0,
             discovery_dropped: 0,
             go_offsets_sources: Default::default(),
+            pods: None,
+            pod_wait: Duration::ZERO,
+            first_sight: HashMap::new(),
+            fold: FoldRule::OFF,
+            folds: HashMap::new(),
+            pruned_folds: Vec::new(),
         }
+    }
+
+    /// Which processes are folded into per-(pod, container, comm) series.
+    pub fn with_folding(mut self, rule: FoldRule) -> Self {
+        self.fold = rule;
+        self
+    }
+
+    /// Where `p`'s series are at `now`.
+    pub fn exposure(&self, p: &ProcessState, now: Instant) -> Exposure {
+        if p.pod.is_none() {
+            return Exposure::Held;
+        }
+        if p.pid == 0 {
+            return Exposure::PerPid;
+        }
+        let young = !self.fold.young.is_zero()
+            && p.exec_at.is_some_and(|t| p.exit.as_ref().map_or(now, |e| e.at).saturating_duration_since(t) < self.fold.young);
+        match (young, p.exit.is_some()) {
+            (true, false) => Exposure::Held,
+            (true, true) => Exposure::Folded,
+            _ if self.fold.non_go && p.go.is_none() => Exposure::Folded,
+            _ => Exposure::PerPid,
+        }
+    }
+
+    /// The folds with what their departed processes left.
+    pub fn folds(&self) -> impl Iterator<Item = (&FoldKey, &Fold)> {
+        self.folds.iter()
+    }
+
+    /// The key of `p`'s folded series.
+    pub fn fold_key(p: &ProcessState) -> FoldKey {
+        FoldKey { pod: p.pod.clone().unwrap_or_default(), comm: p.comm.clone() }
+    }
+
+    /// A process leaves the aggregate: what it counted stays in its fold when its series are
+    /// folded (and its histograms, for per-pod histograms).
+    fn depart(&mut self, p: ProcessState, now: Instant) {
+        let exposure = self.exposure(&p, now);
+        let pod_hists = self.fold.pod_histograms && exposure == Exposure::PerPid && p.go.is_some();
+        if exposure != Exposure::Folded && !pod_hists {
+            return;
+        }
+        let f = self.folds.entry(Self::fold_key(&p)).or_insert_with(|| Fold::new(now));
+        f.last_change = now;
+        if pod_hists {
+            if let Some(g) = &p.go {
+                let h = f.pid_hists.get_or_insert_with(|| (Buckets::new(GC_DURATION_BOUNDS), Buckets::new(STW_PAUSE_BOUNDS)));
+                h.0.merge(&g.gc_duration);
+                h.1.merge(&g.stw_pause);
+            }
+            return;
+        }
+        f.counters.accumulate(&p.counters());
+        for (k, n) in p.failures() {
+            *f.failures.entry(k).or_insert(0) += n;
+        }
+        if let Some(e) = &p.exit {
+            *f.exits.entry((e.reason, e.code.clone())).or_insert(0) += 1;
+        }
+        if let Some(g) = &p.go {
+            merge_go(&mut f.go, g);
+        }
+        if let Some(t) = &p.tls {
+            f.tls.get_or_insert_with(Default::default).merge(t);
+        }
+    }
+
+    /// Removes `pids` (departing them).
+    fn remove_all(&mut self, pids: &[u32], now: Instant) {
+        for pid in pids {
+            if let Some(p) = self.procs.remove(pid) {
+                self.depart(p, now);
+            }
+        }
+    }
+
+    /// Forgets folds that have no process left and have not changed for the retention time.
+    fn prune_folds(&mut self, now: Instant) {
+        if self.folds.is_empty() {
+            return;
+        }
+        let members: std::collections::HashSet<FoldKey> = self.procs.values().map(Self::fold_key).collect();
+        let retention = self.fold.retention;
+        let pruned = &mut self.pruned_folds;
+        self.folds.retain(|k, f| {
+            let keep = members.contains(k) || now.saturating_duration_since(f.last_change) < retention;
+            if !keep {
+                pruned.push(k.clone());
+            }
+            keep
+        });
+    }
+
+    /// The folds forgotten since the last call (their series are gone).
+    pub fn take_pruned_folds(&mut self) -> Vec<FoldKey> {
+        std::mem::take(&mut self.pruned_folds)
+    }
+
+    /// Where first-seen processes get their pod labels: their cgroup is read when they are first
+    /// seen (exec, first event, exit, Go discovery's start scan), before anything of theirs is
+    /// counted. When names come from an API and the pod (or container) is not named yet, the
+    /// process is held (no series) until the names arrive or `wait` has passed; labels are set
+    /// once and never change.
+    pub fn with_pods(mut self, pods: Arc<dyn PodSource>, wait: Duration) -> Self {
+        self.pods = Some(pods);
+        self.pod_wait = wait;
+        self
     }
 
     /// How first-seen pids are named and found alive or gone.
@@ -278,9 +499,9 @@ impl Aggregate {
     /// Applies one decoded ring-buffer event.
     pub fn apply(&mut self, ev: Event, now: Instant) {
         match ev {
-            Event::Exec { tgid, comm, filename } => {
-                tracing::debug!(pid = tgid, %comm, %filename, "exec");
-                self.on_exec(tgid, comm);
+            Event::Exec { tgid, comm, filename, cgroup_id } => {
+                tracing::debug!(pid = tgid, %comm, %filename, cgroup_id, "exec");
+                self.on_exec_at(tgid, comm, cgroup_id, now);
             }
             Event::Exit { tgid, comm, exit_code } => {
                 tracing::debug!(pid = tgid, %comm, exit_code, "exit");
@@ -326,22 +547,78 @@ impl Aggregate {
     }
 
     fn entry(&mut self, pid: u32, now: Instant) -> &mut ProcessState {
-        let identify = &self.identify;
-        self.procs.entry(pid).or_insert_with(|| {
-            if pid == 0 {
-                return ProcessState::new(0, UNATTRIBUTED_COMM.into());
-            }
-            match identify(pid) {
-                Identity::Live(comm) => ProcessState::new(pid, comm),
-                Identity::Gone(comm) => {
-                    // Gone before we saw its exit event (or it ended before chainprobe started):
-                    // keep its counts for the usual grace period.
-                    let mut p = ProcessState::new(pid, comm.unwrap_or_else(|| "unknown".into()));
-                    p.exit = Some(ExitInfo { reason: ExitReason::Exit, code: "unknown".into(), at: now });
-                    p
+        if !self.procs.contains_key(&pid) {
+            let mut p = if pid == 0 {
+                ProcessState::new(0, UNATTRIBUTED_COMM.into())
+            } else {
+                match (self.identify)(pid) {
+                    Identity::Live(comm) => ProcessState::new(pid, comm),
+                    Identity::Gone(comm) => {
+                        // Gone before we saw its exit event (or it ended before chainprobe
+                        // started): keep its counts for the usual grace period.
+                        let mut p = ProcessState::new(pid, comm.unwrap_or_else(|| "unknown".into()));
+                        p.exit = Some(ExitInfo { reason: ExitReason::Exit, code: "unknown".into(), at: now });
+                        p
+                    }
                 }
+            };
+            if pid != 0 {
+                self.sight(&mut p, now);
             }
-        })
+            self.procs.insert(pid, p);
+        }
+        self.procs.get_mut(&pid).expect("inserted above")
+    }
+
+    /// Gives a first-seen process its pod: the cgroup read at its exec, else read now.
+    fn sight(&mut self, p: &mut ProcessState, now: Instant) {
+        let seen = self.first_sight.remove(&p.pid);
+        if let Some((_, at)) = &seen {
+            p.exec_at = Some(*at);
+        }
+        let Some(pods) = self.pods.clone() else { return };
+        let (cgroup, first_at) = match seen {
+            Some((cg, at)) => (cg, at),
+            None => (pods.cgroup(p.pid), now),
+        };
+        let Some(cg) = cgroup else {
+            p.pod = Some(PodLabels::default());
+            return;
+        };
+        let meta = pods.meta(&cg);
+        // Names are final when they are complete, when none will come (no API, or a container
+        // outside any pod), or when waiting is off.
+        if meta.names_complete() || !pods.names_expected() || meta.pod_uid.is_none() || self.pod_wait.is_zero() {
+            p.pprof_port = meta.pprof_port;
+            p.pod = Some(meta.labels());
+            p.pod_wait = None;
+        } else {
+            p.pod = None;
+            p.pod_wait = Some((cg, first_at + self.pod_wait));
+        }
+    }
+
+    /// Settles the labels of held processes whose pod names arrived or whose wait is over.
+    /// Cheap: no I/O (names come from the API cache).
+    pub fn settle_pods(&mut self, now: Instant) {
+        let Some(pods) = &self.pods else { return };
+        for p in self.procs.values_mut() {
+            let Some((cg, deadline)) = &p.pod_wait else { continue };
+            let meta = pods.meta(cg);
+            if meta.names_complete() || now >= *deadline {
+                if !meta.names_complete() {
+                    tracing::debug!(pid = p.pid, pod_uid = ?meta.pod_uid, "pod names did not arrive in time: labelled by pod UID and container id");
+                }
+                p.pprof_port = meta.pprof_port;
+                p.pod = Some(meta.labels());
+                p.pod_wait = None;
+            }
+        }
+    }
+
+    /// Processes held out of the exposition while their pod's names are awaited.
+    pub fn held(&self) -> usize {
+        self.procs.values().filter(|p| p.pod.is_none()).count()
     }
 
     /// Applies one pass over the kernel maps. Returns the tgids whose kernel entries should now be
@@ -377,11 +654,44 @@ impl Aggregate {
     /// A process replaced its image. Updates comm of a tracked process; a tracked pid that had
     /// exited was reused, so its old state goes.
     pub fn on_exec(&mut self, tgid: u32, comm: String) {
-        if let Some(p) = self.procs.get_mut(&tgid) {
-            if p.exit.is_some() {
-                *p = ProcessState::new(tgid, comm);
-            } else {
-                p.comm = comm;
+        self.on_exec_at(tgid, comm, 0, Instant::now());
+    }
+
+    /// The cgroup of a process at its exec: its /proc (while it runs), else the cgroup id the
+    /// kernel gave with the exec (it may be gone before user space reads the event).
+    fn exec_cgroup(&self, tgid: u32, cgroup_id: u64) -> Option<CgroupIdentity> {
+        let pods = self.pods.as_ref()?;
+        pods.cgroup(tgid).or_else(|| (cgroup_id != 0).then(|| pods.cgroup_by_id(cgroup_id)).flatten())
+    }
+
+    /// [`Self::on_exec`] at `now`, with the cgroup id from the kernel (0: unknown). A pid without
+    /// state gets its cgroup read now (it may be gone before its first event is drained).
+    pub fn on_exec_at(&mut self, tgid: u32, comm: String, cgroup_id: u64, now: Instant) {
+        match self.procs.get(&tgid).map(|p| p.exit.is_some()) {
+            Some(true) => {
+                // The pid was reused: the old process departs, the new one is seen now.
+                let mut fresh = ProcessState::new(tgid, comm);
+                let cg = self.exec_cgroup(tgid, cgroup_id);
+                self.first_sight.insert(tgid, (cg, now));
+                self.sight(&mut fresh, now);
+                if let Some(old) = self.procs.insert(tgid, fresh) {
+                    self.depart(old, now);
+                }
+            }
+            Some(false) => {
+                if let Some(p) = self.procs.get_mut(&tgid) {
+                    p.comm = comm;
+                }
+            }
+            None => {
+                if self.first_sight.len() >= FIRST_SIGHT_MAX {
+                    self.first_sight.retain(|_, (_, at)| now.saturating_duration_since(*at) < Duration::from_secs(5));
+                    if self.first_sight.len() >= FIRST_SIGHT_MAX {
+                        self.first_sight.clear();
+                    }
+                }
+                let cg = self.exec_cgroup(tgid, cgroup_id);
+                self.first_sight.insert(tgid, (cg, now));
             }
         }
     }
@@ -405,7 +715,16 @@ impl Aggregate {
     pub fn on_exit(&mut self, tgid: u32, comm: String, raw_code: u32, now: Instant) {
         let oom = self.oom_victims.remove(&tgid).is_some();
         let (reason, code) = decode_exit_code(raw_code, oom);
-        let p = self.procs.entry(tgid).or_insert_with(|| ProcessState::new(tgid, comm.clone()));
+        if !self.procs.contains_key(&tgid) {
+            // Its first sign of life: the cgroup from its exec, or read now (a zombie's is still
+            // readable).
+            let mut fresh = ProcessState::new(tgid, comm.clone());
+            if tgid != 0 {
+                self.sight(&mut fresh, now);
+            }
+            self.procs.insert(tgid, fresh);
+        }
+        let p = self.procs.get_mut(&tgid).expect("inserted above");
         if p.exit.as_ref().is_some_and(|e| e.code != "unknown") {
             return;
         }
@@ -424,10 +743,10 @@ impl Aggregate {
         }
         p.exit = Some(ExitInfo { reason, code, at: now });
         p.scrapes_since_exit = 0;
-        self.enforce_exited_cap();
+        self.enforce_exited_cap(now);
     }
 
-    fn enforce_exited_cap(&mut self) {
+    fn enforce_exited_cap(&mut self, now: Instant) {
         let exited = self.procs.values().filter(|p| p.exit.is_some()).count();
         if exited <= self.max_exited {
             return;
@@ -435,64 +754,49 @@ impl Aggregate {
         let mut by_age: Vec<(Instant, u32)> =
             self.procs.values().filter_map(|p| p.exit.as_ref().map(|e| (e.at, p.pid))).collect();
         by_age.sort_unstable();
-        for (_, pid) in by_age.into_iter().take(exited - self.max_exited) {
-            self.procs.remove(&pid);
-            self.dropped_exited += 1;
-        }
+        let doomed: Vec<u32> = by_age.into_iter().take(exited - self.max_exited).map(|(_, pid)| pid).collect();
+        self.dropped_exited += doomed.len() as u64;
+        self.remove_all(&doomed, now);
     }
 
     /// Called right before a scrape renders: forgets exited processes whose series have been
     /// scraped and are past the grace period, and counts this scrape for the others.
     pub fn prune_for_scrape(&mut self, now: Instant) -> Vec<u32> {
         let grace = self.exited_grace;
-        let mut removed = Vec::new();
-        self.procs.retain(|pid, p| {
-            let keep = match &p.exit {
-                None => true,
-                Some(e) => {
+        let removed: Vec<u32> = self
+            .procs
+            .values()
+            .filter(|p| {
+                p.exit.as_ref().is_some_and(|e| {
                     let age = now.saturating_duration_since(e.at);
-                    !((p.scrapes_since_exit >= 1 && age >= grace) || age >= grace * 4)
-                }
-            };
-            if !keep {
-                removed.push(*pid);
-            }
-            keep
-        });
-        for p in self.procs.values_mut() {
-            if p.exit.is_some() {
+                    (p.scrapes_since_exit >= 1 && age >= grace) || age >= grace * 4
+                })
+            })
+            .map(|p| p.pid)
+            .collect();
+        self.remove_all(&removed, now);
+        // A held process was not in this scrape.
+        let scraped: Vec<u32> = self.procs.values().filter(|p| p.exit.is_some() && self.exposure(p, now) != Exposure::Held).map(|p| p.pid).collect();
+        for pid in scraped {
+            if let Some(p) = self.procs.get_mut(&pid) {
                 p.scrapes_since_exit += 1;
             }
         }
+        self.prune_folds(now);
+        self.first_sight.retain(|_, (_, at)| now.saturating_duration_since(*at) < FIRST_SIGHT_TTL);
         // OOM marks whose exit never came (a victim can survive when memory is freed meanwhile).
         self.oom_victims.retain(|_, at| now.saturating_duration_since(*at) < Duration::from_secs(300));
         removed
     }
 
-    /// Pids of live processes whose pod labels are still to be looked up (or named).
-    pub fn pods_to_resolve(&self) -> Vec<u32> {
-        self.procs.values().filter(|p| p.exit.is_none() && p.pid != 0 && !p.pod_named).map(|p| p.pid).collect()
-    }
-
-    pub fn set_pod(&mut self, pid: u32, meta: Option<crate::k8s::PodMeta>) {
-        if let Some(p) = self.procs.get_mut(&pid) {
-            p.pod_named = meta.as_ref().is_none_or(|m| m.has_names());
-            p.pprof_port = meta.as_ref().and_then(|m| m.pprof_port);
-            p.pod = Some(meta.map(|m| m.labels()).unwrap_or_default());
-        }
-    }
-
     /// Forgets exited processes past 4 × grace even when nobody scrapes.
     pub fn prune_unscraped(&mut self, now: Instant) -> Vec<u32> {
         let limit = self.exited_grace * 4;
-        let mut removed = Vec::new();
-        self.procs.retain(|pid, p| {
-            let keep = p.exit.as_ref().is_none_or(|e| now.saturating_duration_since(e.at) < limit);
-            if !keep {
-                removed.push(*pid);
-            }
-            keep
-        });
+        let removed: Vec<u32> =
+            self.procs.values().filter(|p| p.exit.as_ref().is_some_and(|e| now.saturating_duration_since(e.at) >= limit)).map(|p| p.pid).collect();
+        self.remove_all(&removed, now);
+        self.prune_folds(now);
+        self.first_sight.retain(|_, (_, at)| now.saturating_duration_since(*at) < FIRST_SIGHT_TTL);
         removed
     }
 
@@ -504,8 +808,9 @@ impl Aggregate {
                 go_version: go_version.to_string(),
                 minor,
                 gc_cycles: 0,
-                gc_duration: gc_histogram(),
-                stw_pauses: BTreeMap::new(),
+                gc_duration: Buckets::new(GC_DURATION_BOUNDS),
+                stw_pause: Buckets::new(STW_PAUSE_BOUNDS),
+                stw_by_reason: BTreeMap::new(),
                 stw_count: 0,
                 stw_seconds: 0.0,
                 sample: None,
@@ -551,7 +856,11 @@ impl Aggregate {
             let name = stw_reason(go.minor, reason);
             go.stw_count += 1;
             go.stw_seconds += duration_ns as f64 / 1e9;
-            go.stw_pauses.entry(name).or_insert_with(stw_histogram).observe(duration_ns as f64 / 1e9);
+            let secs = duration_ns as f64 / 1e9;
+            go.stw_pause.observe(secs);
+            let r = go.stw_by_reason.entry(name).or_insert((0, 0.0));
+            r.0 += 1;
+            r.1 += secs;
         }
     }
 
@@ -697,6 +1006,88 @@ mod tests {
         assert_eq!(t.failures.get(&("openssl", "other")), Some(&1));
         assert_eq!((t.handshakes_total(), t.failures_total()), (3, 2));
         assert_eq!(t.totals().quantile(0.5), Some(0.0032));
+    }
+
+    /// Pods by pid (the cgroup read) and names by pod UID (the API cache), set by the test.
+    #[derive(Default)]
+    struct Pods {
+        cgroups: std::sync::Mutex<HashMap<u32, CgroupIdentity>>,
+        names: std::sync::Mutex<HashMap<String, (String, String, String)>>,
+        reads: std::sync::atomic::AtomicUsize,
+    }
+
+    impl PodSource for Pods {
+        fn cgroup(&self, pid: u32) -> Option<CgroupIdentity> {
+            self.reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.cgroups.lock().unwrap().get(&pid).cloned()
+        }
+        fn meta(&self, id: &CgroupIdentity) -> crate::k8s::PodMeta {
+            let mut m = crate::k8s::PodMeta { pod_uid: id.pod_uid.clone(), container_id: id.container_id.clone(), ..Default::default() };
+            if let Some((ns, pod, c)) = id.pod_uid.as_ref().and_then(|u| self.names.lock().unwrap().get(u).cloned()) {
+                (m.namespace, m.pod, m.container) = (Some(ns), Some(pod), Some(c));
+            }
+            m
+        }
+        fn names_expected(&self) -> bool {
+            true
+        }
+    }
+
+    fn pod_cgroup(uid: &str) -> CgroupIdentity {
+        CgroupIdentity { container_id: Some("ab".repeat(32)), pod_uid: Some(uid.into()), qos: None, runtime: None, path: format!("/kubepods/pod{uid}/{}", "ab".repeat(32)) }
+    }
+
+    #[test]
+    fn pod_read_at_exec_and_series_held_until_the_names_arrive() {
+        let t0 = Instant::now();
+        let pods = Arc::new(Pods::default());
+        let (pid, uid) = (0x7ffd_0001, "u-1");
+        pods.cgroups.lock().unwrap().insert(pid, pod_cgroup(uid));
+        let mut a = Aggregate::new(Duration::from_secs(1), 100).with_pods(pods.clone(), Duration::from_secs(10));
+        a.apply(Event::Exec { tgid: pid, comm: "job".into(), filename: "/bin/job".into(), cgroup_id: 0 }, t0);
+        assert!(a.process(pid).is_none(), "an exec alone creates no series");
+        // The process is gone (its cgroup no longer readable) before its first counters are drained.
+        pods.cgroups.lock().unwrap().clear();
+        a.apply_kernel(KernelSnapshot { procs: vec![(pid, ProcCounters { tcp_connect_refused: 1, ..Default::default() })], ..Default::default() }, t0);
+        a.on_exit(pid, "job".into(), 1 << 8, t0 + Duration::from_millis(50));
+        let p = a.process(pid).unwrap();
+        assert_eq!(p.pod, None, "held: the pod is not named yet");
+        assert_eq!(a.held(), 1);
+        assert_eq!(a.processes().filter(|p| p.pod.is_some()).count(), 0, "no series without the pod's names (the scrape skips held processes)");
+        // Scrapes while held do not count toward its removal.
+        a.prune_for_scrape(t0 + Duration::from_secs(2));
+        a.settle_pods(t0 + Duration::from_secs(2));
+        assert_eq!(a.held(), 1);
+        pods.names.lock().unwrap().insert(uid.into(), ("shop".into(), "web-0".into(), "app".into()));
+        a.settle_pods(t0 + Duration::from_secs(3));
+        let p = a.process(pid).unwrap();
+        assert_eq!(p.pod, Some(PodLabels { namespace: "shop".into(), pod: "web-0".into(), container: "app".into() }));
+        assert_eq!((p.counters().tcp_connect_refused, p.exit.as_ref().map(|e| e.code.as_str())), (1, Some("1")));
+        assert!(a.prune_for_scrape(t0 + Duration::from_secs(4)).is_empty(), "kept for its first scrape with labels");
+        assert_eq!(a.prune_for_scrape(t0 + Duration::from_secs(5)), vec![pid]);
+    }
+
+    #[test]
+    fn unnamed_pods_get_uid_labels_after_the_wait_and_keep_them() {
+        let t0 = Instant::now();
+        let pods = Arc::new(Pods::default());
+        let (pid, uid) = (0x7ffd_0002, "u-2");
+        pods.cgroups.lock().unwrap().insert(pid, pod_cgroup(uid));
+        let mut a = Aggregate::new(Duration::from_secs(1), 100).with_pods(pods.clone(), Duration::from_secs(10));
+        a.on_go_tracked(pid, "go1.22.0", 22, t0);
+        assert_eq!(pods.reads.load(std::sync::atomic::Ordering::Relaxed), 1, "the start scan's process is read once");
+        a.settle_pods(t0 + Duration::from_secs(9));
+        assert_eq!(a.held(), 1);
+        a.settle_pods(t0 + Duration::from_secs(10));
+        let uid_labels = PodLabels { namespace: String::new(), pod: uid.into(), container: "ab".repeat(6) };
+        assert_eq!(a.process(pid).unwrap().pod, Some(uid_labels.clone()));
+        // Names that arrive later do not change a label set already exposed.
+        pods.names.lock().unwrap().insert(uid.into(), ("shop".into(), "late-0".into(), "app".into()));
+        a.settle_pods(t0 + Duration::from_secs(11));
+        assert_eq!(a.process(pid).unwrap().pod, Some(uid_labels));
+        // Outside pods: labelled (empty) at once.
+        a.apply_kernel(KernelSnapshot { procs: vec![(0x7ffd_0003, counters(1))], ..Default::default() }, t0);
+        assert_eq!(a.process(0x7ffd_0003).unwrap().pod, Some(PodLabels::default()));
     }
 
     #[test]

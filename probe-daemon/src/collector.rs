@@ -6,8 +6,10 @@
 //!
 //! Timers, all on this thread (so nothing races): the ring buffer every
 //! [`probe_common::EVENTS_POLL_MS`], the kernel counters every drain interval, the health
-//! evaluation at its own pace. The slow /proc readings (map counts, pod names) run on a reader
-//! thread ([`start_proc_reader`]) that sends their results back as a command.
+//! evaluation at its own pace. Pod identity is read when a process is first seen (its cgroup, in
+//! the aggregate, through the injected [`crate::k8s::PodSource`]) and names of held processes are
+//! settled at every drain. The slow /proc readings (map counts) run on a reader thread
+//! ([`start_proc_reader`]) that sends their results back as a command.
 use std::{
     collections::HashMap,
     sync::{mpsc, Arc, Mutex},
@@ -26,7 +28,7 @@ use crate::{
     discovery::{self, GoUpdate, GoView},
     goruntime::{creation::CreationStatus, GoSample},
     health::{Health, HealthEngine, State},
-    k8s::{LabelPolicy, PodLabels, PodMeta, PodResolver, SeriesLimiter},
+    k8s::{LabelPolicy, PodLabels, SeriesLimiter},
     metrics::ScrapeView,
     procfs,
     snapshot::{Snapshotter, Trigger},
@@ -39,9 +41,9 @@ pub enum Command {
     Scrape(oneshot::Sender<ScrapeView>),
     /// From discovery.
     Go(GoUpdate),
-    /// From the /proc reader: pod metadata of processes not yet named, and map counts (None:
-    /// unreadable; `alive` false: gone without an exit event).
-    ProcReadings { pods: Vec<(u32, Option<PodMeta>)>, map_counts: Vec<(u32, Option<u64>, bool)> },
+    /// From the /proc reader: map counts (None: unreadable; `alive` false: gone without an exit
+    /// event).
+    ProcReadings { map_counts: Vec<(u32, Option<u64>, bool)> },
 }
 
 /// The per-CPU maps the collector drains.
@@ -57,7 +59,7 @@ pub struct ProcessSummary {
     pub pid: u32,
     pub comm: String,
     pub pod: Option<PodLabels>,
-    /// Its pod still has to be looked up (or named by the API).
+    /// Its pod's names are awaited from the API (its series are held until then).
     pub pod_pending: bool,
     pub exited: bool,
     pub health: Option<Health>,
@@ -71,6 +73,8 @@ pub struct GoSummary {
     pub sample: Option<GoSample>,
     pub gc_cycles: u64,
     pub stw_count: u64,
+    /// Stop-the-world pauses by reason: (count, seconds).
+    pub stw_by_reason: std::collections::BTreeMap<&'static str, (u64, f64)>,
     pub creation: Option<CreationStatus>,
 }
 
@@ -131,6 +135,8 @@ pub struct Collector {
     /// Crash capsules (and the pauses of crashing processes).
     pub crashes: Option<Arc<crate::snapshot::crash::Crashes>>,
     pub drain_interval: Duration,
+    /// Which detail becomes series.
+    pub series: crate::metrics::SeriesOptions,
 }
 
 struct Thread {
@@ -207,11 +213,8 @@ impl Thread {
                     self.own.agg.set_go_creation(pid, s);
                 }
             }
-            Command::ProcReadings { pods, map_counts } => {
+            Command::ProcReadings { map_counts } => {
                 let now = Instant::now();
-                for (pid, meta) in pods {
-                    self.own.agg.set_pod(pid, meta);
-                }
                 for (pid, n, alive) in map_counts {
                     match n {
                         Some(n) => self.own.agg.set_map_count(pid, Some(n)),
@@ -237,11 +240,11 @@ impl Thread {
                     pid: p.pid,
                     comm: p.comm.clone(),
                     pod: p.pod.clone(),
-                    pod_pending: !p.pod_named,
+                    pod_pending: p.pod.is_none(),
                     exited: p.exit.is_some(),
                     health: self.scores.get(&p.pid).cloned(),
                     pprof_port: p.pprof_port,
-                    go: p.go.as_ref().map(|g| GoSummary { sample: g.sample.clone(), gc_cycles: g.gc_cycles, stw_count: g.stw_count, creation: g.creation.clone() }),
+                    go: p.go.as_ref().map(|g| GoSummary { sample: g.sample.clone(), gc_cycles: g.gc_cycles, stw_count: g.stw_count, stw_by_reason: g.stw_by_reason.clone(), creation: g.creation.clone() }),
                 };
                 (p.pid, summary)
             })
@@ -255,6 +258,7 @@ impl Thread {
         let snap = read_counters(&self.own.maps);
         let delete = self.own.agg.apply_kernel(snap, now);
         delete_exited(&mut self.own.maps, &delete);
+        self.own.agg.settle_pods(now);
         self.dirty = true;
     }
 
@@ -315,19 +319,23 @@ impl Thread {
         let removed = self.own.agg.prune_for_scrape(now);
         self.forget(&removed);
         let o = &self.own;
-        ScrapeView::with_policy(&o.agg, &self.scores, procfs::max_map_count(), &o.programs, &o.kernel, o.policy.clone(), Some(o.limiter.clone()))
+        ScrapeView::with_policy(&o.agg, &self.scores, procfs::max_map_count(), &o.programs, &o.kernel, o.policy.clone(), Some(o.limiter.clone())).with_options(o.series)
     }
 
     /// Processes that left the aggregate: their health goes, and their series no longer count
     /// against metrics.max_series.
     fn forget(&mut self, pids: &[u32]) {
-        if pids.is_empty() {
+        let folds = self.own.agg.take_pruned_folds();
+        if pids.is_empty() && folds.is_empty() {
             return;
         }
         let mut lim = lock(&self.own.limiter);
         for pid in pids {
             self.scores.remove(pid);
             lim.release_label("pid", &pid.to_string());
+        }
+        for k in folds {
+            lim.release_folded(&k.comm, &k.pod.pod, &k.pod.container);
         }
     }
 
@@ -400,18 +408,16 @@ fn delete_exited(maps: &mut DrainMaps, tgids: &[u32]) {
     }
 }
 
-/// Starts the /proc reader: every `every`, the pods of processes not yet named (cgroup now, names
-/// once the API knows the pod) and every live process's map count, sent to the collector.
-pub fn start_proc_reader(view: watch::Receiver<Arc<View>>, pods: Arc<PodResolver>, tx: mpsc::SyncSender<Command>, every: Duration) -> std::io::Result<()> {
+/// Starts the /proc reader: every `every`, every live process's map count, sent to the collector.
+pub fn start_proc_reader(view: watch::Receiver<Arc<View>>, tx: mpsc::SyncSender<Command>, every: Duration) -> std::io::Result<()> {
     std::thread::Builder::new().name("proc-reader".into()).spawn(move || loop {
         std::thread::sleep(every);
-        let live: Vec<(u32, bool)> = view.borrow().processes.values().filter(|p| !p.exited).map(|p| (p.pid, p.pod_pending)).collect();
-        let pods_read = live.iter().filter(|(_, pending)| *pending).map(|&(pid, _)| (pid, pods.resolve(pid))).collect();
-        let map_counts = live.iter().map(|&(pid, _)| match procfs::map_count(pid) {
+        let live: Vec<u32> = view.borrow().processes.values().filter(|p| !p.exited).map(|p| p.pid).collect();
+        let map_counts = live.iter().map(|&pid| match procfs::map_count(pid) {
             Ok(n) => (pid, Some(n), true),
             Err(_) => (pid, None, procfs::alive(pid)),
         });
-        if tx.send(Command::ProcReadings { pods: pods_read, map_counts: map_counts.collect() }).is_err() {
+        if tx.send(Command::ProcReadings { map_counts: map_counts.collect() }).is_err() {
             return;
         }
     })?;

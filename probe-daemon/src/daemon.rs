@@ -129,7 +129,10 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         Arc::new(Crashes::start(cfg.crash.clone(), &cfg.snapshot.dir, snapshots.clone(), resolve, Some(crash_pauses)).map_err(DaemonError::Thread)?)
     };
     let own = Collector {
-        agg: Aggregate::new(settings.scrape_interval, cfg.metrics.max_exited_processes).with_identify(Box::new(collector::identify)),
+        agg: Aggregate::new(settings.scrape_interval, cfg.metrics.max_exited_processes)
+            .with_identify(Box::new(collector::identify))
+            .with_pods(pods, std::time::Duration::from_secs(cfg.kubernetes.pod_name_wait_seconds))
+            .with_folding(settings.fold),
         health: HealthEngine::new(cfg.health.clone()),
         ring,
         maps: DrainMaps { counters, failures, stats },
@@ -142,10 +145,11 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         snapshots: snapshots.clone(),
         crashes: Some(crashes.clone()),
         drain_interval: settings.drain_interval,
+        series: settings.series,
     };
     let view = collector::start(own, collector_rx).map_err(DaemonError::Thread)?;
     let _ = view_slot.set(view.clone());
-    collector::start_proc_reader(view.clone(), pods, collector_tx.clone(), settings.map_count_interval).map_err(DaemonError::Thread)?;
+    collector::start_proc_reader(view.clone(), collector_tx.clone(), settings.map_count_interval).map_err(DaemonError::Thread)?;
 
     let listener = tokio::net::TcpListener::bind(cfg.server.listen)
         .await

@@ -20,7 +20,8 @@ pub fn cstr(bytes: &[u8]) -> String {
 /// A decoded ring-buffer event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    Exec { tgid: u32, comm: String, filename: String },
+    /// `cgroup_id`: the cgroup v2 id at exec (0 when unknown).
+    Exec { tgid: u32, comm: String, filename: String, cgroup_id: u64 },
     Exit { tgid: u32, comm: String, exit_code: u32 },
     OomVictim { tgid: u32 },
     GoGc { tgid: u32, duration_ns: u64 },
@@ -62,7 +63,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         k if k == EventKind::Exec as u32 => {
             let e: ExecEvent = read(bytes, k)?;
             let len = (e.filename_len as usize).min(e.filename.len());
-            Ok(Event::Exec { tgid: e.header.tgid, comm: cstr(&e.comm), filename: cstr(&e.filename[..len]) })
+            Ok(Event::Exec { tgid: e.header.tgid, comm: cstr(&e.comm), filename: cstr(&e.filename[..len]), cgroup_id: e.cgroup_id })
         }
         k if k == EventKind::Exit as u32 => {
             let e: ExitEvent = read(bytes, k)?;
@@ -116,10 +117,11 @@ mod tests {
             header: EventHeader { kind: EventKind::Exec as u32, tgid: 7, ktime_ns: 1 },
             ppid: 0,
             filename_len: 8,
+            cgroup_id: 4242,
             comm: name::<COMM_LEN>("ls"),
             filename: name::<FILENAME_LEN>("/bin/ls\0"),
         };
-        assert_eq!(decode(&bytes_of(&exec)), Ok(Event::Exec { tgid: 7, comm: "ls".into(), filename: "/bin/ls".into() }));
+        assert_eq!(decode(&bytes_of(&exec)), Ok(Event::Exec { tgid: 7, comm: "ls".into(), filename: "/bin/ls".into(), cgroup_id: 4242 }));
 
         let oom = OomEvent { header: EventHeader { kind: EventKind::OomVictim as u32, tgid: 9, ktime_ns: 1 }, victim: 9, _pad: 0 };
         assert_eq!(decode(&bytes_of(&oom)), Ok(Event::OomVictim { tgid: 9 }));
@@ -137,6 +139,7 @@ mod tests {
             header: EventHeader { kind: EventKind::Exec as u32, tgid: 7, ktime_ns: 1 },
             ppid: 0,
             filename_len: 100_000,
+            cgroup_id: 0,
             comm: [0; COMM_LEN],
             filename: [b'a'; FILENAME_LEN],
         };

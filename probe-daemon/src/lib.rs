@@ -26,6 +26,7 @@ mod discovery;
 mod evidence;
 mod goruntime;
 mod health;
+mod hist;
 pub mod k8s;
 pub mod kernel;
 mod metrics;

@@ -4,7 +4,7 @@
 //! prometheus-client. Per-process series carry `pid` and `comm`; a counter is exposed once it is
 //! non-zero, so idle processes cost no series. Names are a contract: see README.md.
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
 };
 
@@ -17,11 +17,33 @@ use prometheus_client::{
 use probe_common::{MemSyscall, ProcCounters, ProgId, ProgStats};
 
 use crate::{
-    aggregate::{errno_name, Aggregate, ExitInfo, GoState},
+    aggregate::{errno_name, merge_go, Aggregate, ExitReason, Exposure, FoldKey, GoState},
     attach::ProgramStatus,
     health::Health,
+    hist::Buckets,
     k8s::{LabelPolicy, PodLabels, SeriesLimiter},
 };
+
+/// Which per-process detail becomes series (the `[metrics]` settings that trade detail for
+/// series; the API keeps all of it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SeriesOptions {
+    /// `chainprobe_go_goroutines_by_state` also by `wait_reason` (off: by `state` only).
+    pub goroutine_wait_reasons: bool,
+    /// Where the GC and stop-the-world histograms are kept.
+    pub histograms: HistogramScope,
+}
+
+/// `[metrics] histograms`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HistogramScope {
+    /// One series set per process (`pid`, `comm`, pod labels).
+    #[default]
+    Process,
+    /// One per (namespace, pod, container) — per `comm` outside pods — summed over its processes.
+    Pod,
+}
 
 /// OpenMetrics content type for `GET /metrics`.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -117,16 +139,21 @@ pub fn openmetrics_to_text(om: &str) -> String {
     out
 }
 
-/// One process, as a scrape sees it.
+/// One process — or the folded processes of one (pod, container, comm) — as a scrape sees it.
 #[derive(Debug, Clone)]
 pub struct ProcView {
-    pub pid: u32,
+    /// `None`: folded series (no `pid` label).
+    pub pid: Option<u32>,
     pub comm: String,
     pub counters: ProcCounters,
     pub active_connections: u64,
     pub failures: Vec<(MemSyscall, u16, u64)>,
+    /// Folded: the largest of its running processes'.
     pub map_count: Option<u64>,
-    pub exit: Option<ExitInfo>,
+    /// Running (folded: any of its processes).
+    pub live: bool,
+    /// Exits by (reason, code): 0 or 1 of a process, any number folded.
+    pub exits: Vec<(ExitReason, String, u64)>,
     pub go: Option<GoState>,
     pub pod: Option<PodLabels>,
     pub health: Option<Health>,
@@ -153,6 +180,66 @@ pub struct ScrapeView {
     /// The cap on exposed series (shared across scrapes, so admitted series stay stable).
     pub limiter: Option<Arc<Mutex<SeriesLimiter>>>,
     pub snapshots: Option<crate::snapshot::SnapshotStats>,
+    pub options: SeriesOptions,
+    /// GC-duration and pause histograms of departed per-pid Go processes, per fold key (per-pod
+    /// histograms).
+    pub pod_hists: Vec<(FoldKey, Buckets, Buckets)>,
+}
+
+impl ProcView {
+    /// The folded series of `key`, before any process is added.
+    fn fold(key: &FoldKey) -> ProcView {
+        ProcView {
+            pid: None,
+            comm: key.comm.clone(),
+            counters: ProcCounters::default(),
+            active_connections: 0,
+            failures: Vec::new(),
+            map_count: None,
+            live: false,
+            exits: Vec::new(),
+            go: None,
+            pod: Some(key.pod.clone()),
+            health: None,
+            tls: None,
+        }
+    }
+
+    /// Adds a process to folded series (its gauges only while it runs).
+    fn absorb(&mut self, o: ProcView) {
+        self.counters.accumulate(&o.counters);
+        if o.live {
+            self.active_connections += o.active_connections;
+        }
+        for (sc, errno, n) in o.failures {
+            match self.failures.iter_mut().find(|f| f.0 == sc && f.1 == errno) {
+                Some(f) => f.2 += n,
+                None => self.failures.push((sc, errno, n)),
+            }
+        }
+        self.map_count = match (self.map_count, o.map_count.filter(|_| o.live)) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        self.live |= o.live;
+        for (r, c, n) in o.exits {
+            match self.exits.iter_mut().find(|e| e.0 == r && e.1 == c) {
+                Some(e) => e.2 += n,
+                None => self.exits.push((r, c, n)),
+            }
+        }
+        if let Some(g) = &o.go {
+            merge_go(&mut self.go, g);
+        }
+        if let Some(t) = &o.tls {
+            self.tls.get_or_insert_with(Default::default).merge(t);
+        }
+        if let Some(h) = o.health.filter(|_| o.live) {
+            if self.health.as_ref().is_none_or(|mine| h.score < mine.score) {
+                self.health = Some(h);
+            }
+        }
+    }
 }
 
 impl ScrapeView {
@@ -171,23 +258,59 @@ impl ScrapeView {
         policy: LabelPolicy,
         limiter: Option<Arc<Mutex<SeriesLimiter>>>,
     ) -> Self {
-        let mut procs: Vec<ProcView> = agg
-            .processes()
-            .map(|p| ProcView {
-                pid: p.pid,
+        let now = std::time::Instant::now();
+        let mut procs: Vec<ProcView> = Vec::new();
+        // Folds: what their departed processes left, plus their current ones.
+        let mut folded: BTreeMap<FoldKey, ProcView> = BTreeMap::new();
+        let mut pod_hists = Vec::new();
+        for (k, f) in agg.folds() {
+            if let Some((gc, stw)) = &f.pid_hists {
+                pod_hists.push((k.clone(), gc.clone(), stw.clone()));
+            }
+            if f.counters == ProcCounters::default() && f.exits.is_empty() && f.go.is_none() && f.tls.is_none() && f.failures.is_empty() {
+                continue;
+            }
+            folded.insert(
+                k.clone(),
+                ProcView {
+                    counters: f.counters,
+                    failures: f.failures.iter().map(|((s, e), n)| (*s, *e, *n)).collect(),
+                    exits: f.exits.iter().map(|((r, c), n)| (*r, c.clone(), *n)).collect(),
+                    go: f.go.clone(),
+                    tls: f.tls.clone(),
+                    ..ProcView::fold(k)
+                },
+            );
+        }
+        for p in agg.processes() {
+            let exposure = agg.exposure(p, now);
+            // Held (its pod's names awaited, or young): its series appear once, with final labels.
+            if exposure == Exposure::Held {
+                continue;
+            }
+            let v = ProcView {
+                pid: Some(p.pid),
                 comm: p.comm.clone(),
                 counters: p.counters(),
                 active_connections: p.active_connections(),
                 failures: p.failures().into_iter().map(|((s, e), n)| (s, e, n)).collect(),
                 map_count: p.map_count,
-                exit: p.exit.clone(),
+                live: p.exit.is_none(),
+                exits: p.exit.iter().map(|e| (e.reason, e.code.clone(), 1)).collect(),
                 go: p.go.clone(),
                 pod: p.pod.clone(),
                 health: health.get(&p.pid).cloned(),
                 tls: p.tls.clone(),
-            })
-            .collect();
+            };
+            if exposure == Exposure::Folded {
+                let key = Aggregate::fold_key(p);
+                folded.entry(key.clone()).or_insert_with(|| ProcView::fold(&key)).absorb(v);
+            } else {
+                procs.push(v);
+            }
+        }
         procs.sort_by_key(|p| p.pid);
+        procs.extend(folded.into_values());
         ScrapeView {
             version: env!("CARGO_PKG_VERSION").to_string(),
             kernel: kernel.to_string(),
@@ -203,7 +326,15 @@ impl ScrapeView {
             policy,
             limiter,
             snapshots: None,
+            options: SeriesOptions::default(),
+            pod_hists,
         }
+    }
+
+    /// Sets which detail becomes series.
+    pub fn with_options(mut self, options: SeriesOptions) -> Self {
+        self.options = options;
+        self
     }
 
     /// Adds the snapshotter's counters.
@@ -225,7 +356,10 @@ impl ScrapeView {
 type Labels = Vec<(&'static str, String)>;
 
 fn proc_labels(p: &ProcView) -> Labels {
-    let mut l = vec![("pid", p.pid.to_string()), ("comm", p.comm.clone())];
+    let mut l = match p.pid {
+        Some(pid) => vec![("pid", pid.to_string()), ("comm", p.comm.clone())],
+        None => vec![("comm", p.comm.clone())],
+    };
     if let Some(pod) = p.pod.as_ref().filter(|pod| !pod.pod.is_empty()) {
         l.push(("namespace", pod.namespace.clone()));
         l.push(("pod", pod.pod.clone()));
@@ -251,6 +385,8 @@ enum Value {
     /// A gauge whose merge keeps the largest value (signal states).
     Max(i64),
     Histogram(Histogram),
+    /// A histogram that merges (summed with the series it coincides with).
+    Buckets(Buckets),
 }
 
 impl Value {
@@ -260,6 +396,7 @@ impl Value {
             (Value::Gauge(a), Value::Gauge(b)) => *a += b,
             (Value::Min(a), Value::Min(b)) => *a = (*a).min(b),
             (Value::Max(a), Value::Max(b)) => *a = (*a).max(b),
+            (Value::Buckets(a), Value::Buckets(b)) => a.merge(&b),
             _ => {}
         }
     }
@@ -269,6 +406,10 @@ impl Value {
             Value::Counter(v) => ConstCounter::new(*v).encode(e),
             Value::Gauge(v) | Value::Min(v) | Value::Max(v) => ConstGauge::new(*v).encode(e),
             Value::Histogram(h) => h.encode(e),
+            Value::Buckets(b) => {
+                let mut e = e;
+                e.encode_histogram::<prometheus_client::encoding::NoLabelSet>(b.sum(), b.count(), &b.encoder_buckets(), None)
+            }
         }
     }
 }
@@ -400,7 +541,7 @@ impl Collector for ScrapeView {
             MetricType::Gauge,
             procs
                 .iter()
-                .filter(|p| p.exit.is_none())
+                .filter(|p| p.live)
                 .filter_map(|p| p.map_count.map(|n| (proc_labels(p), Value::Gauge(n as i64)))),
         )?;
         self.family(
@@ -408,11 +549,7 @@ impl Collector for ScrapeView {
             "chainprobe_process_exits",
             "Process exits: reason exit (code = status), signal (code = signal name) or oom (killed by the OOM killer).",
             MetricType::Counter,
-            procs.iter().filter_map(|p| {
-                p.exit.as_ref().map(|e| {
-                    (with(proc_labels(p), &[("reason", e.reason.as_str()), ("code", &e.code)]), Value::Counter(1u64))
-                })
-            }),
+            procs.iter().flat_map(|p| p.exits.iter().map(move |(reason, code, n)| (with(proc_labels(p), &[("reason", reason.as_str()), ("code", code)]), Value::Counter(*n)))),
         )?;
         if let Some(n) = self.max_map_count {
             single(
@@ -515,7 +652,7 @@ impl Collector for ScrapeView {
 
 impl ScrapeView {
     fn encode_health(&self, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let scored = || self.procs.iter().filter(|p| p.exit.is_none()).filter_map(|p| p.health.as_ref().map(|h| (p, h)));
+        let scored = || self.procs.iter().filter(|p| p.live).filter_map(|p| p.health.as_ref().map(|h| (p, h)));
         self.family(
             enc,
             "chainprobe_health_score",
@@ -526,12 +663,12 @@ impl ScrapeView {
         self.family(
             enc,
             "chainprobe_health_signal_state",
-            "State of each health signal of the process: 0 ok, 1 warn, 2 critical (every signal of Go processes; of other processes, those not ok).",
+            "State of the health signals of the process that are not ok: 1 warn, 2 critical (all of them, ok ones included, in GET /api/v1/targets).",
             MetricType::Gauge,
             scored().flat_map(|(p, h)| {
                 h.signals
                     .iter()
-                    .filter(move |s| p.go.is_some() || s.state != crate::health::State::Ok)
+                    .filter(|s| s.state != crate::health::State::Ok)
                     .map(move |s| (with(proc_labels(p), &[("signal", s.name)]), Value::Max(s.state as i64)))
             }),
         )?;
@@ -591,7 +728,7 @@ impl ScrapeView {
             MetricType::Histogram,
             tls().flat_map(|(p, t)| {
                 t.durations.iter().map(move |((library, role, result), h)| {
-                    (with(proc_labels(p), &[("library", library), ("role", role), ("result", result)]), Value::Histogram(h.clone()))
+                    (with(proc_labels(p), &[("library", library), ("role", role), ("result", result)]), Value::Buckets(h.clone()))
                 })
             }),
         )?;
@@ -614,6 +751,18 @@ fn go_labels(p: &ProcView, go: &GoState) -> Labels {
     with(proc_labels(p), &[("go_version", &go.go_version)])
 }
 
+/// Labels of per-pod histograms: the pod's, or `comm` outside pods.
+fn pod_scope_labels(p: &ProcView) -> Labels {
+    scope_labels(p.pod.as_ref(), &p.comm)
+}
+
+fn scope_labels(pod: Option<&PodLabels>, comm: &str) -> Labels {
+    match pod.filter(|pod| !pod.pod.is_empty()) {
+        Some(pod) => vec![("namespace", pod.namespace.clone()), ("pod", pod.pod.clone()), ("container", pod.container.clone())],
+        None => vec![("comm", comm.to_string())],
+    }
+}
+
 impl ScrapeView {
     fn go_procs(&self) -> impl Iterator<Item = (&ProcView, &GoState)> {
         self.procs.iter().filter_map(|p| p.go.as_ref().map(|g| (p, g)))
@@ -627,21 +776,34 @@ impl ScrapeView {
             MetricType::Counter,
             self.go_procs().map(|(p, g)| (go_labels(p, g), Value::Counter(g.gc_cycles))),
         )?;
+        let hist_labels = |p: &ProcView, g: &GoState| match self.options.histograms {
+            HistogramScope::Process => go_labels(p, g),
+            HistogramScope::Pod => pod_scope_labels(p),
+        };
         self.family(
             enc,
             "chainprobe_go_gc_duration_seconds",
             "Go GC cycle duration, from gcStart to the start of mark termination (the end of marking).",
             MetricType::Histogram,
-            self.go_procs().map(|(p, g)| (go_labels(p, g), Value::Histogram(g.gc_duration.clone()))),
+            self.go_procs()
+                .map(|(p, g)| (hist_labels(p, g), Value::Buckets(g.gc_duration.clone())))
+                .chain(self.pod_hists.iter().map(|(k, gc, _)| (scope_labels(Some(&k.pod), &k.comm), Value::Buckets(gc.clone())))),
         )?;
         self.family(
             enc,
             "chainprobe_go_stw_pause_seconds",
-            "Go stop-the-world pauses by reason (reason is \"unknown\" before Go 1.21).",
+            "Go stop-the-world pauses, all reasons (chainprobe_go_stw_pauses_total counts them by reason).",
             MetricType::Histogram,
-            self.go_procs().flat_map(|(p, g)| {
-                g.stw_pauses.iter().map(move |(reason, h)| (with(go_labels(p, g), &[("reason", reason)]), Value::Histogram(h.clone())))
-            }),
+            self.go_procs()
+                .map(|(p, g)| (hist_labels(p, g), Value::Buckets(g.stw_pause.clone())))
+                .chain(self.pod_hists.iter().map(|(k, _, stw)| (scope_labels(Some(&k.pod), &k.comm), Value::Buckets(stw.clone())))),
+        )?;
+        self.family(
+            enc,
+            "chainprobe_go_stw_pauses",
+            "Go stop-the-world pauses by reason (gc_sweep_termination, gc_mark_termination, read_mem_stats, …; \"unknown\" before Go 1.21).",
+            MetricType::Counter,
+            self.go_procs().flat_map(|(p, g)| g.stw_by_reason.iter().map(move |(reason, (n, _))| (with(go_labels(p, g), &[("reason", reason)]), Value::Counter(*n)))),
         )?;
         self.family(
             enc,
@@ -661,11 +823,13 @@ impl ScrapeView {
         self.family(
             enc,
             "chainprobe_go_goroutines_by_state",
-            "Live goroutines (system ones included) by status and, for waiting ones, wait reason.",
+            "Live goroutines (system ones included) by status, the statuses present only (with [metrics] goroutine_wait_reasons also by wait reason; GET /api/v1/targets always has both).",
             MetricType::Gauge,
             sampled().flat_map(|(p, g, s)| {
+                let by_wait = self.options.goroutine_wait_reasons;
                 s.by_state.iter().map(move |((state, wait), n)| {
-                    (with(go_labels(p, g), &[("state", state), ("wait_reason", wait)]), Value::Gauge(*n as i64))
+                    let labels = if by_wait { with(go_labels(p, g), &[("state", state), ("wait_reason", wait)]) } else { with(go_labels(p, g), &[("state", state)]) };
+                    (labels, Value::Gauge(*n as i64))
                 })
             }),
         )?;
@@ -693,11 +857,9 @@ impl ScrapeView {
         self.family(
             enc,
             "chainprobe_go_creation_probes_active",
-            "1 while the goroutine-creation probes are on for the process (see /api/v1/targets for why).",
+            "1 while the goroutine-creation probes are on for the process, absent while off (see /api/v1/targets for why).",
             MetricType::Gauge,
-            self.go_procs().map(|(p, g)| {
-                (go_labels(p, g), Value::Gauge(i64::from(g.creation.as_ref().is_some_and(|c| c.active))))
-            }),
+            self.go_procs().filter(|(_, g)| g.creation.as_ref().is_some_and(|c| c.active)).map(|(p, g)| (go_labels(p, g), Value::Gauge(1))),
         )?;
         self.family(
             enc,
@@ -718,8 +880,6 @@ impl ScrapeView {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::aggregate::ExitReason;
-    use std::time::Instant;
 
     fn view() -> ScrapeView {
         ScrapeView {
@@ -727,20 +887,21 @@ mod tests {
             kernel: "6.1.0".into(),
             procs: vec![
                 ProcView {
-                    pid: 10,
+                    pid: Some(10),
                     comm: "svc".into(),
                     counters: ProcCounters { tcp_connect_ok: 3, tcp_connect_refused: 1, tcp_established_opened: 3, tcp_established_closed: 1, mmap_calls: 2, mmap_bytes: 8192, ..Default::default() },
                     active_connections: 2,
                     failures: vec![(MemSyscall::Mmap, 22, 1)],
                     map_count: Some(40),
-                    exit: None,
+                    live: true,
+                    exits: vec![],
                     go: None,
                     tls: None,
                     pod: Some(PodLabels { namespace: "shop".into(), pod: "cart-1".into(), container: "app".into() }),
                     health: Some(Health { score: 70, signals: vec![crate::health::Signal { name: "goroutines", value: 6000.0, threshold: Some(5000.0), state: crate::health::State::Critical }] }),
                 },
                 ProcView {
-                    pid: 11,
+                    pid: Some(11),
                     comm: "gone".into(),
                     counters: ProcCounters::default(),
                     active_connections: 0,
@@ -750,7 +911,8 @@ mod tests {
                     tls: None,
                     pod: None,
                     health: None,
-                    exit: Some(ExitInfo { reason: ExitReason::Signal, code: "SIGKILL".into(), at: Instant::now() }),
+                    live: false,
+                    exits: vec![(ExitReason::Signal, "SIGKILL".into(), 1)],
                 },
             ],
             prog_stats: vec![(ProgId::SysExitMmap, ProgStats { events: 5, lost_ringbuf: 0, lost_map_full: 1 })],
@@ -764,6 +926,8 @@ mod tests {
             policy: LabelPolicy::default(),
             limiter: None,
             snapshots: None,
+            options: SeriesOptions::default(),
+            pod_hists: vec![],
         }
     }
 
@@ -816,12 +980,131 @@ mod tests {
         assert!(!text.contains(" info\n") && !text.contains(" unknown\n"), "{text}");
     }
 
+    fn go_process_view(a: &mut Aggregate, pid: u32, t0: std::time::Instant) -> HashMap<u32, Health> {
+        a.on_go_tracked(pid, "go1.27.3", 27, t0);
+        for i in 0..50u64 {
+            a.on_go_gc(pid, 300_000 + i * 50_000);
+            a.on_go_stw(pid, 20_000 + i * 1000, 1);
+            a.on_go_stw(pid, 40_000, 2);
+        }
+        let mut by_state = std::collections::BTreeMap::new();
+        for (st, wait) in [("waiting", "chan receive"), ("waiting", "select"), ("waiting", "IO wait"), ("waiting", "GC worker (idle)"), ("runnable", ""), ("running", ""), ("syscall", "")] {
+            by_state.insert((st, wait.to_string()), 3);
+        }
+        a.set_go_sample(pid, crate::goruntime::GoSample { goroutines: 20, by_state, goidgen: 100, numgc: 50, heap_live: 1 << 20, heap_goal: 4 << 20 });
+        a.set_map_count(pid, Some(30));
+        let signals = crate::health::SIGNALS
+            .iter()
+            .map(|(name, _, _)| crate::health::Signal { name, value: 0.0, threshold: None, state: crate::health::State::Ok })
+            .collect();
+        HashMap::from([(pid, Health { score: 100, signals })])
+    }
+
+    #[test]
+    fn a_go_process_stays_within_its_series_budget() {
+        let t0 = std::time::Instant::now();
+        let me = std::process::id();
+        let mut a = Aggregate::new(std::time::Duration::from_secs(1), 10);
+        let health = go_process_view(&mut a, me, t0);
+        let text = ScrapeView::new(&a, &health, None, &[], "k").render().unwrap();
+        let mine = format!("pid=\"{me}\"");
+        let n = text.lines().filter(|l| l.contains(&mine)).count();
+        assert!(n <= 30, "{n} series:\n{text}");
+        assert!(text.contains(&format!("chainprobe_go_stw_pauses_total{{{mine},comm=\"unknown\",go_version=\"go1.27.3\",reason=\"gc_mark_termination\"}} 50")), "{text}");
+        assert!(text.contains(&format!("chainprobe_go_goroutines_by_state{{{mine},comm=\"unknown\",go_version=\"go1.27.3\",state=\"waiting\"}} 12")), "{text}");
+        assert!(!text.contains("chainprobe_health_signal_state{"), "ok signals have no series");
+        assert!(!text.contains("chainprobe_go_creation_probes_active{"), "absent while off");
+        // Wait reasons on request.
+        let v = ScrapeView::new(&a, &health, None, &[], "k").with_options(SeriesOptions { goroutine_wait_reasons: true, ..Default::default() });
+        assert!(v.render().unwrap().contains("wait_reason=\"chan receive\"} 3"));
+    }
+
+    #[test]
+    fn short_lived_and_non_go_processes_fold_into_per_comm_series_that_only_grow() {
+        use crate::aggregate::{FoldRule, Identity};
+        use crate::decode::Event;
+        let t0 = std::time::Instant::now();
+        let s = std::time::Duration::from_secs;
+        let rule = FoldRule { non_go: true, young: s(30), ..FoldRule::OFF };
+        let (go_old, old_job, job1, job2, go_young) = (0x7ff0_0001, 0x7ff0_0005, 0x7ff0_0002, 0x7ff0_0003, 0x7ff0_0004);
+        let mut a = Aggregate::new(s(1), 100)
+            .with_folding(rule)
+            .with_identify(Box::new(move |pid| Identity::Live(if pid == go_old { "svc" } else { "job" }.into())));
+        let refused = |n| ProcCounters { tcp_connect_refused: n, ..Default::default() };
+        // Exec'd now (young): job1, job2, go_young; running before: go_old, old_job.
+        for pid in [job1, job2, go_young] {
+            a.apply(Event::Exec { tgid: pid, comm: "job".into(), filename: "/job".into(), cgroup_id: 0 }, t0);
+        }
+        a.on_go_tracked(go_old, "go1.27.3", 27, t0);
+        a.on_go_tracked(go_young, "go1.27.3", 27, t0);
+        let snap = |a: &mut Aggregate, at| {
+            let procs = vec![(old_job, refused(16)), (job1, refused(1)), (job2, refused(2)), (go_young, refused(4)), (go_old, refused(8))];
+            a.apply_kernel(crate::decode::KernelSnapshot { procs, ..Default::default() }, at)
+        };
+        snap(&mut a, t0);
+        let render = |a: &Aggregate| ScrapeView::new(a, &HashMap::new(), None, &[], "k").render().unwrap();
+        let job_refused = |text: &str| -> Vec<String> {
+            text.lines().filter(|l| l.starts_with("chainprobe_tcp_connects_total") && l.contains("comm=\"job\"")).map(str::to_string).collect()
+        };
+        let line = |n: u64| vec![format!(r#"chainprobe_tcp_connects_total{{comm="job",result="refused"}} {n}"#)];
+        let text = render(&a);
+        assert_eq!(job_refused(&text), line(16), "only the non-Go process running before; the young ones are held: {text}");
+        assert!(text.contains(&format!("pid=\"{go_old}\"")), "a Go process running before keeps its own series");
+        // A job and the young Go process exit young: folded (the Go one's comm is "job" too).
+        a.on_exit(job1, "job".into(), 1 << 8, t0 + s(1));
+        a.on_exit(go_young, "job".into(), 2 << 8, t0 + s(2));
+        snap(&mut a, t0 + s(2));
+        let text = render(&a);
+        assert_eq!(job_refused(&text), line(21), "{text}");
+        assert!(text.contains(r#"chainprobe_process_exits_total{comm="job",reason="exit",code="1"} 1"#), "{text}");
+        assert!(text.contains(r#"chainprobe_go_gc_cycles_total{comm="job",go_version="go1.27.3"} 0"#), "{text}");
+        assert!(!text.contains(&format!("pid=\"{go_young}\"")), "{text}");
+        // Scraped and past the grace period, the exited processes leave; the fold keeps their counts.
+        a.prune_for_scrape(t0 + s(5));
+        a.prune_for_scrape(t0 + s(6));
+        assert!(a.process(job1).is_none() && a.process(go_young).is_none());
+        assert_eq!(job_refused(&render(&a)), line(21));
+        // The last ones leave; the fold stays for its retention, then goes.
+        a.on_exit(job2, "job".into(), 0, t0 + s(7));
+        a.on_exit(old_job, "job".into(), 0, t0 + s(7));
+        a.prune_for_scrape(t0 + s(8));
+        a.prune_for_scrape(t0 + s(9));
+        assert!(a.process(job2).is_none() && a.process(old_job).is_none());
+        assert_eq!(job_refused(&render(&a)), line(23));
+        a.prune_for_scrape(t0 + s(9) + rule.retention);
+        assert!(job_refused(&render(&a)).is_empty());
+        assert_eq!(a.take_pruned_folds().len(), 1);
+    }
+
+    #[test]
+    fn per_pod_histograms_sum_the_pods_processes_departed_ones_included() {
+        use crate::aggregate::FoldRule;
+        let t0 = std::time::Instant::now();
+        let s = std::time::Duration::from_secs;
+        let mut a = Aggregate::new(s(1), 100).with_folding(FoldRule { pod_histograms: true, ..FoldRule::OFF });
+        let (p1, p2) = (0x7ff1_0001, 0x7ff1_0002);
+        for pid in [p1, p2] {
+            go_process_view(&mut a, pid, t0);
+        }
+        let opts = SeriesOptions { histograms: HistogramScope::Pod, ..Default::default() };
+        let render = |a: &Aggregate| ScrapeView::new(a, &HashMap::new(), None, &[], "k").with_options(opts).render().unwrap();
+        let count = r#"chainprobe_go_gc_duration_seconds_count{comm="unknown"} 100"#;
+        let text = render(&a);
+        assert!(text.contains(count), "{text}");
+        assert!(!text.lines().any(|l| l.starts_with("chainprobe_go_gc_duration_seconds") && l.contains("pid=")), "{text}");
+        a.on_exit(p1, "unknown".into(), 0, t0);
+        a.prune_for_scrape(t0 + s(2));
+        a.prune_for_scrape(t0 + s(3));
+        assert!(a.process(p1).is_none());
+        assert!(render(&a).contains(count), "the departed process's observations stay");
+    }
+
     #[test]
     fn dropping_pid_sums_series_and_the_cap_refuses_new_ones() {
         let mut v = view();
         // A second process of the same comm: without pid their series merge.
         let mut twin = v.procs[0].clone();
-        twin.pid = 12;
+        twin.pid = Some(12);
         twin.counters.mmap_calls = 5;
         v.procs.push(twin);
         v.policy = LabelPolicy::from_config(&crate::k8s::LabelPolicyConfig { drop_labels: vec!["pid".into()], keep_labels: vec![], max_series: 0 }).unwrap();

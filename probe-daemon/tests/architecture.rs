@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, path::Path};
 /// The daemon's modules, upstream first (docs/ARCHITECTURE.md explains each).
 const LAYERS: &[&str] = &[
     // leaves
-    "sync", "procfs", "kernel", "evidence", "decode",
+    "sync", "procfs", "kernel", "evidence", "decode", "hist",
     // kernel I/O, then the per-domain trackers
     "attach", "k8s", "tls", "goruntime",
     // the pure core
@@ -20,7 +20,7 @@ const LAYERS: &[&str] = &[
 ];
 
 /// Modules that must stay pure: no kernel maps, no async runtime, no /proc or file reads.
-const PURE: &[&str] = &["decode", "evidence", "aggregate", "health", "metrics"];
+const PURE: &[&str] = &["decode", "evidence", "hist", "aggregate", "health", "metrics"];
 const IMPURE_MARKERS: &[&str] = &["aya::", "tokio", "procfs::", "std::fs", "File::open", "\"/proc", "process_vm_readv"];
 
 fn sources(module: &str) -> Vec<(String, String)> {

@@ -47,7 +47,8 @@ fn go_value(m: &Metrics, name: &str, pid: u32, extra: &[(&str, &str)]) -> f64 {
     m.value(name, &l)
 }
 
-const GO_CFG: &str = "[go]\nread_interval_seconds = 0.2\n";
+/// Wait reasons on (the test compares them); the default has states only.
+const GO_CFG: &str = "[go]\nread_interval_seconds = 0.2\n[metrics]\ngoroutine_wait_reasons = true\n";
 
 /// The tests of this file each run a daemon and a dozen Go processes: one at a time, so timing
 /// assertions (attach within 1 s) measure chainprobe, not a machine overloaded by the others.
@@ -145,7 +146,7 @@ fn goroutines_gc_cycles_pauses_and_heap_agree_with_the_programs() {
         let before = d.metrics();
         let gc0 = go_value(&before, "chainprobe_go_gc_cycles_total", pid, &[]);
         let dur0 = go_value(&before, "chainprobe_go_gc_duration_seconds_count", pid, &[]);
-        let stw = |m: &Metrics, reason: &str| go_value(m, "chainprobe_go_stw_pause_seconds_count", pid, &[("reason", reason)]);
+        let stw = |m: &Metrics, reason: &str| go_value(m, "chainprobe_go_stw_pauses_total", pid, &[("reason", reason)]);
         let (sweep0, mark0, unk0) = (stw(&before, "gc_sweep_termination"), stw(&before, "gc_mark_termination"), stw(&before, "unknown"));
         g.cmd("gc 4");
         let m = d.wait_metrics(&format!("{label}: 4 GC cycles"), Duration::from_secs(15), |m| {

@@ -36,6 +36,7 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
     unsafe {
         (*ev).header = header(EventKind::Exec, tgid);
         (*ev).ppid = 0;
+        (*ev).cgroup_id = aya_ebpf::helpers::bpf_get_current_cgroup_id();
         (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);
         (*ev).filename = [0; probe_common::FILENAME_LEN];
         (*ev).filename_len = 0;

@@ -10,6 +10,7 @@
 //!   cargo xtask bench goread         daemon CPU of the periodic runtime read of a big Go process
 //!   cargo xtask bench node --scenario goroutines   daemon CPU with one 500k-goroutine process
 //!   cargo xtask bench tls            TLS handshakes/s and bulk throughput with and without chainprobe
+//!   cargo xtask bench fleet          series created by short-lived processes (50 execs/s), folded and per pid
 //!   cargo xtask codegen go-offsets   regenerate the per-Go-version offset tables
 use std::{
     path::{Path, PathBuf},
@@ -18,6 +19,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
+mod bench_fleet;
 mod bench_goinspect;
 mod bench_goread;
 mod bench_goruntime;
@@ -46,6 +48,7 @@ fn usage() -> &'static str {
        bench node --scenario goroutines\n                            daemon CPU with one 500k-goroutine process at the default read interval:\n                            idle, O(P) count + budgeted breakdown, every g each interval (side by side)\n  \
        bench snapshot       breach → snapshot files; goroutine-profile time and target pause (10k, 100k);\n                            heap profile out of process vs the process's own (1k, 10k, 100k buckets; --heap-only)\n  \
        bench tls            TLS handshakes/s and bulk TLS throughput with and without chainprobe\n  \
+       bench fleet          series created per hour by 50 execs/s of short-lived processes, folded and\n                            per pid (--seconds S, --rate R, --comms C, --scrape-interval I)\n  \
        codegen go-offsets   regenerate the per-Go-version offset tables from real toolchains\n"
 }
 
@@ -102,7 +105,8 @@ fn dispatch(args: &[String]) -> Result<()> {
             Some("node") => bench_node::run(&rest[1..]),
             Some("snapshot") => bench_snapshot::run(&rest[1..]),
             Some("tls") => bench_tls::run(&rest[1..]),
-            _ => bail!("bench what? `cargo xtask bench syscalls`, `goinspect`, `goruntime`, `goread`, `node`, `snapshot` or `tls`"),
+            Some("fleet") => bench_fleet::run(&rest[1..]),
+            _ => bail!("bench what? `cargo xtask bench syscalls`, `goinspect`, `goruntime`, `goread`, `node`, `snapshot`, `tls` or `fleet`"),
         },
         "codegen" => codegen::run(rest),
         "-h" | "--help" | "help" => {

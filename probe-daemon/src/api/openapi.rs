@@ -124,7 +124,10 @@ pub fn document() -> Value {
                         "goroutines_by_state_read_cpu_seconds": { "type": ["number", "null"], "description": "CPU time the last breakdown read took" },
                         "goroutines_created": { "type": ["integer", "null"] }, "gc_cycles_probed": { "type": ["integer", "null"] },
                         "gc_cycles_memstats": { "type": ["integer", "null"] }, "stw_pauses_probed": { "type": ["integer", "null"] },
-                        "heap_live_bytes": { "type": ["integer", "null"] }, "heap_goal_bytes": { "type": ["integer", "null"] }
+                        "heap_live_bytes": { "type": ["integer", "null"] }, "heap_goal_bytes": { "type": ["integer", "null"] },
+                        "stw_pauses_by_reason": { "type": "object", "description": "stop-the-world pauses by reason (the metrics have one histogram of all)", "additionalProperties": { "type": "object", "properties": {
+                            "count": { "type": "integer" }, "seconds": { "type": "number" }
+                        }}}
                     }}
                 }}}}},
                 "SnapshotRequest": { "type": "object", "additionalProperties": false, "properties": {
@@ -134,7 +137,8 @@ pub fn document() -> Value {
                 "Snapshot": { "type": "object", "properties": {
                     "id": { "type": "string" }, "pid": { "type": "integer" }, "comm": { "type": "string" },
                     "namespace": { "type": "string" }, "pod": { "type": "string" }, "container": { "type": "string" },
-                    "trigger": { "enum": ["rule", "api"] }, "rule": { "type": "string" },
+                    "trigger": { "enum": ["rule", "api", "crash"] }, "rule": { "type": "string", "description": "the rule (trigger rule), or the crash kind (trigger crash)" },
+                    "capsule": { "type": "object", "description": "trigger crash: what the process knew (kind, message, goid, top_frame, stack, system_stack, exit_code, exit, paused, held_seconds, seconds_to_capsule, partial, suppressed_before; OOM kills: heap_profile_snapshot and its age)" },
                     "kinds": { "type": "array", "items": { "enum": ["heap", "goroutine"] } },
                     "status": { "enum": ["pending", "running", "done", "failed"] }, "reason": { "type": "string" },
                     "created": { "type": "string", "format": "date-time" }, "finished": { "type": "string", "format": "date-time" },

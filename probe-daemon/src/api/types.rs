@@ -79,6 +79,8 @@ pub struct Runtime {
     pub goroutines_by_state_period_seconds: Option<f64>,
     /// CPU seconds the last breakdown read took.
     pub goroutines_by_state_read_cpu_seconds: Option<f64>,
+    /// Stop-the-world pauses by reason (the metrics have one histogram of all of them).
+    pub stw_pauses_by_reason: std::collections::BTreeMap<&'static str, PauseTotals>,
 }
 
 /// Goroutines in one (state, wait reason).
@@ -88,6 +90,12 @@ pub struct StateCount {
     /// Empty unless waiting.
     pub wait_reason: String,
     pub goroutines: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PauseTotals {
+    pub count: u64,
+    pub seconds: f64,
 }
 
 impl TargetsResponse {
@@ -150,6 +158,9 @@ impl Target {
                 goroutines_by_state_age_seconds: b.map(|b| round_ms(b.at.elapsed().as_secs_f64())),
                 goroutines_by_state_period_seconds: b.map(|b| round_ms(b.period.as_secs_f64())),
                 goroutines_by_state_read_cpu_seconds: b.map(|b| b.cpu.as_secs_f64()),
+                stw_pauses_by_reason: g
+                    .map(|g| g.stw_by_reason.iter().map(|(r, (count, seconds))| (*r, PauseTotals { count: *count, seconds: *seconds })).collect())
+                    .unwrap_or_default(),
             },
         }
     }

@@ -136,6 +136,16 @@ pub struct MetricsConfig {
     pub drop_labels: Vec<String>,
     pub keep_labels: Vec<String>,
     pub max_series: usize,
+    /// `chainprobe_go_goroutines_by_state` also by wait reason.
+    pub goroutine_wait_reasons: bool,
+    /// GC and stop-the-world histograms per process or per pod.
+    pub histograms: crate::metrics::HistogramScope,
+    /// Non-Go processes' series per (pod, container, comm) instead of per pid.
+    pub fold_non_go: bool,
+    /// Processes (exec seen) are held this long; those that exit younger are folded.
+    pub fold_young_seconds: f64,
+    /// A fold with no process left is forgotten after this long without change.
+    pub fold_retention_seconds: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -167,6 +177,11 @@ impl Default for MetricsConfig {
             drop_labels: Vec::new(),
             keep_labels: Vec::new(),
             max_series: 20_000,
+            goroutine_wait_reasons: false,
+            histograms: crate::metrics::HistogramScope::Process,
+            fold_non_go: true,
+            fold_young_seconds: 30.0,
+            fold_retention_seconds: 600.0,
         }
     }
 }
@@ -239,6 +254,8 @@ impl Config {
         if self.api.max_body_bytes < 64 {
             return Err(ConfigError::Invalid { key: "api.max_body_bytes", message: "must be at least 64".into() });
         }
+        seconds("metrics.fold_young_seconds", self.metrics.fold_young_seconds, 0.0)?;
+        seconds("metrics.fold_retention_seconds", self.metrics.fold_retention_seconds, 0.0)?;
         if self.metrics.max_exited_processes == 0 {
             return Err(ConfigError::Invalid {
                 key: "metrics.max_exited_processes",
@@ -300,6 +317,8 @@ pub struct Settings {
     pub go_read_interval: Duration,
     pub creation: crate::goruntime::creation::CreationSettings,
     pub label_policy: crate::k8s::LabelPolicy,
+    pub series: crate::metrics::SeriesOptions,
+    pub fold: crate::aggregate::FoldRule,
 }
 
 impl Settings {
@@ -313,6 +332,13 @@ impl Settings {
             go_read_interval: config.go_read_interval()?,
             creation: config.creation_settings()?,
             label_policy: config.label_policy()?,
+            series: crate::metrics::SeriesOptions { goroutine_wait_reasons: config.metrics.goroutine_wait_reasons, histograms: config.metrics.histograms },
+            fold: crate::aggregate::FoldRule {
+                non_go: config.metrics.fold_non_go,
+                young: seconds("metrics.fold_young_seconds", config.metrics.fold_young_seconds, 0.0)?,
+                retention: seconds("metrics.fold_retention_seconds", config.metrics.fold_retention_seconds, 0.0)?,
+                pod_histograms: config.metrics.histograms == crate::metrics::HistogramScope::Pod,
+            },
             config,
         })
     }

@@ -212,7 +212,7 @@ impl PodCache {
         self.read().resource_version.clone()
     }
 
-    fn replace_all(&self, pods: Vec<PodInfo>, rv: String) {
+    pub(crate) fn replace_all(&self, pods: Vec<PodInfo>, rv: String) {
         let mut g = self.write();
         g.pods.clear();
         g.by_container.clear();

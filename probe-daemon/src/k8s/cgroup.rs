@@ -131,6 +131,45 @@ pub fn parse_proc_cgroup(contents: &str) -> Option<CgroupIdentity> {
     pod_only
 }
 
+/// The cgroup v2 hierarchy's mount point, from `/proc/self/mountinfo`.
+pub fn cgroup2_mount() -> Option<std::path::PathBuf> {
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mi.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        (right.split_whitespace().next()? == "cgroup2").then(|| left.split_whitespace().nth(4).map(std::path::PathBuf::from))?
+    })
+}
+
+/// The path (from the hierarchy's root, `/…`) of the cgroup v2 directory whose kernfs id is `id`
+/// — what `bpf_get_current_cgroup_id` gives — opened by handle (`open_by_handle_at` with a
+/// kernfs file handle, which needs CAP_DAC_READ_SEARCH) on `mount` (the hierarchy's root
+/// directory, mounted at `mount_path`). `None` when the cgroup is gone or not reachable from this
+/// mount (a cgroup namespace).
+pub fn cgroup_path_by_id(mount: &std::fs::File, mount_path: &std::path::Path, id: u64) -> Option<String> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    /// `struct file_handle` with the 8-byte kernfs id as its payload.
+    #[repr(C)]
+    struct KernfsHandle {
+        handle_bytes: u32,
+        handle_type: i32,
+        id: u64,
+    }
+    const FILEID_KERNFS: i32 = 0xfe;
+    let mut h = KernfsHandle { handle_bytes: 8, handle_type: FILEID_KERNFS, id };
+    // SAFETY: a valid directory fd and a handle of the size it declares; the returned fd is owned.
+    let fd = unsafe {
+        libc::syscall(libc::SYS_open_by_handle_at, mount.as_raw_fd(), &mut h as *mut KernfsHandle, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC)
+    };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: the syscall returned a new descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()?;
+    let rel = link.strip_prefix(mount_path).ok()?;
+    Some(format!("/{}", rel.display()))
+}
+
 /// Parses one cgroup path (e.g. the part after `0::`).
 pub fn parse_cgroup_path(path: &str) -> Option<CgroupIdentity> {
     let comps: Vec<&str> = path.split('/').filter(|c| !c.is_empty() && *c != "..").collect();

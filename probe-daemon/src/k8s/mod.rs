@@ -16,7 +16,11 @@ pub mod api;
 pub mod cgroup;
 pub mod policy;
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::Mutex,
+};
 
 use serde::Deserialize;
 use tracing::{info, warn};
@@ -82,6 +86,12 @@ pub struct KubernetesConfig {
     pub watch_timeout_seconds: u64,
     /// Upper bound of the retry backoff after API errors.
     pub max_backoff_seconds: u64,
+    /// With the API in use, the series of a process in a pod the API has not named yet (a new
+    /// pod, or the container's status not yet posted) are held out of /metrics until the names
+    /// arrive or this many seconds have passed since the process was first seen; then they are
+    /// exposed with the names, else with the pod UID and container id. Labels never change
+    /// afterwards. 0 = never wait.
+    pub pod_name_wait_seconds: u64,
 }
 
 impl Default for KubernetesConfig {
@@ -93,6 +103,7 @@ impl Default for KubernetesConfig {
             api_server: String::new(),
             watch_timeout_seconds: 290,
             max_backoff_seconds: 30,
+            pod_name_wait_seconds: 10,
         }
     }
 }
@@ -130,7 +141,7 @@ pub struct PodMeta {
 }
 
 /// Values of the `namespace`, `pod`, `container` labels.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct PodLabels {
     pub namespace: String,
     pub pod: String,
@@ -141,6 +152,12 @@ impl PodMeta {
     /// True when the API supplied the names.
     pub fn has_names(&self) -> bool {
         self.pod.is_some()
+    }
+
+    /// True when every label is final: the pod is named and, for a process in a container, so is
+    /// the container (the kubelet posts a container's id in the pod status after it started).
+    pub fn names_complete(&self) -> bool {
+        self.pod.is_some() && (self.container_id.is_none() || self.container.is_some())
     }
 
     /// Label values: names when known; otherwise `pod` is the pod UID and `container` the first
@@ -173,12 +190,38 @@ impl PodMeta {
     }
 }
 
+/// Where the aggregate learns which pod a process is in: a cgroup read when the process is first
+/// seen (I/O, cached by cgroup path), then names from the API cache as often as needed (no I/O).
+pub trait PodSource: Send + Sync {
+    /// The cgroup identity of `pid` (`None`: not in a container, or gone).
+    fn cgroup(&self, pid: u32) -> Option<CgroupIdentity>;
+    /// The cgroup identity of the cgroup v2 directory with kernfs id `id` (what the kernel
+    /// reports with an exec); for processes gone before their /proc could be read.
+    fn cgroup_by_id(&self, _id: u64) -> Option<CgroupIdentity> {
+        None
+    }
+    /// The pod metadata of a cgroup identity with whatever names the API cache has now.
+    fn meta(&self, id: &CgroupIdentity) -> PodMeta;
+    /// True when names come from an API (so a pod without names may still get them).
+    fn names_expected(&self) -> bool;
+}
+
+/// Parsed `/proc/PID/cgroup` contents are cached by the contents (every process of a container
+/// has the same); bounded.
+const CGROUP_CACHE_MAX: usize = 4096;
+
 /// Maps processes to pods. Create once (inside the tokio runtime when the API is used); cheap
 /// to share behind an `Arc`. Dropping it stops the watch.
 pub struct PodResolver {
     proc_root: PathBuf,
     cache: Option<PodCache>,
     task: Option<tokio::task::JoinHandle<()>>,
+    /// `/proc/PID/cgroup` contents → parsed identity.
+    parsed: Mutex<HashMap<String, Option<CgroupIdentity>>>,
+    /// cgroup v2 id → parsed identity (ids are never reused).
+    by_id: Mutex<HashMap<u64, Option<CgroupIdentity>>>,
+    /// The cgroup v2 hierarchy's root directory and mount point, opened on first use.
+    cgroup2: std::sync::OnceLock<Option<(std::fs::File, PathBuf)>>,
 }
 
 impl Drop for PodResolver {
@@ -192,12 +235,12 @@ impl Drop for PodResolver {
 impl PodResolver {
     /// cgroup labels only.
     pub fn cgroup_only(proc_root: impl Into<PathBuf>) -> PodResolver {
-        PodResolver { proc_root: proc_root.into(), cache: None, task: None }
+        PodResolver { proc_root: proc_root.into(), cache: None, task: None, parsed: Mutex::default(), by_id: Mutex::default(), cgroup2: std::sync::OnceLock::new() }
     }
 
     /// With a cache someone else fills (tests, or a caller that runs its own [`Watcher`]).
     pub fn with_cache(proc_root: impl Into<PathBuf>, cache: PodCache) -> PodResolver {
-        PodResolver { proc_root: proc_root.into(), cache: Some(cache), task: None }
+        PodResolver { proc_root: proc_root.into(), cache: Some(cache), task: None, parsed: Mutex::default(), by_id: Mutex::default(), cgroup2: std::sync::OnceLock::new() }
     }
 
     /// From the `[kubernetes]` section: starts the node-scoped watch on the current tokio
@@ -234,7 +277,7 @@ impl PodResolver {
         let cache = PodCache::new();
         let watcher = Watcher::new(api, cache.clone())?;
         let task = tokio::spawn(watcher.run());
-        Ok(PodResolver { proc_root: cfg.proc_root.clone().into(), cache: Some(cache), task: Some(task) })
+        Ok(PodResolver { proc_root: cfg.proc_root.clone().into(), cache: Some(cache), task: Some(task), parsed: Mutex::default(), by_id: Mutex::default(), cgroup2: std::sync::OnceLock::new() })
     }
 
     pub fn cache(&self) -> Option<&PodCache> {
@@ -256,8 +299,27 @@ impl PodResolver {
 
     /// [`PodResolver::resolve`] on given `/proc/PID/cgroup` contents.
     pub fn resolve_cgroup(&self, contents: &str) -> Option<PodMeta> {
-        let id = parse_proc_cgroup(contents)?;
-        let mut meta = PodMeta::from_identity(id);
+        let id = self.parse_cached(contents)?;
+        Some(self.names(&id))
+    }
+
+    /// Parses `/proc/PID/cgroup` contents, from the cache when seen before.
+    fn parse_cached(&self, contents: &str) -> Option<CgroupIdentity> {
+        let mut parsed = crate::sync::lock(&self.parsed);
+        if let Some(id) = parsed.get(contents) {
+            return id.clone();
+        }
+        let id = parse_proc_cgroup(contents);
+        if parsed.len() >= CGROUP_CACHE_MAX {
+            parsed.clear();
+        }
+        parsed.insert(contents.to_string(), id.clone());
+        id
+    }
+
+    /// The metadata of `id` with the names the API cache has now.
+    fn names(&self, id: &CgroupIdentity) -> PodMeta {
+        let mut meta = PodMeta::from_identity(id.clone());
         if let Some(cache) = &self.cache {
             let by_container = meta.container_id.as_deref().and_then(|cid| cache.container(cid));
             if let Some((pod, name)) = by_container {
@@ -266,7 +328,7 @@ impl PodResolver {
                 meta.fill(&pod, None);
             }
         }
-        Some(meta)
+        meta
     }
 
     /// PIDs of the processes in pod `namespace/pod` (and `container`, when given), for
@@ -289,6 +351,39 @@ impl PodResolver {
             out.push(pid);
         }
         out
+    }
+}
+
+impl PodSource for PodResolver {
+    fn cgroup(&self, pid: u32) -> Option<CgroupIdentity> {
+        let contents = std::fs::read_to_string(self.proc_root.join(pid.to_string()).join("cgroup")).ok()?;
+        self.parse_cached(&contents)
+    }
+
+    fn meta(&self, id: &CgroupIdentity) -> PodMeta {
+        self.names(id)
+    }
+
+    fn names_expected(&self) -> bool {
+        self.cache.is_some()
+    }
+
+    fn cgroup_by_id(&self, id: u64) -> Option<CgroupIdentity> {
+        if let Some(known) = crate::sync::lock(&self.by_id).get(&id) {
+            return known.clone();
+        }
+        let root = self.cgroup2.get_or_init(|| {
+            let mp = cgroup::cgroup2_mount()?;
+            std::fs::File::open(&mp).ok().map(|f| (f, mp))
+        });
+        let (dir, mp) = root.as_ref()?;
+        let ident = cgroup::cgroup_path_by_id(dir, mp, id).and_then(|p| cgroup::parse_cgroup_path(&p));
+        let mut by_id = crate::sync::lock(&self.by_id);
+        if by_id.len() >= CGROUP_CACHE_MAX {
+            by_id.clear();
+        }
+        by_id.insert(id, ident.clone());
+        ident
     }
 }
 
@@ -315,6 +410,37 @@ mod tests {
         assert_eq!(l.pod, UID);
         assert_eq!(l.container, &CID[..12]);
         assert_eq!(l.namespace, "");
+    }
+
+    #[test]
+    fn names_are_complete_only_with_the_container_named() {
+        let cache = PodCache::new();
+        let r = PodResolver::with_cache("/proc", cache.clone());
+        assert!(r.names_expected());
+        assert!(!PodResolver::cgroup_only("/proc").names_expected());
+        let contents = format!("0::/kubepods/burstable/pod{UID}/{CID}\n");
+        let id = r.parse_cached(&contents).expect("a pod cgroup");
+        assert_eq!(r.parse_cached(&contents).as_ref(), Some(&id), "cached by contents");
+        let meta = r.meta(&id);
+        assert!(!meta.names_complete() && meta.pod_uid.as_deref() == Some(UID));
+        let pod = |containers: Vec<(String, String)>| PodInfo {
+            namespace: "shop".into(),
+            name: "web-0".into(),
+            uid: UID.into(),
+            qos: None,
+            owner_kind: None,
+            owner_name: None,
+            containers,
+            pprof_port: None,
+        };
+        // The pod is known before its container's status is posted: not complete yet.
+        cache.replace_all(vec![pod(vec![])], "1".into());
+        let m = r.meta(&id);
+        assert!(m.has_names() && !m.names_complete(), "{m:?}");
+        cache.replace_all(vec![pod(vec![("app".into(), CID.into())])], "2".into());
+        let m = r.meta(&id);
+        assert!(m.names_complete());
+        assert_eq!(m.labels(), PodLabels { namespace: "shop".into(), pod: "web-0".into(), container: "app".into() });
     }
 
     #[test]

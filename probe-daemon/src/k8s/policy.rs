@@ -156,6 +156,16 @@ impl SeriesLimiter {
         self.refused.retain(|(_, l)| !l.iter().any(|(k, v)| k == name && v == value));
     }
 
+    /// Forgets the folded series (no `pid`) of one (pod, container, comm).
+    pub fn release_folded(&mut self, comm: &str, pod: &str, container: &str) {
+        let matches = |l: &Vec<(String, String)>| {
+            let get = |name: &str| l.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+            get("pid").is_none() && get("comm") == Some(comm) && get("pod").unwrap_or("") == pod && get("container").unwrap_or("") == container
+        };
+        self.admitted.retain(|(_, l)| !matches(l));
+        self.refused.retain(|(_, l)| !matches(l));
+    }
+
     /// Distinct series refused since start (the value of `chainprobe_series_dropped_total`).
     pub fn dropped_total(&self) -> u64 {
         self.dropped_total

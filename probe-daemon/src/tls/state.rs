@@ -1,16 +1,17 @@
 //! Per-process TLS handshake outcomes (what the metrics expose and the health engine reads).
 use std::collections::BTreeMap;
 
-use prometheus_client::metrics::histogram::Histogram;
+use crate::hist::Buckets;
 
-/// Upper bounds (seconds) of the handshake duration buckets: 100 µs to ~13 s (×2 each).
+/// Upper bounds (seconds) of the fine buckets the health signals read (p99 of a window): 100 µs
+/// to ~13 s (×2 each).
 pub fn bucket_bounds() -> Vec<f64> {
     prometheus_client::metrics::histogram::exponential_buckets(1e-4, 2.0, 18).collect()
 }
 
-fn histogram() -> Histogram {
-    Histogram::new(bucket_bounds())
-}
+/// Upper bounds (seconds) of the exposed handshake-duration histogram: a loopback or LAN
+/// handshake takes 1–5 ms, a WAN one tens of ms; above half a second something waits.
+pub const DURATION_BOUNDS: &[f64] = &[0.005, 0.025, 0.1, 0.5, 2.5];
 
 /// Labels of one handshake counter series.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -77,7 +78,7 @@ pub struct TlsState {
     /// Handshakes by (library, role, result, version, alpn).
     pub handshakes: BTreeMap<TlsKey, u64>,
     /// Durations by (library, role, result).
-    pub durations: BTreeMap<(&'static str, &'static str, &'static str), Histogram>,
+    pub durations: BTreeMap<(&'static str, &'static str, &'static str), Buckets>,
     /// Failures by (library, reason).
     pub failures: BTreeMap<(&'static str, &'static str), u64>,
     total: u64,
@@ -107,7 +108,7 @@ impl TlsState {
     /// Records one completed handshake. `reason` is the failure reason (ignored when ok).
     pub fn record(&mut self, key: TlsKey, duration_s: f64, reason: &'static str) {
         let failed = key.result == "error";
-        self.durations.entry((key.library, key.role, key.result)).or_insert_with(histogram).observe(duration_s);
+        self.durations.entry((key.library, key.role, key.result)).or_insert_with(|| Buckets::new(DURATION_BOUNDS)).observe(duration_s);
         if failed {
             *self.failures.entry((key.library, reason)).or_insert(0) += 1;
             self.failed += 1;
@@ -116,6 +117,24 @@ impl TlsState {
         self.total += 1;
         let i = self.bounds.iter().position(|b| duration_s <= *b).unwrap_or(self.bounds.len());
         self.counts[i] += 1;
+    }
+
+    /// Adds `other`'s handshakes (the processes folded into one series set).
+    pub fn merge(&mut self, other: &TlsState) {
+        for (k, n) in &other.handshakes {
+            *self.handshakes.entry(k.clone()).or_insert(0) += n;
+        }
+        for (k, b) in &other.durations {
+            self.durations.entry(*k).or_insert_with(|| Buckets::new(DURATION_BOUNDS)).merge(b);
+        }
+        for (k, n) in &other.failures {
+            *self.failures.entry(*k).or_insert(0) += n;
+        }
+        self.total += other.total;
+        self.failed += other.failed;
+        for (a, b) in self.counts.iter_mut().zip(&other.counts) {
+            *a += b;
+        }
     }
 
     /// All handshakes recorded (ok and failed).

@@ -120,8 +120,21 @@ impl Daemon {
         let dir = TempDir::new(tag);
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        // Per-pid series for every process (the tests follow processes by pid; folding has its
+        // own tests, which set the fold_ settings). A [metrics] section of the test's gets these
+        // too (TOML allows one).
+        let metrics_defaults = if extra_toml.contains("fold_") {
+            "scrape_interval_seconds = 1.0\n"
+        } else {
+            "scrape_interval_seconds = 1.0\nfold_non_go = false\nfold_young_seconds = 0.0\n"
+        };
+        let (metrics, extra_toml) = if extra_toml.contains("[metrics]\n") {
+            (String::new(), extra_toml.replacen("[metrics]\n", &format!("[metrics]\n{metrics_defaults}"), 1))
+        } else {
+            (format!("[metrics]\n{metrics_defaults}"), extra_toml.to_string())
+        };
         let toml = format!(
-            "[server]\nlisten = \"{addr}\"\n[metrics]\nscrape_interval_seconds = 1.0\n[collect]\ndrain_interval_seconds = 0.2\nmap_count_interval_seconds = 0.5\n{extra_toml}"
+            "[server]\nlisten = \"{addr}\"\n{metrics}[collect]\ndrain_interval_seconds = 0.2\nmap_count_interval_seconds = 0.5\n{extra_toml}"
         );
         // Tests poll the API faster than the default rate limit allows (it has its own test).
         let toml = if extra_toml.contains("[api]") {
