@@ -135,9 +135,10 @@ fn first_block(stderr: &str) -> String {
 }
 
 /// The daemon for these tests: every crash gets a capsule (no crash-loop cooldown); a generous
-/// pause bound for a loaded CI machine.
+/// pause bound for a loaded CI machine. `extra`: more `[crash]` settings.
 fn daemon(tag: &str, extra: &str) -> Daemon {
-    Daemon::start(tag, &format!("[go]\nread_interval_seconds = 0.5\n[crash]\ncooldown_seconds = 0.0\nmax_pause_ms = 2000\n{extra}"))
+    let bound = if extra.contains("max_pause_ms") { "" } else { "max_pause_ms = 2000\n" };
+    Daemon::start(tag, &format!("[go]\nread_interval_seconds = 0.5\n[crash]\ncooldown_seconds = 0.0\n{bound}{extra}"))
 }
 
 fn json(d: &Daemon, path: &str) -> Value {
@@ -255,4 +256,70 @@ fn every_kind_of_crash_gets_an_exact_capsule() {
     }
     let _ = std::fs::remove_dir_all(&tmp);
     assert!(failures.is_empty(), "{} problems:\n{}", failures.len(), failures.join("\n"));
+}
+
+/// The state letter of /proc/PID/stat.
+fn proc_state(pid: u32) -> Option<char> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    s[s.rfind(')')? + 2..].chars().next()
+}
+
+fn wait_state(pid: u32, want: char, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if proc_state(pid) == Some(want) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill with plain integers; the pid is a process this test started.
+    unsafe { libc::kill(pid as i32, sig) };
+}
+
+#[test]
+fn a_daemon_killed_while_a_process_is_stopped_resumes_it_when_it_starts_again() {
+    let _g = serial();
+    let state = std::env::temp_dir().join(format!("chainprobe-crash-state-{}", std::process::id()));
+    let extra = format!("state_dir = \"{}\"\nmax_pause_ms = 10000\n", state.display());
+    let bin = crasher("1.27", "stripped");
+    let a = daemon("crash-restart-a", &extra);
+    let mut c = Crasher::start(&bin, a.dir().join("crasher.stderr"));
+    c.cmd("park 10");
+    wait_tracked(&a, c.pid);
+    // The daemon cannot act (stopped), the kernel still stops the crashing process.
+    signal(a.pid(), libc::SIGSTOP);
+    c.crash("panic-string");
+    assert!(wait_state(c.pid, 'T', Duration::from_secs(5)), "the crashing process is stopped by the kernel: state {:?}", proc_state(c.pid));
+    signal(a.pid(), libc::SIGKILL);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(proc_state(c.pid), Some('T'), "still stopped after the daemon died");
+    let b = daemon("crash-restart-b", &extra);
+    let (status, block) = c.wait(Duration::from_secs(20));
+    assert_eq!(status, "exit status: 2", "{}", test_support::tail(&b.log_text(), 30));
+    assert!(block.starts_with("panic: chainprobe fixture: boom"), "{block}");
+    assert!(b.log_text().contains("resumed"), "the new daemon says it resumed it:\n{}", test_support::tail(&b.log_text(), 30));
+    drop(a);
+    let _ = std::fs::remove_dir_all(state);
+}
+
+#[test]
+fn a_pause_bound_too_short_resumes_the_process_with_a_partial_capsule() {
+    let _g = serial();
+    let d = daemon("crash-bound", "max_pause_ms = 1\n");
+    let mut c = Crasher::start(&crasher("1.27", "default"), d.dir().join("crasher.stderr"));
+    c.cmd("park 2000");
+    wait_tracked(&d, c.pid);
+    c.crash("nil-map");
+    let (status, block) = c.wait(Duration::from_secs(20));
+    assert_eq!(status, "exit status: 2");
+    assert!(block.starts_with("panic: assignment to entry in nil map"), "{block}");
+    let s = capsule_of(&d, c.pid);
+    let cap = &s["capsule"];
+    assert_eq!(cap["message"]["text"], "assignment to entry in nil map", "{s}");
+    assert_eq!(cap["top_frame"]["function"], "main.nilMap", "{s}");
+    assert!(cap["partial"].as_str().is_some_and(|p| p.contains("pause bound")), "the capsule says the bound ended the pause: {s}");
 }

@@ -71,9 +71,14 @@ fn attaches_to_running_and_new_go_processes_of_every_build() {
             let t = targets(&d);
             if let Some(x) = target(&t, g.pid) {
                 if x["runtime"]["goroutines"].is_number() {
+                    // The four GC/pause probes, and the crash probes (at least fatalpanic,
+                    // throw, fatal and os.Exit; linkname'd copies where the version has them).
                     let probes = x["probes"].as_array().unwrap();
-                    assert_eq!(probes.len(), 4, "{}: {x}", g.label);
-                    for pr in probes {
+                    let runtime: Vec<&serde_json::Value> = probes.iter().filter(|p| p["name"].as_str().is_some_and(|n| n.starts_with("go_gc") || n.starts_with("go_stw"))).collect();
+                    assert_eq!(runtime.len(), 4, "{}: {x}", g.label);
+                    let crash: Vec<&serde_json::Value> = probes.iter().filter(|p| matches!(p["name"].as_str(), Some("go_fatalpanic" | "go_throw" | "go_fatal" | "go_os_exit"))).collect();
+                    assert!(crash.len() >= 4, "{}: {x}", g.label);
+                    for pr in runtime.iter().chain(&crash) {
                         assert_eq!(pr["state"], "attached", "{}: {pr}", g.label);
                     }
                     assert_eq!(x["runtime_reads"], "ok", "{}: {x}", g.label);
