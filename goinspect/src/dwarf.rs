@@ -253,16 +253,20 @@ pub(crate) fn struct_offsets(img: &ElfImage<'_>) -> Result<BTreeMap<String, u64>
             let Some((_, prefix, fields)) = STRUCTS.iter().find(|(n, _, _)| *n == name) else {
                 continue;
             };
-            if out.contains_key(&format!("sizeof({prefix})")) {
+            if out.contains_key(&format!("sizeof({prefix})")) || out.contains_key(&format!("{prefix}.{}", fields[0])) {
                 continue;
             }
+            // runtime.m grows within patch releases (1.24.3 → 1.24.11: 1808 → 1832 bytes) and its
+            // size is used nowhere: recorded, it would split the tables for nothing.
             if let Some(sz) = e
                 .attr_value(gimli::DW_AT_byte_size)
                 .ok()
                 .flatten()
                 .and_then(|v| v.udata_value())
             {
-                out.insert(format!("sizeof({prefix})"), sz);
+                if *prefix != "m" {
+                    out.insert(format!("sizeof({prefix})"), sz);
+                }
             }
             let mut members = child.children();
             while let Some(m) = members.next().map_err(|e| format!("DWARF member: {e}"))? {

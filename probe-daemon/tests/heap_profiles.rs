@@ -192,26 +192,9 @@ fn heapprof(version: &str, variant: &str) -> PathBuf {
     common::go_fixture(version, variant, "heapprof")
 }
 
-/// The newest `go` command (to run `go tool pprof`).
-fn go_tool() -> PathBuf {
-    let cache = std::env::var_os("CHAINPROBE_GO_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cache/chainprobe/go"));
-    let newest = common::go_versions().last().copied().unwrap_or("1.27.3");
-    cache.join(newest).join("go/bin/go")
-}
-
+/// `go tool pprof` of the newest toolchain.
 fn pprof_tool(args: &[&str], file: &Path) -> String {
-    let out = Command::new(go_tool())
-        .args(["tool", "pprof", "-symbolize=none"])
-        .args(args)
-        .arg(file)
-        .env("PPROF_TMPDIR", std::env::temp_dir())
-        .output()
-        .expect("run go tool pprof");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "go tool pprof {args:?} {} failed:\n{text}", file.display());
-    text
+    common::pprof(common::go_versions().last().copied().unwrap_or("1.27"), args, file)
 }
 
 /// What chainprobe wrote for a heap snapshot: the profile's bytes and the summary.
