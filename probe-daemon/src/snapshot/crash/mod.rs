@@ -175,7 +175,6 @@ struct State {
     recent: HashMap<u32, (String, Instant)>,
     /// Exits seen before their capsule was stored.
     exits: HashMap<u32, (String, Instant)>,
-    /// Go processes seen crash, so an OOM notice of one of them is not a second capsule.
     stats: CrashStats,
 }
 
@@ -338,7 +337,7 @@ impl Shared {
             return;
         };
         let repeats = lock(&self.state).last.get(&key).map(|x| x.1).unwrap_or(0);
-        let (mut capsule, files) = self.read(e, &t, kind, held, crashed_at);
+        let (mut capsule, files) = self.read(e, &t, kind, held);
         capsule.suppressed_before = suppressed_before.max(repeats);
         if e.paused == PAUSE_LIMIT {
             capsule.partial.get_or_insert_with(|| "not paused: the node's limit of processes held at once ([crash] max_concurrent_pauses) was reached".into());
@@ -353,7 +352,7 @@ impl Shared {
     /// Reads everything the capsule holds; resumes the process when done (or the bound does).
     /// What needs the process's memory is read first, while it is held; what needs only its
     /// executable (symbols, type names) after, through a descriptor opened while it was alive.
-    fn read(&self, e: &GoCrashEvent, t: &TargetInfo, kind: CrashKind, held: bool, crashed_at: Instant) -> (Capsule, Vec<(Kind, Vec<u8>, String)>) {
+    fn read(&self, e: &GoCrashEvent, t: &TargetInfo, kind: CrashKind, held: bool) -> (Capsule, Vec<(Kind, Vec<u8>, String)>) {
         let pid = t.pid;
         let started = Instant::now();
         let go = t.go.as_ref();

@@ -122,11 +122,6 @@ impl Pauses {
         lock(&self.inner).stats.clone()
     }
 
-    /// How many processes are held now.
-    pub fn held(&self) -> usize {
-        lock(&self.inner).active.len()
-    }
-
     /// The kernel stopped `pid` at its crash (at `stopped_at`): hold it until [`Self::end`] or the
     /// bound. Err(Limit) when too many are held: it was resumed at once.
     pub fn begin(&self, pid: u32, stopped_at: Instant) -> Result<Instant, Resumed> {
