@@ -176,12 +176,39 @@ pub struct ProcessState {
     pub pprof_port: Option<u16>,
     /// TLS handshakes (Go crypto/tls and OpenSSL); None until the first one.
     pub tls: Option<crate::tls::TlsState>,
+    /// A debugger attached or the process stopped, as last read (None: neither).
+    pub debug: Option<Debugged>,
+}
+
+/// A process with a tracer attached (a debugger: dlv, gdb, strace) or stopped (at a breakpoint,
+/// by SIGSTOP), as the periodic /proc read saw it. The durations are lower bounds: from the first
+/// reading that saw it to the last.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Debugged {
+    pub tracer_pid: u32,
+    /// The tracer's command name ("" when it could not be read).
+    pub tracer_comm: String,
+    pub traced_since: Option<Instant>,
+    pub stopped_since: Option<Instant>,
+    /// The last reading.
+    pub seen_at: Instant,
+}
+
+impl Debugged {
+    pub fn traced_seconds(&self) -> Option<f64> {
+        self.traced_since.map(|t| self.seen_at.saturating_duration_since(t).as_secs_f64())
+    }
+
+    pub fn stopped_seconds(&self) -> Option<f64> {
+        self.stopped_since.map(|t| self.seen_at.saturating_duration_since(t).as_secs_f64())
+    }
 }
 
 impl ProcessState {
     fn new(pid: u32, comm: String) -> Self {
         ProcessState {
             tls: None,
+            debug: None,
             go: None,
             pod: Some(PodLabels::default()),
             pod_wait: None,
@@ -884,6 +911,25 @@ impl Aggregate {
                 p.scrapes_since_exit = 0;
             }
         }
+    }
+
+    /// The periodic reading of `pid`'s tracer (`tracer`: pid and comm; pid 0 for none) and stop
+    /// state, at `now`.
+    pub fn set_debug(&mut self, pid: u32, tracer: (u32, String), stopped: bool, now: Instant) {
+        let Some(p) = self.procs.get_mut(&pid) else { return };
+        if tracer.0 == 0 && !stopped {
+            p.debug = None;
+            return;
+        }
+        let prev = p.debug.take();
+        let same_tracer = prev.as_ref().is_some_and(|d| d.tracer_pid == tracer.0);
+        p.debug = Some(Debugged {
+            traced_since: (tracer.0 != 0).then(|| prev.as_ref().filter(|_| same_tracer).and_then(|d| d.traced_since).unwrap_or(now)),
+            stopped_since: stopped.then(|| prev.as_ref().and_then(|d| d.stopped_since).unwrap_or(now)),
+            tracer_pid: tracer.0,
+            tracer_comm: tracer.1,
+            seen_at: now,
+        });
     }
 
     pub fn set_map_count(&mut self, pid: u32, count: Option<u64>) {

@@ -43,7 +43,8 @@ pub enum Command {
     Go(GoUpdate),
     /// From the /proc reader: map counts (None: unreadable; `alive` false: gone without an exit
     /// event).
-    ProcReadings { map_counts: Vec<(u32, Option<u64>, bool)> },
+    /// Map counts (pid, count, alive) and debug states (pid, (tracer pid, tracer comm), stopped).
+    ProcReadings { map_counts: Vec<(u32, Option<u64>, bool)>, debug: Vec<(u32, (u32, String), bool)> },
 }
 
 /// The per-CPU maps the collector drains.
@@ -65,6 +66,7 @@ pub struct ProcessSummary {
     pub health: Option<Health>,
     pub pprof_port: Option<u16>,
     pub go: Option<GoSummary>,
+    pub debug: Option<crate::aggregate::Debugged>,
 }
 
 /// What the probes and the runtime reads saw of a Go process.
@@ -213,8 +215,11 @@ impl Thread {
                     self.own.agg.set_go_creation(pid, s);
                 }
             }
-            Command::ProcReadings { map_counts } => {
+            Command::ProcReadings { map_counts, debug } => {
                 let now = Instant::now();
+                for (pid, tracer, stopped) in debug {
+                    self.own.agg.set_debug(pid, tracer, stopped, now);
+                }
                 for (pid, n, alive) in map_counts {
                     match n {
                         Some(n) => self.own.agg.set_map_count(pid, Some(n)),
@@ -245,6 +250,7 @@ impl Thread {
                     health: self.scores.get(&p.pid).cloned(),
                     pprof_port: p.pprof_port,
                     go: p.go.as_ref().map(|g| GoSummary { sample: g.sample.clone(), gc_cycles: g.gc_cycles, stw_count: g.stw_count, stw_by_reason: g.stw_by_reason.clone(), creation: g.creation.clone() }),
+                    debug: p.debug.clone(),
                 };
                 (p.pid, summary)
             })
@@ -298,8 +304,8 @@ impl Thread {
             if let Some(c) = &self.own.crashes {
                 use crate::snapshot::crash::Notice;
                 match &ev {
-                    Event::GoCrash(e) => c.notify(Notice::Crash { event: e.clone(), received: now }),
-                    Event::OomVictim { tgid } if self.own.go_view.borrow().is_go(*tgid) => c.notify(Notice::Oom { pid: *tgid }),
+                    Event::GoCrash(e) => c.notify(Notice::Crash { event: e.clone(), received: now, target: None }),
+                    Event::OomVictim { tgid } if self.own.go_view.borrow().is_go(*tgid) => c.notify(Notice::Oom { pid: *tgid, target: None }),
                     Event::Exit { tgid, exit_code, .. } => {
                         let (reason, code) = crate::aggregate::decode_exit_code(*exit_code, false);
                         c.notify(Notice::Exit { pid: *tgid, status: format!("{} {code}", reason.as_str()) });
@@ -417,7 +423,17 @@ pub fn start_proc_reader(view: watch::Receiver<Arc<View>>, tx: mpsc::SyncSender<
             Ok(n) => (pid, Some(n), true),
             Err(_) => (pid, None, procfs::alive(pid)),
         });
-        if tx.send(Command::ProcReadings { map_counts: map_counts.collect() }).is_err() {
+        let map_counts: Vec<_> = map_counts.collect();
+        // Debuggers and stops: the tracer is named once seen (its comm), never for untraced ones.
+        let debug = live
+            .iter()
+            .filter_map(|&pid| {
+                let d = procfs::debug_state(pid)?;
+                let comm = if d.tracer != 0 { procfs::comm(d.tracer).unwrap_or_default() } else { String::new() };
+                Some((pid, (d.tracer, comm), d.stopped))
+            })
+            .collect();
+        if tx.send(Command::ProcReadings { map_counts, debug }).is_err() {
             return;
         }
     })?;

@@ -128,6 +128,16 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         let resolve = Arc::new(move |pid: u32| target_info(views.get().map(|v| v.borrow().clone()).as_deref(), &go_view.borrow(), pid));
         Arc::new(Crashes::start(cfg.crash.clone(), &cfg.snapshot.dir, snapshots.clone(), resolve, Some(crash_pauses)).map_err(DaemonError::Thread)?)
     };
+    {
+        // Heap profiles near the memory limit, for OOM kills' capsules: the Go processes whose
+        // runtime can be read.
+        let go_view = go_view.clone();
+        crashes
+            .watch_memory(Box::new(move || {
+                go_view.borrow().targets.as_ref().map(|t| t.iter().filter(|(_, g)| g.layout.is_some()).map(|(pid, _)| *pid).collect()).unwrap_or_default()
+            }))
+            .map_err(DaemonError::Thread)?;
+    }
     let own = Collector {
         agg: Aggregate::new(settings.scrape_interval, cfg.metrics.max_exited_processes)
             .with_identify(Box::new(collector::identify))
@@ -171,6 +181,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         programs: Arc::new(programs),
         serving: Arc::new(AtomicBool::new(false)),
         snapshots,
+        crashes: Some(crashes.clone()),
         auth: Arc::new(auth),
         limiter: Arc::new(RateLimiter::new(cfg.api.rate_limit_per_second, cfg.api.rate_limit_burst)),
         max_body: cfg.api.max_body_bytes,

@@ -159,6 +159,9 @@ pub struct ProcView {
     pub health: Option<Health>,
     /// TLS handshakes.
     pub tls: Option<crate::tls::TlsState>,
+    /// A tracer attached / stopped (per-pid series only).
+    pub traced: bool,
+    pub stopped: bool,
 }
 
 /// Everything a scrape encodes, copied out of the shared state.
@@ -180,6 +183,8 @@ pub struct ScrapeView {
     /// The cap on exposed series (shared across scrapes, so admitted series stay stable).
     pub limiter: Option<Arc<Mutex<SeriesLimiter>>>,
     pub snapshots: Option<crate::snapshot::SnapshotStats>,
+    /// The crash workers' and pause keeper's counters.
+    pub crashes: Option<crate::snapshot::crash::CrashStats>,
     pub options: SeriesOptions,
     /// GC-duration and pause histograms of departed per-pid Go processes, per fold key (per-pod
     /// histograms).
@@ -202,6 +207,8 @@ impl ProcView {
             pod: Some(key.pod.clone()),
             health: None,
             tls: None,
+            traced: false,
+            stopped: false,
         }
     }
 
@@ -301,6 +308,8 @@ impl ScrapeView {
                 pod: p.pod.clone(),
                 health: health.get(&p.pid).cloned(),
                 tls: p.tls.clone(),
+                traced: p.debug.as_ref().is_some_and(|d| d.tracer_pid != 0),
+                stopped: p.debug.as_ref().is_some_and(|d| d.stopped_since.is_some()),
             };
             if exposure == Exposure::Folded {
                 let key = Aggregate::fold_key(p);
@@ -326,6 +335,7 @@ impl ScrapeView {
             policy,
             limiter,
             snapshots: None,
+            crashes: None,
             options: SeriesOptions::default(),
             pod_hists,
         }
@@ -340,6 +350,12 @@ impl ScrapeView {
     /// Adds the snapshotter's counters.
     pub fn with_snapshots(mut self, stats: Option<crate::snapshot::SnapshotStats>) -> Self {
         self.snapshots = stats;
+        self
+    }
+
+    /// Adds the crash capsules' counters.
+    pub fn with_crashes(mut self, stats: Option<crate::snapshot::crash::CrashStats>) -> Self {
+        self.crashes = stats;
         self
     }
 
@@ -564,6 +580,21 @@ impl Collector for ScrapeView {
         self.encode_go(&mut enc)?;
         self.encode_health(&mut enc)?;
         self.encode_tls(&mut enc)?;
+        self.encode_crashes(&mut enc)?;
+        self.family(
+            &mut enc,
+            "chainprobe_process_traced",
+            "1 while a tracer (a debugger: dlv, gdb, strace) is attached to the process (TracerPid); only such processes have the series. GET /api/v1/targets names the tracer.",
+            MetricType::Gauge,
+            self.procs.iter().filter(|p| p.pid.is_some() && p.traced && p.live).map(|p| (proc_labels(p), Value::Gauge(1))),
+        )?;
+        self.family(
+            &mut enc,
+            "chainprobe_process_stopped",
+            "1 while the process is stopped (at a breakpoint, or by SIGSTOP); only such processes have the series. For how long: GET /api/v1/targets and the stopped_seconds signal.",
+            MetricType::Gauge,
+            self.procs.iter().filter(|p| p.pid.is_some() && p.stopped && p.live).map(|p| (proc_labels(p), Value::Gauge(1))),
+        )?;
 
         // Self metrics.
         let info = Info::new(vec![("version", self.version.clone()), ("kernel", self.kernel.clone())]);
@@ -701,6 +732,29 @@ impl ScrapeView {
         single(enc, "chainprobe_snapshots_stored", "Snapshots in the snapshot directory.", MetricType::Gauge, Value::Gauge(st.stored as i64))?;
         single(enc, "chainprobe_snapshots_stored_bytes", "Bytes of the snapshots in the snapshot directory.", MetricType::Gauge, Value::Gauge(st.stored_bytes as i64))?;
         Ok(())
+    }
+
+    /// The crash capsules' node-wide counters (the per-process crashes are
+    /// chainprobe_go_crashes_total).
+    fn encode_crashes(&self, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(c) = &self.crashes else { return Ok(()) };
+        let p = &c.pauses;
+        self.family(
+            enc,
+            "chainprobe_crash_capsules",
+            "Crashes seen by the crash workers, by result: stored (a capsule), crash_loop (counted, no capsule: [crash] cooldown_seconds), queue_full (the workers' queue was full).",
+            MetricType::Counter,
+            [("stored", c.capsules), ("crash_loop", c.suppressed), ("queue_full", c.dropped)].into_iter().map(|(r, n)| (vec![("result", r.to_string())], Value::Counter(n))),
+        )?;
+        self.family(
+            enc,
+            "chainprobe_crash_pauses",
+            "Crashing processes stopped by the kernel, by how they were resumed: done (capsule read), bound ([crash] max_pause_ms), limit (over [crash] max_concurrent_pauses: resumed at once), aborted (error or shutdown), orphan (found stopped at a crash with no pause on record).",
+            MetricType::Counter,
+            [("done", p.resumed_done), ("bound", p.resumed_bound), ("limit", p.resumed_limit), ("aborted", p.resumed_aborted), ("orphan", p.resumed_orphans)]
+                .into_iter()
+                .map(|(r, n)| (vec![("result", r.to_string())], Value::Counter(n))),
+        )
     }
 
     /// TLS handshake families. Labels: pid, comm (+ pod labels), library, and
@@ -899,6 +953,8 @@ mod tests {
                     tls: None,
                     pod: Some(PodLabels { namespace: "shop".into(), pod: "cart-1".into(), container: "app".into() }),
                     health: Some(Health { score: 70, signals: vec![crate::health::Signal { name: "goroutines", value: 6000.0, threshold: Some(5000.0), state: crate::health::State::Critical }] }),
+                    traced: true,
+                    stopped: false,
                 },
                 ProcView {
                     pid: Some(11),
@@ -913,6 +969,8 @@ mod tests {
                     health: None,
                     live: false,
                     exits: vec![(ExitReason::Signal, "SIGKILL".into(), 1)],
+                    traced: false,
+                    stopped: false,
                 },
             ],
             prog_stats: vec![(ProgId::SysExitMmap, ProgStats { events: 5, lost_ringbuf: 0, lost_map_full: 1 })],
@@ -926,6 +984,7 @@ mod tests {
             policy: LabelPolicy::default(),
             limiter: None,
             snapshots: None,
+            crashes: None,
             options: SeriesOptions::default(),
             pod_hists: vec![],
         }

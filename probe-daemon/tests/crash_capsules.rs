@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{pprof, serial, Daemon};
+use common::{pprof, serial, trace, wait_child, Daemon, MemCgroup};
 use serde_json::Value;
 
 const VERSIONS: [&str; 3] = ["1.19", "1.26", "1.27"];
@@ -60,8 +60,16 @@ struct Crasher {
 
 impl Crasher {
     fn start(bin: &Path, stderr: PathBuf) -> Crasher {
+        Self::start_with(bin, stderr, |_| {})
+    }
+
+    /// As [`Crasher::start`], `setup` changing the command first (e.g. a cgroup to start in).
+    fn start_with(bin: &Path, stderr: PathBuf, setup: impl FnOnce(&mut Command)) -> Crasher {
         let err = std::fs::File::create(&stderr).expect("stderr file");
-        let mut child = Command::new(bin).env("GOMAXPROCS", "2").stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(err).spawn().expect("start crasher");
+        let mut cmd = Command::new(bin);
+        cmd.env("GOMAXPROCS", "2").stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(err);
+        setup(&mut cmd);
+        let mut child = cmd.spawn().expect("start crasher");
         let (stdin, stdout) = (child.stdin.take().unwrap(), child.stdout.take().unwrap());
         let mut c = Crasher { pid: child.id(), child, stdin, stdout: BufReader::new(stdout), stderr };
         let ready = c.line();
@@ -322,4 +330,136 @@ fn a_pause_bound_too_short_resumes_the_process_with_a_partial_capsule() {
     assert_eq!(cap["message"]["text"], "assignment to entry in nil map", "{s}");
     assert_eq!(cap["top_frame"]["function"], "main.nilMap", "{s}");
     assert!(cap["partial"].as_str().is_some_and(|p| p.contains("pause bound")), "the capsule says the bound ended the pause: {s}");
+}
+
+/// The crash workers' counters (GET /api/v1/snapshots, `crashes`).
+fn crash_stats(d: &Daemon) -> Value {
+    json(d, "/api/v1/snapshots")["crashes"].clone()
+}
+
+#[test]
+fn fifty_crashes_at_once_are_all_counted_and_pauses_stay_bounded() {
+    let _g = serial();
+    const N: usize = 50;
+    let d = daemon("crash-fifty", "");
+    let bin = crasher("1.27", "stripped");
+    let mut procs: Vec<Crasher> = (0..N).map(|i| Crasher::start(&bin, d.dir().join(format!("crasher-{i}.stderr")))).collect();
+    for c in &mut procs {
+        c.cmd("park 20");
+    }
+    for c in &procs {
+        wait_tracked(&d, c.pid);
+    }
+    // Let every process's crash probes and pause permission be in place (read every 0.5 s).
+    std::thread::sleep(Duration::from_secs(1));
+    for c in &mut procs {
+        c.crash("panic-string");
+    }
+    let mut problems = Vec::new();
+    for c in &mut procs {
+        let (status, block) = c.wait(Duration::from_secs(30));
+        if status != "exit status: 2" || !block.starts_with("panic: chainprobe fixture: boom") {
+            problems.push(format!("{}: {status}: {block}", c.pid));
+        }
+    }
+    assert!(problems.is_empty(), "crashes that did not end as without chainprobe:\n{}", problems.join("\n"));
+    // Every crash reaches the workers: a capsule each (no crash-loop cooldown here).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let stats = loop {
+        let s = crash_stats(&d);
+        if s["capsules"].as_u64().unwrap_or(0) + s["suppressed"].as_u64().unwrap_or(0) + s["dropped"].as_u64().unwrap_or(0) >= N as u64 || Instant::now() > deadline {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(stats["capsules"], N as u64, "a capsule for each crash: {stats}\n{}", test_support::tail(&d.log_text(), 30));
+    let p = &stats["pauses"];
+    assert!(p["held_at_once_max"].as_u64().is_some_and(|n| (1..=4).contains(&n)), "at most max_concurrent_pauses (4) held at once: {stats}");
+    assert!(p["held_max_seconds"].as_f64().is_some_and(|s| s <= 2.5), "no pause beyond the bound (2 s here): {stats}");
+    let paused = p["paused"].as_u64().unwrap_or(0);
+    let resumed = ["resumed_done", "resumed_bound", "resumed_aborted"].iter().map(|k| p[*k].as_u64().unwrap_or(0)).sum::<u64>();
+    assert_eq!(paused, resumed, "every pause ended: {stats}");
+    let list = json(&d, "/api/v1/snapshots");
+    let capsules: Vec<&Value> = list["snapshots"].as_array().into_iter().flatten().filter(|s| s["trigger"] == "crash").collect();
+    for c in &procs {
+        let s = capsules.iter().find(|s| s["pid"] == c.pid);
+        assert!(s.is_some_and(|s| s["capsule"]["message"]["text"] == "chainprobe fixture: boom"), "the capsule of {}: {s:?}", c.pid);
+    }
+    // Counted per process (each exited process's series lasts until it was scraped once) and
+    // node-wide.
+    let m = d.metrics();
+    let counted = m.sum("chainprobe_go_crashes_total", &[("kind", "panic")]);
+    assert_eq!(counted, N as f64, "chainprobe_go_crashes_total{{kind=panic}} over the {N} processes");
+    assert_eq!(m.value("chainprobe_crash_capsules_total", &[("result", "stored")]), N as f64);
+    assert_eq!(m.value("chainprobe_crash_pauses_total", &[("result", "limit")]), p["resumed_limit"].as_f64().unwrap_or(-1.0));
+}
+
+#[test]
+fn a_process_under_a_debugger_is_not_paused_and_dies_as_it_would() {
+    let _g = serial();
+    let d = daemon("crash-traced", "");
+    let mut c = Crasher::start(&crasher("1.27", "default"), d.dir().join("crasher.stderr"));
+    c.cmd("park 10");
+    wait_tracked(&d, c.pid);
+    let tracer = trace(c.pid, &d.dir().join("never"));
+    let traced = |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default().lines().any(|l| l.starts_with("TracerPid:") && l.trim_end() != "TracerPid:\t0");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !traced(c.pid) {
+        assert!(Instant::now() < deadline, "the test's tracer did not attach");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The daemon re-checks TracerPid every read interval (0.5 s here).
+    std::thread::sleep(Duration::from_millis(1500));
+    c.crash("panic-string");
+    let (status, block) = c.wait(Duration::from_secs(20));
+    assert_eq!(status, "exit status: 2");
+    assert!(block.starts_with("panic: chainprobe fixture: boom"), "{block}");
+    assert_eq!(wait_child(tracer) & 0xff00, 0, "the tracer ended cleanly");
+    let s = capsule_of(&d, c.pid);
+    let cap = &s["capsule"];
+    assert_eq!(cap["paused"], false, "a traced process is never stopped: {s}");
+    assert!(cap["partial"].as_str().is_some_and(|p| p.contains("debugger")), "the capsule says why it has no profiles: {s}");
+    assert_eq!(cap["message"]["text"], "chainprobe fixture: boom", "{s}");
+    assert_eq!(crash_stats(&d)["pauses"]["paused"], 0, "nothing paused");
+}
+
+#[test]
+fn an_oom_kill_gets_a_capsule_with_the_heap_profile_taken_near_the_limit() {
+    let _g = serial();
+    let d = daemon("crash-oom", "memory_watch_ratio = 0.7\nmemory_watch_interval_seconds = 0.5\n");
+    let cg = MemCgroup::create("crash-oom", 256 << 20);
+    let bin = crasher("1.27", "stripped");
+    let mut c = Crasher::start_with(&bin, d.dir().join("crasher.stderr"), |cmd| cg.place(cmd));
+    wait_tracked(&d, c.pid);
+    // 200 MiB kept by main.hoard: above 70% of the 256 MiB limit.
+    c.cmd("alloc 204800");
+    // Near the limit: the watch takes a heap snapshot (more as usage grows; the newest counts).
+    let pid = c.pid;
+    let near_limit = |d: &Daemon| -> Vec<Value> {
+        json(d, "/api/v1/snapshots")["snapshots"].as_array().into_iter().flatten().filter(|s| s["pid"] == pid && s["trigger"] == "memory-limit" && s["status"] == "done").cloned().collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while near_limit(&d).is_empty() {
+        assert!(Instant::now() < deadline, "no memory-limit heap snapshot of {}\n{}", c.pid, test_support::tail(&d.log_text(), 30));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    c.crash("oom");
+    let (status, _) = c.wait(Duration::from_secs(60));
+    assert_eq!(status, "signal: 9 (SIGKILL)", "OOM-killed");
+    let s = capsule_of(&d, c.pid);
+    let cap = &s["capsule"];
+    assert_eq!(cap["kind"], "oom_kill", "{s}");
+    // The capsule names the newest heap profile of the process, one the watch took.
+    let taken = near_limit(&d);
+    let newest = taken.iter().max_by_key(|m| m["created_ms"].as_u64()).expect("memory-limit snapshots");
+    assert_eq!(cap["heap_profile_snapshot"], newest["id"], "the capsule points at the newest heap profile taken near the limit: {s}\n{taken:?}");
+    let age = cap["heap_profile_age_seconds"].as_f64().unwrap_or(-1.0);
+    let expected = (s["created_ms"].as_f64().unwrap_or(0.0) - newest["created_ms"].as_f64().unwrap_or(0.0)) / 1e3;
+    assert!(age >= 0.0 && (age - expected).abs() < 1.0, "its age {age} s, from the two snapshots' times {expected} s: {s}");
+    let heap = d.dir().join("snapshots").join(newest["files"]["heap"]["file"].as_str().expect("a heap file"));
+    let top = pprof("1.27", &["-top", "-sample_index=inuse_space"], &heap);
+    assert!(top.lines().any(|l| l.contains("main.hoard")), "the heap profile shows the hoarding function:\n{top}");
+    let pid = c.pid.to_string();
+    let m = d.wait_metrics("the OOM kill counted", Duration::from_secs(10), |m| m.has("chainprobe_go_crashes_total", &[("pid", &pid), ("kind", "oom_kill")]));
+    assert_eq!(m.value("chainprobe_go_crashes_total", &[("pid", &pid), ("kind", "oom_kill")]), 1.0);
 }

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{fork_child, wait_child, Daemon, Metrics};
+use common::{fork_child, wait_child, Daemon, MemCgroup, Metrics};
 
 fn sockaddr(port: u16) -> libc::sockaddr_in {
     libc::sockaddr_in {
@@ -458,84 +458,6 @@ fn survives_200_short_lived_processes_per_second_for_10_s() {
     assert!(rss_after < rss_before + 64 * 1024 * 1024, "daemon RSS grew from {rss_before} to {rss_after} bytes");
     assert!(max_tracked < 1500.0, "tracked processes peaked at {max_tracked}: exited series are not bounded by the grace period");
     eprintln!("churn: 2000 processes in {elapsed:?}; daemon RSS {rss_before} -> {rss_after} bytes; tracked peak {max_tracked}");
-}
-
-/// A memory cgroup made for one test (v1 `memory.limit_in_bytes` or v2 `memory.max`), removed
-/// when dropped.
-struct MemCgroup {
-    dir: std::path::PathBuf,
-    /// Directories to remove after `dir` (parents created for a nested layout), innermost first.
-    parents: Vec<std::path::PathBuf>,
-}
-
-impl MemCgroup {
-    /// A cgroup-v1 memory cgroup at `<own cgroup>/<rel...>` (no limit), e.g. a kubepods layout.
-    fn nested_v1(rel: &[String]) -> MemCgroup {
-        let own = std::fs::read_to_string("/proc/self/cgroup").expect("read /proc/self/cgroup");
-        let path = own
-            .lines()
-            .find_map(|l| {
-                let mut f = l.splitn(3, ':');
-                let (_, ctrl, path) = (f.next()?, f.next()?, f.next()?);
-                ctrl.split(',').any(|c| c == "memory").then(|| path.to_string())
-            })
-            .expect("this test needs the cgroup-v1 memory controller (as on this project's machines)");
-        let mut dir = std::path::Path::new("/sys/fs/cgroup/memory").join(path.trim_start_matches('/'));
-        let mut parents = Vec::new();
-        for c in rel {
-            dir = dir.join(c);
-            std::fs::create_dir_all(&dir).expect("create cgroup");
-            parents.push(dir.clone());
-        }
-        parents.pop();
-        parents.reverse();
-        MemCgroup { dir, parents }
-    }
-
-    fn create(tag: &str, limit: u64) -> MemCgroup {
-        let own = std::fs::read_to_string("/proc/self/cgroup").expect("read /proc/self/cgroup");
-        let name = format!("chainprobe-test-{tag}-{}", std::process::id());
-        // cgroup v1 memory controller
-        if let Some(path) = own.lines().find_map(|l| {
-            let mut f = l.splitn(3, ':');
-            let (_, ctrl, path) = (f.next()?, f.next()?, f.next()?);
-            ctrl.split(',').any(|c| c == "memory").then(|| path.to_string())
-        }) {
-            let dir = std::path::Path::new("/sys/fs/cgroup/memory").join(path.trim_start_matches('/')).join(&name);
-            std::fs::create_dir_all(&dir).expect("create v1 memory cgroup");
-            std::fs::write(dir.join("memory.limit_in_bytes"), limit.to_string()).expect("set limit");
-            let _ = std::fs::write(dir.join("memory.memsw.limit_in_bytes"), limit.to_string());
-            return MemCgroup { dir, parents: Vec::new() };
-        }
-        // cgroup v2
-        let path = own.lines().find_map(|l| l.strip_prefix("0::")).expect("no memory cgroup (v1 or v2) for this process");
-        for root in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"] {
-            let parent = std::path::Path::new(root).join(path.trim_start_matches('/'));
-            let ctrls = std::fs::read_to_string(parent.join("cgroup.subtree_control")).unwrap_or_default();
-            if ctrls.split_whitespace().any(|c| c == "memory") {
-                let dir = parent.join(&name);
-                std::fs::create_dir_all(&dir).expect("create v2 cgroup");
-                std::fs::write(dir.join("memory.max"), limit.to_string()).expect("set memory.max");
-                let _ = std::fs::write(dir.join("memory.swap.max"), "0");
-                return MemCgroup { dir, parents: Vec::new() };
-            }
-        }
-        panic!("this machine has no usable memory cgroup controller (v1 memory or v2 memory in subtree_control): the OOM test needs one");
-    }
-}
-
-impl Drop for MemCgroup {
-    fn drop(&mut self) {
-        for _ in 0..50 {
-            if std::fs::remove_dir(&self.dir).is_ok() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        for p in &self.parents {
-            let _ = std::fs::remove_dir(p);
-        }
-    }
 }
 
 #[test]

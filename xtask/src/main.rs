@@ -11,6 +11,7 @@
 //!   cargo xtask bench node --scenario goroutines   daemon CPU with one 500k-goroutine process
 //!   cargo xtask bench tls            TLS handshakes/s and bulk throughput with and without chainprobe
 //!   cargo xtask bench fleet          series created by short-lived processes (50 execs/s), folded and per pid
+//!   cargo xtask bench crash          how long a crashing Go process is held for its capsule
 //!   cargo xtask codegen go-offsets   regenerate the per-Go-version offset tables
 use std::{
     path::{Path, PathBuf},
@@ -19,6 +20,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
+mod bench_crash;
 mod bench_fleet;
 mod bench_goinspect;
 mod bench_goread;
@@ -49,6 +51,7 @@ fn usage() -> &'static str {
        bench snapshot       breach → snapshot files; goroutine-profile time and target pause (10k, 100k);\n                            heap profile out of process vs the process's own (1k, 10k, 100k buckets; --heap-only)\n  \
        bench tls            TLS handshakes/s and bulk TLS throughput with and without chainprobe\n  \
        bench fleet          series created per hour by 50 execs/s of short-lived processes, folded and\n                            per pid (--seconds S, --rate R, --comms C, --scrape-interval I)\n  \
+       bench crash          a crashing Go process's exit time with and without chainprobe, how long it is\n                            held, fatal call → capsule on disk (--goroutines 1000,10000,100000 --rounds R)\n  \
        codegen go-offsets   regenerate the per-Go-version offset tables from real toolchains\n"
 }
 
@@ -106,7 +109,8 @@ fn dispatch(args: &[String]) -> Result<()> {
             Some("snapshot") => bench_snapshot::run(&rest[1..]),
             Some("tls") => bench_tls::run(&rest[1..]),
             Some("fleet") => bench_fleet::run(&rest[1..]),
-            _ => bail!("bench what? `cargo xtask bench syscalls`, `goinspect`, `goruntime`, `goread`, `node`, `snapshot`, `tls` or `fleet`"),
+            Some("crash") => bench_crash::run(&rest[1..]),
+            _ => bail!("bench what? `cargo xtask bench syscalls`, `goinspect`, `goruntime`, `goread`, `node`, `snapshot`, `tls`, `fleet` or `crash`"),
         },
         "codegen" => codegen::run(rest),
         "-h" | "--help" | "help" => {

@@ -53,6 +53,8 @@ pub struct ApiState {
     /// Set once the server listens.
     pub serving: Arc<AtomicBool>,
     pub snapshots: Option<Arc<Snapshotter>>,
+    /// The crash workers (their counters for /metrics and the snapshot list).
+    pub crashes: Option<Arc<crate::snapshot::crash::Crashes>>,
     pub auth: Arc<ApiAuth>,
     pub limiter: Arc<RateLimiter>,
     /// Largest request body accepted.
@@ -292,14 +294,14 @@ async fn targets(State(st): State<ApiState>) -> Response {
 /// text format (promtool, `curl`), both from the same registry.
 async fn metrics(State(st): State<ApiState>, headers: axum::http::HeaderMap) -> Response {
     let format = crate::metrics::Format::negotiate(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
-    let (tx, stats) = (st.collector.clone(), st.snapshots.as_ref().map(|s| s.stats()));
+    let (tx, stats, crashes) = (st.collector.clone(), st.snapshots.as_ref().map(|s| s.stats()), st.crashes.as_ref().map(|c| c.stats()));
     // The collector drains the kernel maps and copies the state out; encoding runs here, off the
     // collector thread and off the async workers.
     let render = move || -> Result<String, String> {
         let (reply, answer) = oneshot::channel();
         tx.send(collector::Command::Scrape(reply)).map_err(|_| "the collector is not running (see the daemon's log)".to_string())?;
         let view = answer.blocking_recv().map_err(|_| "the collector stopped before it answered (see the daemon's log)".to_string())?;
-        view.with_snapshots(stats).render().map_err(|e| e.to_string())
+        view.with_snapshots(stats).with_crashes(crashes).render().map_err(|e| e.to_string())
     };
     match tokio::task::spawn_blocking(render).await {
         Ok(Ok(body)) => {
@@ -381,10 +383,12 @@ async fn create_snapshot(State(st): State<ApiState>, body: axum::body::Bytes) ->
 
 async fn list_snapshots(State(st): State<ApiState>) -> Response {
     let Some(snap) = st.snapshots.clone() else { return snapshots_off() };
+    let crashes = st.crashes.as_ref().map(|c| c.stats());
     match tokio::task::spawn_blocking(move || (snap.list(), snap.circuit_reason())).await {
         Ok((list, circuit)) => Json(serde_json::json!({
             "snapshots": list,
             "circuit": { "open": circuit.is_some(), "reason": circuit },
+            "crashes": crashes,
         }))
         .into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),

@@ -67,7 +67,8 @@ pub fn document() -> Value {
                     "responses": merge(json!({ "200": { "description": "snapshots", "content": { "application/json": { "schema": {
                         "type": "object", "properties": {
                             "snapshots": { "type": "array", "items": { "$ref": "#/components/schemas/Snapshot" } },
-                            "circuit": { "type": "object", "properties": { "open": { "type": "boolean" }, "reason": { "type": ["string", "null"] } } }
+                            "circuit": { "type": "object", "properties": { "open": { "type": "boolean" }, "reason": { "type": ["string", "null"] } } },
+                            "crashes": { "type": ["object", "null"], "description": "crash capsules: capsules stored, suppressed (crash loop), dropped (queue full); pauses: paused, resumed_done/bound/limit/aborted/orphans, held_max_seconds, held_at_once_max" }
                         }
                     }}}}}), common())
                 }
@@ -137,7 +138,7 @@ pub fn document() -> Value {
                 "Snapshot": { "type": "object", "properties": {
                     "id": { "type": "string" }, "pid": { "type": "integer" }, "comm": { "type": "string" },
                     "namespace": { "type": "string" }, "pod": { "type": "string" }, "container": { "type": "string" },
-                    "trigger": { "enum": ["rule", "api", "crash"] }, "rule": { "type": "string", "description": "the rule (trigger rule), or the crash kind (trigger crash)" },
+                    "trigger": { "enum": ["rule", "api", "crash", "memory-limit"] }, "rule": { "type": "string", "description": "the rule (trigger rule), or the crash kind (trigger crash)" },
                     "capsule": { "type": "object", "description": "trigger crash: what the process knew (kind, message, goid, top_frame, stack, system_stack, exit_code, exit, paused, held_seconds, seconds_to_capsule, partial, suppressed_before; OOM kills: heap_profile_snapshot and its age)" },
                     "kinds": { "type": "array", "items": { "enum": ["heap", "goroutine"] } },
                     "status": { "enum": ["pending", "running", "done", "failed"] }, "reason": { "type": "string" },

@@ -48,6 +48,24 @@ pub struct Target {
     pub runtime_reads: String,
     pub offsets: OffsetsStatus,
     pub runtime: Runtime,
+    /// A tracer attached (a debugger) or the process stopped, as last read; absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub debug: Option<Debug>,
+}
+
+/// See [`Target::debug`].
+#[derive(Debug, Serialize)]
+pub struct Debug {
+    /// The tracer (TracerPid) and its command name; absent when only stopped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tracer_pid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tracer_comm: Option<String>,
+    /// How long it has been seen traced / stopped (lower bounds: between two readings).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traced_seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stopped_seconds: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -126,6 +144,12 @@ impl Target {
             pod: pod.map(|l| l.pod.clone()),
             container: pod.map(|l| l.container.clone()),
             health: p.and_then(|p| p.health.clone()),
+            debug: p.and_then(|p| p.debug.as_ref()).map(|d| Debug {
+                tracer_pid: (d.tracer_pid != 0).then_some(d.tracer_pid),
+                tracer_comm: (d.tracer_pid != 0).then(|| d.tracer_comm.clone()),
+                traced_seconds: d.traced_seconds(),
+                stopped_seconds: d.stopped_seconds(),
+            }),
             exe: t.exe.clone(),
             go_version: t.go_version.clone(),
             build: Build { pie: t.pie, stripped: t.stripped, link_mode: t.link_mode.clone() },

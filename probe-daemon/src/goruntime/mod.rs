@@ -58,6 +58,8 @@ struct AttachedBinary {
     pids: HashSet<u32>,
     /// The outcome of checking the binary's offsets on one of its processes (None: not yet).
     verdict: Option<Checked>,
+    /// The executable, open while any of its processes is tracked (see [`GoTarget::exe_file`]).
+    file: Option<Arc<std::fs::File>>,
 }
 
 /// A conclusive check of a binary's offsets on one process.
@@ -157,6 +159,11 @@ pub struct GoTarget {
     pending: Option<Layout>,
     #[serde(skip)]
     pub binary: Option<Arc<GoBinary>>,
+    /// The executable, opened when the first process of the binary was tracked (one descriptor
+    /// per binary): what symbolizes a crash after the process is gone, also inside a container
+    /// whose files are not at `exe` on the node.
+    #[serde(skip)]
+    pub exe_file: Option<Arc<std::fs::File>>,
     #[serde(skip)]
     key: Option<BinaryKey>,
 }
@@ -362,6 +369,7 @@ impl GoTracker {
             pending: None,
             key: Some(key),
             binary: Some(bin.clone()),
+            exe_file: None,
         };
         if let (Ok(Layout { count: Err(why), .. }), false) = (&layout, self.binaries.contains_key(&key)) {
             // Once per binary; each process's target view says it too.
@@ -388,8 +396,12 @@ impl GoTracker {
                 links.extend(l);
                 probes.extend(p);
             }
-            AttachedBinary { links, probes, pids: HashSet::new(), verdict: None }
+            AttachedBinary { links, probes, pids: HashSet::new(), verdict: None, file: None }
         });
+        if entry.file.is_none() {
+            entry.file = std::fs::File::open(format!("/proc/{pid}/exe")).ok().map(Arc::new);
+        }
+        target.exe_file = entry.file.clone();
         entry.pids.insert(pid);
         target.probes = entry.probes.clone();
         if let Some(c) = &self.crash {

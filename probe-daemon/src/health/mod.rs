@@ -82,6 +82,12 @@ pub const SIGNALS: &[(&str, &str, Thresholds)] = &[
         Thresholds::new(1.0, 3.0),
     ),
     ("sibling_oom_kills", "OOM kills in the same pod (or of the same name) within sibling_window_seconds", Thresholds::new(1.0, 1.0)),
+    ("traced", "1 while a tracer (a debugger) is attached to the process", Thresholds { warn: Some(1.0), critical: None }),
+    (
+        "stopped_seconds",
+        "seconds the process has been seen stopped (a breakpoint, SIGSTOP), from the periodic /proc read ([collect] map_count_interval_seconds): a lower bound",
+        Thresholds::new(1.0, 10.0),
+    ),
 ];
 
 /// The built-in thresholds of `name`.
@@ -460,6 +466,9 @@ impl HealthEngine {
             .fold((0u32, 0u32), |(a, o), e| (a + u32::from(e.2), o + u32::from(e.3)));
         sig.push(reading(cfg, "sibling_abnormal_exits", f64::from(abnormal)));
         sig.push(reading(cfg, "sibling_oom_kills", f64::from(oom)));
+        let debug = p.debug.as_ref();
+        sig.push(reading(cfg, "traced", if debug.is_some_and(|d| d.tracer_pid != 0) { 1.0 } else { 0.0 }));
+        sig.push(reading(cfg, "stopped_seconds", debug.and_then(|d| d.stopped_seconds()).unwrap_or(0.0)));
 
         for s in &sig {
             push(h.values.entry(s.name).or_default(), s.value, 1000);

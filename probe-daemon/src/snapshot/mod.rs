@@ -121,6 +121,9 @@ pub enum Trigger {
     Rule,
     /// A crash capsule (the process reached a crash path, or the OOM killer took it).
     Crash,
+    /// A heap profile of a process near its memory cgroup's limit, for a later OOM kill's capsule.
+    #[serde(rename = "memory-limit")]
+    MemoryLimit,
 }
 
 impl Trigger {
@@ -129,6 +132,7 @@ impl Trigger {
             Trigger::Api => "api",
             Trigger::Rule => "rule",
             Trigger::Crash => "crash",
+            Trigger::MemoryLimit => "memory-limit",
         }
     }
 }

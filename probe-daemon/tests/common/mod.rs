@@ -273,6 +273,15 @@ impl Metrics {
         hits.first().map(|s| s.value).unwrap_or(0.0)
     }
 
+    /// The sum of the samples named `name` whose labels include all of `labels`.
+    pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.samples
+            .iter()
+            .filter(|s| s.name == name && labels.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v)))
+            .map(|s| s.value)
+            .sum()
+    }
+
     pub fn has(&self, name: &str, labels: &[(&str, &str)]) -> bool {
         self.samples
             .iter()
@@ -356,3 +365,133 @@ pub fn pprof(minor: &str, args: &[&str], file: &std::path::Path) -> String {
     text
 }
 
+/// A memory cgroup made for one test (v1 `memory.limit_in_bytes` or v2 `memory.max`), removed
+/// when dropped.
+pub struct MemCgroup {
+    pub dir: std::path::PathBuf,
+    /// Directories to remove after `dir` (parents created for a nested layout), innermost first.
+    parents: Vec<std::path::PathBuf>,
+}
+
+impl MemCgroup {
+    /// A cgroup-v1 memory cgroup at `<own cgroup>/<rel...>` (no limit), e.g. a kubepods layout.
+    pub fn nested_v1(rel: &[String]) -> MemCgroup {
+        let own = std::fs::read_to_string("/proc/self/cgroup").expect("read /proc/self/cgroup");
+        let path = own
+            .lines()
+            .find_map(|l| {
+                let mut f = l.splitn(3, ':');
+                let (_, ctrl, path) = (f.next()?, f.next()?, f.next()?);
+                ctrl.split(',').any(|c| c == "memory").then(|| path.to_string())
+            })
+            .expect("this test needs the cgroup-v1 memory controller (as on this project's machines)");
+        let mut dir = std::path::Path::new("/sys/fs/cgroup/memory").join(path.trim_start_matches('/'));
+        let mut parents = Vec::new();
+        for c in rel {
+            dir = dir.join(c);
+            std::fs::create_dir_all(&dir).expect("create cgroup");
+            parents.push(dir.clone());
+        }
+        parents.pop();
+        parents.reverse();
+        MemCgroup { dir, parents }
+    }
+
+    pub fn create(tag: &str, limit: u64) -> MemCgroup {
+        let own = std::fs::read_to_string("/proc/self/cgroup").expect("read /proc/self/cgroup");
+        let name = format!("chainprobe-test-{tag}-{}", std::process::id());
+        // cgroup v1 memory controller
+        if let Some(path) = own.lines().find_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, ctrl, path) = (f.next()?, f.next()?, f.next()?);
+            ctrl.split(',').any(|c| c == "memory").then(|| path.to_string())
+        }) {
+            let dir = std::path::Path::new("/sys/fs/cgroup/memory").join(path.trim_start_matches('/')).join(&name);
+            std::fs::create_dir_all(&dir).expect("create v1 memory cgroup");
+            std::fs::write(dir.join("memory.limit_in_bytes"), limit.to_string()).expect("set limit");
+            let _ = std::fs::write(dir.join("memory.memsw.limit_in_bytes"), limit.to_string());
+            return MemCgroup { dir, parents: Vec::new() };
+        }
+        // cgroup v2
+        let path = own.lines().find_map(|l| l.strip_prefix("0::")).expect("no memory cgroup (v1 or v2) for this process");
+        for root in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"] {
+            let parent = std::path::Path::new(root).join(path.trim_start_matches('/'));
+            let ctrls = std::fs::read_to_string(parent.join("cgroup.subtree_control")).unwrap_or_default();
+            if ctrls.split_whitespace().any(|c| c == "memory") {
+                let dir = parent.join(&name);
+                std::fs::create_dir_all(&dir).expect("create v2 cgroup");
+                std::fs::write(dir.join("memory.max"), limit.to_string()).expect("set memory.max");
+                let _ = std::fs::write(dir.join("memory.swap.max"), "0");
+                return MemCgroup { dir, parents: Vec::new() };
+            }
+        }
+        panic!("this machine has no usable memory cgroup controller (v1 memory or v2 memory in subtree_control): the OOM test needs one");
+    }
+}
+
+impl MemCgroup {
+    /// Puts `cmd`'s process into this cgroup before it executes (as a container runtime does).
+    pub fn place(&self, cmd: &mut std::process::Command) {
+        use std::os::unix::process::CommandExt;
+        let procs = std::ffi::CString::new(self.dir.join("cgroup.procs").to_string_lossy().into_owned()).expect("path");
+        // SAFETY: between fork and exec only async-signal-safe calls (open, write, close).
+        unsafe {
+            cmd.pre_exec(move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                if fd < 0 || libc::write(fd, b"0".as_ptr() as *const libc::c_void, 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::close(fd);
+                Ok(())
+            });
+        }
+    }
+}
+
+impl Drop for MemCgroup {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.dir).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        for p in &self.parents {
+            let _ = std::fs::remove_dir(p);
+        }
+    }
+}
+
+/// Traces the main thread of `pid` from a forked child (PTRACE_SEIZE), passing every signal
+/// on, until the tracee exits or the file `stop` exists (then it detaches). The tracer's pid.
+pub fn trace(pid: u32, stop: &Path) -> i32 {
+    let stop = std::ffi::CString::new(stop.to_string_lossy().into_owned()).unwrap();
+    // SAFETY: raw syscalls only in the child (fork_child's contract).
+    fork_child(move || unsafe {
+        let pid = pid as libc::pid_t;
+        if libc::ptrace(libc::PTRACE_SEIZE, pid, 0, 0) != 0 {
+            return 10;
+        }
+        loop {
+            if libc::access(stop.as_ptr(), libc::F_OK) == 0 {
+                // Detaching needs a stopped tracee: interrupt, wait, detach.
+                libc::ptrace(libc::PTRACE_INTERRUPT, pid, 0, 0);
+                let mut st = 0;
+                libc::waitpid(pid, &mut st, libc::__WALL);
+                libc::ptrace(libc::PTRACE_DETACH, pid, 0, 0);
+                return 0;
+            }
+            let mut st = 0;
+            let r = libc::waitpid(pid, &mut st, libc::__WALL | libc::WNOHANG);
+            if r < 0 || (r == pid && (libc::WIFEXITED(st) || libc::WIFSIGNALED(st))) {
+                return 0;
+            }
+            if r == pid && libc::WIFSTOPPED(st) {
+                let sig = if (st >> 16) == libc::PTRACE_EVENT_STOP { 0 } else { libc::WSTOPSIG(st) };
+                libc::ptrace(libc::PTRACE_CONT, pid, 0, sig);
+                continue;
+            }
+            libc::usleep(1000);
+        }
+    })
+}

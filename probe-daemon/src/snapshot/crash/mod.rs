@@ -9,6 +9,7 @@
 //! bounds the hold), and stores the capsule. OOM kills get a capsule too, with the newest heap
 //! profile chainprobe holds for the process and its age. A crash loop keeps the first capsule,
 //! then one per cooldown window per container (or executable), counting the rest.
+pub mod memwatch;
 pub mod message;
 pub mod pause;
 
@@ -47,11 +48,27 @@ pub struct CrashConfig {
     /// Where pauses are recorded, so a restarted daemon resumes what it left stopped; default
     /// `<[snapshot] dir>/paused`.
     pub state_dir: String,
+    /// OOM kills cannot be paused: a heap snapshot (trigger `memory-limit`) is taken of a Go
+    /// process whose memory cgroup is at this share of its limit (0: off), so the OOM capsule
+    /// has one ([`memwatch`]).
+    pub memory_watch_ratio: f64,
+    pub memory_watch_interval_seconds: f64,
+    /// Again after this long (or sooner when usage grew by a twentieth of the limit).
+    pub memory_watch_cooldown_seconds: f64,
 }
 
 impl Default for CrashConfig {
     fn default() -> Self {
-        CrashConfig { pause: true, max_pause_ms: 300, max_concurrent_pauses: 4, cooldown_seconds: 300.0, state_dir: String::new() }
+        CrashConfig {
+            pause: true,
+            max_pause_ms: 300,
+            max_concurrent_pauses: 4,
+            cooldown_seconds: 300.0,
+            state_dir: String::new(),
+            memory_watch_ratio: 0.9,
+            memory_watch_interval_seconds: 5.0,
+            memory_watch_cooldown_seconds: 600.0,
+        }
     }
 }
 
@@ -65,6 +82,15 @@ impl CrashConfig {
         }
         if !(self.cooldown_seconds >= 0.0 && self.cooldown_seconds.is_finite()) {
             return Err(("crash.cooldown_seconds", format!("{} is not a duration in seconds", self.cooldown_seconds)));
+        }
+        if !(0.0..=1.0).contains(&self.memory_watch_ratio) {
+            return Err(("crash.memory_watch_ratio", format!("{} is not a ratio 0-1 (0 turns the watch off)", self.memory_watch_ratio)));
+        }
+        if !(self.memory_watch_interval_seconds >= 0.5 && self.memory_watch_interval_seconds <= 3600.0) {
+            return Err(("crash.memory_watch_interval_seconds", format!("{} is outside 0.5..=3600", self.memory_watch_interval_seconds)));
+        }
+        if !(self.memory_watch_cooldown_seconds >= 0.0 && self.memory_watch_cooldown_seconds.is_finite()) {
+            return Err(("crash.memory_watch_cooldown_seconds", format!("{} is not a duration in seconds", self.memory_watch_cooldown_seconds)));
         }
         Ok(())
     }
@@ -141,9 +167,10 @@ fn is_zero(n: &u64) -> bool {
 
 /// What the collector tells the crash workers.
 pub enum Notice {
-    Crash { event: Box<GoCrashEvent>, received: Instant },
+    /// `target`: filled in by [`Crashes::notify`], while the process is still known.
+    Crash { event: Box<GoCrashEvent>, received: Instant, target: Option<Box<TargetInfo>> },
     /// The OOM killer chose `pid`.
-    Oom { pid: u32 },
+    Oom { pid: u32, target: Option<Box<TargetInfo>> },
     /// `pid` exited (`status` as the aggregate names it: "exit 2", "signal SIGKILL", "oom").
     Exit { pid: u32, status: String },
 }
@@ -219,7 +246,15 @@ impl Crashes {
 
     /// Hands a notice to the workers without blocking (the collector calls this). A paused
     /// process whose notice cannot be queued is resumed at once.
-    pub fn notify(&self, n: Notice) {
+    pub fn notify(&self, mut n: Notice) {
+        // Looked up now, on the collector's thread: by the time a worker takes the notice the
+        // process may have exited and been forgotten (a crash that was not paused is gone in a
+        // millisecond; 50 crashing at once wait for the workers).
+        match &mut n {
+            Notice::Crash { event, target, .. } => *target = (self.shared.resolve)(event.header.tgid).map(Box::new),
+            Notice::Oom { pid, target } => *target = (self.shared.resolve)(*pid).map(Box::new),
+            Notice::Exit { .. } => {}
+        }
         if let Err(mpsc::TrySendError::Full(n) | mpsc::TrySendError::Disconnected(n)) = self.tx.try_send(n) {
             lock(&self.shared.state).stats.dropped += 1;
             if let Notice::Crash { event, .. } = n {
@@ -234,6 +269,13 @@ impl Crashes {
         let mut s = lock(&self.shared.state).stats.clone();
         s.pauses = self.shared.pauses.stats();
         s
+    }
+
+    /// Starts the memory watch over the processes `list` names (needs snapshots).
+    pub fn watch_memory(&self, list: memwatch::List) -> std::io::Result<()> {
+        let Some(snap) = self.shared.snapshots.clone() else { return Ok(()) };
+        let c = &self.shared.cfg;
+        memwatch::start(c.memory_watch_ratio, Duration::from_secs_f64(c.memory_watch_interval_seconds), Duration::from_secs_f64(c.memory_watch_cooldown_seconds), snap, list)
     }
 
     /// Resumes everything held (call after the kernel programs are detached).
@@ -280,8 +322,8 @@ fn frames(sym: Option<&Symbolizer>, bias: u64, pcs: &[u64]) -> Vec<Frame> {
 impl Shared {
     fn handle(&self, n: Notice) {
         match n {
-            Notice::Crash { event, received } => self.crash(&event, received),
-            Notice::Oom { pid } => self.oom(pid),
+            Notice::Crash { event, received, target } => self.crash(&event, received, target),
+            Notice::Oom { pid, target } => self.oom(pid, target),
             Notice::Exit { pid, status } => self.exited(pid, status),
         }
     }
@@ -299,7 +341,11 @@ impl Shared {
         let now = Instant::now();
         let cooldown = Duration::from_secs_f64(self.cfg.cooldown_seconds);
         let mut st = lock(&self.state);
-        st.last.retain(|_, (t, _)| now.duration_since(*t) < cooldown.max(Duration::from_secs(1)));
+        if cooldown.is_zero() {
+            // No crash-loop guard: every crash gets its capsule.
+            return Some(0);
+        }
+        st.last.retain(|_, (t, _)| now.duration_since(*t) < cooldown);
         match st.last.get_mut(key) {
             Some((_, n)) => {
                 *n += 1;
@@ -313,7 +359,7 @@ impl Shared {
         }
     }
 
-    fn crash(&self, e: &GoCrashEvent, received: Instant) {
+    fn crash(&self, e: &GoCrashEvent, received: Instant, target: Option<Box<TargetInfo>>) {
         let pid = e.header.tgid;
         let crashed_at = instant_of(e.header.ktime_ns);
         let held = match e.paused {
@@ -321,7 +367,7 @@ impl Shared {
             _ => false,
         };
         let kind = CrashKind::of_event(e.kind).unwrap_or(CrashKind::Panic);
-        let Some(t) = (self.resolve)(pid) else {
+        let Some(t) = target.map(|t| *t).or_else(|| (self.resolve)(pid)) else {
             if held {
                 self.pauses.end(pid, Resumed::Aborted);
             }
@@ -358,9 +404,10 @@ impl Shared {
         let go = t.go.as_ref();
         let bin: Option<&GoBinary> = go.and_then(|g| g.binary.as_deref());
         let proc_exe = PathBuf::from(format!("/proc/{pid}/exe"));
-        // Keeps the executable readable after the process is gone.
-        let exe_file = std::fs::File::open(&proc_exe).ok();
-        let exe = exe_file.as_ref().map(|f| PathBuf::from(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(f)))).unwrap_or(proc_exe.clone());
+        // The executable, readable after the process is gone: the descriptor discovery keeps
+        // open per binary, else one opened now (a held process is still there).
+        let exe_file = go.and_then(|g| g.exe_file.clone()).or_else(|| std::fs::File::open(&proc_exe).ok().map(Arc::new));
+        let exe = exe_file.as_ref().map(|f| PathBuf::from(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&**f)))).unwrap_or(proc_exe.clone());
         let bias = go.and_then(|g| g.bias()).or_else(|| crate::goruntime::mem::load_bias(pid, &proc_exe).ok()).unwrap_or(0);
         let mem = ProcMem::open(pid).ok();
         let mut files = Vec::new();
@@ -526,9 +573,12 @@ impl Shared {
     }
 
     /// An OOM kill: a capsule with the newest heap profile chainprobe holds for the process.
-    fn oom(&self, pid: u32) {
+    fn oom(&self, pid: u32, target: Option<Box<TargetInfo>>) {
         let Some(snap) = &self.snapshots else { return };
-        let Some(t) = (self.resolve)(pid) else { return };
+        let Some(t) = target.map(|t| *t).or_else(|| (self.resolve)(pid)) else {
+            warn!(pid, "a Go process was OOM-killed that chainprobe no longer knows: no capsule");
+            return;
+        };
         if t.go.is_none() {
             return;
         }

@@ -44,6 +44,8 @@ pub struct PauseStats {
     /// Processes found stopped at a crash function with no pause on record, and resumed.
     pub resumed_orphans: u64,
     pub held_max_seconds: f64,
+    /// The most processes held at once since the start (never above `max_concurrent_pauses`).
+    pub held_at_once_max: u64,
 }
 
 struct Active {
@@ -139,6 +141,7 @@ impl Pauses {
         }
         inner.active.insert(pid, Active { start_time, since: stopped_at, deadline });
         inner.stats.paused += 1;
+        inner.stats.held_at_once_max = inner.stats.held_at_once_max.max(inner.active.len() as u64);
         drop(inner);
         self.wake.notify_all();
         Ok(deadline)
