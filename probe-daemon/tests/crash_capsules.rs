@@ -427,9 +427,18 @@ fn a_process_under_a_debugger_is_not_paused_and_dies_as_it_would() {
 fn an_oom_kill_gets_a_capsule_with_the_heap_profile_taken_near_the_limit() {
     let _g = serial();
     let d = daemon("crash-oom", "memory_watch_ratio = 0.7\nmemory_watch_interval_seconds = 0.5\n");
-    let cg = MemCgroup::create("crash-oom", 256 << 20);
-    let bin = crasher("1.27", "stripped");
-    let mut c = Crasher::start_with(&bin, d.dir().join("crasher.stderr"), |cmd| cg.place(cmd));
+    for v in VERSIONS {
+        for var in VARIANTS {
+            oom_case(&d, v, var);
+        }
+    }
+}
+
+/// One OOM kill of the Go `version`/`variant` crasher in a memory cgroup of its own.
+fn oom_case(d: &Daemon, version: &str, variant: &str) {
+    let cg = MemCgroup::create(&format!("crash-oom-{version}-{variant}"), 256 << 20);
+    let bin = crasher(version, variant);
+    let mut c = Crasher::start_with(&bin, d.dir().join(format!("crasher-{version}-{variant}.stderr")), |cmd| cg.place(cmd));
     wait_tracked(&d, c.pid);
     // 200 MiB kept by main.hoard: above 70% of the 256 MiB limit.
     c.cmd("alloc 204800");
@@ -440,12 +449,12 @@ fn an_oom_kill_gets_a_capsule_with_the_heap_profile_taken_near_the_limit() {
     };
     let deadline = Instant::now() + Duration::from_secs(30);
     while near_limit(&d).is_empty() {
-        assert!(Instant::now() < deadline, "no memory-limit heap snapshot of {}\n{}", c.pid, test_support::tail(&d.log_text(), 30));
+        assert!(Instant::now() < deadline, "go {version} {variant}: no memory-limit heap snapshot of {}\n{}", c.pid, test_support::tail(&d.log_text(), 30));
         std::thread::sleep(Duration::from_millis(100));
     }
     c.crash("oom");
     let (status, _) = c.wait(Duration::from_secs(60));
-    assert_eq!(status, "signal: 9 (SIGKILL)", "OOM-killed");
+    assert_eq!(status, "signal: 9 (SIGKILL)", "go {version} {variant}: OOM-killed");
     let s = capsule_of(&d, c.pid);
     let cap = &s["capsule"];
     assert_eq!(cap["kind"], "oom_kill", "{s}");
@@ -460,6 +469,6 @@ fn an_oom_kill_gets_a_capsule_with_the_heap_profile_taken_near_the_limit() {
     let top = pprof("1.27", &["-top", "-sample_index=inuse_space"], &heap);
     assert!(top.lines().any(|l| l.contains("main.hoard")), "the heap profile shows the hoarding function:\n{top}");
     let pid = c.pid.to_string();
-    let m = d.wait_metrics("the OOM kill counted", Duration::from_secs(10), |m| m.has("chainprobe_go_crashes_total", &[("pid", &pid), ("kind", "oom_kill")]));
+    let m = d.wait_metrics(&format!("go {version} {variant}: the OOM kill of {pid} counted"), Duration::from_secs(10), |m| m.has("chainprobe_go_crashes_total", &[("pid", &pid), ("kind", "oom_kill")]));
     assert_eq!(m.value("chainprobe_go_crashes_total", &[("pid", &pid), ("kind", "oom_kill")]), 1.0);
 }

@@ -27,27 +27,32 @@ use crate::bench_util::{self, json, median};
 struct Crasher {
     child: Child,
     stdin: std::process::ChildStdin,
+    stdout: BufReader<std::process::ChildStdout>,
     pid: u32,
 }
 
 impl Crasher {
-    fn start(bin: &Path, parked: u64) -> Result<Crasher> {
+    fn start(bin: &Path) -> Result<Crasher> {
         let mut child = Command::new(bin).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().with_context(|| format!("starting {}", bin.display()))?;
         let (stdin, stdout) = (child.stdin.take().context("stdin")?, child.stdout.take().context("stdout")?);
-        let mut c = Crasher { pid: child.id(), child, stdin };
-        let mut out = BufReader::new(stdout);
+        let mut c = Crasher { pid: child.id(), child, stdin, stdout: BufReader::new(stdout) };
         let mut line = String::new();
-        out.read_line(&mut line)?;
+        c.stdout.read_line(&mut line)?;
         if !line.starts_with("ready") {
             bail!("crasher said {line:?}");
         }
-        writeln!(c.stdin, "park {parked}")?;
-        line.clear();
-        out.read_line(&mut line)?;
-        if !line.starts_with("ok") {
-            bail!("crasher: park {parked} -> {line:?}");
-        }
         Ok(c)
+    }
+
+    /// Parks `n` more goroutines.
+    fn park(&mut self, n: u64) -> Result<()> {
+        writeln!(self.stdin, "park {n}")?;
+        let mut line = String::new();
+        self.stdout.read_line(&mut line)?;
+        if !line.starts_with("ok") {
+            bail!("crasher: park {n} -> {line:?}");
+        }
+        Ok(())
     }
 
     /// Crashes it; the seconds until it exited (bounded at 60 s).
@@ -120,7 +125,8 @@ pub fn run(args: &[String]) -> Result<()> {
     for round in 0..rounds {
         // Without chainprobe.
         for (i, &n) in sizes.iter().enumerate() {
-            let mut c = Crasher::start(&crasher, n)?;
+            let mut c = Crasher::start(&crasher)?;
+            c.park(n)?;
             series[i].exit_without.push(c.crash()?);
         }
         // With the daemon (a fresh one a round: its store starts empty).
@@ -133,8 +139,12 @@ pub fn run(args: &[String]) -> Result<()> {
         );
         let (d, port) = bench_util::start_daemon(&bin, &dir, &extra)?;
         for (i, &n) in sizes.iter().enumerate() {
-            let mut c = Crasher::start(&crasher, n)?;
-            bench_util::wait_target(port, c.pid, Duration::from_secs(120), "tracked with its runtime read", |t| t["runtime_reads"] == "ok" && t["runtime"]["goroutines"].as_u64().is_some_and(|g| g >= n))?;
+            // Tracked and its offsets checked first (a burst of 100k new goroutines can make the
+            // check of a table inconclusive for a while), then the goroutines.
+            let mut c = Crasher::start(&crasher)?;
+            bench_util::wait_target(port, c.pid, Duration::from_secs(60), "tracked with its runtime read", |t| t["runtime_reads"] == "ok")?;
+            c.park(n)?;
+            bench_util::wait_target(port, c.pid, Duration::from_secs(120), "read with its goroutines", |t| t["runtime"]["goroutines"].as_u64().is_some_and(|g| g >= n))?;
             // The crash probes' settings are refreshed every read interval.
             std::thread::sleep(Duration::from_millis(1500));
             let exit = c.crash()?;

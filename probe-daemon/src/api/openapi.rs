@@ -107,6 +107,9 @@ pub fn document() -> Value {
                 "Targets": { "type": "object", "properties": { "targets": { "type": "array", "items": { "type": "object", "properties": {
                     "pid": { "type": "integer" }, "comm": { "type": "string" }, "go_version": { "type": "string" },
                     "health": { "oneOf": [{ "$ref": "#/components/schemas/Health" }, { "type": "null" }] },
+                    "debug": { "type": "object", "description": "present while a tracer (debugger) is attached or the process is stopped", "properties": {
+                        "tracer_pid": { "type": "integer" }, "tracer_comm": { "type": "string" },
+                        "traced_seconds": { "type": "number" }, "stopped_seconds": { "type": "number" } } },
                     "runtime_reads": { "type": "string", "description": "ok, or why the runtime is not read (offsets pending their check, rejected, unknown)" },
                     "offsets": { "type": "object", "description": "where the struct offsets come from and whether they were checked on a live process", "properties": {
                         "source": { "enum": ["dwarf", "table", "nearest", "none"] },
