@@ -70,8 +70,8 @@ pub enum ProgId {
     GoFatal = 29,
     /// `os.Exit` (the exit path of `log.Fatal`): counted when the code is not 0.
     GoOsExit = 30,
-    /// An OpenSSL error is raised (libcrypto's `ERR_vset_error`, 1.1.1's `ERR_put_error`): the
-    /// failure reason of the handshake in flight on that thread.
+    /// libssl raises an error (its PLT stubs of `ERR_set_error` / `ERR_vset_error`, 1.1.1's
+    /// `ERR_put_error`): the failure reason of the handshake in flight on that thread.
     SslError = 31,
 }
 
@@ -515,8 +515,8 @@ pub struct SslLibConfig {
     /// OpenSSL 3.2+: the accessors read the fields only when the object's `type` (the int at this
     /// offset) is 0 (`SSL_TYPE_SSL_CONNECTION`; QUIC objects differ): nothing is read otherwise.
     pub type_off: u32,
-    /// [`SSL_LIB_ERRORS`]: the ERR probe of the libcrypto beside it is attached (failure reasons
-    /// are read).
+    /// [`SSL_LIB_ERRORS`]: the error probes of this libssl are attached (failure reasons are
+    /// read).
     pub flags: u32,
     pub _pad: u32,
 }

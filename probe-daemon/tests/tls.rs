@@ -442,7 +442,7 @@ fn openssl_first_handshakes_right_after_start_are_all_counted() {
         assert_eq!(seen["all"], seen["ok"], "run {round}: only successful client handshakes");
     }
     assert!(missed.is_empty(), "handshakes missed (run, count): {missed:?}");
-    assert!(started.elapsed() < Duration::from_secs(240), "20 runs took {:?}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(480), "20 runs took {:?}", started.elapsed());
     assert!(g.alive());
     assert_eq!(g.cmd("quit"), Vec::<i64>::new());
 }

@@ -11,8 +11,8 @@
 //! OpenSSL: uprobes at SSL_do_handshake / SSL_connect / SSL_accept entry, uretprobes at their
 //! return (fine for C code), SSL_set_connect_state / SSL_set_accept_state for the role, and
 //! SSL_free to end handshakes that never succeeded. The attach cookie says which function fired.
-//! Failure reasons: a uprobe on libcrypto's ERR_vset_error (1.1.1: ERR_put_error) notes the
-//! first libssl error reason and the fatal alert received (raised as SSL_AD_REASON_OFFSET +
+//! Failure reasons: uprobes on libssl's PLT stubs of libcrypto's ERR_set_error / ERR_vset_error
+//! (1.1.1: ERR_put_error) note the first libssl error reason and the fatal alert received (raised as SSL_AD_REASON_OFFSET +
 //! alert) of the handshake in flight on the thread.
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
@@ -431,9 +431,10 @@ pub fn ssl_free(ctx: ProbeContext) -> u32 {
     0
 }
 
-/// libcrypto's ERR_vset_error(lib, reason, …) (cookie 1) / 1.1.1's ERR_put_error(lib, func,
-/// reason, …) (cookie 2): an error raised on a thread with a handshake in flight is its failure
-/// reason. Error paths only; a lookup and out for every other caller.
+/// libssl's calls of ERR_set_error / ERR_vset_error(lib, reason, …) (cookie 1) and 1.1.1's
+/// ERR_put_error(lib, func, reason, …) (cookie 2), at its PLT stubs: an error raised on a thread
+/// with a handshake in flight is its failure reason. libssl's error paths only; a lookup and out
+/// when no handshake is in flight.
 #[uprobe]
 pub fn ssl_error(ctx: ProbeContext) -> u32 {
     let prog = ProgId::SslError;

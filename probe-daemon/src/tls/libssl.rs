@@ -299,6 +299,59 @@ fn alpn_loads(ip: u64, code: &[u8]) -> Option<(AlpnAt, Option<u32>)> {
     }
 }
 
+/// libssl's PLT stubs of the libcrypto functions its errors go through: (file offset, the
+/// function, cookie: which argument is the reason). 3.x: `ERR_set_error(lib, reason, …)`
+/// (ERR_raise) and `ERR_vset_error(lib, reason, …)` (SSLfatal); 1.1.1: `ERR_put_error(lib,
+/// func, reason, …)`. A uprobe there sees only libssl's own errors (a probe on libcrypto's
+/// functions would also trap on the hundreds of errors OpenSSL 3 raises and clears while it
+/// starts up, in every process using it). Each stub is found by decoding the PLT: the entry
+/// whose indirect jump goes through the function's GOT slot (its JUMP_SLOT relocation).
+pub fn err_stubs(path: &std::path::Path) -> Vec<(u64, &'static str, u64)> {
+    use object::{ObjectSection, RelocationTarget};
+    let Ok(data) = std::fs::read(path) else { return Vec::new() };
+    let Ok(file) = object::File::parse(&*data) else { return Vec::new() };
+    if file.architecture() != object::Architecture::X86_64 {
+        return Vec::new();
+    }
+    const WANTED: [(&str, u64); 3] = [("ERR_set_error", 1), ("ERR_vset_error", 1), ("ERR_put_error", 2)];
+    // GOT slot address → function.
+    let mut slots: HashMap<u64, (&'static str, u64)> = HashMap::new();
+    let Some(relocs) = file.dynamic_relocations() else { return Vec::new() };
+    let syms: Vec<_> = file.dynamic_symbols().collect();
+    for (addr, r) in relocs {
+        let RelocationTarget::Symbol(idx) = r.target() else { continue };
+        let Some(sym) = syms.iter().find(|s| s.index() == idx) else { continue };
+        let Ok(name) = sym.name() else { continue };
+        let name = name.split('@').next().unwrap_or(name);
+        if let Some(&(n, cookie)) = WANTED.iter().find(|(n, _)| *n == name) {
+            slots.insert(addr, (n, cookie));
+        }
+    }
+    let mut out = Vec::new();
+    for sec in file.sections().filter(|s| matches!(s.name(), Ok(".plt") | Ok(".plt.sec"))) {
+        let (Ok(code), Some((file_off, _))) = (sec.data(), sec.file_range()) else { continue };
+        let mut dec = Decoder::with_ip(64, code, sec.address(), DecoderOptions::NONE);
+        while dec.can_decode() {
+            let ins = dec.decode();
+            if ins.mnemonic() == Mnemonic::Jmp && ins.op0_kind() == OpKind::Memory && ins.is_ip_rel_memory_operand() {
+                if let Some(&(name, cookie)) = slots.get(&ins.ip_rel_memory_address()) {
+                    // The stub's first instruction: the 16-byte entry the jump is in.
+                    let entry = ins.ip() & !0xf;
+                    out.push((entry - sec.address() + file_off, name, cookie));
+                }
+            }
+        }
+    }
+    // .plt.sec (IBT) and .plt both jump through the slot: the stub called is the .plt.sec one.
+    out.sort();
+    out.dedup_by_key(|e| e.1);
+    if file.section_by_name(".plt.sec").is_some() {
+        let sec = file.section_by_name(".plt.sec").and_then(|s| s.file_range());
+        out.retain(|e| sec.is_some_and(|(o, n)| e.0 >= o && e.0 < o + n));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -392,6 +445,25 @@ mod tests {
         let (cfg, notes) = learn_from(|_: &str| None);
         assert_eq!((cfg.version, cfg.alpn_ptr, cfg.is_server), (OFFSET_NONE, OFFSET_NONE, OFFSET_NONE));
         assert_eq!(notes.len(), 3, "{notes:?}");
+    }
+
+    #[test]
+    fn error_stubs_of_the_installed_libssl() {
+        let p = std::path::Path::new("/usr/lib/x86_64-linux-gnu/libssl.so.3");
+        if !p.exists() {
+            return;
+        }
+        let stubs = err_stubs(p);
+        let names: Vec<&str> = stubs.iter().map(|s| s.1).collect();
+        assert_eq!(names.len(), 2, "{stubs:x?}");
+        assert!(names.contains(&"ERR_set_error") && names.contains(&"ERR_vset_error"), "{stubs:x?}");
+        // Each is a PLT entry: an indirect jump (ff 25) at the entry or after an endbr64.
+        let data = std::fs::read(p).unwrap();
+        for (off, name, cookie) in stubs {
+            assert_eq!(cookie, 1, "{name}");
+            let b = &data[off as usize..off as usize + 6];
+            assert!(b[..2] == [0xff, 0x25] || b[..4] == [0xf3, 0x0f, 0x1e, 0xfa], "{name} at {off:#x}: {b:x?}");
+        }
     }
 
     #[test]

@@ -8,8 +8,8 @@
 //!   mappings (through `/proc/PID/map_files`, so container paths and replaced files work) and
 //!   attaches once per library file: uprobes + uretprobes on SSL_do_handshake / SSL_connect /
 //!   SSL_accept, uprobes on SSL_set_connect_state / SSL_set_accept_state (role) and SSL_free (ends
-//!   failed handshakes), and a uprobe on the libcrypto beside it (`ERR_vset_error`, 1.1.1:
-//!   `ERR_put_error`) for the failure reason; [`libssl`] learns where that build keeps version,
+//!   failed handshakes), and uprobes on its PLT stubs of libcrypto's error functions
+//!   (`ERR_set_error` / `ERR_vset_error`, 1.1.1: `ERR_put_error`) for the failure reason; [`libssl`] learns where that build keeps version,
 //!   ALPN and role. The system's own libssl files (the usual library directories) are attached
 //!   at start, before the daemon is ready, so that the first handshakes of the first process
 //!   using one are seen (the exec of a process is noticed only after its loader mapped libssl).
@@ -161,7 +161,7 @@ pub struct SslReads {
     pub version: bool,
     pub alpn: bool,
     pub role: bool,
-    /// Failure reasons (from the errors OpenSSL raises, in the libcrypto beside it).
+    /// Failure reasons (from the errors libssl raises).
     pub reasons: bool,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
@@ -183,8 +183,6 @@ pub struct OpenSsl {
     configs: BpfHashMap<MapData, u32, SslLibConfig>,
     next_index: u32,
     libs: HashMap<(u64, u64), AttachedLib>,
-    /// libcrypto files with the ERR probe attached: its state (shown with each libssl using it).
-    crypto: HashMap<(u64, u64), ProbeState>,
     by_pid: HashMap<u32, (u64, u64)>,
     recheck: std::collections::VecDeque<(std::time::Instant, u32)>,
 }
@@ -224,18 +222,6 @@ pub fn libssl_of(pid: u32) -> Option<(String, String)> {
     })
 }
 
-/// The libcrypto mapped by `pid`, as [`libssl_of`].
-pub fn libcrypto_of(pid: u32) -> Option<(String, String)> {
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
-    maps.lines().find_map(|l| {
-        let mut f = l.split_whitespace();
-        let range = f.next()?;
-        let path = f.nth(4)?;
-        let name = path.rsplit('/').next().unwrap_or(path);
-        (path.starts_with('/') && (name == "libcrypto.so" || name.starts_with("libcrypto.so."))).then(|| (path.to_string(), range.to_string()))
-    })
-}
-
 /// Where distributions install libssl (merged-/usr systems make several the same directory:
 /// files are attached once per inode).
 pub const SYSTEM_LIB_DIRS: &[&str] = &[
@@ -269,33 +255,9 @@ pub fn system_libssl(root: &std::path::Path, dirs: &[&str]) -> Vec<(String, Path
     out
 }
 
-/// The libcrypto installed beside a libssl (`libssl.so.3` → `libcrypto.so.3`).
-fn sibling_libcrypto(libssl: &std::path::Path) -> Option<PathBuf> {
-    let name = libssl.file_name()?.to_str()?;
-    let p = libssl.with_file_name(name.replacen("libssl", "libcrypto", 1));
-    p.exists().then_some(p)
-}
-
-/// The libcrypto function whose entry sees every error raised, and the cookie saying where its
-/// reason argument is: 3.x `ERR_vset_error(lib, reason, …)` (ERR_raise and ERR_set_error end
-/// there), 1.1.1 `ERR_put_error(lib, func, reason, …)`.
-fn err_function(path: &std::path::Path) -> Option<(&'static str, u64)> {
-    let data = std::fs::read(path).ok()?;
-    let file = object::File::parse(&*data).ok()?;
-    use object::{Object, ObjectSymbol};
-    let has = |n: &str| file.dynamic_symbols().any(|s| s.is_definition() && s.name().is_ok_and(|x| x == n));
-    if has("ERR_vset_error") {
-        Some(("ERR_vset_error", 1))
-    } else if has("ERR_put_error") {
-        Some(("ERR_put_error", 2))
-    } else {
-        None
-    }
-}
-
 impl OpenSsl {
     pub fn new(probes: Arc<Mutex<Probes>>, configs: BpfHashMap<MapData, u32, SslLibConfig>) -> Self {
-        OpenSsl { probes, configs, next_index: 1, libs: HashMap::new(), crypto: HashMap::new(), by_pid: HashMap::new(), recheck: Default::default() }
+        OpenSsl { probes, configs, next_index: 1, libs: HashMap::new(), by_pid: HashMap::new(), recheck: Default::default() }
     }
 
     /// A process just exec'd: look now, and once more after [`RECHECK_AFTER`] when libssl is not
@@ -325,8 +287,7 @@ impl OpenSsl {
     pub fn attach_system(&mut self, root: &std::path::Path) -> usize {
         let mut files = HashSet::new();
         for (shown, open) in system_libssl(root, SYSTEM_LIB_DIRS) {
-            let crypto = sibling_libcrypto(&open);
-            files.extend(self.attach_file(&shown, &open, crypto.as_deref(), None));
+            files.extend(self.attach_file(&shown, &open, None));
         }
         files.len()
     }
@@ -345,8 +306,7 @@ impl OpenSsl {
             if std::fs::metadata(&by_mapping).is_ok() { by_mapping } else { PathBuf::from(format!("/proc/{pid}/root{path}")) }
         };
         let target = mapped(&path, &range);
-        let crypto = libcrypto_of(pid).map(|(p, r)| mapped(&p, &r));
-        let Some(key) = self.attach_file(&path, &target, crypto.as_deref(), Some(pid)) else { return false };
+        let Some(key) = self.attach_file(&path, &target, Some(pid)) else { return false };
         let Some(lib) = self.libs.get_mut(&key) else { return false };
         lib.pid_set.insert(pid);
         lib.view.pids = lib.pid_set.len();
@@ -354,9 +314,9 @@ impl OpenSsl {
         true
     }
 
-    /// Attaches the probes to the libssl file at `target` (shown as `path`) unless done before,
-    /// and the ERR probe to its libcrypto (`crypto`); returns its (device, inode).
-    fn attach_file(&mut self, path: &str, target: &std::path::Path, crypto: Option<&std::path::Path>, pid: Option<u32>) -> Option<(u64, u64)> {
+    /// Attaches the probes to the libssl file at `target` (shown as `path`) unless done before;
+    /// returns its (device, inode).
+    fn attach_file(&mut self, path: &str, target: &std::path::Path, pid: Option<u32>) -> Option<(u64, u64)> {
         let Ok(meta) = std::fs::metadata(target) else {
             debug!(pid, path, "libssl vanished before it could be probed");
             return None;
@@ -376,17 +336,26 @@ impl OpenSsl {
         let index = self.next_index;
         self.next_index += 1;
         let (mut cfg, mut notes) = libssl::learn(&target);
-        let crypto_state = match crypto.and_then(|c| std::fs::File::open(c).ok().map(|f| (c, f))) {
-            Some((c, f)) => self.attach_crypto(&c.display().to_string(), &f, &fd_path(&f)),
-            None => {
-                notes.push("no libcrypto found beside it: failure reasons not read".into());
-                None
-            }
-        };
-        if crypto_state.as_ref().is_some_and(|s| s.state == "attached") {
+        // Failure reasons: libssl's calls of libcrypto's error functions (its PLT stubs).
+        let stubs = libssl::err_stubs(&target);
+        let mut err_states = Vec::new();
+        for &(offset, function, cookie) in &stubs {
+            let prog = ProgId::SslError;
+            let point = UProbeAttachPoint { location: UProbeAttachLocation::AbsoluteOffset(offset), cookie: Some(cookie) };
+            err_states.push(match lock(&self.probes).attach_uprobe_point(prog, &target, point, None) {
+                Ok(_) => ProbeState { name: prog.program_name(), function, state: "attached", sites: 1, error: None },
+                Err(e) => {
+                    warn!(probe = prog.program_name(), function, error = %e, "OpenSSL probe not attached");
+                    ProbeState { name: prog.program_name(), function, state: "failed", sites: 0, error: Some(e) }
+                }
+            });
+        }
+        if stubs.is_empty() {
+            notes.push("no PLT stub of ERR_set_error / ERR_vset_error / ERR_put_error found: failure reasons not read".into());
+        } else if err_states.iter().all(|s| s.state == "attached") {
             cfg.flags |= SSL_LIB_ERRORS;
-        } else if crypto_state.is_some() {
-            notes.push("libcrypto's ERR probe not attached: failure reasons not read".into());
+        } else {
+            notes.push("an error probe is not attached: failure reasons not read".into());
         }
         if let Err(e) = self.configs.insert(index, cfg, 0) {
             notes.push(format!("offsets not handed to the kernel ({e}): version/ALPN not read"));
@@ -414,40 +383,12 @@ impl OpenSsl {
         for n in &reads.notes {
             info!(path, note = %n, "OpenSSL library: field not read");
         }
-        states.extend(crypto_state);
+        states.extend(err_states);
         self.libs.insert(
             key,
             AttachedLib { view: SslLibrary { path: path.to_string(), dev: key.0, ino: key.1, pids: 0, probes: states, reads }, pid_set: HashSet::new() },
         );
         Some(key)
-    }
-
-    /// The ERR probe on a libcrypto file (once per file); its state.
-    fn attach_crypto(&mut self, shown: &str, file: &std::fs::File, target: &std::path::Path) -> Option<ProbeState> {
-        let meta = file.metadata().ok()?;
-        let key = (meta.dev(), meta.ino());
-        if let Some(s) = self.crypto.get(&key) {
-            return Some(s.clone());
-        }
-        let prog = ProgId::SslError;
-        let state = match err_function(target) {
-            None => ProbeState { name: prog.program_name(), function: "ERR_vset_error", state: "failed", sites: 0, error: Some(format!("{shown}: neither ERR_vset_error nor ERR_put_error is exported")) },
-            Some((function, cookie)) => {
-                let point = UProbeAttachPoint { location: UProbeAttachLocation::Symbol(function), cookie: Some(cookie) };
-                match lock(&self.probes).attach_uprobe_point(prog, target, point, None) {
-                    Ok(_) => ProbeState { name: prog.program_name(), function, state: "attached", sites: 1, error: None },
-                    Err(e) => {
-                        warn!(probe = prog.program_name(), function, error = %e, "OpenSSL probe not attached");
-                        ProbeState { name: prog.program_name(), function, state: "failed", sites: 0, error: Some(e) }
-                    }
-                }
-            }
-        };
-        // A failed attach is not remembered: the next library using this libcrypto tries again.
-        if state.state == "attached" {
-            self.crypto.insert(key, state.clone());
-        }
-        Some(state)
     }
 
     /// The process exited (the library's probes stay: see [`OpenSsl`]).
@@ -631,7 +572,6 @@ mod tests {
         std::os::unix::fs::symlink("libssl.so.3", dir.join("libssl.so")).unwrap();
         let found = system_libssl(&root, &["/usr/lib/x86_64-linux-gnu", "/lib64"]);
         assert_eq!(found, vec![("/usr/lib/x86_64-linux-gnu/libssl.so.3".to_string(), dir.join("libssl.so.3"))]);
-        assert_eq!(sibling_libcrypto(&dir.join("libssl.so.3")), Some(dir.join("libcrypto.so.3")));
         std::fs::remove_dir_all(&root).unwrap();
     }
 
