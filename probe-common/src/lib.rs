@@ -70,6 +70,9 @@ pub enum ProgId {
     GoFatal = 29,
     /// `os.Exit` (the exit path of `log.Fatal`): counted when the code is not 0.
     GoOsExit = 30,
+    /// libssl raises an error (its PLT stubs of `ERR_set_error` / `ERR_vset_error`, 1.1.1's
+    /// `ERR_put_error`): the failure reason of the handshake in flight on that thread.
+    SslError = 31,
 }
 
 /// Where in a Go function a uprobe goes.
@@ -109,7 +112,7 @@ pub enum ProgKind {
 }
 
 impl ProgId {
-    pub const COUNT: u32 = 31;
+    pub const COUNT: u32 = 32;
     pub const ALL: [ProgId; Self::COUNT as usize] = [
         ProgId::InetSockSetState,
         ProgId::TcpSendReset,
@@ -142,6 +145,7 @@ impl ProgId {
         ProgId::GoThrow,
         ProgId::GoFatal,
         ProgId::GoOsExit,
+        ProgId::SslError,
     ];
     /// The tracepoint programs, attached once at start.
     /// Programs of `group`, in index order.
@@ -168,7 +172,7 @@ impl ProgId {
             ProgId::GoGcStart | ProgId::GoGcDone | ProgId::GoPauseBegin | ProgId::GoPauseEnd => ProgGroup::GoRuntime,
             ProgId::GoNewproc | ProgId::GoExit => ProgGroup::GoCreation,
             ProgId::GoTlsEnter | ProgId::GoTlsReturn => ProgGroup::GoTls,
-            ProgId::SslHandshakeEnter | ProgId::SslHandshakeReturn | ProgId::SslFree => ProgGroup::OpenSsl,
+            ProgId::SslHandshakeEnter | ProgId::SslHandshakeReturn | ProgId::SslFree | ProgId::SslError => ProgGroup::OpenSsl,
             ProgId::MmapFexit | ProgId::MunmapFexit | ProgId::BrkFexit => ProgGroup::MemoryFexit,
             ProgId::GoFatalPanic | ProgId::GoThrow | ProgId::GoFatal | ProgId::GoOsExit => ProgGroup::GoCrash,
         }
@@ -218,6 +222,7 @@ impl ProgId {
             ProgId::GoThrow => "go_throw",
             ProgId::GoFatal => "go_fatal",
             ProgId::GoOsExit => "go_os_exit",
+            ProgId::SslError => "ssl_error",
         }
     }
 
@@ -289,7 +294,8 @@ impl ProgId {
             | ProgId::GoFatalPanic
             | ProgId::GoThrow
             | ProgId::GoFatal
-            | ProgId::GoOsExit => ("", ""),
+            | ProgId::GoOsExit
+            | ProgId::SslError => ("", ""),
         }
     }
 
@@ -318,6 +324,7 @@ impl ProgId {
                 | ProgId::GoThrow
                 | ProgId::GoFatal
                 | ProgId::GoOsExit
+                | ProgId::SslError
         )
     }
 }
@@ -481,6 +488,12 @@ pub struct TlsInflight {
     pub role: u32,
     /// OpenSSL: when the last call for a pending (non-blocking or failed) handshake returned.
     pub last_ns: u64,
+    /// OpenSSL: the first libssl error reason (`SSL_R_*` below 1000) raised during the
+    /// handshake, 0 if none.
+    pub ssl_reason: u32,
+    /// OpenSSL: the fatal alert received (from the `SSL_AD_REASON_OFFSET + alert` error the
+    /// record layer raises), [`TLS_NO_ALERT`] if none.
+    pub ssl_alert: u32,
 }
 
 /// Where one libssl build keeps fields of an `SSL` (learned from its accessor functions in user
@@ -493,10 +506,27 @@ pub struct SslLibConfig {
     pub version: u32,
     /// int: non-zero on the server side (SSL_is_server).
     pub is_server: u32,
-    /// unsigned char *, unsigned int: selected ALPN protocol (SSL_get0_alpn_selected).
+    /// unsigned char *, unsigned int: selected ALPN protocol (SSL_get0_alpn_selected), from
+    /// the SSL itself or, when `alpn_base` is set, from the struct the pointer there points at
+    /// (1.1.1: `s->s3->alpn_selected`).
     pub alpn_ptr: u32,
     pub alpn_len: u32,
+    pub alpn_base: u32,
+    /// OpenSSL 3.2+: the accessors read the fields only when the object's `type` (the int at this
+    /// offset) is 0 (`SSL_TYPE_SSL_CONNECTION`; QUIC objects differ): nothing is read otherwise.
+    pub type_off: u32,
+    /// [`SSL_LIB_ERRORS`]: the error probes of this libssl are attached (failure reasons are
+    /// read).
+    pub flags: u32,
+    pub _pad: u32,
 }
+
+/// [`SslLibConfig::flags`]: failure reasons are read from the errors OpenSSL raises.
+pub const SSL_LIB_ERRORS: u32 = 1;
+/// OpenSSL's `ERR_LIB_SSL` (the same in 1.1.1 and 3.x).
+pub const ERR_LIB_SSL: u32 = 20;
+/// OpenSSL's `SSL_AD_REASON_OFFSET`: a received fatal alert is raised as this plus its code.
+pub const SSL_AD_REASON_OFFSET: u32 = 1000;
 
 /// libssl builds probed at once.
 pub const MAX_SSL_LIBS: u32 = 256;
@@ -554,6 +584,10 @@ pub struct TlsEvent {
     /// OpenSSL: the return value of the last handshake call.
     pub ret: i32,
     pub alpn: [u8; TLS_ALPN_LEN],
+    /// OpenSSL failures: the first libssl error reason (`SSL_R_*`) raised during the handshake,
+    /// 0 if none (the alert received is in `alert_received`; the alert sent is not read).
+    pub ssl_reason: u32,
+    pub _pad: u32,
 }
 
 /// Per-program self statistics (a per-CPU array indexed by [`ProgId`]).
@@ -1002,10 +1036,10 @@ const _: () = {
     assert!(size_of::<CreationSite>() == 16);
     assert!(size_of::<GoidKey>() == 16);
     assert!(size_of::<GoTlsConfig>() == 40);
-    assert!(size_of::<TlsInflight>() == 32);
+    assert!(size_of::<TlsInflight>() == 40);
     assert!(size_of::<TlsInflightKey>() == 16);
-    assert!(size_of::<SslLibConfig>() == 16);
-    assert!(size_of::<TlsEvent>() == 64);
+    assert!(size_of::<SslLibConfig>() == 32);
+    assert!(size_of::<TlsEvent>() == 72);
     assert!(size_of::<GoCrashConfig>() == 32);
     assert!(size_of::<GoCrashEvent>() == 88 + CRASH_HEAD_LEN + 8 + CRASH_TEXT_LEN + 8 + 8 * CRASH_MAX_PCS);
     // Every ring-buffer record starts with the header.

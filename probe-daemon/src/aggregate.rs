@@ -859,9 +859,13 @@ impl Aggregate {
             version: tls::version_label(e.version),
             alpn: if e.alpn_len == probe_common::TLS_ALPN_UNREAD { "unknown" } else { tls::alpn_label(&e.alpn[..alpn_n], e.alpn_len as usize) },
         };
-        let reason = if failed { tls::failure_reason(e.alert_sent, e.alert_received) } else { "" };
+        let reason = match (failed, e.library) {
+            (false, _) => "",
+            (true, probe_common::TLS_LIBRARY_OPENSSL) => tls::openssl_failure_reason(e.ssl_reason, e.alert_sent, e.alert_received),
+            (true, _) => tls::failure_reason(e.alert_sent, e.alert_received),
+        };
         if failed {
-            tracing::debug!(pid = e.header.tgid, library = key.library, role = key.role, alert_sent = e.alert_sent, alert_received = e.alert_received, ret = e.ret, reason, "TLS handshake failed");
+            tracing::debug!(pid = e.header.tgid, library = key.library, role = key.role, alert_sent = e.alert_sent, alert_received = e.alert_received, ssl_reason = e.ssl_reason, ret = e.ret, reason, "TLS handshake failed");
         }
         let p = self.entry(e.header.tgid, now);
         p.tls.get_or_insert_with(Default::default).record(key, e.duration_ns as f64 / 1e9, reason);
@@ -1036,11 +1040,18 @@ mod tests {
             alert_received: TLS_NO_ALERT,
             ret: 0,
             alpn,
+            ssl_reason: 0,
+            _pad: 0,
         };
         a.on_tls(&ok, t0);
         a.on_tls(&TlsEvent { failed: 1, alpn_len: 0, alert_received: 120, ..ok }, t0);
         a.on_tls(
             &TlsEvent { library: probe_common::TLS_LIBRARY_OPENSSL, role: probe_common::TLS_ROLE_SERVER, failed: 1, version: 0, alpn_len: probe_common::TLS_ALPN_UNREAD, alert_sent: TLS_ALERT_UNREAD, alert_received: TLS_ALERT_UNREAD, ..ok },
+            t0,
+        );
+        // OpenSSL with its errors read: the client's CERTIFICATE_VERIFY_FAILED.
+        a.on_tls(
+            &TlsEvent { library: probe_common::TLS_LIBRARY_OPENSSL, failed: 1, version: 0, alpn_len: probe_common::TLS_ALPN_UNREAD, ssl_reason: 134, ..ok },
             t0,
         );
         let t = a.process(me).unwrap().tls.as_ref().unwrap();
@@ -1050,7 +1061,8 @@ mod tests {
         assert_eq!(t.handshakes.get(&key("openssl", "server", "error", "unknown", "unknown")), Some(&1));
         assert_eq!(t.failures.get(&("go", "alpn")), Some(&1));
         assert_eq!(t.failures.get(&("openssl", "other")), Some(&1));
-        assert_eq!((t.handshakes_total(), t.failures_total()), (3, 2));
+        assert_eq!(t.failures.get(&("openssl", "certificate")), Some(&1));
+        assert_eq!((t.handshakes_total(), t.failures_total()), (4, 3));
         assert_eq!(t.totals().quantile(0.5), Some(0.0032));
     }
 

@@ -96,7 +96,16 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         let trackers = Trackers {
             creation: go.as_ref().map(|_| CreationProbes::new(creation, creation_settings)),
             go,
-            openssl: cfg.tls.openssl.then(|| OpenSsl::new(probes.clone(), ssl_libs)),
+            openssl: cfg.tls.openssl.then(|| {
+                // The system's libssl files before the daemon is ready: the first process that
+                // loads one has its first handshakes counted (others: at start scan and exec).
+                let mut o = OpenSsl::new(probes.clone(), ssl_libs);
+                let root = std::path::Path::new("/proc/1/root");
+                let root = if root.join("usr").exists() { root } else { std::path::Path::new("/") };
+                let n = o.attach_system(root);
+                info!(libraries = n, "system OpenSSL libraries probed at start");
+                o
+            }),
             probes: probes.clone(),
             read_interval: settings.go_read_interval,
             read_cpu_budget: cfg.go.read_cpu_budget,

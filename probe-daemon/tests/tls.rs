@@ -6,6 +6,8 @@
 //! - OpenSSL: `curl` against the Go server (client side counted in curl, server side in Go) and
 //!   `openssl s_client` against `openssl s_server` (server side counted: s_server calls
 //!   SSL_accept; s_client handshakes implicitly inside SSL_read/SSL_write, which is not probed).
+//! - OpenSSL failure reasons (untrusted certificate, ALPN mismatch, version) on both sides, and
+//!   the first handshakes of the first process right after the daemon started (issue #18).
 //! - TCP cross-check: a connection reset right after a ClientHello shows up as a failed Go
 //!   handshake (timeout_eof) and as a TCP reset of the same process.
 mod common;
@@ -253,6 +255,11 @@ type Key = (String, String, String, String);
 /// The handshake counts of one (short-lived) process by (role, result, version, alpn), read
 /// before its series expire.
 fn counts_of(d: &Daemon, pid: u32, expect: f64) -> BTreeMap<Key, f64> {
+    counts_and_metrics(d, pid, expect).0
+}
+
+/// [`counts_of`], and the scrape they come from.
+fn counts_and_metrics(d: &Daemon, pid: u32, expect: f64) -> (BTreeMap<Key, f64>, Metrics) {
     let p = pid.to_string();
     let m = d.wait_metrics(&format!("handshakes of pid {pid}"), Duration::from_secs(10), |m| sum(m, HS, &[("pid", &p)]) >= expect);
     let mut out = BTreeMap::new();
@@ -261,7 +268,7 @@ fn counts_of(d: &Daemon, pid: u32, expect: f64) -> BTreeMap<Key, f64> {
         *out.entry(k).or_insert(0.0) += s.value;
         assert_eq!(s.labels["library"], "openssl", "{s:?}");
     }
-    out
+    (out, m)
 }
 
 fn key(role: &str, result: &str, version: &str, alpn: &str) -> Key {
@@ -327,9 +334,12 @@ fn openssl_handshakes_of_curl_and_s_server_and_the_go_server_side() {
     let status = server.wait().unwrap();
     assert!(status.success(), "s_server: {status}");
     drop(server.stdin.take());
-    let c = counts_of(&d, spid, 3.0);
+    let (c, m) = counts_and_metrics(&d, spid, 3.0);
     // Failed handshakes: version and ALPN are not read (nothing was negotiated).
     assert_eq!(c, BTreeMap::from([(key("server", "ok", v13, alpn_none), 2.0), (key("server", "error", "unknown", "unknown"), 1.0)]), "reads {reads}");
+    // The server finds no version in common (its UNSUPPORTED_PROTOCOL error).
+    let sp = spid.to_string();
+    assert_eq!(m.value(FAIL, &[("pid", &sp), ("library", "openssl"), ("reason", "version")]), 1.0, "{}", m.text);
 
     // curl → the Go server: 3 trusted (ok on both sides), 2 without the CA (error on both sides).
     let mut g = TlsProbe::start("go-serve", &fixture("1.27", "default"));
@@ -348,8 +358,10 @@ fn openssl_handshakes_of_curl_and_s_server_and_the_go_server_side() {
     for i in 0..2 {
         let (pid, rc) = run("curl", Command::new("curl").args(["-s", "-m", "5", "--tls-max", "1.2", "--cacert"]).arg(&cert).arg(&url));
         assert_eq!(rc, 60, "curl {i}: certificate verification must fail");
-        let c = counts_of(&d, pid, 1.0);
+        let (c, m) = counts_and_metrics(&d, pid, 1.0);
         assert_eq!(c, BTreeMap::from([(key("client", "error", "unknown", "unknown"), 1.0)]), "curl {i}");
+        let cp = pid.to_string();
+        assert_eq!(m.value(FAIL, &[("pid", &cp), ("library", "openssl"), ("reason", "certificate")]), 1.0, "curl {i}: {}", m.text);
     }
     let p = g.pid.to_string();
     let m = d.wait_metrics("Go server side", Duration::from_secs(10), |m| sum(m, HS, &[("pid", &p)]) >= 5.0);
@@ -390,4 +402,166 @@ fn libc_linger_zero(s: &std::net::TcpStream) -> i32 {
     let l = Linger { l_onoff: 1, l_linger: 0 };
     // SOL_SOCKET = 1, SO_LINGER = 13 on Linux.
     unsafe { setsockopt(s.as_raw_fd(), 1, 13, &l as *const Linger as *const _, std::mem::size_of::<Linger>() as u32) }
+}
+
+/// Issue #18 (a): the first handshakes of the first process using the system's libssl, started
+/// right after chainprobe is ready, are all counted (the system's libssl files are probed before
+/// the daemon is ready; a process's exec is noticed only after its loader mapped libssl, up to a
+/// ring-buffer poll later). 20 daemon starts, each followed at once by a curl that handshakes
+/// three times (the Go server closes each connection), against a Go server (no libssl in it).
+#[test]
+fn openssl_first_handshakes_right_after_start_are_all_counted() {
+    let _serial = serial();
+    which("curl");
+    let dir = TempDir::new("tls-first");
+    let ca = dir.0.join("ca.pem");
+    let mut g = TlsProbe::start("go-serve", &fixture("1.27", "default"));
+    let gport = g.cmd(&format!("serve http/1.1 {}", ca.display()))[0];
+    let url = format!("https://127.0.0.1:{gport}/");
+    let started = Instant::now();
+    let mut missed = Vec::new();
+    for round in 0..20 {
+        let d = Daemon::start("tls-first", "");
+        let (pid, rc) = run("curl", Command::new("curl").args(["-s", "-m", "5", "--cacert"]).arg(&ca).args([&url, &url, &url]));
+        assert_eq!(rc, 0, "run {round}: curl");
+        let p = pid.to_string();
+        // Counted or not: the handshakes come with the ring buffer (every 50 ms), the TCP connects
+        // with the map drain (every 0.2 s here); once curl's 3 connects show, its handshakes
+        // have had a second more. An exited process's series are gone after the scrape that
+        // showed them: the largest values seen are kept.
+        let seen = poll_max(&d, Duration::from_secs(10), &format!("run {round}: curl {pid}"), |m| {
+            BTreeMap::from([
+                ("ok", m.value(HS, &[("pid", &p), ("library", "openssl"), ("role", "client"), ("result", "ok")])),
+                ("all", sum(m, HS, &[("pid", &p)])),
+                ("connects", sum(m, "chainprobe_tcp_connects_total", &[("pid", &p)])),
+            ])
+        }, |v, since_connects| v["all"] >= 3.0 || since_connects(v["connects"] >= 3.0) > Duration::from_secs(1));
+        if seen["ok"] != 3.0 {
+            missed.push((round, 3.0 - seen["ok"]));
+        }
+        assert_eq!(seen["all"], seen["ok"], "run {round}: only successful client handshakes");
+    }
+    assert!(missed.is_empty(), "handshakes missed (run, count): {missed:?}");
+    assert!(started.elapsed() < Duration::from_secs(480), "20 runs took {:?}", started.elapsed());
+    assert!(g.alive());
+    assert_eq!(g.cmd("quit"), Vec::<i64>::new());
+}
+
+/// Issue #18 (b): OpenSSL failure reasons, exact on both sides: an untrusted certificate (the
+/// client's CERTIFICATE_VERIFY_FAILED; the server receives the client's alert) and an ALPN
+/// mismatch (the server's NO_APPLICATION_PROTOCOL; the client receives no_application_protocol).
+/// curl against `openssl s_server -alpn h2`.
+#[test]
+fn openssl_failure_reasons_for_an_untrusted_certificate_and_an_alpn_mismatch() {
+    let _serial = serial();
+    which("openssl");
+    which("curl");
+    let d = Daemon::start("tls-reasons", "");
+    let dir = TempDir::new("tls-reasons");
+    let (cert, keyf, other) = (dir.0.join("cert.pem"), dir.0.join("key.pem"), dir.0.join("other.pem"));
+    for (c, k) in [(&cert, &keyf), (&other, &dir.0.join("other-key.pem"))] {
+        let (_, rc) = run(
+            "openssl req",
+            Command::new("openssl")
+                .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1", "-subj", "/CN=localhost"])
+                .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+                .arg("-keyout")
+                .arg(k)
+                .arg("-out")
+                .arg(c),
+        );
+        assert_eq!(rc, 0, "openssl req");
+    }
+    let reads = wait_openssl_probed(&d);
+    assert_eq!(reads["reasons"], true, "failure reasons read: {reads}");
+    for (tls, label) in [("1.3", "tls1.3"), ("1.2", "tls1.2")] {
+        let port = common::free_port();
+        let mut server = Command::new("openssl")
+            .args(["s_server", "-accept", &format!("127.0.0.1:{port}"), "-alpn", "h2", "-naccept", "2"])
+            .arg("-cert")
+            .arg(&cert)
+            .arg("-key")
+            .arg(&keyf)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start openssl s_server");
+        let mut out = BufReader::new(server.stdout.take().unwrap());
+        let mut line = String::new();
+        while !line.contains("ACCEPT") {
+            line.clear();
+            assert!(out.read_line(&mut line).unwrap() > 0, "s_server ended before accepting");
+        }
+        let url = format!("https://127.0.0.1:{port}/");
+        let curl = |extra: &[&str]| run("curl", Command::new("curl").args(["-s", "-m", "5", "--tls-max", tls]).args(extra).arg(&url));
+        // Trusting another certificate only: the server's is untrusted.
+        let (untrusted, rc) = curl(&["--cacert", other.to_str().unwrap()]);
+        assert_eq!(rc, 60, "{label}: certificate verification must fail");
+        // Trusted, but offering http/1.1 only to a server that speaks h2 only.
+        let (mismatch, rc) = curl(&["--http1.1", "--cacert", cert.to_str().unwrap()]);
+        assert_ne!(rc, 0, "{label}: the ALPN mismatch must fail");
+        let status = server.wait().unwrap();
+        assert!(status.success(), "s_server: {status}");
+        let spid = server.id().to_string();
+        let (u, a) = (untrusted.to_string(), mismatch.to_string());
+        let seen = poll_max(&d, Duration::from_secs(10), &format!("{label}: failures"), |m| {
+            let fail = |pid: &str, reason: &str| m.value(FAIL, &[("pid", pid), ("library", "openssl"), ("reason", reason)]);
+            BTreeMap::from([
+                ("untrusted certificate", fail(&u, "certificate")),
+                ("untrusted all", sum(m, FAIL, &[("pid", &u)])),
+                ("mismatch alpn", fail(&a, "alpn")),
+                ("mismatch all", sum(m, FAIL, &[("pid", &a)])),
+                ("server certificate", fail(&spid, "certificate")),
+                ("server alpn", fail(&spid, "alpn")),
+                ("server all", sum(m, FAIL, &[("pid", &spid)])),
+                ("server ok", sum(m, HS, &[("pid", &spid), ("result", "ok")])),
+            ])
+        }, |v, _| v["untrusted all"] + v["mismatch all"] + v["server all"] >= 4.0);
+        let expect = BTreeMap::from([
+            ("untrusted certificate", 1.0),
+            ("untrusted all", 1.0),
+            ("mismatch alpn", 1.0),
+            ("mismatch all", 1.0),
+            ("server certificate", 1.0),
+            ("server alpn", 1.0),
+            ("server all", 2.0),
+            ("server ok", 0.0),
+        ]);
+        assert_eq!(seen, expect, "{label}");
+        drop(server.stdin.take());
+    }
+}
+
+/// Scrapes until `done` (given the largest values seen so far, and a clock that starts when its
+/// argument is first true) or `timeout`; returns the largest value seen of each of `values`.
+/// (The series of an exited process are gone after the scrape that showed them.)
+fn poll_max(
+    d: &Daemon,
+    timeout: Duration,
+    what: &str,
+    values: impl Fn(&Metrics) -> BTreeMap<&'static str, f64>,
+    done: impl Fn(&BTreeMap<&'static str, f64>, &dyn Fn(bool) -> Duration) -> bool,
+) -> BTreeMap<&'static str, f64> {
+    let deadline = Instant::now() + timeout;
+    let mut seen: BTreeMap<&'static str, f64> = BTreeMap::new();
+    let since: std::cell::Cell<Option<Instant>> = std::cell::Cell::new(None);
+    let clock = |start: bool| {
+        if start && since.get().is_none() {
+            since.set(Some(Instant::now()));
+        }
+        since.get().map(|t| t.elapsed()).unwrap_or_default()
+    };
+    loop {
+        let m = d.metrics();
+        for (k, v) in values(&m) {
+            let e = seen.entry(k).or_insert(0.0);
+            *e = e.max(v);
+        }
+        if done(&seen, &clock) {
+            return seen;
+        }
+        assert!(Instant::now() < deadline, "{what}: not seen within {timeout:?}: {seen:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -11,6 +11,9 @@
 //! OpenSSL: uprobes at SSL_do_handshake / SSL_connect / SSL_accept entry, uretprobes at their
 //! return (fine for C code), SSL_set_connect_state / SSL_set_accept_state for the role, and
 //! SSL_free to end handshakes that never succeeded. The attach cookie says which function fired.
+//! Failure reasons: uprobes on libssl's PLT stubs of libcrypto's ERR_set_error / ERR_vset_error
+//! (1.1.1: ERR_put_error) note the first libssl error reason and the fatal alert received (raised as SSL_AD_REASON_OFFSET +
+//! alert) of the handshake in flight on the thread.
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
     macros::{map, uprobe, uretprobe},
@@ -19,7 +22,7 @@ use aya_ebpf::{
     EbpfContext,
 };
 use probe_common::{
-    EventHeader, EventKind, GoTlsConfig, ProgId, TlsEvent, TlsInflight, TlsInflightKey,
+    EventHeader, EventKind, GoTlsConfig, ProgId, TlsEvent, TlsInflight, TlsInflightKey, ERR_LIB_SSL, SSL_AD_REASON_OFFSET, SSL_LIB_ERRORS,
     BPF_RB_NO_WAKEUP, MAX_PROCS, MAX_SSL_LIBS, SSL_COOKIE_SET_STATE, SslLibConfig, TLS_ALPN_UNREAD, MAX_TLS_INFLIGHT, OFFSET_NONE, TLS_ALERT_UNREAD, TLS_ALPN_LEN, TLS_LIBRARY_GO,
     TLS_LIBRARY_OPENSSL, TLS_NO_ALERT, TLS_ROLE_CLIENT, TLS_ROLE_SERVER, TLS_ROLE_UNKNOWN,
     TLS_VERSION_UNKNOWN,
@@ -129,6 +132,8 @@ pub fn go_tls_handshake_enter(ctx: ProbeContext) -> u32 {
         depth: 1,
         role: TLS_ROLE_UNKNOWN as u32,
         last_ns: 0,
+        ssl_reason: 0,
+        ssl_alert: 0,
     };
     // Overwrites: a stack-growth re-entry of the prologue is the same call.
     if TLS_INFLIGHT.insert(&go_key(&ctx, tgid), &v, 0).is_err() {
@@ -221,6 +226,8 @@ pub fn go_tls_handshake_return(ctx: ProbeContext) -> u32 {
         alert_received: TLS_NO_ALERT,
         ret: 0,
         alpn: [0; TLS_ALPN_LEN],
+        ssl_reason: 0,
+        _pad: 0,
     };
     if failed {
         ev.alert_sent = TLS_ALERT_UNREAD;
@@ -279,9 +286,10 @@ pub fn ssl_handshake_enter(ctx: ProbeContext) -> u32 {
     }
     let now = unsafe { bpf_ktime_get_ns() };
     let pending = TlsInflightKey { tgid, kind: KEY_SSL_PENDING, id: ssl };
-    let start_ns = match unsafe { TLS_INFLIGHT.get(&pending) } {
-        Some(p) => p.start_ns,
-        None => now,
+    // A retried (non-blocking) handshake keeps its start and the errors seen so far.
+    let (start_ns, ssl_reason, ssl_alert) = match unsafe { TLS_INFLIGHT.get(&pending) } {
+        Some(p) => (p.start_ns, p.ssl_reason, p.ssl_alert),
+        None => (now, 0, TLS_NO_ALERT as u32),
     };
     let mut role = (c & 0xff) as u32;
     if role == TLS_ROLE_UNKNOWN as u32 {
@@ -289,7 +297,7 @@ pub fn ssl_handshake_enter(ctx: ProbeContext) -> u32 {
             role = *r;
         }
     }
-    let v = TlsInflight { start_ns, conn: ssl, depth: 1, role, last_ns: 0 };
+    let v = TlsInflight { start_ns, conn: ssl, depth: 1, role, last_ns: 0, ssl_reason, ssl_alert };
     if TLS_INFLIGHT.insert(&thread, &v, 0).is_err() {
         count_lost_map_full(prog);
     }
@@ -313,9 +321,21 @@ fn ssl_event(tgid: u32, now: u64, v: &TlsInflight, failed: bool, ret: i32, lib: 
         alert_received: TLS_ALERT_UNREAD,
         ret,
         alpn: [0; TLS_ALPN_LEN],
+        ssl_reason: 0,
+        _pad: 0,
     };
     let Some(lib) = lib else { return ev };
+    if failed && lib.flags & SSL_LIB_ERRORS != 0 {
+        ev.alert_sent = TLS_NO_ALERT;
+        ev.alert_received = if v.ssl_alert > 255 { TLS_NO_ALERT } else { v.ssl_alert as u16 };
+        ev.ssl_reason = v.ssl_reason;
+    }
     let ssl = v.conn;
+    // OpenSSL 3.2+: the fields are those of an SSL_CONNECTION (type 0); anything else (QUIC) is
+    // not read.
+    if lib.type_off != OFFSET_NONE && read::<u32>(ssl.wrapping_add(lib.type_off as u64)) != Some(0) {
+        return ev;
+    }
     if ev.role == TLS_ROLE_UNKNOWN && lib.is_server != OFFSET_NONE {
         if let Some(s) = read::<i32>(ssl.wrapping_add(lib.is_server as u64)) {
             ev.role = if s != 0 { TLS_ROLE_SERVER } else { TLS_ROLE_CLIENT };
@@ -329,9 +349,11 @@ fn ssl_event(tgid: u32, now: u64, v: &TlsInflight, failed: bool, ret: i32, lib: 
             ev.version = ver as u16;
         }
     }
-    if lib.alpn_ptr != OFFSET_NONE && lib.alpn_len != OFFSET_NONE {
-        let ptr = read::<u64>(ssl.wrapping_add(lib.alpn_ptr as u64));
-        let len = read::<u32>(ssl.wrapping_add(lib.alpn_len as u64));
+    // 1.1.1: the fields are in the struct `s->s3` points at.
+    let base = if lib.alpn_base == OFFSET_NONE { Some(ssl) } else { read::<u64>(ssl.wrapping_add(lib.alpn_base as u64)) };
+    if let (Some(base), true) = (base, lib.alpn_ptr != OFFSET_NONE && lib.alpn_len != OFFSET_NONE) {
+        let ptr = read::<u64>(base.wrapping_add(lib.alpn_ptr as u64));
+        let len = read::<u32>(base.wrapping_add(lib.alpn_len as u64));
         if let (Some(ptr), Some(len)) = (ptr, len) {
             if ptr == 0 {
                 ev.alpn_len = 0;
@@ -405,6 +427,41 @@ pub fn ssl_free(ctx: ProbeContext) -> u32 {
     ev.header.ktime_ns = unsafe { bpf_ktime_get_ns() };
     if EVENTS.output::<TlsEvent>(&ev, BPF_RB_NO_WAKEUP).is_err() {
         count_lost_ringbuf(prog);
+    }
+    0
+}
+
+/// libssl's calls of ERR_set_error / ERR_vset_error(lib, reason, …) (cookie 1) and 1.1.1's
+/// ERR_put_error(lib, func, reason, …) (cookie 2), at its PLT stubs: an error raised on a thread
+/// with a handshake in flight is its failure reason. libssl's error paths only; a lookup and out
+/// when no handshake is in flight.
+#[uprobe]
+pub fn ssl_error(ctx: ProbeContext) -> u32 {
+    let prog = ProgId::SslError;
+    let tgid = current_tgid();
+    if tgid == config().self_tgid {
+        return 0;
+    }
+    count_event(prog);
+    let thread = TlsInflightKey { tgid, kind: KEY_SSL_THREAD, id: bpf_get_current_pid_tgid() };
+    let Some(t) = TLS_INFLIGHT.get_ptr_mut(&thread) else { return 0 };
+    let lib = ctx.arg::<u64>(0).unwrap_or(0) as u32;
+    if lib != ERR_LIB_SSL {
+        return 0;
+    }
+    // Both read, then chosen: a load at a computed context offset is refused by the verifier.
+    let (second, third) = (ctx.arg::<u64>(1).unwrap_or(0), ctx.arg::<u64>(2).unwrap_or(0));
+    let reason = if cookie(&ctx) == 2 { third } else { second };
+    // ERR_REASON_MASK: the low 23 bits.
+    let reason = (reason as u32) & 0x7f_ffff;
+    unsafe {
+        if (SSL_AD_REASON_OFFSET..SSL_AD_REASON_OFFSET + 256).contains(&reason) {
+            if (*t).ssl_alert > 255 {
+                (*t).ssl_alert = reason - SSL_AD_REASON_OFFSET;
+            }
+        } else if (*t).ssl_reason == 0 {
+            (*t).ssl_reason = reason;
+        }
     }
     0
 }

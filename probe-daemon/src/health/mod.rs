@@ -624,6 +624,8 @@ mod tests {
             alert_received: if failed != 0 { 42 } else { TLS_NO_ALERT },
             ret: 0,
             alpn: [0; probe_common::TLS_ALPN_LEN],
+            ssl_reason: 0,
+            _pad: 0,
         };
         let t0 = Instant::now();
         // Before the first evaluation: 100 fast, good handshakes (not in any window).

@@ -8,7 +8,11 @@
 //!   mappings (through `/proc/PID/map_files`, so container paths and replaced files work) and
 //!   attaches once per library file: uprobes + uretprobes on SSL_do_handshake / SSL_connect /
 //!   SSL_accept, uprobes on SSL_set_connect_state / SSL_set_accept_state (role) and SSL_free (ends
-//!   failed handshakes); [`libssl`] learns where that build keeps version, ALPN and role.
+//!   failed handshakes), and uprobes on its PLT stubs of libcrypto's error functions
+//!   (`ERR_set_error` / `ERR_vset_error`, 1.1.1: `ERR_put_error`) for the failure reason; [`libssl`] learns where that build keeps version,
+//!   ALPN and role. The system's own libssl files (the usual library directories) are attached
+//!   at start, before the daemon is ready, so that the first handshakes of the first process
+//!   using one are seen (the exec of a process is noticed only after its loader mapped libssl).
 //! - [`TlsState`] is the per-process outcome (metrics and the health engine read it).
 pub mod libssl;
 pub mod state;
@@ -27,7 +31,7 @@ use aya::{
 };
 use probe_common::{
     GoTlsConfig, ProgId, SslLibConfig, GO_TLS_FUNCTIONS, OFFSET_NONE, SSL_COOKIE_SET_STATE, SSL_HANDSHAKE_FUNCTIONS,
-    TLS_ROLE_CLIENT, TLS_ROLE_SERVER, TLS_ROLE_UNKNOWN,
+    SSL_LIB_ERRORS, TLS_ROLE_CLIENT, TLS_ROLE_SERVER, TLS_ROLE_UNKNOWN,
 };
 use serde::Serialize;
 use tracing::{debug, info, warn};
@@ -157,6 +161,8 @@ pub struct SslReads {
     pub version: bool,
     pub alpn: bool,
     pub role: bool,
+    /// Failure reasons (from the errors libssl raises).
+    pub reasons: bool,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
 }
@@ -216,6 +222,39 @@ pub fn libssl_of(pid: u32) -> Option<(String, String)> {
     })
 }
 
+/// Where distributions install libssl (merged-/usr systems make several the same directory:
+/// files are attached once per inode).
+pub const SYSTEM_LIB_DIRS: &[&str] = &[
+    "/usr/lib/x86_64-linux-gnu",
+    "/lib/x86_64-linux-gnu",
+    "/usr/lib/aarch64-linux-gnu",
+    "/lib/aarch64-linux-gnu",
+    "/usr/lib64",
+    "/lib64",
+    "/usr/lib",
+    "/lib",
+    "/usr/local/lib64",
+    "/usr/local/lib",
+];
+
+/// The libssl files (no symlinks: their targets are listed themselves) in `dirs` under `root`:
+/// (path as the system sees it, path to open).
+pub fn system_libssl(root: &std::path::Path, dirs: &[&str]) -> Vec<(String, PathBuf)> {
+    let mut out = Vec::new();
+    for dir in dirs {
+        let Ok(rd) = std::fs::read_dir(root.join(dir.trim_start_matches('/'))) else { continue };
+        let mut names: Vec<String> = rd.flatten().filter_map(|e| e.file_name().into_string().ok()).filter(|n| is_libssl(n)).collect();
+        names.sort();
+        for n in names {
+            let open = root.join(dir.trim_start_matches('/')).join(&n);
+            if std::fs::symlink_metadata(&open).is_ok_and(|m| m.file_type().is_file()) {
+                out.push((format!("{dir}/{n}"), open));
+            }
+        }
+    }
+    out
+}
+
 impl OpenSsl {
     pub fn new(probes: Arc<Mutex<Probes>>, configs: BpfHashMap<MapData, u32, SslLibConfig>) -> Self {
         OpenSsl { probes, configs, next_index: 1, libs: HashMap::new(), by_pid: HashMap::new(), recheck: Default::default() }
@@ -241,6 +280,18 @@ impl OpenSsl {
         None
     }
 
+    /// Attaches the system's libssl files (see [`SYSTEM_LIB_DIRS`]) under `root` (the host's
+    /// root as seen from the daemon: `/proc/1/root`), whether or not a process uses them yet:
+    /// the first handshakes of the first process that loads one are then seen. Returns how many
+    /// files are probed.
+    pub fn attach_system(&mut self, root: &std::path::Path) -> usize {
+        let mut files = HashSet::new();
+        for (shown, open) in system_libssl(root, SYSTEM_LIB_DIRS) {
+            files.extend(self.attach_file(&shown, &open, None));
+        }
+        files.len()
+    }
+
     /// Looks for libssl in `pid`'s mappings; attaches to the file the first time it is seen.
     /// Returns true when the process uses a probed libssl.
     pub fn consider(&mut self, pid: u32) -> bool {
@@ -250,62 +301,94 @@ impl OpenSsl {
         let Some((path, range)) = libssl_of(pid) else { return false };
         // The file the process really maps (a container's own, or one replaced on disk since it
         // was loaded): /proc/PID/map_files, else the same path under the process's root.
-        let by_mapping = PathBuf::from(format!("/proc/{pid}/map_files/{range}"));
-        let target = if std::fs::metadata(&by_mapping).is_ok() { by_mapping } else { PathBuf::from(format!("/proc/{pid}/root{path}")) };
-        let Ok(meta) = std::fs::metadata(&target) else {
-            debug!(pid, path, "libssl vanished before it could be probed");
-            return false;
+        let mapped = |path: &str, range: &str| {
+            let by_mapping = PathBuf::from(format!("/proc/{pid}/map_files/{range}"));
+            if std::fs::metadata(&by_mapping).is_ok() { by_mapping } else { PathBuf::from(format!("/proc/{pid}/root{path}")) }
         };
-        let key = (meta.dev(), meta.ino());
-        if !self.libs.contains_key(&key) {
-            // Hold the file open and work through our own descriptor: the process (and with it
-            // its /proc entries) may be gone before the probes are attached.
-            let Ok(file) = std::fs::File::open(&target) else {
-                debug!(pid, path, "libssl vanished before it could be probed");
-                return false;
-            };
-            let target = PathBuf::from(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&file)));
-            let index = self.next_index;
-            self.next_index += 1;
-            let (cfg, mut notes) = libssl::learn(&target);
-            if let Err(e) = self.configs.insert(index, cfg, 0) {
-                notes.push(format!("offsets not handed to the kernel ({e}): version/ALPN not read"));
-            }
-            let reads = SslReads {
-                version: cfg.version != OFFSET_NONE,
-                alpn: cfg.alpn_ptr != OFFSET_NONE,
-                role: cfg.is_server != OFFSET_NONE,
-                notes,
-            };
-            // A library's probes stay for the daemon's life (a file mapped once is mapped again);
-            // dropping the programs at exit detaches them.
-            let (_links, states) = attach_libssl(&mut lock(&self.probes), &target, index as u64);
-            drop(file);
-            let ok = states.iter().filter(|s| s.state == "attached").count();
-            if ok == 0 {
-                // Nothing attached: not remembered, so the next process using it tries again
-                // (with a new index: free this one's slot in SSL_LIBS).
-                let _ = self.configs.remove(&index);
-                warn!(pid, path, errors = ?states.iter().filter_map(|s| s.error.as_deref()).collect::<Vec<_>>(), "OpenSSL library could not be probed");
-                return false;
-            }
-            info!(pid, path, attached = ok, of = states.len(), version = reads.version, alpn = reads.alpn, "OpenSSL library probed");
-            for n in &reads.notes {
-                info!(path, note = %n, "OpenSSL library: field not read");
-            }
-            self.libs.insert(
-                key,
-                AttachedLib {
-                    view: SslLibrary { path: path.clone(), dev: key.0, ino: key.1, pids: 0, probes: states, reads },
-                    pid_set: HashSet::new(),
-                },
-            );
-        }
+        let target = mapped(&path, &range);
+        let Some(key) = self.attach_file(&path, &target, Some(pid)) else { return false };
         let Some(lib) = self.libs.get_mut(&key) else { return false };
         lib.pid_set.insert(pid);
         lib.view.pids = lib.pid_set.len();
         self.by_pid.insert(pid, key);
         true
+    }
+
+    /// Attaches the probes to the libssl file at `target` (shown as `path`) unless done before;
+    /// returns its (device, inode).
+    fn attach_file(&mut self, path: &str, target: &std::path::Path, pid: Option<u32>) -> Option<(u64, u64)> {
+        let Ok(meta) = std::fs::metadata(target) else {
+            debug!(pid, path, "libssl vanished before it could be probed");
+            return None;
+        };
+        let key = (meta.dev(), meta.ino());
+        if self.libs.contains_key(&key) {
+            return Some(key);
+        }
+        // Hold the files open and work through our own descriptors: the process (and with it
+        // its /proc entries) may be gone before the probes are attached.
+        let Ok(file) = std::fs::File::open(target) else {
+            debug!(pid, path, "libssl vanished before it could be probed");
+            return None;
+        };
+        let fd_path = |f: &std::fs::File| PathBuf::from(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(f)));
+        let target = fd_path(&file);
+        let index = self.next_index;
+        self.next_index += 1;
+        let (mut cfg, mut notes) = libssl::learn(&target);
+        // Failure reasons: libssl's calls of libcrypto's error functions (its PLT stubs).
+        let stubs = libssl::err_stubs(&target);
+        let mut err_states = Vec::new();
+        for &(offset, function, cookie) in &stubs {
+            let prog = ProgId::SslError;
+            let point = UProbeAttachPoint { location: UProbeAttachLocation::AbsoluteOffset(offset), cookie: Some(cookie) };
+            err_states.push(match lock(&self.probes).attach_uprobe_point(prog, &target, point, None) {
+                Ok(_) => ProbeState { name: prog.program_name(), function, state: "attached", sites: 1, error: None },
+                Err(e) => {
+                    warn!(probe = prog.program_name(), function, error = %e, "OpenSSL probe not attached");
+                    ProbeState { name: prog.program_name(), function, state: "failed", sites: 0, error: Some(e) }
+                }
+            });
+        }
+        if stubs.is_empty() {
+            notes.push("no PLT stub of ERR_set_error / ERR_vset_error / ERR_put_error found: failure reasons not read".into());
+        } else if err_states.iter().all(|s| s.state == "attached") {
+            cfg.flags |= SSL_LIB_ERRORS;
+        } else {
+            notes.push("an error probe is not attached: failure reasons not read".into());
+        }
+        if let Err(e) = self.configs.insert(index, cfg, 0) {
+            notes.push(format!("offsets not handed to the kernel ({e}): version/ALPN not read"));
+        }
+        let reads = SslReads {
+            version: cfg.version != OFFSET_NONE,
+            alpn: cfg.alpn_ptr != OFFSET_NONE,
+            role: cfg.is_server != OFFSET_NONE,
+            reasons: cfg.flags & SSL_LIB_ERRORS != 0,
+            notes,
+        };
+        // A library's probes stay for the daemon's life (a file mapped once is mapped again);
+        // dropping the programs at exit detaches them.
+        let (_links, mut states) = attach_libssl(&mut lock(&self.probes), &target, index as u64);
+        drop(file);
+        let ok = states.iter().filter(|s| s.state == "attached").count();
+        if ok == 0 {
+            // Nothing attached: not remembered, so the next process using it tries again
+            // (with a new index: free this one's slot in SSL_LIBS).
+            let _ = self.configs.remove(&index);
+            warn!(pid, path, errors = ?states.iter().filter_map(|s| s.error.as_deref()).collect::<Vec<_>>(), "OpenSSL library could not be probed");
+            return None;
+        }
+        info!(pid, path, attached = ok, of = states.len(), version = reads.version, alpn = reads.alpn, reasons = reads.reasons, "OpenSSL library probed");
+        for n in &reads.notes {
+            info!(path, note = %n, "OpenSSL library: field not read");
+        }
+        states.extend(err_states);
+        self.libs.insert(
+            key,
+            AttachedLib { view: SslLibrary { path: path.to_string(), dev: key.0, ino: key.1, pids: 0, probes: states, reads }, pid_set: HashSet::new() },
+        );
+        Some(key)
     }
 
     /// The process exited (the library's probes stay: see [`OpenSsl`]).
@@ -373,6 +456,39 @@ pub fn failure_reason(alert_sent: u16, alert_received: u16) -> &'static str {
     }
 }
 
+/// Failure reason of a failed OpenSSL handshake, from the first libssl error reason raised
+/// during it (`SSL_R_*`, as in OpenSSL's sslerr.h; the same numbers in 1.1.1 and 3.x) and the
+/// fatal alert it received. An error that names the certificate, the ALPN protocol or the
+/// version classifies the failure whichever side raised it; else the alert received does; no
+/// libssl error at all, or an unexpected EOF, is a closed or reset connection ("timeout_eof").
+/// Errors not read (no libcrypto probe) → "other".
+pub fn openssl_failure_reason(ssl_reason: u32, alert_sent: u16, alert_received: u16) -> &'static str {
+    use probe_common::{TLS_ALERT_UNREAD, TLS_NO_ALERT};
+    if alert_sent == TLS_ALERT_UNREAD || alert_received == TLS_ALERT_UNREAD {
+        return "other";
+    }
+    let by_error = match ssl_reason {
+        // CERTIFICATE_VERIFY_FAILED, NO_CERTIFICATES_RETURNED, PEER_DID_NOT_RETURN_A_CERTIFICATE,
+        // DANE_TLSA_BAD_CERTIFICATE(_USAGE), WRONG_CERTIFICATE_TYPE
+        134 | 176 | 199 | 180 | 184 | 383 => Some("certificate"),
+        // NO_APPLICATION_PROTOCOL (the server found no common protocol)
+        235 => Some("alpn"),
+        // BAD_PROTOCOL_VERSION_NUMBER, VERSION_TOO_HIGH, NO_PROTOCOLS_AVAILABLE, UNSUPPORTED_PROTOCOL,
+        // UNSUPPORTED_SSL_VERSION, BAD_HRR_VERSION, WRONG_SSL_VERSION, WRONG_VERSION_NUMBER,
+        // BAD_LEGACY_VERSION, VERSION_TOO_LOW
+        116 | 166 | 191 | 258 | 259 | 263 | 266 | 267 | 292 | 396 => Some("version"),
+        _ => None,
+    };
+    match (by_error, alert_received) {
+        (Some(r), _) => r,
+        (None, a) if a != TLS_NO_ALERT => alert_reason(a),
+        // UNEXPECTED_EOF_WHILE_READING, or nothing raised (a reset, a timeout, SSL_free of an
+        // unfinished non-blocking handshake)
+        (None, _) if ssl_reason == 0 || ssl_reason == 294 => "timeout_eof",
+        _ => "other",
+    }
+}
+
 /// `version` label: "1.0" … "1.3", "unknown" (not read: OpenSSL, or failed before negotiation).
 pub fn version_label(v: u16) -> &'static str {
     match v {
@@ -424,6 +540,39 @@ mod tests {
         assert_eq!(failure_reason(TLS_NO_ALERT, TLS_NO_ALERT), "timeout_eof");
         assert_eq!(failure_reason(40, TLS_NO_ALERT), "other");
         assert_eq!(failure_reason(TLS_ALERT_UNREAD, TLS_ALERT_UNREAD), "other");
+    }
+
+    #[test]
+    fn openssl_reasons_from_errors_and_alerts() {
+        // A client rejecting the server's certificate; the server receiving its unknown_ca.
+        assert_eq!(openssl_failure_reason(134, TLS_NO_ALERT, TLS_NO_ALERT), "certificate");
+        assert_eq!(openssl_failure_reason(0, TLS_NO_ALERT, 48), "certificate");
+        // ALPN: the server finds no common protocol; the client receives no_application_protocol.
+        assert_eq!(openssl_failure_reason(235, TLS_NO_ALERT, TLS_NO_ALERT), "alpn");
+        assert_eq!(openssl_failure_reason(0, TLS_NO_ALERT, 120), "alpn");
+        // Versions: the server supports none the client offers; the client receives protocol_version.
+        assert_eq!(openssl_failure_reason(258, TLS_NO_ALERT, TLS_NO_ALERT), "version");
+        assert_eq!(openssl_failure_reason(0, TLS_NO_ALERT, 70), "version");
+        assert_eq!(openssl_failure_reason(0, TLS_NO_ALERT, 40), "other");
+        assert_eq!(openssl_failure_reason(294, TLS_NO_ALERT, TLS_NO_ALERT), "timeout_eof");
+        assert_eq!(openssl_failure_reason(0, TLS_NO_ALERT, TLS_NO_ALERT), "timeout_eof");
+        assert_eq!(openssl_failure_reason(1, TLS_NO_ALERT, TLS_NO_ALERT), "other");
+        // Not read.
+        assert_eq!(openssl_failure_reason(0, TLS_ALERT_UNREAD, TLS_ALERT_UNREAD), "other");
+    }
+
+    #[test]
+    fn system_libraries_are_found_once_per_file() {
+        let root = std::env::temp_dir().join(format!("chainprobe-syslib-{}", std::process::id()));
+        let dir = root.join("usr/lib/x86_64-linux-gnu");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("libssl.so.3"), b"x").unwrap();
+        std::fs::write(dir.join("libcrypto.so.3"), b"x").unwrap();
+        std::fs::write(dir.join("libssl3.so"), b"x").unwrap();
+        std::os::unix::fs::symlink("libssl.so.3", dir.join("libssl.so")).unwrap();
+        let found = system_libssl(&root, &["/usr/lib/x86_64-linux-gnu", "/lib64"]);
+        assert_eq!(found, vec![("/usr/lib/x86_64-linux-gnu/libssl.so.3".to_string(), dir.join("libssl.so.3"))]);
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
