@@ -789,7 +789,7 @@ impl ScrapeView {
         self.family(
             enc,
             "chainprobe_tls_handshake_failures",
-            "Failed TLS handshakes by reason: certificate, alpn, version (from the TLS alert sent or received), timeout_eof (no alert: closed, reset or timed out), other.",
+            "Failed TLS handshakes by reason: certificate, alpn, version (Go: from the TLS alert sent or received; OpenSSL: from the first error libssl raises, or the alert received), timeout_eof (no alert: closed, reset or timed out), other.",
             MetricType::Counter,
             tls().flat_map(|(p, t)| {
                 t.failures.iter().map(move |((library, reason), n)| {
