@@ -176,12 +176,15 @@ pub struct ProcessState {
     pub pprof_port: Option<u16>,
     /// TLS handshakes (Go crypto/tls and OpenSSL); None until the first one.
     pub tls: Option<crate::tls::TlsState>,
+    /// HTTP/2 GOAWAY and RST_STREAM frames (Go); None until the first one.
+    pub http2: Option<crate::http2::Http2State>,
 }
 
 impl ProcessState {
     fn new(pid: u32, comm: String) -> Self {
         ProcessState {
             tls: None,
+            http2: None,
             go: None,
             pod: Some(PodLabels::default()),
             pod_wait: None,
@@ -283,6 +286,7 @@ pub struct Fold {
     pub exits: BTreeMap<(ExitReason, String), u64>,
     pub go: Option<GoState>,
     pub tls: Option<crate::tls::TlsState>,
+    pub http2: Option<crate::http2::Http2State>,
     /// GC-duration and pause histograms of departed per-pid Go processes of this key (kept for
     /// per-pod histograms).
     pub pid_hists: Option<(Buckets, Buckets)>,
@@ -291,7 +295,7 @@ pub struct Fold {
 
 impl Fold {
     fn new(now: Instant) -> Fold {
-        Fold { counters: ProcCounters::default(), failures: BTreeMap::new(), exits: BTreeMap::new(), go: None, tls: None, pid_hists: None, last_change: now }
+        Fold { counters: ProcCounters::default(), failures: BTreeMap::new(), exits: BTreeMap::new(), go: None, tls: None, http2: None, pid_hists: None, last_change: now }
     }
 }
 
@@ -446,6 +450,9 @@ impl Aggregate {
         if let Some(t) = &p.tls {
             f.tls.get_or_insert_with(Default::default).merge(t);
         }
+        if let Some(h) = &p.http2 {
+            f.http2.get_or_insert_with(Default::default).merge(h);
+        }
     }
 
     /// Removes `pids` (departing them).
@@ -514,6 +521,7 @@ impl Aggregate {
             Event::GoGc { tgid, duration_ns } => self.on_go_gc(tgid, duration_ns),
             Event::GoStw { tgid, duration_ns, reason } => self.on_go_stw(tgid, duration_ns, reason),
             Event::Tls(e) => self.on_tls(&e, now),
+            Event::Http2(e) => self.on_http2(&e, now),
             Event::GoCrash(e) => {
                 if let Some(kind) = crate::evidence::CrashKind::of_event(e.kind) {
                     self.on_go_crash(e.header.tgid, kind);
@@ -838,6 +846,12 @@ impl Aggregate {
         }
         let p = self.entry(e.header.tgid, now);
         p.tls.get_or_insert_with(Default::default).record(key, e.duration_ns as f64 / 1e9, reason);
+    }
+
+    /// An HTTP/2 GOAWAY or RST_STREAM frame of `e.header.tgid` was sent or received.
+    pub fn on_http2(&mut self, e: &probe_common::Http2Event, now: Instant) {
+        let p = self.entry(e.header.tgid, now);
+        p.http2.get_or_insert_with(Default::default).record(e);
     }
 
     /// A GC cycle of `pid` completed.

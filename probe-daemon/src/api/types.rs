@@ -48,6 +48,32 @@ pub struct Target {
     pub runtime_reads: String,
     pub offsets: OffsetsStatus,
     pub runtime: Runtime,
+    /// HTTP/2 control frames (None before the first).
+    pub http2: Option<Http2Summary>,
+}
+
+/// `Target.http2`.
+#[derive(Debug, Serialize)]
+pub struct Http2Summary {
+    pub frames: Vec<Http2Count>,
+    pub recent_goaways: Vec<crate::http2::GoAwayRecord>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Http2Count {
+    pub frame: &'static str,
+    pub direction: &'static str,
+    pub code: &'static str,
+    pub count: u64,
+}
+
+impl Http2Summary {
+    fn of(h: &crate::http2::Http2State) -> Self {
+        Http2Summary {
+            frames: h.frames.iter().map(|(&(frame, direction, code), &count)| Http2Count { frame, direction, code, count }).collect(),
+            recent_goaways: h.recent_goaways.iter().cloned().collect(),
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -162,6 +188,7 @@ impl Target {
                     .map(|g| g.stw_by_reason.iter().map(|(r, (count, seconds))| (*r, PauseTotals { count: *count, seconds: *seconds })).collect())
                     .unwrap_or_default(),
             },
+            http2: p.and_then(|p| p.http2.as_ref()).map(Http2Summary::of),
         }
     }
 }
