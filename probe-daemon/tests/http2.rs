@@ -138,3 +138,61 @@ fn one_case(d: &Daemon, label: &str, v: &str, variant: &str) {
     assert_eq!(server.cmd("quit"), Vec::<i64>::new());
     eprintln!("{label}: {:?}", t0.elapsed());
 }
+
+/// gRPC-go (golang.org/x/net/http2's framer), built in GOPATH mode from Debian's packages by
+/// tests/fixtures/go/build-gopath.sh: cancelled calls and a server stopped gracefully are counted
+/// like std's HTTP/2, plain and stripped.
+#[test]
+fn grpc_cancelled_calls_and_a_stopped_server_are_counted_through_x_net() {
+    let _serial = common::serial();
+    let d = Daemon::start("http2-grpc", "");
+    for variant in ["default", "stripped"] {
+        let label = format!("grpc-go1.19-{variant}");
+        let bin = common::go_fixture("1.19", variant, "grpcprobe");
+        let mut server = GoProgram::start(&format!("{label}-server"), &bin);
+        let mut client = GoProgram::start(&format!("{label}-client"), &bin);
+        for pid in [server.pid, client.pid] {
+            wait_attached_to(&d, &label, pid, "golang.org/x/net/http2.");
+        }
+        let (sp, cp) = (server.pid.to_string(), client.pid.to_string());
+        let port = server.cmd("serve")[0].to_string();
+        assert_eq!(client.cmd(&format!("call {port} 3")), [3], "{label}");
+        assert_eq!(client.cmd(&format!("cancel {port} 2")), [2], "{label}");
+        assert_eq!(server.cmd("started"), [2], "{label}: both cancelled calls reached the handler");
+        assert_eq!(server.cmd("stop"), [0], "{label}");
+        let m = d.wait_metrics(&format!("{label}: every frame"), Duration::from_secs(10), |m| {
+            sum(m, RESETS, &sp) >= 2.0 && sum(m, RESETS, &cp) >= 2.0 && sum(m, GOAWAYS, &sp) >= 1.0 && sum(m, GOAWAYS, &cp) >= 1.0
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        for m in [&m, &d.metrics()] {
+            assert_eq!(counts(m, RESETS, &cp), vec![c("sent", "CANCEL", 2.0)], "{label} client RST_STREAMs:\n{}", m.text);
+            assert_eq!(counts(m, RESETS, &sp), vec![c("received", "CANCEL", 2.0)], "{label} server RST_STREAMs");
+            // grpc-go's graceful stop announces it with a GOAWAY (last stream 2^32-1) and a PING;
+            // the client, with no call in flight, closes the connection on it, so the second,
+            // final GOAWAY (after the PING's answer) is never written.
+            assert_eq!(counts(m, GOAWAYS, &sp), vec![c("sent", "NO_ERROR", 1.0)], "{label} server GOAWAYs:\n{}", m.text);
+            assert_eq!(counts(m, GOAWAYS, &cp), vec![c("received", "NO_ERROR", 1.0)], "{label} client GOAWAYs:\n{}", m.text);
+        }
+        assert!(server.alive() && client.alive(), "{label}");
+        assert_eq!(client.cmd("quit"), Vec::<i64>::new());
+        assert_eq!(server.cmd("quit"), Vec::<i64>::new());
+    }
+}
+
+/// Waits until `pid` is tracked with each HTTP/2 program attached at a function of `package`.
+fn wait_attached_to(d: &Daemon, label: &str, pid: u32, package: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(t) = target(d, pid) {
+            let probes = t["probes"].as_array().unwrap();
+            for prog in ["go_http2_goaway_sent", "go_http2_rst_sent", "go_http2_goaway_received", "go_http2_rst_received"] {
+                let at: Vec<&serde_json::Value> = probes.iter().filter(|p| p["name"] == prog).collect();
+                assert!(at.iter().all(|p| p["state"] == "attached"), "{label}: {at:?}");
+                assert!(at.iter().any(|p| p["function"].as_str().unwrap().starts_with(package)), "{label}: {prog} not on {package}: {at:?}");
+            }
+            return;
+        }
+        assert!(Instant::now() < deadline, "{label} (pid {pid}) not tracked");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
