@@ -139,16 +139,16 @@ fn one_case(d: &Daemon, label: &str, v: &str, variant: &str) {
     eprintln!("{label}: {:?}", t0.elapsed());
 }
 
-/// gRPC-go (golang.org/x/net/http2's framer), built in GOPATH mode from Debian's packages by
-/// tests/fixtures/go/build-gopath.sh: cancelled calls and a server stopped gracefully are counted
-/// like std's HTTP/2, plain and stripped.
+/// gRPC-go 1.33 (golang.org/x/net/http2's framer), built in GOPATH mode from Debian's packages by
+/// tests/fixtures/go/build-gopath.sh with Go 1.19 and 1.27: cancelled calls and a server stopped
+/// gracefully are counted like std's HTTP/2, plain and stripped.
 #[test]
 fn grpc_cancelled_calls_and_a_stopped_server_are_counted_through_x_net() {
     let _serial = common::serial();
     let d = Daemon::start("http2-grpc", "");
-    for variant in ["default", "stripped"] {
-        let label = format!("grpc-go1.19-{variant}");
-        let bin = common::go_fixture("1.19", variant, "grpcprobe");
+    for (v, variant) in [("1.19", "default"), ("1.19", "stripped"), ("1.27", "stripped")] {
+        let label = format!("grpc-go{v}-{variant}");
+        let bin = common::go_fixture(v, variant, "grpcprobe");
         let mut server = GoProgram::start(&format!("{label}-server"), &bin);
         let mut client = GoProgram::start(&format!("{label}-client"), &bin);
         for pid in [server.pid, client.pid] {

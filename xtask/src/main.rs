@@ -184,7 +184,7 @@ fn fixtures() -> Result<()> {
             bail!("{} (crasher, h2probe) failed ({status})", build.display());
         }
         // `grpcprobe` (gRPC-go, whose HTTP/2 is golang.org/x/net/http2): GOPATH mode, from Debian's
-        // Go library packages (the script installs them), with Go 1.19 by default.
+        // Go library packages (the script installs them), with Go 1.19 and 1.27 by default.
         let gopath = root.join("tests/fixtures/go/build-gopath.sh");
         let status = Command::new("bash").arg(&gopath).current_dir(&root).status().with_context(|| format!("running {}", gopath.display()))?;
         if !status.success() {
