@@ -50,7 +50,7 @@ fn wait_http2_attached(d: &Daemon, label: &str, pid: u32) {
             eprintln!("{label}: pid {pid} tracked with the HTTP/2 probes after {:?}", t0.elapsed());
             return;
         }
-        assert!(Instant::now() < deadline, "{label} (pid {pid}) not tracked");
+        assert!(Instant::now() < deadline, "{label} (pid {pid}) not tracked; daemon log:\n{}", common::tail(&d.log_text(), 40));
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -108,7 +108,7 @@ fn one_case(d: &Daemon, label: &str, v: &str, variant: &str) {
     let server_resets = vec![c("received", "CANCEL", 3.0), c("sent", "INTERNAL_ERROR", 2.0), c("sent", "REFUSED_STREAM", 1.0)];
     let client_goaways = vec![c("received", "NO_ERROR", 1.0)];
     let client_resets = vec![c("received", "INTERNAL_ERROR", 2.0), c("sent", "CANCEL", 3.0)];
-    let m = d.wait_metrics(&format!("{label}: every frame"), Duration::from_secs(10), |m| {
+    let m = d.wait_metrics(&format!("{label}: every frame"), Duration::from_secs(30), |m| {
         sum(m, GOAWAYS, &sp) >= 4.0 && sum(m, RESETS, &sp) >= 6.0 && sum(m, GOAWAYS, &cp) >= 1.0 && sum(m, RESETS, &cp) >= 5.0
     });
     // Late frames would show here.
@@ -160,7 +160,7 @@ fn grpc_cancelled_calls_and_a_stopped_server_are_counted_through_x_net() {
         assert_eq!(client.cmd(&format!("cancel {port} 2")), [2], "{label}");
         assert_eq!(server.cmd("started"), [2], "{label}: both cancelled calls reached the handler");
         assert_eq!(server.cmd("stop"), [0], "{label}");
-        let m = d.wait_metrics(&format!("{label}: every frame"), Duration::from_secs(10), |m| {
+        let m = d.wait_metrics(&format!("{label}: every frame"), Duration::from_secs(30), |m| {
             sum(m, RESETS, &sp) >= 2.0 && sum(m, RESETS, &cp) >= 2.0 && sum(m, GOAWAYS, &sp) >= 1.0 && sum(m, GOAWAYS, &cp) >= 1.0
         });
         std::thread::sleep(Duration::from_millis(300));
@@ -192,7 +192,7 @@ fn wait_attached_to(d: &Daemon, label: &str, pid: u32, package: &str) {
             }
             return;
         }
-        assert!(Instant::now() < deadline, "{label} (pid {pid}) not tracked");
+        assert!(Instant::now() < deadline, "{label} (pid {pid}) not tracked; daemon log:\n{}", common::tail(&d.log_text(), 40));
         std::thread::sleep(Duration::from_millis(50));
     }
 }
