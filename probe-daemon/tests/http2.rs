@@ -159,6 +159,9 @@ fn grpc_cancelled_calls_and_a_stopped_server_are_counted_through_x_net() {
         assert_eq!(client.cmd(&format!("call {port} 3")), [3], "{label}");
         assert_eq!(client.cmd(&format!("cancel {port} 2")), [2], "{label}");
         assert_eq!(server.cmd("started"), [2], "{label}: both cancelled calls reached the handler");
+        // Invoke returns before the client's RST_STREAM is flushed: the server has read both once
+        // their handlers returned (else the stop's GOAWAY could make the client close first).
+        assert_eq!(server.cmd("waitended 2"), [2], "{label}: both calls ended on the server");
         assert_eq!(server.cmd("stop"), [0], "{label}");
         let m = d.wait_metrics(&format!("{label}: every frame"), Duration::from_secs(30), |m| {
             sum(m, RESETS, &sp) >= 2.0 && sum(m, RESETS, &cp) >= 2.0 && sum(m, GOAWAYS, &sp) >= 1.0 && sum(m, GOAWAYS, &cp) >= 1.0
