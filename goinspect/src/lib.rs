@@ -74,6 +74,24 @@ pub const CRASH_TARGETS: &[&str] = &[
     "os.Exit",
 ];
 
+/// HTTP/2 control-frame writers and parsers (probe_common::HTTP2_FUNCTIONS in each of
+/// probe_common::HTTP2_PACKAGES): std's bundled copy (Go ≤ 1.26), std's package (Go 1.27+) and
+/// golang.org/x/net/http2. A binary has at most the ones it links; absent ones are not news.
+pub const HTTP2_TARGETS: &[&str] = &[
+    "net/http.(*http2Framer).WriteGoAway",
+    "net/http.(*http2Framer).WriteRSTStream",
+    "net/http.http2parseGoAwayFrame",
+    "net/http.http2parseRSTStreamFrame",
+    "net/http/internal/http2.(*Framer).WriteGoAway",
+    "net/http/internal/http2.(*Framer).WriteRSTStream",
+    "net/http/internal/http2.parseGoAwayFrame",
+    "net/http/internal/http2.parseRSTStreamFrame",
+    "golang.org/x/net/http2.(*Framer).WriteGoAway",
+    "golang.org/x/net/http2.(*Framer).WriteRSTStream",
+    "golang.org/x/net/http2.parseGoAwayFrame",
+    "golang.org/x/net/http2.parseRSTStreamFrame",
+];
+
 /// Runtime data symbols located in every binary.
 pub const DATA_SYMBOLS: &[&str] = &[
     "runtime.allgs",
@@ -582,7 +600,7 @@ fn analyze(path: &Path, img: &ElfImage<'_>) -> Result<GoBinary, GoInspectError> 
         Err(o) => (Err(match &o { tables::Origin::None { reason } => reason.clone(), other => other.describe() }), o),
     };
 
-    let mut wanted: Vec<&str> = PROBE_TARGETS.iter().chain(CRASH_TARGETS).copied().collect();
+    let mut wanted: Vec<&str> = PROBE_TARGETS.iter().chain(CRASH_TARGETS).chain(HTTP2_TARGETS).copied().collect();
     if let Ok(t) = &table {
         for r in t.code_refs.values() {
             if !wanted.contains(&r.function.as_str()) {
@@ -594,10 +612,11 @@ fn analyze(path: &Path, img: &ElfImage<'_>) -> Result<GoBinary, GoInspectError> 
 
     let mut functions = BTreeMap::new();
     let mut absent = Vec::new();
-    for &name in PROBE_TARGETS.iter().chain(CRASH_TARGETS) {
+    for &name in PROBE_TARGETS.iter().chain(CRASH_TARGETS).chain(HTTP2_TARGETS) {
         let Some(r) = resolved.get(name) else {
-            // The crash family's linkname'd copies are missing from most versions: not news.
-            if !CRASH_TARGETS.contains(&name) {
+            // The crash family's linkname'd copies are missing from most versions, and most
+            // programs link no HTTP/2: not news.
+            if !CRASH_TARGETS.contains(&name) && !HTTP2_TARGETS.contains(&name) {
                 absent.push(name.to_string());
             }
             continue;

@@ -73,6 +73,14 @@ pub enum ProgId {
     /// libssl raises an error (its PLT stubs of `ERR_set_error` / `ERR_vset_error`, 1.1.1's
     /// `ERR_put_error`): the failure reason of the handshake in flight on that thread.
     SslError = 31,
+    /// HTTP/2: a GOAWAY frame written (`(*Framer).WriteGoAway`).
+    Http2GoAwaySent = 32,
+    /// HTTP/2: a RST_STREAM frame written (`(*Framer).WriteRSTStream`).
+    Http2RstSent = 33,
+    /// HTTP/2: a GOAWAY frame read (`parseGoAwayFrame`, the framer's parser of that frame type).
+    Http2GoAwayReceived = 34,
+    /// HTTP/2: a RST_STREAM frame read (`parseRSTStreamFrame`).
+    Http2RstReceived = 35,
 }
 
 /// Where in a Go function a uprobe goes.
@@ -99,6 +107,10 @@ pub enum ProgGroup {
     MemoryFexit,
     /// Crash paths of every tracked Go process (rare by nature, so always on).
     GoCrash,
+    /// HTTP/2 control frames (GOAWAY, RST_STREAM) written and read by Go's HTTP/2 code: std's
+    /// (bundled in net/http, or net/http/internal/http2) and golang.org/x/net/http2. Called once
+    /// per control frame, never per data frame, so always on.
+    GoHttp2,
 }
 
 /// BPF program types chainprobe uses.
@@ -112,7 +124,7 @@ pub enum ProgKind {
 }
 
 impl ProgId {
-    pub const COUNT: u32 = 32;
+    pub const COUNT: u32 = 36;
     pub const ALL: [ProgId; Self::COUNT as usize] = [
         ProgId::InetSockSetState,
         ProgId::TcpSendReset,
@@ -146,6 +158,10 @@ impl ProgId {
         ProgId::GoFatal,
         ProgId::GoOsExit,
         ProgId::SslError,
+        ProgId::Http2GoAwaySent,
+        ProgId::Http2RstSent,
+        ProgId::Http2GoAwayReceived,
+        ProgId::Http2RstReceived,
     ];
     /// The tracepoint programs, attached once at start.
     /// Programs of `group`, in index order.
@@ -175,6 +191,7 @@ impl ProgId {
             ProgId::SslHandshakeEnter | ProgId::SslHandshakeReturn | ProgId::SslFree | ProgId::SslError => ProgGroup::OpenSsl,
             ProgId::MmapFexit | ProgId::MunmapFexit | ProgId::BrkFexit => ProgGroup::MemoryFexit,
             ProgId::GoFatalPanic | ProgId::GoThrow | ProgId::GoFatal | ProgId::GoOsExit => ProgGroup::GoCrash,
+            ProgId::Http2GoAwaySent | ProgId::Http2RstSent | ProgId::Http2GoAwayReceived | ProgId::Http2RstReceived => ProgGroup::GoHttp2,
         }
     }
 
@@ -184,7 +201,7 @@ impl ProgId {
             // libssl is C: a uretprobe is safe there (never on Go code, whose stack moves).
             _ if matches!(self, ProgId::SslHandshakeReturn) => ProgKind::URetProbe,
             ProgGroup::Tracepoint => ProgKind::TracePoint,
-            ProgGroup::GoRuntime | ProgGroup::GoCreation | ProgGroup::GoTls | ProgGroup::OpenSsl | ProgGroup::GoCrash => ProgKind::UProbe,
+            ProgGroup::GoRuntime | ProgGroup::GoCreation | ProgGroup::GoTls | ProgGroup::OpenSsl | ProgGroup::GoCrash | ProgGroup::GoHttp2 => ProgKind::UProbe,
             ProgGroup::MemoryFexit => ProgKind::FExit,
         }
     }
@@ -223,6 +240,10 @@ impl ProgId {
             ProgId::GoFatal => "go_fatal",
             ProgId::GoOsExit => "go_os_exit",
             ProgId::SslError => "ssl_error",
+            ProgId::Http2GoAwaySent => "go_http2_goaway_sent",
+            ProgId::Http2RstSent => "go_http2_rst_sent",
+            ProgId::Http2GoAwayReceived => "go_http2_goaway_received",
+            ProgId::Http2RstReceived => "go_http2_rst_received",
         }
     }
 
@@ -295,7 +316,11 @@ impl ProgId {
             | ProgId::GoThrow
             | ProgId::GoFatal
             | ProgId::GoOsExit
-            | ProgId::SslError => ("", ""),
+            | ProgId::SslError
+            | ProgId::Http2GoAwaySent
+            | ProgId::Http2RstSent
+            | ProgId::Http2GoAwayReceived
+            | ProgId::Http2RstReceived => ("", ""),
         }
     }
 
@@ -325,6 +350,10 @@ impl ProgId {
                 | ProgId::GoFatal
                 | ProgId::GoOsExit
                 | ProgId::SslError
+                | ProgId::Http2GoAwaySent
+                | ProgId::Http2RstSent
+                | ProgId::Http2GoAwayReceived
+                | ProgId::Http2RstReceived
         )
     }
 }
@@ -433,6 +462,56 @@ pub struct GoCrashEvent {
     pub system_pcs: u32,
     /// pc, then return addresses, innermost first.
     pub pcs: [u64; CRASH_MAX_PCS],
+}
+
+// ---- HTTP/2 control frames ------------------------------------------------------
+
+/// The implementations of Go's HTTP/2 whose control frames are counted, by the prefix of their
+/// function names: std's up to Go 1.26 (bundled into net/http with an `http2` prefix on every
+/// name), std's from Go 1.27 (net/http/internal/http2), and golang.org/x/net/http2 (gRPC-go's).
+pub const HTTP2_PACKAGES: [(&str, &str); 3] = [
+    ("net/http", "http2"),
+    ("net/http/internal/http2", ""),
+    ("golang.org/x/net/http2", ""),
+];
+
+/// The function of each HTTP/2 program, without package and prefix: `package.(*PREFIXFramer).WriteGoAway`
+/// for a receiver type, `package.PREFIXparseGoAwayFrame` for a plain function. All run once per
+/// frame of their type: the writers where a frame is written (server and client alike), the
+/// parsers (the framer calls the one of the frame's type from its table, so they are never
+/// inlined away) where one is read.
+pub const HTTP2_FUNCTIONS: [(ProgId, Option<&str>, &str); 4] = [
+    (ProgId::Http2GoAwaySent, Some("Framer"), "WriteGoAway"),
+    (ProgId::Http2RstSent, Some("Framer"), "WriteRSTStream"),
+    (ProgId::Http2GoAwayReceived, None, "parseGoAwayFrame"),
+    (ProgId::Http2RstReceived, None, "parseRSTStreamFrame"),
+];
+
+/// Bytes of a GOAWAY frame's debug data the kernel copies.
+pub const HTTP2_DEBUG_LEN: usize = 40;
+pub const HTTP2_FRAME_GOAWAY: u8 = 7;
+pub const HTTP2_FRAME_RST_STREAM: u8 = 3;
+pub const HTTP2_SENT: u8 = 1;
+pub const HTTP2_RECEIVED: u8 = 2;
+
+/// A GOAWAY or RST_STREAM frame written or read by a Go process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Http2Event {
+    pub header: EventHeader,
+    /// The error code (RFC 9113 §7).
+    pub code: u32,
+    /// RST_STREAM: the stream; GOAWAY: the last stream id.
+    pub stream_id: u32,
+    /// [`HTTP2_FRAME_GOAWAY`] or [`HTTP2_FRAME_RST_STREAM`] (the frame type on the wire).
+    pub frame: u8,
+    /// [`HTTP2_SENT`] or [`HTTP2_RECEIVED`].
+    pub direction: u8,
+    /// Bytes of `debug` copied.
+    pub debug_copied: u16,
+    /// GOAWAY: the length of its debug data.
+    pub debug_len: u32,
+    pub debug: [u8; HTTP2_DEBUG_LEN],
 }
 
 // ---- TLS handshakes -------------------------------------------------------------
@@ -754,6 +833,7 @@ pub enum EventKind {
     GoStw = 5,
     Tls = 6,
     GoCrash = 7,
+    Http2 = 8,
 }
 
 /// Header shared by every ring-buffer event; `kind` tells which struct follows.
@@ -1041,6 +1121,8 @@ const _: () = {
     assert!(size_of::<SslLibConfig>() == 32);
     assert!(size_of::<TlsEvent>() == 72);
     assert!(size_of::<GoCrashConfig>() == 32);
+    assert!(size_of::<Http2Event>() == 72);
+    assert!(core::mem::offset_of!(Http2Event, header) == 0);
     assert!(size_of::<GoCrashEvent>() == 88 + CRASH_HEAD_LEN + 8 + CRASH_TEXT_LEN + 8 + 8 * CRASH_MAX_PCS);
     // Every ring-buffer record starts with the header.
     assert!(core::mem::offset_of!(ExecEvent, header) == 0);
@@ -1067,6 +1149,8 @@ mod tests {
         assert_eq!(group(ProgGroup::GoCreation), [ProgId::GoNewproc, ProgId::GoExit]);
         assert!(ProgId::in_group(ProgGroup::GoCrash).all(|p| p.optional() && p.go_site().is_some_and(|s| s.1 == GoSite::Entry)));
         assert_eq!(group(ProgGroup::MemoryFexit), [ProgId::MmapFexit, ProgId::MunmapFexit, ProgId::BrkFexit]);
+        assert!(ProgId::in_group(ProgGroup::GoHttp2).all(|p| p.optional() && p.go_site().is_none()));
+        assert_eq!(group(ProgGroup::GoHttp2), HTTP2_FUNCTIONS.map(|f| f.0));
         for p in ProgId::in_group(ProgGroup::MemoryFexit) {
             let (_, replaced) = p.replaces().expect("a memory fexit program names the tracepoints it replaces");
             assert!(p.tracepoint().0.is_empty() && p.go_site().is_none() && p.kind() == ProgKind::FExit);

@@ -178,6 +178,8 @@ pub struct ProcessState {
     pub tls: Option<crate::tls::TlsState>,
     /// A debugger attached or the process stopped, as last read (None: neither).
     pub debug: Option<Debugged>,
+    /// HTTP/2 GOAWAY and RST_STREAM frames (Go); None until the first one.
+    pub http2: Option<crate::http2::Http2State>,
 }
 
 /// A process with a tracer attached (a debugger: dlv, gdb, strace) or stopped (at a breakpoint,
@@ -209,6 +211,7 @@ impl ProcessState {
         ProcessState {
             tls: None,
             debug: None,
+            http2: None,
             go: None,
             pod: Some(PodLabels::default()),
             pod_wait: None,
@@ -310,6 +313,7 @@ pub struct Fold {
     pub exits: BTreeMap<(ExitReason, String), u64>,
     pub go: Option<GoState>,
     pub tls: Option<crate::tls::TlsState>,
+    pub http2: Option<crate::http2::Http2State>,
     /// GC-duration and pause histograms of departed per-pid Go processes of this key (kept for
     /// per-pod histograms).
     pub pid_hists: Option<(Buckets, Buckets)>,
@@ -318,7 +322,7 @@ pub struct Fold {
 
 impl Fold {
     fn new(now: Instant) -> Fold {
-        Fold { counters: ProcCounters::default(), failures: BTreeMap::new(), exits: BTreeMap::new(), go: None, tls: None, pid_hists: None, last_change: now }
+        Fold { counters: ProcCounters::default(), failures: BTreeMap::new(), exits: BTreeMap::new(), go: None, tls: None, http2: None, pid_hists: None, last_change: now }
     }
 }
 
@@ -473,6 +477,9 @@ impl Aggregate {
         if let Some(t) = &p.tls {
             f.tls.get_or_insert_with(Default::default).merge(t);
         }
+        if let Some(h) = &p.http2 {
+            f.http2.get_or_insert_with(Default::default).merge(h);
+        }
     }
 
     /// Removes `pids` (departing them).
@@ -541,6 +548,7 @@ impl Aggregate {
             Event::GoGc { tgid, duration_ns } => self.on_go_gc(tgid, duration_ns),
             Event::GoStw { tgid, duration_ns, reason } => self.on_go_stw(tgid, duration_ns, reason),
             Event::Tls(e) => self.on_tls(&e, now),
+            Event::Http2(e) => self.on_http2(&e, now),
             Event::GoCrash(e) => {
                 if let Some(kind) = crate::evidence::CrashKind::of_event(e.kind) {
                     self.on_go_crash(e.header.tgid, kind);
@@ -869,6 +877,12 @@ impl Aggregate {
         }
         let p = self.entry(e.header.tgid, now);
         p.tls.get_or_insert_with(Default::default).record(key, e.duration_ns as f64 / 1e9, reason);
+    }
+
+    /// An HTTP/2 GOAWAY or RST_STREAM frame of `e.header.tgid` was sent or received.
+    pub fn on_http2(&mut self, e: &probe_common::Http2Event, now: Instant) {
+        let p = self.entry(e.header.tgid, now);
+        p.http2.get_or_insert_with(Default::default).record(e);
     }
 
     /// A GC cycle of `pid` completed.

@@ -296,7 +296,7 @@ pub fn load(kcfg: KernelConfig, tracefs: &Path, memory: MemoryHooks) -> Result<(
 
     let mut programs = Vec::new();
     // Go uprobes are loaded now and attached per Go binary as processes are discovered.
-    let per_process = [ProgGroup::GoRuntime, ProgGroup::GoCreation, ProgGroup::GoTls, ProgGroup::OpenSsl, ProgGroup::GoCrash];
+    let per_process = [ProgGroup::GoRuntime, ProgGroup::GoCreation, ProgGroup::GoTls, ProgGroup::OpenSsl, ProgGroup::GoCrash, ProgGroup::GoHttp2];
     for prog in ProgId::ALL.into_iter().filter(|p| per_process.contains(&p.group())) {
         let loaded = (|| -> Result<(), String> {
             let program = ebpf

@@ -67,6 +67,8 @@ pub struct ProcessSummary {
     pub pprof_port: Option<u16>,
     pub go: Option<GoSummary>,
     pub debug: Option<crate::aggregate::Debugged>,
+    /// HTTP/2 control frames (Go).
+    pub http2: Option<crate::http2::Http2State>,
 }
 
 /// What the probes and the runtime reads saw of a Go process.
@@ -251,6 +253,7 @@ impl Thread {
                     pprof_port: p.pprof_port,
                     go: p.go.as_ref().map(|g| GoSummary { sample: g.sample.clone(), gc_cycles: g.gc_cycles, stw_count: g.stw_count, stw_by_reason: g.stw_by_reason.clone(), creation: g.creation.clone() }),
                     debug: p.debug.clone(),
+                    http2: p.http2.clone(),
                 };
                 (p.pid, summary)
             })

@@ -1,7 +1,7 @@
 //! Kernel records to values: ring-buffer events (exec, exit, OOM kill, Go GC and pauses, TLS
 //! handshakes) decoded from their bytes, and the per-CPU counters summed over CPUs
 //! ([`KernelSnapshot`]). Pure: the collector reads the maps, the aggregate applies what this gives.
-use probe_common::{EventHeader, EventKind, ExecEvent, ExitEvent, FailureKey, GoCrashEvent, GoGcEvent, GoStwEvent, OomEvent, ProcCounters, ProgId, ProgStats, TlsEvent};
+use probe_common::{EventHeader, EventKind, ExecEvent, ExitEvent, FailureKey, GoCrashEvent, GoGcEvent, GoStwEvent, Http2Event, OomEvent, ProcCounters, ProgId, ProgStats, TlsEvent};
 
 /// Kernel counters read in one pass over the maps, summed over CPUs.
 #[derive(Debug, Clone, Default)]
@@ -30,6 +30,8 @@ pub enum Event {
     Tls(TlsEvent),
     /// A Go process reached a crash path (panic, fatal error, os.Exit with a code).
     GoCrash(Box<GoCrashEvent>),
+    /// A Go process wrote or read an HTTP/2 GOAWAY or RST_STREAM frame.
+    Http2(Http2Event),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -83,6 +85,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         }
         k if k == EventKind::Tls as u32 => Ok(Event::Tls(read(bytes, k)?)),
         k if k == EventKind::GoCrash as u32 => Ok(Event::GoCrash(Box::new(read(bytes, k)?))),
+        k if k == EventKind::Http2 as u32 => Ok(Event::Http2(read(bytes, k)?)),
         k => Err(DecodeError::UnknownKind(k)),
     }
 }
@@ -122,6 +125,19 @@ mod tests {
             filename: name::<FILENAME_LEN>("/bin/ls\0"),
         };
         assert_eq!(decode(&bytes_of(&exec)), Ok(Event::Exec { tgid: 7, comm: "ls".into(), filename: "/bin/ls".into(), cgroup_id: 4242 }));
+
+        let h2 = Http2Event {
+            header: EventHeader { kind: EventKind::Http2 as u32, tgid: 11, ktime_ns: 1 },
+            code: 8,
+            stream_id: 3,
+            frame: probe_common::HTTP2_FRAME_RST_STREAM,
+            direction: probe_common::HTTP2_SENT,
+            debug_copied: 0,
+            debug_len: 0,
+            debug: [0; probe_common::HTTP2_DEBUG_LEN],
+        };
+        assert_eq!(decode(&bytes_of(&h2)), Ok(Event::Http2(h2)));
+        assert!(matches!(decode(&bytes_of(&h2)[..40]), Err(DecodeError::Truncated { kind: 8, .. })));
 
         let oom = OomEvent { header: EventHeader { kind: EventKind::OomVictim as u32, tgid: 9, ktime_ns: 1 }, victim: 9, _pad: 0 };
         assert_eq!(decode(&bytes_of(&oom)), Ok(Event::OomVictim { tgid: 9 }));

@@ -4,8 +4,8 @@
 //! Data flows one way (docs/ARCHITECTURE.md draws it; `tests/architecture.rs` enforces it):
 //! kernel programs → `attach` (load, attach, kernel maps) → `decode` (records → events) →
 //! `aggregate` (per-process state) → `health` (signals, score, rules) → `snapshot` (profiles
-//! on disk), `metrics` (exposition) and the HTTP `api`. The trackers `goruntime`, `tls` and
-//! [`k8s`] find and probe Go processes, libssl files and pods (Go binaries are read by the
+//! on disk), `metrics` (exposition) and the HTTP `api`. The trackers `goruntime`, `tls` (with `http2`, Go's
+//! HTTP/2 control frames) and [`k8s`] find and probe Go processes, libssl files and pods (Go binaries are read by the
 //! `goinspect` crate). Two threads own all mutable state: `discovery` (the trackers) and
 //! `collector` (ring buffer, kernel maps, aggregate, health); each publishes an immutable view
 //! and takes typed commands. `kernel` answers what the running kernel provides; `config` holds
@@ -27,6 +27,7 @@ mod evidence;
 mod goruntime;
 mod health;
 mod hist;
+mod http2;
 pub mod k8s;
 pub mod kernel;
 mod metrics;

@@ -162,6 +162,8 @@ pub struct ProcView {
     /// A tracer attached / stopped (per-pid series only).
     pub traced: bool,
     pub stopped: bool,
+    /// HTTP/2 GOAWAY and RST_STREAM frames.
+    pub http2: Option<crate::http2::Http2State>,
 }
 
 /// Everything a scrape encodes, copied out of the shared state.
@@ -209,6 +211,7 @@ impl ProcView {
             tls: None,
             traced: false,
             stopped: false,
+            http2: None,
         }
     }
 
@@ -240,6 +243,9 @@ impl ProcView {
         }
         if let Some(t) = &o.tls {
             self.tls.get_or_insert_with(Default::default).merge(t);
+        }
+        if let Some(h) = &o.http2 {
+            self.http2.get_or_insert_with(Default::default).merge(h);
         }
         if let Some(h) = o.health.filter(|_| o.live) {
             if self.health.as_ref().is_none_or(|mine| h.score < mine.score) {
@@ -274,7 +280,7 @@ impl ScrapeView {
             if let Some((gc, stw)) = &f.pid_hists {
                 pod_hists.push((k.clone(), gc.clone(), stw.clone()));
             }
-            if f.counters == ProcCounters::default() && f.exits.is_empty() && f.go.is_none() && f.tls.is_none() && f.failures.is_empty() {
+            if f.counters == ProcCounters::default() && f.exits.is_empty() && f.go.is_none() && f.tls.is_none() && f.http2.is_none() && f.failures.is_empty() {
                 continue;
             }
             folded.insert(
@@ -285,6 +291,7 @@ impl ScrapeView {
                     exits: f.exits.iter().map(|((r, c), n)| (*r, c.clone(), *n)).collect(),
                     go: f.go.clone(),
                     tls: f.tls.clone(),
+                    http2: f.http2.clone(),
                     ..ProcView::fold(k)
                 },
             );
@@ -310,6 +317,7 @@ impl ScrapeView {
                 tls: p.tls.clone(),
                 traced: p.debug.as_ref().is_some_and(|d| d.tracer_pid != 0),
                 stopped: p.debug.as_ref().is_some_and(|d| d.stopped_since.is_some()),
+                http2: p.http2.clone(),
             };
             if exposure == Exposure::Folded {
                 let key = Aggregate::fold_key(p);
@@ -595,6 +603,7 @@ impl Collector for ScrapeView {
             MetricType::Gauge,
             self.procs.iter().filter(|p| p.pid.is_some() && p.stopped && p.live).map(|p| (proc_labels(p), Value::Gauge(1))),
         )?;
+        self.encode_http2(&mut enc)?;
 
         // Self metrics.
         let info = Info::new(vec![("version", self.version.clone()), ("kernel", self.kernel.clone())]);
@@ -801,6 +810,40 @@ impl ScrapeView {
     }
 }
 
+impl ScrapeView {
+    /// HTTP/2 control-frame families: only (direction, code) pairs seen, so a process has no
+    /// series until its first GOAWAY or RST_STREAM and at most 2 × 15 per family.
+    fn encode_http2(&self, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let h2 = || self.procs.iter().filter_map(|p| p.http2.as_ref().map(|h| (p, h)));
+        for (family, frame, help) in [
+            (
+                "chainprobe_http2_goaways",
+                "goaway",
+                "HTTP/2 GOAWAY frames a Go process sent or received, by direction (sent, received) and error code (NO_ERROR, PROTOCOL_ERROR, ..., other); their debug data is in GET /api/v1/targets.",
+            ),
+            (
+                "chainprobe_http2_stream_resets",
+                "rst_stream",
+                "HTTP/2 RST_STREAM frames a Go process sent or received, by direction (sent, received) and error code (CANCEL, REFUSED_STREAM, ..., other).",
+            ),
+        ] {
+            self.family(
+                enc,
+                family,
+                help,
+                MetricType::Counter,
+                h2().flat_map(|(p, h)| {
+                    h.frames
+                        .iter()
+                        .filter(move |((f, _, _), _)| *f == frame)
+                        .map(move |((_, direction, code), n)| (with(proc_labels(p), &[("direction", *direction), ("code", *code)]), Value::Counter(*n)))
+                }),
+            )?;
+        }
+        Ok(())
+    }
+}
+
 fn go_labels(p: &ProcView, go: &GoState) -> Labels {
     with(proc_labels(p), &[("go_version", &go.go_version)])
 }
@@ -951,6 +994,12 @@ mod tests {
                     exits: vec![],
                     go: None,
                     tls: None,
+                    http2: Some({
+                        let mut h = crate::http2::Http2State::default();
+                        h.frames.insert(("rst_stream", "received", "CANCEL"), 4);
+                        h.frames.insert(("goaway", "sent", "NO_ERROR"), 1);
+                        h
+                    }),
                     pod: Some(PodLabels { namespace: "shop".into(), pod: "cart-1".into(), container: "app".into() }),
                     health: Some(Health { score: 70, signals: vec![crate::health::Signal { name: "goroutines", value: 6000.0, threshold: Some(5000.0), state: crate::health::State::Critical }] }),
                     traced: true,
@@ -965,6 +1014,7 @@ mod tests {
                     map_count: None,
                     go: None,
                     tls: None,
+                    http2: None,
                     pod: None,
                     health: None,
                     live: false,
@@ -1008,6 +1058,8 @@ mod tests {
             r#"chainprobe_pod_health_score{namespace="shop",pod="cart-1"} 70"#,
             r#"chainprobe_build_info{version="0.1.0",kernel="6.1.0"} 1"#,
             r#"chainprobe_events_lost_total{program="sys_exit_mmap",reason="map_full"} 1"#,
+            r#"chainprobe_http2_stream_resets_total{pid="10",comm="svc",namespace="shop",pod="cart-1",container="app",direction="received",code="CANCEL"} 4"#,
+            r#"chainprobe_http2_goaways_total{pid="10",comm="svc",namespace="shop",pod="cart-1",container="app",direction="sent",code="NO_ERROR"} 1"#,
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
         }

@@ -8,7 +8,7 @@ const LAYERS: &[&str] = &[
     // leaves
     "sync", "procfs", "kernel", "evidence", "decode", "hist",
     // kernel I/O, then the per-domain trackers
-    "attach", "k8s", "tls", "goruntime",
+    "attach", "k8s", "tls", "http2", "goruntime",
     // the pure core
     "aggregate", "health",
     // outputs

@@ -161,6 +161,50 @@ pub(crate) fn go_reg(ctx: &ProbeContext, reg: GoReg) -> u64 {
     }
 }
 
+/// Integer argument `n` (0-based) of Go's register ABI: amd64 RAX, RBX, RCX, RDI, RSI, R8, R9,
+/// R10, R11; arm64 X0..X8 (of X0..X15). 0 beyond them.
+#[inline(always)]
+pub(crate) fn go_arg(ctx: &ProbeContext, n: usize) -> u64 {
+    #[cfg(bpf_target_arch = "x86_64")]
+    {
+        let r = unsafe { &*ctx.regs };
+        match n {
+            0 => r.rax,
+            1 => r.rbx,
+            2 => r.rcx,
+            3 => r.rdi,
+            4 => r.rsi,
+            5 => r.r8,
+            6 => r.r9,
+            7 => r.r10,
+            8 => r.r11,
+            _ => 0,
+        }
+    }
+    #[cfg(bpf_target_arch = "aarch64")]
+    {
+        let regs = unsafe { &*(ctx.regs as *const aya_ebpf::bindings::user_pt_regs) };
+        // Constant indexes only: the verifier refuses a variable offset into the context.
+        match n {
+            0 => regs.regs[0],
+            1 => regs.regs[1],
+            2 => regs.regs[2],
+            3 => regs.regs[3],
+            4 => regs.regs[4],
+            5 => regs.regs[5],
+            6 => regs.regs[6],
+            7 => regs.regs[7],
+            8 => regs.regs[8],
+            _ => 0,
+        }
+    }
+    #[cfg(not(any(bpf_target_arch = "x86_64", bpf_target_arch = "aarch64")))]
+    {
+        let _ = (ctx, n);
+        0
+    }
+}
+
 /// runtime.gcStart entry: the first call since the last cycle ended starts a cycle (later calls
 /// while one runs return early and must not move the start).
 #[uprobe]

@@ -6,6 +6,7 @@
 
 mod crash;
 mod goruntime;
+mod http2;
 mod maps;
 mod mmap;
 mod process;

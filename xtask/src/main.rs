@@ -10,6 +10,7 @@
 //!   cargo xtask bench goread         daemon CPU of the periodic runtime read of a big Go process
 //!   cargo xtask bench node --scenario goroutines   daemon CPU with one 500k-goroutine process
 //!   cargo xtask bench tls            TLS handshakes/s and bulk throughput with and without chainprobe
+//!   cargo xtask bench http2          HTTP/2 requests/s and the cost per GOAWAY/RST_STREAM with and without chainprobe
 //!   cargo xtask bench fleet          series created by short-lived processes (50 execs/s), folded and per pid
 //!   cargo xtask bench crash          how long a crashing Go process is held for its capsule
 //!   cargo xtask codegen go-offsets   regenerate the per-Go-version offset tables
@@ -25,6 +26,7 @@ mod bench_fleet;
 mod bench_goinspect;
 mod bench_goread;
 mod bench_goruntime;
+mod bench_http2;
 mod bench_node;
 mod bench_snapshot;
 mod bench_syscalls;
@@ -50,6 +52,7 @@ fn usage() -> &'static str {
        bench node --scenario goroutines\n                            daemon CPU with one 500k-goroutine process at the default read interval:\n                            idle, O(P) count + budgeted breakdown, every g each interval (side by side)\n  \
        bench snapshot       breach → snapshot files; goroutine-profile time and target pause (10k, 100k);\n                            heap profile out of process vs the process's own (1k, 10k, 100k buckets; --heap-only)\n  \
        bench tls            TLS handshakes/s and bulk TLS throughput with and without chainprobe\n  \
+       bench http2          HTTP/2 requests/s and the cost per GOAWAY/RST_STREAM event with and without chainprobe\n  \
        bench fleet          series created per hour by 50 execs/s of short-lived processes, folded and\n                            per pid (--seconds S, --rate R, --comms C, --scrape-interval I)\n  \
        bench crash          a crashing Go process's exit time with and without chainprobe, how long it is\n                            held, fatal call → capsule on disk (--goroutines 1000,10000,100000 --rounds R)\n  \
        codegen go-offsets   regenerate the per-Go-version offset tables from real toolchains\n"
@@ -108,9 +111,10 @@ fn dispatch(args: &[String]) -> Result<()> {
             Some("node") => bench_node::run(&rest[1..]),
             Some("snapshot") => bench_snapshot::run(&rest[1..]),
             Some("tls") => bench_tls::run(&rest[1..]),
+            Some("http2") => bench_http2::run(&rest[1..]),
             Some("fleet") => bench_fleet::run(&rest[1..]),
             Some("crash") => bench_crash::run(&rest[1..]),
-            _ => bail!("bench what? `cargo xtask bench syscalls`, `goinspect`, `goruntime`, `goread`, `node`, `snapshot`, `tls`, `fleet` or `crash`"),
+            _ => bail!("bench what? `cargo xtask bench syscalls`, `goinspect`, `goruntime`, `goread`, `node`, `snapshot`, `tls`, `http2`, `fleet` or `crash`"),
         },
         "codegen" => codegen::run(rest),
         "-h" | "--help" | "help" => {
@@ -168,20 +172,27 @@ fn fixtures() -> Result<()> {
             bail!("{} failed ({status})", path.display());
         }
     }
-    // `crasher` (crash capsules) runs on amd64 only, as a plain and a stripped build (the stripped
-    // one's ground truth is the plain twin): the crash paths do not depend on how it was linked,
-    // and 2 variants × 8 toolchains keep CI short.
+    // `crasher` (crash capsules) and `h2probe` (HTTP/2 control frames) run on amd64 only, as a
+    // plain and a stripped build (the stripped one's ground truth is the plain twin): what they
+    // test does not depend on how they were linked, and 2 variants × 8 toolchains keep CI short.
     if std::env::var_os("CHAINPROBE_GO_PROGRAMS").is_none() {
         let build = root.join("tests/fixtures/go/build.sh");
         let status = Command::new("bash")
             .arg(&build)
             .current_dir(&root)
-            .env("CHAINPROBE_GO_PROGRAMS", "crasher")
+            .env("CHAINPROBE_GO_PROGRAMS", "crasher h2probe")
             .env("CHAINPROBE_GO_VARIANTS", "default stripped")
             .status()
             .with_context(|| format!("running {}", build.display()))?;
         if !status.success() {
-            bail!("{} (crasher) failed ({status})", build.display());
+            bail!("{} (crasher, h2probe) failed ({status})", build.display());
+        }
+        // `grpcprobe` (gRPC-go, whose HTTP/2 is golang.org/x/net/http2): GOPATH mode, from Debian's
+        // Go library packages (the script installs them), with Go 1.19 and 1.27 by default.
+        let gopath = root.join("tests/fixtures/go/build-gopath.sh");
+        let status = Command::new("bash").arg(&gopath).current_dir(&root).status().with_context(|| format!("running {}", gopath.display()))?;
+        if !status.success() {
+            bail!("{} failed ({status})", gopath.display());
         }
     }
     Ok(())

@@ -111,6 +111,15 @@ pub fn document() -> Value {
                         "tracer_pid": { "type": "integer" }, "tracer_comm": { "type": "string" },
                         "traced_seconds": { "type": "number" }, "stopped_seconds": { "type": "number" } } },
                     "runtime_reads": { "type": "string", "description": "ok, or why the runtime is not read (offsets pending their check, rejected, unknown)" },
+                    "http2": { "type": ["object", "null"], "description": "HTTP/2 GOAWAY and RST_STREAM frames the process sent and received (null before the first)", "properties": {
+                        "frames": { "type": "array", "items": { "type": "object", "properties": {
+                            "frame": { "enum": ["goaway", "rst_stream"] }, "direction": { "enum": ["sent", "received"] }, "code": { "type": "string" }, "count": { "type": "integer" }
+                        }}},
+                        "recent_goaways": { "type": "array", "description": "the latest GOAWAYs, oldest first, with the first bytes of their debug data", "items": { "type": "object", "properties": {
+                            "direction": { "type": "string" }, "code": { "type": "string" }, "code_value": { "type": "integer" }, "last_stream_id": { "type": "integer" },
+                            "debug_len": { "type": "integer" }, "debug_data": { "type": "string" }, "monotonic_seconds": { "type": "number" }
+                        }}}
+                    }},
                     "offsets": { "type": "object", "description": "where the struct offsets come from and whether they were checked on a live process", "properties": {
                         "source": { "enum": ["dwarf", "table", "nearest", "none"] },
                         "table": { "type": "string", "description": "e.g. 1.27/amd64" },

@@ -51,6 +51,8 @@ pub struct Target {
     /// A tracer attached (a debugger) or the process stopped, as last read; absent otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub debug: Option<Debug>,
+    /// HTTP/2 control frames (None before the first).
+    pub http2: Option<Http2Summary>,
 }
 
 /// See [`Target::debug`].
@@ -66,6 +68,30 @@ pub struct Debug {
     pub traced_seconds: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stopped_seconds: Option<f64>,
+}
+
+/// `Target.http2`.
+#[derive(Debug, Serialize)]
+pub struct Http2Summary {
+    pub frames: Vec<Http2Count>,
+    pub recent_goaways: Vec<crate::http2::GoAwayRecord>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Http2Count {
+    pub frame: &'static str,
+    pub direction: &'static str,
+    pub code: &'static str,
+    pub count: u64,
+}
+
+impl Http2Summary {
+    fn of(h: &crate::http2::Http2State) -> Self {
+        Http2Summary {
+            frames: h.frames.iter().map(|(&(frame, direction, code), &count)| Http2Count { frame, direction, code, count }).collect(),
+            recent_goaways: h.recent_goaways.iter().cloned().collect(),
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -186,6 +212,7 @@ impl Target {
                     .map(|g| g.stw_by_reason.iter().map(|(r, (count, seconds))| (*r, PauseTotals { count: *count, seconds: *seconds })).collect())
                     .unwrap_or_default(),
             },
+            http2: p.and_then(|p| p.http2.as_ref()).map(Http2Summary::of),
         }
     }
 }

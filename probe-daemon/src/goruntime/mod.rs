@@ -574,6 +574,8 @@ fn attach_binary(probes: &Mutex<Probes>, pid: u32, bin: &GoBinary) -> (Vec<(Prog
             states.push(attach_sites(&mut probes, pid, prog, function, vec![off], &mut links));
         }
     }
+    // HTTP/2 control frames: the writers and parsers of every HTTP/2 the binary links.
+    states.extend(crate::http2::attach_binary(&mut probes, pid, bin, &mut links));
     (links, states)
 }
 

@@ -74,6 +74,12 @@ pub const SIGNALS: &[(&str, &str, Thresholds)] = &[
         Thresholds::new(0.05, 0.25),
     ),
     ("tls_handshake_p99_seconds", "99th percentile of TLS handshake durations in the window (5 handshakes or more)", Thresholds::new(0.5, 2.0)),
+    (
+        "http2_goaways_received_error",
+        "HTTP/2 GOAWAY frames received with an error code (anything but NO_ERROR) in the window: a peer closing the connection on this process",
+        Thresholds::new(1.0, 3.0),
+    ),
+    ("http2_stream_resets_per_second", "HTTP/2 RST_STREAM frames sent and received per second", Thresholds::new(5.0, 50.0)),
     ("memory_maps_ratio", "memory maps / vm.max_map_count", Thresholds::new(0.8, 0.9)),
     ("mmap_failures", "failed mmap/munmap/brk calls in the window", Thresholds::new(1.0, 10.0)),
     (
@@ -264,6 +270,7 @@ struct Prev {
     gc_cycles: u64,
     stw_seconds: f64,
     tls: Option<crate::tls::TlsTotals>,
+    http2: Option<crate::http2::Http2Totals>,
 }
 
 #[derive(Debug, Default)]
@@ -455,6 +462,16 @@ impl HealthEngine {
                 }
             }
         }
+        let http2 = p.http2.as_ref().map(|h| h.totals());
+        // A process whose first frame came after the previous evaluation had none then.
+        if let (Some(now_h2), Some(prev)) = (&http2, &h.prev) {
+            let secs = now.saturating_duration_since(prev.at).as_secs_f64();
+            let w = now_h2.since(&prev.http2.unwrap_or_default());
+            sig.push(reading(cfg, "http2_goaways_received_error", w.goaways_received_error as f64));
+            if secs > 0.0 {
+                sig.push(reading(cfg, "http2_stream_resets_per_second", w.stream_resets as f64 / secs));
+            }
+        }
         if let (Some(n), Some(max)) = (p.map_count, max_map_count.filter(|m| *m > 0)) {
             sig.push(reading(cfg, "memory_maps_ratio", n as f64 / max as f64));
         }
@@ -473,7 +490,7 @@ impl HealthEngine {
         for s in &sig {
             push(h.values.entry(s.name).or_default(), s.value, 1000);
         }
-        h.prev = Some(Prev { at: now, counters, mem_failures, gc_cycles, stw_seconds, tls });
+        h.prev = Some(Prev { at: now, counters, mem_failures, gc_cycles, stw_seconds, tls, http2 });
         let penalty: u32 = sig
             .iter()
             .map(|s| match s.state {
@@ -648,6 +665,48 @@ mod tests {
         agg.on_tls(&ev(1, 3.0), t0);
         let (h, _) = e.evaluate(&agg, None, t0 + Duration::from_secs(10));
         assert!(!h[0].1.signals.iter().any(|s| s.name.starts_with("tls_")));
+    }
+
+    #[test]
+    fn http2_goaways_with_an_error_and_the_reset_rate_over_the_window() {
+        use probe_common::{EventHeader, EventKind, Http2Event, HTTP2_DEBUG_LEN, HTTP2_FRAME_GOAWAY, HTTP2_FRAME_RST_STREAM, HTTP2_RECEIVED, HTTP2_SENT};
+        let me = std::process::id();
+        let mut agg = Aggregate::new(Duration::from_secs(1), 10);
+        let ev = |frame: u8, direction: u8, code: u32| Http2Event {
+            header: EventHeader { kind: EventKind::Http2 as u32, tgid: me, ktime_ns: 1 },
+            code,
+            stream_id: 1,
+            frame,
+            direction,
+            debug_copied: 0,
+            debug_len: 0,
+            debug: [0; HTTP2_DEBUG_LEN],
+        };
+        let t0 = Instant::now();
+        agg.on_go_tracked(me, "go1.27.3", 27, t0);
+        let mut e = HealthEngine::new(cfg_with(vec![]));
+        let (h, _) = e.evaluate(&agg, None, t0);
+        assert!(h.iter().all(|(_, h)| !h.signals.iter().any(|s| s.name.starts_with("http2_"))), "no HTTP/2 yet");
+        // First frames after the first evaluation: the whole count is in the window.
+        agg.on_http2(&ev(HTTP2_FRAME_GOAWAY, HTTP2_RECEIVED, 0xb), t0);
+        agg.on_http2(&ev(HTTP2_FRAME_GOAWAY, HTTP2_RECEIVED, 0), t0);
+        agg.on_http2(&ev(HTTP2_FRAME_GOAWAY, HTTP2_SENT, 1), t0);
+        for _ in 0..30 {
+            agg.on_http2(&ev(HTTP2_FRAME_RST_STREAM, HTTP2_SENT, 8), t0);
+        }
+        let (h, _) = e.evaluate(&agg, None, t0 + Duration::from_secs(5));
+        let mine = |h: &Vec<(u32, Health)>| h.iter().find(|(p, _)| *p == me).map(|x| x.1.clone()).unwrap();
+        let get = |h: &Health, n: &str| h.signals.iter().find(|s| s.name == n).cloned().unwrap_or_else(|| panic!("{n} missing"));
+        let m = mine(&h);
+        assert_eq!(get(&m, "http2_goaways_received_error").value, 1.0, "NO_ERROR and sent ones do not count");
+        assert_eq!(get(&m, "http2_goaways_received_error").state, State::Warn);
+        assert_eq!(get(&m, "http2_stream_resets_per_second").value, 6.0);
+        assert_eq!(get(&m, "http2_stream_resets_per_second").state, State::Warn);
+        // A quiet window clears both.
+        let (h, _) = e.evaluate(&agg, None, t0 + Duration::from_secs(10));
+        let m = mine(&h);
+        assert_eq!(get(&m, "http2_goaways_received_error").state, State::Ok);
+        assert_eq!(get(&m, "http2_stream_resets_per_second").value, 0.0);
     }
 
     #[test]

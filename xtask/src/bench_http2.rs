@@ -1,0 +1,117 @@
+//! `cargo xtask bench http2 [--rounds R] [--requests N] [--concurrency C] [--resets K]`:
+//! what the HTTP/2 control-frame probes cost the programs they watch, side by side in one run.
+//!
+//! tests/fixtures/go/src/h2probe (Go 1.27.3) runs as a server and a client process (std's HTTP/2
+//! over TLS on loopback, one connection). Each round measures, without chainprobe and with it
+//! (the default configuration: the HTTP/2 probes on):
+//! - requests/s: N GET requests over C concurrent streams (`bench`): HEADERS and DATA frames
+//!   only, which must hit no probe (target ≥ 0.99×);
+//! - the cost of a control frame: K requests cancelled after their headers (`cancel`: one
+//!   RST_STREAM written by the client, one read by the server: 2 probe hits each), as the extra
+//!   CPU time of both processes and the extra wall time per event.
+//! The same two processes serve every window (a new process brings its own memory layout). Ratios
+//! are medians over rounds of same-round ratios.
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::bench_util::{self, median, GoProgram};
+
+/// CPU time (s) of `pid` from its threads' schedstat (ns resolution).
+fn cpu_ns(pid: u32) -> Result<f64> {
+    let mut ns = 0u64;
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let Ok(text) = std::fs::read_to_string(t?.path().join("schedstat")) else { continue };
+        ns += text.split_whitespace().next().context("schedstat")?.parse::<u64>()?;
+    }
+    Ok(ns as f64)
+}
+
+struct Window {
+    rps: f64,
+    /// Cancelled requests: wall µs and CPU µs (both processes) per request.
+    cancel_wall_us: f64,
+    cancel_cpu_us: f64,
+}
+
+fn window(server: &GoProgram, client: &mut GoProgram, port: i64, n: u64, conc: u64, k: u64) -> Result<Window> {
+    let r = client.try_cmd(&format!("bench {port} {n} {conc}"))?;
+    let ns = *r.first().context("bench: no elapsed time")?;
+    let rps = n as f64 / (ns as f64 / 1e9);
+    let cpu0 = cpu_ns(server.pid)? + cpu_ns(client.pid)?;
+    let t0 = Instant::now();
+    let r = client.try_cmd(&format!("cancel {port} {k}"))?;
+    let wall = t0.elapsed().as_secs_f64() * 1e6 / k as f64;
+    let cpu = (cpu_ns(server.pid)? + cpu_ns(client.pid)? - cpu0) / 1e3 / k as f64;
+    if r.first() != Some(&(k as i64)) {
+        bail!("cancel: {r:?}");
+    }
+    Ok(Window { rps, cancel_wall_us: wall, cancel_cpu_us: cpu })
+}
+
+pub fn run(args: &[String]) -> Result<()> {
+    bench_util::require_root()?;
+    let (mut rounds, mut n, mut conc, mut k) = (5usize, 20_000u64, 8u64, 2_000u64);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = || -> Result<u64> { Ok(it.next().with_context(|| format!("{a} needs a value"))?.parse()?) };
+        match a.as_str() {
+            "--rounds" => rounds = val()? as usize,
+            "--requests" => n = val()?,
+            "--concurrency" => conc = val()?,
+            "--resets" => k = val()?,
+            other => bail!("unknown argument {other:?}"),
+        }
+    }
+    crate::build_release()?;
+    let root = crate::repo_root();
+    let daemon_bin = root.join("target/release/chainprobe");
+    let dir = bench_util::go_programs("h2probe", "default")?;
+    let bin = dir.join("default/h2probe");
+    let mut server = bench_util::go_program(&bin, &[])?;
+    let mut client = bench_util::go_program(&bin, &[])?;
+    let port = *server.try_cmd("serve")?.first().context("serve: no port")?;
+    client.try_cmd(&format!("bench {port} 2000 {conc}"))?; // warm-up
+    let tmp = std::env::temp_dir().join(format!("chainprobe-bench-http2-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp)?;
+    let (mut rps, mut wall, mut cpu) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut base_rps, mut base_wall, mut base_cpu) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let off = window(&server, &mut client, port, n, conc, k)?;
+        let (d, dport) = bench_util::start_daemon(&daemon_bin, &tmp, "")?;
+        for pid in [server.pid, client.pid] {
+            bench_util::wait_target(dport, pid, Duration::from_secs(20), "tracked with the HTTP/2 probes attached", |t| {
+                t["probes"].as_array().into_iter().flatten().filter(|p| p["name"].as_str().is_some_and(|n| n.starts_with("go_http2_")) && p["state"] == "attached").count() == 4
+            })?;
+        }
+        std::thread::sleep(Duration::from_secs(2)); // the start-up scan settles
+        let on = window(&server, &mut client, port, n, conc, k)?;
+        drop(d);
+        eprintln!(
+            "round {round}: {:.0} → {:.0} req/s ({:.3}×); cancelled request {:.1} → {:.1} µs wall, {:.1} → {:.1} µs CPU",
+            off.rps,
+            on.rps,
+            on.rps / off.rps,
+            off.cancel_wall_us,
+            on.cancel_wall_us,
+            off.cancel_cpu_us,
+            on.cancel_cpu_us
+        );
+        rps.push(on.rps / off.rps);
+        wall.push((on.cancel_wall_us - off.cancel_wall_us) / 2.0);
+        cpu.push((on.cancel_cpu_us - off.cancel_cpu_us) / 2.0);
+        base_rps.push(off.rps);
+        base_wall.push(off.cancel_wall_us);
+        base_cpu.push(off.cancel_cpu_us);
+    }
+    let _ = client.try_cmd("quit");
+    let _ = server.try_cmd("quit");
+    let _ = std::fs::remove_dir_all(&tmp);
+    println!("cargo xtask bench http2 --rounds {rounds} --requests {n} --concurrency {conc} --resets {k}  (Go 1.27.3, h2 over TLS, loopback; medians of {rounds} rounds)");
+    println!("| measure | without chainprobe | with / extra |");
+    println!("|---|---|---|");
+    println!("| GET requests/s, {conc} concurrent streams, one connection | {:.0} | {:.3}× |", median(&mut base_rps), median(&mut rps));
+    println!("| cancelled request (RST_STREAM sent + received), wall µs | {:.1} | +{:.1} µs per event |", median(&mut base_wall), median(&mut wall));
+    println!("| cancelled request, CPU µs (both processes) | {:.1} | +{:.1} µs per event |", median(&mut base_cpu), median(&mut cpu));
+    Ok(())
+}
