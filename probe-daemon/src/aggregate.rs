@@ -782,6 +782,10 @@ impl Aggregate {
     }
 
     fn enforce_exited_cap(&mut self, now: Instant) {
+        // Called at every exit: counting is O(processes), so only when the cap can be reached.
+        if self.procs.len() <= self.max_exited {
+            return;
+        }
         let exited = self.procs.values().filter(|p| p.exit.is_some()).count();
         if exited <= self.max_exited {
             return;

@@ -69,6 +69,8 @@ pub struct ProcessSummary {
     pub debug: Option<crate::aggregate::Debugged>,
     /// HTTP/2 control frames (Go).
     pub http2: Option<crate::http2::Http2State>,
+    /// TLS handshakes, with every label (the metrics leave some out).
+    pub tls: Option<crate::tls::TlsState>,
 }
 
 /// What the probes and the runtime reads saw of a Go process.
@@ -149,7 +151,13 @@ struct Thread {
     scores: HashMap<u32, Health>,
     view: watch::Sender<Arc<View>>,
     dirty: bool,
+    /// When the view was last published.
+    published: Instant,
 }
+
+/// The view is a copy of every process; with a hundred execs a second it would be copied at
+/// every ring-buffer poll. The API and the snapshotter can live with it being this old.
+const PUBLISH_EVERY: Duration = Duration::from_millis(500);
 
 /// The /proc reader for processes the aggregate knows: applies [`Aggregate::with_identify`]'s
 /// contract (comm, and alive or gone).
@@ -163,7 +171,7 @@ pub fn identify(pid: u32) -> Identity {
 /// Starts the collector thread; it ends when every sender of `rx` is gone.
 pub fn start(own: Collector, rx: mpsc::Receiver<Command>) -> std::io::Result<watch::Receiver<Arc<View>>> {
     let (view, view_rx) = watch::channel(Arc::new(View::default()));
-    let mut t = Thread { own, scores: HashMap::new(), view, dirty: true };
+    let mut t = Thread { own, scores: HashMap::new(), view, dirty: true, published: Instant::now().checked_sub(PUBLISH_EVERY).unwrap_or_else(Instant::now) };
     std::thread::Builder::new().name("collector".into()).spawn(move || t.run(rx))?;
     Ok(view_rx)
 }
@@ -174,7 +182,10 @@ impl Thread {
         let now = Instant::now();
         let (mut next_ring, mut next_drain, mut next_health) = (now + ring_every, now + self.own.drain_interval, now);
         loop {
-            let wake = next_ring.min(next_drain).min(next_health);
+            let mut wake = next_ring.min(next_drain).min(next_health);
+            if self.dirty {
+                wake = wake.min(self.published + PUBLISH_EVERY);
+            }
             match rx.recv_timeout(wake.saturating_duration_since(Instant::now())) {
                 Ok(cmd) => self.handle(cmd),
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -194,8 +205,9 @@ impl Thread {
             if now >= next_health {
                 next_health = Instant::now() + self.evaluate_health();
             }
-            if self.dirty {
+            if self.dirty && now.saturating_duration_since(self.published) >= PUBLISH_EVERY {
                 self.publish();
+                self.published = now;
             }
         }
     }
@@ -254,6 +266,7 @@ impl Thread {
                     go: p.go.as_ref().map(|g| GoSummary { sample: g.sample.clone(), gc_cycles: g.gc_cycles, stw_count: g.stw_count, stw_by_reason: g.stw_by_reason.clone(), creation: g.creation.clone() }),
                     debug: p.debug.clone(),
                     http2: p.http2.clone(),
+                    tls: p.tls.clone(),
                 };
                 (p.pid, summary)
             })
@@ -341,8 +354,10 @@ impl Thread {
         let mut lim = lock(&self.own.limiter);
         for pid in pids {
             self.scores.remove(pid);
-            lim.release_label("pid", &pid.to_string());
         }
+        // One pass over the admitted series for all of them (one per pid was O(series) each).
+        let values: std::collections::HashSet<String> = pids.iter().map(u32::to_string).collect();
+        lim.release_label_values("pid", &values);
         for k in folds {
             lim.release_folded(&k.comm, &k.pod.pod, &k.pod.container);
         }

@@ -157,12 +157,27 @@ struct Thread {
     view: watch::Sender<Arc<GoView>>,
     next_read: Instant,
     reads: HashMap<u32, ReadState>,
+    /// The Go targets changed since the last publish (a view is a copy of every target: on a
+    /// node with hundreds of Go processes and a hundred execs a second of other programs, copying
+    /// it after every exec was most of the daemon's CPU).
+    dirty: bool,
+    /// The OpenSSL libraries as last published.
+    published_ssl: Option<Vec<SslLibrary>>,
 }
 
 /// Starts the discovery thread; it ends when every sender of `rx` is gone.
 pub fn start(own: Trackers, rx: mpsc::Receiver<Command>, sink: Sink) -> std::io::Result<watch::Receiver<Arc<GoView>>> {
     let (view, view_rx) = watch::channel(Arc::new(GoView::default()));
-    let mut t = Thread { next_read: Instant::now() + own.read_interval, own, discoverer: Discoverer::default(), sink, view, reads: HashMap::new() };
+    let mut t = Thread {
+        next_read: Instant::now() + own.read_interval,
+        own,
+        discoverer: Discoverer::default(),
+        sink,
+        view,
+        reads: HashMap::new(),
+        dirty: true,
+        published_ssl: None,
+    };
     t.publish();
     std::thread::Builder::new().name("discovery".into()).spawn(move || t.run(rx))?;
     Ok(view_rx)
@@ -214,12 +229,21 @@ impl Thread {
         }
     }
 
-    fn publish(&self) {
-        let view = GoView {
-            targets: self.own.go.as_ref().map(|g| g.targets().map(|t| (t.pid, t.clone())).collect()),
-            openssl: self.own.openssl.as_ref().map(|o| o.libraries()),
+    /// Publishes a new view when the Go targets or the OpenSSL libraries changed.
+    fn publish(&mut self) {
+        let openssl = self.own.openssl.as_ref().map(|o| o.libraries());
+        let ssl_same = match (&openssl, &self.published_ssl) {
+            (None, None) => true,
+            (Some(a), Some(b)) => a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.path == y.path && x.pids == y.pids),
+            _ => false,
         };
+        if !self.dirty && ssl_same {
+            return;
+        }
+        let view = GoView { targets: self.own.go.as_ref().map(|g| g.targets().map(|t| (t.pid, t.clone())).collect()), openssl: openssl.clone() };
         self.view.send_replace(Arc::new(view));
+        self.published_ssl = openssl;
+        self.dirty = false;
     }
 
     fn consider(&mut self, pid: u32) -> Discovery {
@@ -229,6 +253,7 @@ impl Thread {
             Err(d) => d,
         };
         if outcome == Discovery::Tracked {
+            self.dirty = true;
             if let Some(t) = go.target(pid) {
                 let minor = t.layout.as_ref().map(|l| l.minor).unwrap_or_else(|| minor_of(&t.go_version));
                 (self.sink)(GoUpdate::Tracked { pid, go_version: t.go_version.clone(), minor });
@@ -250,11 +275,15 @@ impl Thread {
                     o.forget(pid);
                 }
                 if let Some(go) = &mut self.own.go {
-                    go.forget(pid);
+                    if go.target(pid).is_some() {
+                        go.forget(pid);
+                        self.dirty = true;
+                    }
                 }
             }
             Command::SetCreation { pid, enable, window, reply } => {
                 let result = self.set_creation(pid, enable, window);
+                self.dirty = true;
                 if let Ok(status) = &result {
                     (self.sink)(GoUpdate::Creation(vec![(pid, status.clone())]));
                 }
@@ -279,6 +308,7 @@ impl Thread {
             return;
         }
         self.read_go();
+        self.dirty = true;
         // A slow round delays the next, never overlaps.
         self.next_read = Instant::now() + self.own.read_interval;
     }
@@ -295,7 +325,8 @@ impl Thread {
         let now = Instant::now();
         let interval = self.own.read_interval;
         let readable = go.readable();
-        self.reads.retain(|pid, _| readable.iter().any(|(p, _)| p == pid));
+        let readable_pids: std::collections::HashSet<u32> = readable.iter().map(|(p, _)| *p).collect();
+        self.reads.retain(|pid, _| readable_pids.contains(pid));
         let mut samples = Vec::new();
         let mut counts = Vec::new();
         for (pid, layout) in readable {

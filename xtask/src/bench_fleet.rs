@@ -34,7 +34,7 @@ int main(int argc, char **argv) {
 "#;
 
 /// Builds the job as `comms` programs of distinct names in `dir`.
-fn build_jobs(dir: &Path, comms: usize) -> Result<Vec<PathBuf>> {
+pub(crate) fn build_jobs(dir: &Path, comms: usize) -> Result<Vec<PathBuf>> {
     let src = dir.join("job.c");
     std::fs::write(&src, JOB_C)?;
     let first = dir.join("cronjob0");
@@ -52,11 +52,11 @@ fn build_jobs(dir: &Path, comms: usize) -> Result<Vec<PathBuf>> {
 }
 
 /// Series identities (name and labels) of one exposition.
-fn series(text: &str) -> Vec<String> {
+pub(crate) fn series(text: &str) -> Vec<String> {
     text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()).filter_map(|l| l.rsplit_once(' ').map(|(s, _)| s.to_string())).collect()
 }
 
-fn sample(text: &str, name: &str) -> f64 {
+pub(crate) fn sample(text: &str, name: &str) -> f64 {
     text.lines().filter(|l| l.starts_with(name)).filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok()).sum()
 }
 

@@ -14,6 +14,11 @@
 //! The window of the default starts right after a breakdown read and spans whole periods of the
 //! breakdown schedule (the period the API reports), so it holds the breakdown reads the budget
 //! allows in the long run, not a lucky or unlucky phase.
+//!
+//! Scenario `fleet`: 500 Go processes plus 100 execs/s of short-lived non-Go processes for 10
+//! minutes (see [`fleet`]).
+mod fleet;
+
 use std::{
     path::Path,
     time::{Duration, Instant},
@@ -161,10 +166,13 @@ fn goroutines(args: &[String]) -> Result<()> {
 pub fn run(args: &[String]) -> Result<()> {
     let (scenario, rest) = match args {
         [flag, name, rest @ ..] if flag == "--scenario" => (name.as_str(), rest),
-        _ => bail!("usage: cargo xtask bench node --scenario goroutines [--goroutines N] [--seconds S] [--rounds R]"),
+        _ => bail!(
+            "usage: cargo xtask bench node --scenario goroutines [--goroutines N] [--seconds S] [--rounds R]\n       cargo xtask bench node --scenario fleet [--seconds S] [--processes N] [--churn-per-second R] [--scrape-interval I]"
+        ),
     };
     match scenario {
         "goroutines" => goroutines(rest),
-        other => bail!("unknown scenario {other:?}; available: goroutines"),
+        "fleet" => fleet::run(rest),
+        other => bail!("unknown scenario {other:?}; available: goroutines, fleet"),
     }
 }

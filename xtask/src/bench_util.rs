@@ -42,18 +42,24 @@ pub fn require_root() -> Result<()> {
 /// Builds Go fixture `programs` (tests/fixtures/go/src) with Go 1.27.3 as `variants`; returns the
 /// directory of the 1.27.3 builds (`<dir>/<variant>/<program>`).
 pub fn go_programs(programs: &str, variants: &str) -> Result<PathBuf> {
+    Ok(go_programs_for(programs, "1.27.3", variants)?.join("1.27.3"))
+}
+
+/// Builds Go fixture `programs` with each Go toolchain of `versions` (full versions, as in
+/// tests/fixtures/go/versions) as `variants`; returns the fixtures root
+/// (`<root>/<version>/<variant>/<program>`).
+pub fn go_programs_for(programs: &str, versions: &str, variants: &str) -> Result<PathBuf> {
     let root = crate::repo_root();
     let status = Command::new("bash")
         .arg(root.join("tests/fixtures/go/build.sh"))
         .env("CHAINPROBE_GO_PROGRAMS", programs)
-        .env("CHAINPROBE_GO_VERSIONS", "1.27.3")
+        .env("CHAINPROBE_GO_VERSIONS", versions)
         .env("CHAINPROBE_GO_VARIANTS", variants)
         .status()?;
     if !status.success() {
-        bail!("building the Go programs {programs} failed");
+        bail!("building the Go programs {programs} ({versions}; {variants}) failed");
     }
-    let fx: PathBuf = std::env::var_os("CHAINPROBE_FIXTURES").map(PathBuf::from).unwrap_or_else(|| root.join("target/go-fixtures"));
-    Ok(fx.join("1.27.3"))
+    Ok(test_support::fixtures_root())
 }
 
 /// `method path` with `body` (JSON) to chainprobe on 127.0.0.1:`port`: (status, body).

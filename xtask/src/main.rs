@@ -9,6 +9,7 @@
 //!   cargo xtask bench goruntime      goroutine-spawn and HTTP cost of the Go runtime probes
 //!   cargo xtask bench goread         daemon CPU of the periodic runtime read of a big Go process
 //!   cargo xtask bench node --scenario goroutines   daemon CPU with one 500k-goroutine process
+//!   cargo xtask bench node --scenario fleet        500 Go processes + 100 execs/s for 10 minutes
 //!   cargo xtask bench tls            TLS handshakes/s and bulk throughput with and without chainprobe
 //!   cargo xtask bench http2          HTTP/2 requests/s and the cost per GOAWAY/RST_STREAM with and without chainprobe
 //!   cargo xtask bench fleet          series created by short-lived processes (50 execs/s), folded and per pid
@@ -50,6 +51,7 @@ fn usage() -> &'static str {
        bench goruntime      goroutine-spawn and HTTP throughput with and without the Go probes\n  \
        bench goread         daemon CPU reading one process of 500k goroutines (--baseline BIN: side by side)\n  \
        bench node --scenario goroutines\n                            daemon CPU with one 500k-goroutine process at the default read interval:\n                            idle, O(P) count + budgeted breakdown, every g each interval (side by side)\n  \
+       bench node --scenario fleet\n                            500 Go processes (10 binaries, 7 Go versions) + 100 execs/s of short-lived\n                            processes for 10 min: daemon CPU, peak RSS, RSS over time, scrape time (both\n                            encodings), events lost, series against the budget (--seconds S, --processes N,\n                            --churn-per-second R, --scrape-interval I)\n  \
        bench snapshot       breach → snapshot files; goroutine-profile time and target pause (10k, 100k);\n                            heap profile out of process vs the process's own (1k, 10k, 100k buckets; --heap-only)\n  \
        bench tls            TLS handshakes/s and bulk TLS throughput with and without chainprobe\n  \
        bench http2          HTTP/2 requests/s and the cost per GOAWAY/RST_STREAM event with and without chainprobe\n  \

@@ -141,6 +141,20 @@ pub fn document() -> Value {
                         "stw_pauses_by_reason": { "type": "object", "description": "stop-the-world pauses by reason (the metrics have one histogram of all)", "additionalProperties": { "type": "object", "properties": {
                             "count": { "type": "integer" }, "seconds": { "type": "number" }
                         }}}
+                    }},
+                    "tls": { "type": ["object", "null"], "description": "TLS handshakes with every label (the metrics sum over version and ALPN and time the successful handshakes only); null before the first", "properties": {
+                        "handshakes": { "type": "array", "items": { "type": "object", "properties": {
+                            "library": { "type": "string" }, "role": { "type": "string" }, "result": { "type": "string" },
+                            "version": { "type": "string" }, "alpn": { "type": "string" }, "count": { "type": "integer" }
+                        }}},
+                        "durations": { "type": "array", "items": { "type": "object", "properties": {
+                            "library": { "type": "string" }, "role": { "type": "string" }, "result": { "type": "string" },
+                            "count": { "type": "integer" }, "sum_seconds": { "type": "number" },
+                            "buckets": { "type": "array", "description": "[upper bound in seconds (\"+Inf\" last), handshakes at or below it]", "items": { "type": "array" } }
+                        }}},
+                        "failures": { "type": "array", "items": { "type": "object", "properties": {
+                            "library": { "type": "string" }, "reason": { "type": "string" }, "count": { "type": "integer" }
+                        }}}
                     }}
                 }}}}},
                 "SnapshotRequest": { "type": "object", "additionalProperties": false, "properties": {

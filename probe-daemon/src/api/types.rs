@@ -53,6 +53,9 @@ pub struct Target {
     pub debug: Option<Debug>,
     /// HTTP/2 control frames (None before the first).
     pub http2: Option<Http2Summary>,
+    /// TLS handshakes with every label (the metrics sum over version and ALPN, and time the
+    /// successful ones only); null before the first handshake.
+    pub tls: Option<TlsDetail>,
 }
 
 /// See [`Target::debug`].
@@ -90,6 +93,68 @@ impl Http2Summary {
         Http2Summary {
             frames: h.frames.iter().map(|(&(frame, direction, code), &count)| Http2Count { frame, direction, code, count }).collect(),
             recent_goaways: h.recent_goaways.iter().cloned().collect(),
+        }
+    }
+}
+
+/// The TLS handshakes the probes saw of one process.
+#[derive(Debug, Serialize)]
+pub struct TlsDetail {
+    pub handshakes: Vec<TlsHandshakes>,
+    pub durations: Vec<TlsDurations>,
+    pub failures: Vec<TlsFailures>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TlsHandshakes {
+    pub library: &'static str,
+    pub role: &'static str,
+    pub result: &'static str,
+    pub version: &'static str,
+    pub alpn: &'static str,
+    pub count: u64,
+}
+
+/// Handshake durations of one (library, role, result).
+#[derive(Debug, Serialize)]
+pub struct TlsDurations {
+    pub library: &'static str,
+    pub role: &'static str,
+    pub result: &'static str,
+    pub count: u64,
+    pub sum_seconds: f64,
+    /// (upper bound in seconds as Prometheus writes it, "+Inf" last; handshakes at or below it).
+    pub buckets: Vec<(String, u64)>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TlsFailures {
+    pub library: &'static str,
+    pub reason: &'static str,
+    pub count: u64,
+}
+
+impl TlsDetail {
+    fn new(t: &crate::tls::TlsState) -> TlsDetail {
+        TlsDetail {
+            handshakes: t
+                .handshakes
+                .iter()
+                .map(|(k, n)| TlsHandshakes { library: k.library, role: k.role, result: k.result, version: k.version, alpn: k.alpn, count: *n })
+                .collect(),
+            durations: t
+                .durations
+                .iter()
+                .map(|((library, role, result), b)| TlsDurations {
+                    library: *library,
+                    role: *role,
+                    result: *result,
+                    count: b.count(),
+                    sum_seconds: b.sum(),
+                    buckets: b.cumulative().into_iter().map(|(le, n)| (if le.is_finite() { le.to_string() } else { "+Inf".to_string() }, n)).collect(),
+                })
+                .collect(),
+            failures: t.failures.iter().map(|((library, reason), n)| TlsFailures { library: *library, reason: *reason, count: *n }).collect(),
         }
     }
 }
@@ -193,6 +258,7 @@ impl Target {
                 (None, None) => t.offsets.validation.clone(),
             },
             offsets: t.offsets.clone(),
+            tls: p.and_then(|p| p.tls.as_ref()).map(TlsDetail::new),
             runtime: Runtime {
                 goroutines: s.map(|s| s.goroutines),
                 goroutines_created: s.map(|s| s.goidgen),

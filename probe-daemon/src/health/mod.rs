@@ -372,12 +372,16 @@ impl HealthEngine {
         while self.exits.front().is_some_and(|e| now.saturating_duration_since(e.1) > window) {
             self.exits.pop_front();
         }
-        self.seen_exits.retain(|_, at| now.saturating_duration_since(*at) <= window.max(Duration::from_secs(3600)));
+        // An exited process leaves the aggregate within minutes (scraped + grace, or 4 × grace
+        // unscraped); remembering its pid for 10 minutes (or the window) is enough to count it
+        // once. (An hour held 360,000 pids at 100 exits/s: the daemon's RSS grew all the while.)
+        self.seen_exits.retain(|_, at| now.saturating_duration_since(*at) <= window.max(Duration::from_secs(600)));
 
         let mut out = Vec::new();
         let mut breaches = Vec::new();
         let live: Vec<&ProcessState> = agg.processes().filter(|p| p.exit.is_none() && p.pid != 0).collect();
-        self.hist.retain(|pid, _| live.iter().any(|p| p.pid == *pid));
+        let live_pids: std::collections::HashSet<u32> = live.iter().map(|p| p.pid).collect();
+        self.hist.retain(|pid, _| live_pids.contains(pid));
         for p in live {
             let health = self.evaluate_one(p, max_map_count, now);
             breaches.extend(self.apply_rules(p.pid, &health));

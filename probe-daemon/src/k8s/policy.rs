@@ -156,6 +156,16 @@ impl SeriesLimiter {
         self.refused.retain(|(_, l)| !l.iter().any(|(k, v)| k == name && v == value));
     }
 
+    /// Forgets every series whose label `name` has one of `values`, in one pass.
+    pub fn release_label_values(&mut self, name: &str, values: &std::collections::HashSet<String>) {
+        if values.is_empty() {
+            return;
+        }
+        let hit = |l: &Vec<(String, String)>| l.iter().any(|(k, v)| k == name && values.contains(v));
+        self.admitted.retain(|(_, l)| !hit(l));
+        self.refused.retain(|(_, l)| !hit(l));
+    }
+
     /// Forgets the folded series (no `pid`) of one (pod, container, comm).
     pub fn release_folded(&mut self, comm: &str, pod: &str, container: &str) {
         let matches = |l: &Vec<(String, String)>| {

@@ -202,6 +202,9 @@ struct State {
     recent: HashMap<u32, (String, Instant)>,
     /// Exits seen before their capsule was stored.
     exits: HashMap<u32, (String, Instant)>,
+    /// When `exits` was last pruned (every process's exit comes here: a hundred a second on a
+    /// busy node, so the minute-old ones are pruned once a second, not at every exit).
+    exits_pruned: Option<Instant>,
     stats: CrashStats,
 }
 
@@ -555,10 +558,14 @@ impl Shared {
     fn exited(&self, pid: u32, status: String) {
         let recent = {
             let mut st = lock(&self.state);
-            st.exits.retain(|_, (_, at)| at.elapsed() < Duration::from_secs(60));
+            let now = Instant::now();
+            if st.exits_pruned.is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(1)) {
+                st.exits.retain(|_, (_, at)| now.saturating_duration_since(*at) < Duration::from_secs(60));
+                st.exits_pruned = Some(now);
+            }
             let r = st.recent.remove(&pid);
             if r.is_none() {
-                st.exits.insert(pid, (status.clone(), Instant::now()));
+                st.exits.insert(pid, (status.clone(), now));
             }
             r
         };
