@@ -558,8 +558,14 @@ impl Aggregate {
     }
 
     /// A tracked Go process crashed (`kind`); other processes' crashes are not counted here.
+    /// A process dies once: two threads reaching crash paths at the same moment (concurrent map
+    /// writes detected by both writers) count as one crash.
     pub fn on_go_crash(&mut self, pid: u32, kind: crate::evidence::CrashKind) {
+        use crate::evidence::CrashKind::{Exit, FatalError, Panic};
         if let Some(go) = self.procs.get_mut(&pid).and_then(|p| p.go.as_mut()) {
+            if go.crashes.keys().any(|k| matches!(k, Panic | FatalError | Exit)) {
+                return;
+            }
             *go.crashes.entry(kind).or_insert(0) += 1;
         }
     }

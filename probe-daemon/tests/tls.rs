@@ -295,24 +295,7 @@ fn openssl_handshakes_of_curl_and_s_server_and_the_go_server_side() {
     assert_eq!(rc, 0, "openssl req");
 
     // openssl s_server: TLS 1.3 only, one connection after another, stdin kept open.
-    let port = common::free_port();
-    let mut server = Command::new("openssl")
-        .args(["s_server", "-accept", &format!("127.0.0.1:{port}"), "-tls1_3", "-naccept", "3"])
-        .arg("-cert")
-        .arg(&cert)
-        .arg("-key")
-        .arg(&keyf)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start openssl s_server");
-    let mut out = BufReader::new(server.stdout.take().unwrap());
-    let mut line = String::new();
-    while !line.contains("ACCEPT") {
-        line.clear();
-        assert!(out.read_line(&mut line).unwrap() > 0, "s_server ended before accepting");
-    }
+    let (port, mut server, mut out) = s_server(&cert, &keyf, &["-tls1_3", "-naccept", "3"]);
     let reads = wait_openssl_probed(&d);
     // Version and ALPN are read where this libssl build's accessors show where they are (Debian's
     // OpenSSL 3.0 does); otherwise the labels say "unknown".
@@ -475,24 +458,7 @@ fn openssl_failure_reasons_for_an_untrusted_certificate_and_an_alpn_mismatch() {
     let reads = wait_openssl_probed(&d);
     assert_eq!(reads["reasons"], true, "failure reasons read: {reads}");
     for (tls, label) in [("1.3", "tls1.3"), ("1.2", "tls1.2")] {
-        let port = common::free_port();
-        let mut server = Command::new("openssl")
-            .args(["s_server", "-accept", &format!("127.0.0.1:{port}"), "-alpn", "h2", "-naccept", "2"])
-            .arg("-cert")
-            .arg(&cert)
-            .arg("-key")
-            .arg(&keyf)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start openssl s_server");
-        let mut out = BufReader::new(server.stdout.take().unwrap());
-        let mut line = String::new();
-        while !line.contains("ACCEPT") {
-            line.clear();
-            assert!(out.read_line(&mut line).unwrap() > 0, "s_server ended before accepting");
-        }
+        let (port, mut server, out) = s_server(&cert, &keyf, &["-alpn", "h2", "-naccept", "2"]);
         let url = format!("https://127.0.0.1:{port}/");
         let curl = |extra: &[&str]| run("curl", Command::new("curl").args(["-s", "-m", "5", "--tls-max", tls]).args(extra).arg(&url));
         // Trusting another certificate only: the server's is untrusted.
@@ -564,4 +530,29 @@ fn poll_max(
         assert!(Instant::now() < deadline, "{what}: not seen within {timeout:?}: {seen:?}");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// `openssl s_server` on a free loopback port with `cert`/`key` and `args`, stdin kept open,
+/// once it accepts: (port, the child, its stdout).
+fn s_server(cert: &std::path::Path, key: &std::path::Path, args: &[&str]) -> (u16, std::process::Child, BufReader<std::process::ChildStdout>) {
+    let port = common::free_port();
+    let mut server = Command::new("openssl")
+        .args(["s_server", "-accept", &format!("127.0.0.1:{port}")])
+        .args(args)
+        .arg("-cert")
+        .arg(cert)
+        .arg("-key")
+        .arg(key)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start openssl s_server");
+    let mut out = BufReader::new(server.stdout.take().expect("s_server stdout"));
+    let mut line = String::new();
+    while !line.contains("ACCEPT") {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap_or(0) > 0, "s_server ended before accepting");
+    }
+    (port, server, out)
 }

@@ -202,6 +202,9 @@ struct State {
     recent: HashMap<u32, (String, Instant)>,
     /// Exits seen before their capsule was stored.
     exits: HashMap<u32, (String, Instant)>,
+    /// Processes whose crash is being (or was) handled: a second thread reaching a crash path
+    /// at the same moment is the same death (pruned after a minute).
+    crashing: HashMap<u32, Instant>,
     /// When `exits` was last pruned (every process's exit comes here: a hundred a second on a
     /// busy node, so the minute-old ones are pruned once a second, not at every exit).
     exits_pruned: Option<Instant>,
@@ -364,6 +367,16 @@ impl Shared {
 
     fn crash(&self, e: &GoCrashEvent, received: Instant, target: Option<Box<TargetInfo>>) {
         let pid = e.header.tgid;
+        {
+            let mut st = lock(&self.state);
+            st.crashing.retain(|_, at| at.elapsed() < Duration::from_secs(60));
+            if st.crashing.insert(pid, Instant::now()).is_some() {
+                // Its pause (if the kernel stopped it again) is the first one's; the kernel's
+                // pause count is healed by the keeper.
+                debug!(pid, "a second crash path of a process already crashing: one capsule");
+                return;
+            }
+        }
         let crashed_at = instant_of(e.header.ktime_ns);
         let held = match e.paused {
             PAUSE_STOPPED => self.pauses.begin(pid, crashed_at).is_ok(),
