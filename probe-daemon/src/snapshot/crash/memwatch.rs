@@ -12,8 +12,9 @@
 //! closest to the kill. At most one request a round for the node (the process nearest its limit
 //! first); the snapshotter's own bounds (hourly cap, queue, circuit breaker) apply.
 //!
-//! Cost: one read of /proc/PID/cgroup per new process, then per distinct cgroup one read of each
-//! limited level's usage a round (the limits are re-read once a minute).
+//! Cost a round: one read of /proc/PID/stat per watched process (a reused pid is a new process),
+//! /proc/PID/cgroup once per new process, and per distinct cgroup one read of each limited
+//! level's usage (the limits are re-read once a minute).
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
@@ -165,7 +166,8 @@ impl Watch {
 
     /// One round: the process to take a heap profile of, if any.
     fn round(&mut self, pids: &[u32], now: Instant) -> Option<(u32, Pressure)> {
-        self.procs.retain(|pid, _| pids.contains(pid));
+        let live: std::collections::HashSet<u32> = pids.iter().copied().collect();
+        self.procs.retain(|pid, _| live.contains(pid));
         self.limits.retain(|_, (_, at)| now.duration_since(*at) < LIMIT_TTL * 2);
         let mut by_cgroup: HashMap<String, Option<Pressure>> = HashMap::new();
         let mut due: Vec<(u32, Pressure)> = Vec::new();
