@@ -385,12 +385,14 @@ pub const CRASH_THROW: u32 = 2;
 pub const CRASH_FATAL: u32 = 3;
 pub const CRASH_EXIT: u32 = 4;
 
-/// [`GoCrashEvent::paused`]: the process was not stopped (pauses off, or it is traced).
+/// [`GoCrashEvent::paused`]: the process was not stopped (pauses off, or no settings for it).
 pub const PAUSE_NONE: u32 = 0;
 /// The kernel sent SIGSTOP to the process: user space must send SIGCONT.
 pub const PAUSE_STOPPED: u32 = 1;
 /// Not stopped: the node's concurrent-pause limit was reached.
 pub const PAUSE_LIMIT: u32 = 2;
+/// Not stopped: the process is traced (a debugger is attached to the crashing or the main thread).
+pub const PAUSE_TRACED: u32 = 3;
 
 /// Per-process settings of the crash programs (`GO_CRASH`, written when the process is tracked).
 #[repr(C)]
@@ -401,7 +403,7 @@ pub struct GoCrashConfig {
     /// `_panic.arg` (an `any`: type and data words), or [`OFFSET_NONE`].
     pub panic_arg: u32,
     /// Stop the process (SIGSTOP) at a crash while fewer than this many are stopped on the node;
-    /// 0: never (pauses off, or the process is traced).
+    /// 0: never (pauses off). A traced process is never stopped (the kernel checks).
     pub max_pauses: u32,
     /// `g.m`, `m.curg`, and `g.sched` + `gobuf.pc` / `gobuf.bp`: a crash on a thread's system
     /// stack (runtime.throw from newstack: stack overflow) also walks the user goroutine's stack
@@ -804,6 +806,11 @@ pub struct KernelConfig {
     pub net_ns_inum: u32,
     /// Non-zero: the daemon's own tgid, whose events are ignored.
     pub self_tgid: u32,
+    /// `struct task_struct`: `ptrace` (non-zero while a tracer is attached) and `group_leader`
+    /// (pointer): a crashing process is not paused while its crashing thread or its main thread
+    /// is traced (a debugger holds it).
+    pub task_ptrace: u32,
+    pub task_group_leader: u32,
 }
 
 /// A [`KernelConfig`] offset that this kernel does not provide.
@@ -819,6 +826,8 @@ impl KernelConfig {
         sock_net: OFFSET_NONE,
         net_ns_inum: OFFSET_NONE,
         self_tgid: 0,
+        task_ptrace: OFFSET_NONE,
+        task_group_leader: OFFSET_NONE,
     };
 }
 
@@ -1098,7 +1107,7 @@ pub mod maps {
 // padding change, fails the build here instead of misreading a map.
 const _: () = {
     use core::mem::size_of;
-    assert!(size_of::<KernelConfig>() == 32);
+    assert!(size_of::<KernelConfig>() == 40);
     assert!(size_of::<ProgStats>() == 24);
     assert!(size_of::<ProcCounters>() == 128);
     assert!(size_of::<FailureKey>() == 8);

@@ -493,11 +493,13 @@ impl Aggregate {
 
     /// Forgets folds that have no process left and have not changed for the retention time.
     fn prune_folds(&mut self, now: Instant) {
-        if self.folds.is_empty() {
+        let retention = self.fold.retention;
+        // Runs at every drain: the members (a key per process) are gathered only when a fold
+        // has been quiet for the whole retention.
+        if !self.folds.values().any(|f| now.saturating_duration_since(f.last_change) >= retention) {
             return;
         }
         let members: std::collections::HashSet<FoldKey> = self.procs.values().map(Self::fold_key).collect();
-        let retention = self.fold.retention;
         let pruned = &mut self.pruned_folds;
         self.folds.retain(|k, f| {
             let keep = members.contains(k) || now.saturating_duration_since(f.last_change) < retention;

@@ -62,7 +62,6 @@ pub struct ProcessSummary {
     pub pod: Option<PodLabels>,
     /// Its pod's names are awaited from the API (its series are held until then).
     pub pod_pending: bool,
-    pub exited: bool,
     pub health: Option<Health>,
     pub pprof_port: Option<u16>,
     pub go: Option<GoSummary>,
@@ -84,7 +83,7 @@ pub struct GoSummary {
     pub creation: Option<CreationStatus>,
 }
 
-/// The processes as of the collector's last change.
+/// The live processes as of the collector's last change (exited ones are not in it).
 #[derive(Debug, Clone, Default)]
 pub struct View {
     pub processes: HashMap<u32, ProcessSummary>,
@@ -153,11 +152,16 @@ struct Thread {
     dirty: bool,
     /// When the view was last published.
     published: Instant,
+    /// Pids whose crash or OOM kill the crash workers were told of, until their exit is passed on.
+    crash_noticed: std::collections::HashSet<u32>,
 }
 
 /// The view is a copy of every process; with a hundred execs a second it would be copied at
 /// every ring-buffer poll. The API and the snapshotter can live with it being this old.
 const PUBLISH_EVERY: Duration = Duration::from_millis(500);
+
+/// How often the allocator's free memory is handed back ([`procfs::release_free_memory`]).
+const TRIM_EVERY: Duration = Duration::from_secs(5);
 
 /// The /proc reader for processes the aggregate knows: applies [`Aggregate::with_identify`]'s
 /// contract (comm, and alive or gone).
@@ -171,7 +175,7 @@ pub fn identify(pid: u32) -> Identity {
 /// Starts the collector thread; it ends when every sender of `rx` is gone.
 pub fn start(own: Collector, rx: mpsc::Receiver<Command>) -> std::io::Result<watch::Receiver<Arc<View>>> {
     let (view, view_rx) = watch::channel(Arc::new(View::default()));
-    let mut t = Thread { own, scores: HashMap::new(), view, dirty: true, published: Instant::now().checked_sub(PUBLISH_EVERY).unwrap_or_else(Instant::now) };
+    let mut t = Thread { own, scores: HashMap::new(), view, dirty: true, published: Instant::now().checked_sub(PUBLISH_EVERY).unwrap_or_else(Instant::now), crash_noticed: Default::default() };
     std::thread::Builder::new().name("collector".into()).spawn(move || t.run(rx))?;
     Ok(view_rx)
 }
@@ -181,6 +185,8 @@ impl Thread {
         let ring_every = Duration::from_millis(probe_common::EVENTS_POLL_MS);
         let now = Instant::now();
         let (mut next_ring, mut next_drain, mut next_health) = (now + ring_every, now + self.own.drain_interval, now);
+        // The first trim after the start (the kernel object and BTF parsed, the start scan done).
+        let mut next_trim = now + Duration::from_secs(2);
         loop {
             let mut wake = next_ring.min(next_drain).min(next_health);
             if self.dirty {
@@ -201,6 +207,10 @@ impl Thread {
                 let removed = self.own.agg.prune_unscraped(now);
                 self.forget(&removed);
                 next_drain = now + self.own.drain_interval;
+            }
+            if now >= next_trim {
+                procfs::release_free_memory();
+                next_trim = now + TRIM_EVERY;
             }
             if now >= next_health {
                 next_health = Instant::now() + self.evaluate_health();
@@ -249,18 +259,21 @@ impl Thread {
 
     /// Copies the processes out for the API and the snapshotter.
     fn publish(&mut self) {
-        let processes = self
+        let mut processes = HashMap::with_capacity(self.view.borrow().processes.len() + 64);
+        let live = self
             .own
             .agg
             .processes()
-            .filter(|p| p.pid != 0)
+            // Live processes only: everything that reads the view (the API's targets, the
+            // snapshotter, crash capsules, the /proc reader) asks about live ones, and with a
+            // hundred short-lived processes a second most of the aggregate has exited.
+            .filter(|p| p.pid != 0 && p.exit.is_none())
             .map(|p| {
                 let summary = ProcessSummary {
                     pid: p.pid,
                     comm: p.comm.clone(),
                     pod: p.pod.clone(),
                     pod_pending: p.pod.is_none(),
-                    exited: p.exit.is_some(),
                     health: self.scores.get(&p.pid).cloned(),
                     pprof_port: p.pprof_port,
                     go: p.go.as_ref().map(|g| GoSummary { sample: g.sample.clone(), gc_cycles: g.gc_cycles, stw_count: g.stw_count, stw_by_reason: g.stw_by_reason.clone(), creation: g.creation.clone() }),
@@ -269,8 +282,8 @@ impl Thread {
                     tls: p.tls.clone(),
                 };
                 (p.pid, summary)
-            })
-            .collect();
+            });
+        processes.extend(live);
         self.view.send_replace(Arc::new(View { processes }));
         self.dirty = false;
     }
@@ -304,25 +317,30 @@ impl Thread {
         }
         let agg = &mut self.own.agg;
         agg.decode_errors += bad;
+        // Execs and exits go to discovery in one message per poll (one wakeup, not one per
+        // process: a hundred short-lived processes a second are two hundred of them).
+        let mut lives = Vec::new();
         for ev in decoded {
-            if let Some(tx) = &self.own.discovery {
-                let msg = match ev {
-                    Event::Exec { tgid, .. } => Some(discovery::Command::Exec(tgid)),
-                    Event::Exit { tgid, .. } => Some(discovery::Command::Exit(tgid)),
-                    _ => None,
-                };
-                if let Some(m) = msg {
-                    if tx.try_send(m).is_err() {
-                        agg.discovery_dropped += 1;
-                    }
-                }
+            match ev {
+                Event::Exec { tgid, .. } => lives.push(discovery::Life::Exec(tgid)),
+                Event::Exit { tgid, .. } => lives.push(discovery::Life::Exit(tgid)),
+                _ => {}
             }
             if let Some(c) = &self.own.crashes {
                 use crate::snapshot::crash::Notice;
+                // Exits matter to the crash workers only for processes they were told of (the
+                // crash or OOM event comes first in the ring): a hundred exits a second would
+                // otherwise wake a worker each.
                 match &ev {
-                    Event::GoCrash(e) => c.notify(Notice::Crash { event: e.clone(), received: now, target: None }),
-                    Event::OomVictim { tgid } if self.own.go_view.borrow().is_go(*tgid) => c.notify(Notice::Oom { pid: *tgid, target: None }),
-                    Event::Exit { tgid, exit_code, .. } => {
+                    Event::GoCrash(e) => {
+                        self.crash_noticed.insert(e.header.tgid);
+                        c.notify(Notice::Crash { event: e.clone(), received: now, target: None })
+                    }
+                    Event::OomVictim { tgid } if self.own.go_view.borrow().is_go(*tgid) => {
+                        self.crash_noticed.insert(*tgid);
+                        c.notify(Notice::Oom { pid: *tgid, target: None })
+                    }
+                    Event::Exit { tgid, exit_code, .. } if self.crash_noticed.remove(tgid) => {
                         let (reason, code) = crate::aggregate::decode_exit_code(*exit_code, false);
                         c.notify(Notice::Exit { pid: *tgid, status: format!("{} {code}", reason.as_str()) });
                     }
@@ -330,6 +348,12 @@ impl Thread {
                 }
             }
             agg.apply(ev, now);
+        }
+        if let (Some(tx), false) = (&self.own.discovery, lives.is_empty()) {
+            let n = lives.len() as u64;
+            if tx.try_send(discovery::Command::Lives(lives)).is_err() {
+                agg.discovery_dropped += n;
+            }
         }
         self.dirty = true;
     }
@@ -354,6 +378,7 @@ impl Thread {
         let mut lim = lock(&self.own.limiter);
         for pid in pids {
             self.scores.remove(pid);
+            self.crash_noticed.remove(pid);
         }
         // One pass over the admitted series for all of them (one per pid was O(series) each).
         let values: std::collections::HashSet<String> = pids.iter().map(u32::to_string).collect();
@@ -432,29 +457,50 @@ fn delete_exited(maps: &mut DrainMaps, tgids: &[u32]) {
     }
 }
 
-/// Starts the /proc reader: every `every`, every live process's map count, sent to the collector.
+/// Starts the /proc reader: every `every`, each live process's tracer and stop state, and its map
+/// count; a count far from vm.max_map_count (under a sixteenth) is read again only after
+/// [`FAR_FROM_LIMIT_EVERY`] intervals (hundreds of processes' /proc/PID/maps would otherwise be
+/// read every interval, for a signal that matters near the limit).
 pub fn start_proc_reader(view: watch::Receiver<Arc<View>>, tx: mpsc::SyncSender<Command>, every: Duration) -> std::io::Result<()> {
-    std::thread::Builder::new().name("proc-reader".into()).spawn(move || loop {
-        std::thread::sleep(every);
-        let live: Vec<u32> = view.borrow().processes.values().filter(|p| !p.exited).map(|p| p.pid).collect();
-        let map_counts = live.iter().map(|&pid| match procfs::map_count(pid) {
-            Ok(n) => (pid, Some(n), true),
-            Err(_) => (pid, None, procfs::alive(pid)),
-        });
-        let map_counts: Vec<_> = map_counts.collect();
-        // Debuggers and stops: the tracer is named once seen (its comm), never for untraced ones.
-        let debug = live
-            .iter()
-            .filter_map(|&pid| {
-                let d = procfs::debug_state(pid)?;
-                let comm = if d.tracer != 0 { procfs::comm(d.tracer).unwrap_or_default() } else { String::new() };
-                Some((pid, (d.tracer, comm), d.stopped))
-            })
-            .collect();
-        if tx.send(Command::ProcReadings { map_counts, debug }).is_err() {
-            return;
+    std::thread::Builder::new().name("proc-reader".into()).spawn(move || {
+        let mut next_count: HashMap<u32, Instant> = HashMap::new();
+        loop {
+            std::thread::sleep(every);
+            let live: Vec<u32> = view.borrow().processes.keys().copied().collect();
+            let now = Instant::now();
+            let far = procfs::max_map_count().map(|m| m / 16).unwrap_or(0);
+            next_count.retain(|pid, _| view.borrow().processes.contains_key(pid));
+            let mut map_counts = Vec::new();
+            // Debuggers and stops: the tracer is named once seen (its comm), never for untraced ones.
+            let mut debug = Vec::new();
+            for &pid in &live {
+                let d = procfs::debug_state(pid);
+                if let Some(d) = &d {
+                    let comm = if d.tracer != 0 { procfs::comm(d.tracer).unwrap_or_default() } else { String::new() };
+                    debug.push((pid, (d.tracer, comm), d.stopped));
+                }
+                if next_count.get(&pid).is_some_and(|&due| now < due) {
+                    if d.is_none() && !procfs::alive(pid) {
+                        map_counts.push((pid, None, false));
+                    }
+                    continue;
+                }
+                match procfs::map_count(pid) {
+                    Ok(n) => {
+                        let wait = if n < far { every * FAR_FROM_LIMIT_EVERY } else { every };
+                        next_count.insert(pid, now + wait);
+                        map_counts.push((pid, Some(n), true));
+                    }
+                    Err(_) => map_counts.push((pid, None, procfs::alive(pid))),
+                }
+            }
+            if tx.send(Command::ProcReadings { map_counts, debug }).is_err() {
+                return;
+            }
         }
     })?;
     Ok(())
 }
 
+/// Intervals between two map-count reads of a process under a sixteenth of vm.max_map_count.
+const FAR_FROM_LIMIT_EVERY: u32 = 6;

@@ -213,7 +213,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
 /// What the snapshotter needs to know of `pid`.
 fn target_info(view: Option<&View>, go: &GoView, pid: u32) -> Option<TargetInfo> {
     let go = go.target(pid).cloned();
-    let p = view.and_then(|v| v.processes.get(&pid)).filter(|p| !p.exited);
+    let p = view.and_then(|v| v.processes.get(&pid));
     if p.is_none() && go.is_none() {
         return None;
     }

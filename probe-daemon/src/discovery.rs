@@ -28,12 +28,17 @@ use crate::{
 
 /// What discovery is told.
 pub enum Command {
-    /// A process exec'd (from the ring buffer).
-    Exec(u32),
-    /// A process exited.
-    Exit(u32),
+    /// Processes that exec'd and exited (from the ring buffer, in its order).
+    Lives(Vec<Life>),
     /// `POST /api/v1/targets/{pid}/creation-probes`.
     SetCreation { pid: u32, enable: bool, window: Option<Duration>, reply: oneshot::Sender<Result<Option<CreationStatus>, CreationError>> },
+}
+
+/// A process's exec or exit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Life {
+    Exec(u32),
+    Exit(u32),
 }
 
 /// Why creation probes could not be switched.
@@ -88,13 +93,17 @@ pub struct Trackers {
     pub probes: Arc<Mutex<Probes>>,
     /// How often tracked Go processes' runtimes are read.
     pub read_interval: Duration,
-    /// The goroutine-state breakdowns' share of one core (`[go] read_cpu_budget`).
+    /// The runtime reads' share of one core (`[go] read_cpu_budget`): the every-round reads take
+    /// at most half (the interval stretches), the goroutine-state breakdowns the rest.
     pub read_cpu_budget: f64,
     /// Every g of every process at every interval (`[go] every_g_read_each_interval`, the
     /// benchmark's baseline): no O(P) count, no budget.
     pub every_g_read: bool,
 }
 
+/// The read interval is stretched at most this many times (`[go] read_interval_seconds`) to keep
+/// the every-round reads within half the read budget.
+const MAX_STRETCH: f64 = 6.0;
 /// The longest time between two breakdown reads of a process (whatever the budget says).
 const MAX_BREAKDOWN_PERIOD: Duration = Duration::from_secs(86_400);
 /// Consecutive disagreements between the O(P) count and an every-g read after which the O(P)
@@ -108,7 +117,7 @@ type ByState = BTreeMap<(&'static str, String), u64>;
 #[derive(Debug, Default)]
 struct ReadState {
     /// The last breakdown by state and when it was read.
-    last: Option<(ByState, BreakdownRead)>,
+    last: Option<(Arc<ByState>, BreakdownRead)>,
     /// The O(P) count agreed with an every-g read of this process (until then the every-g
     /// count is published, and the breakdown is read every interval).
     verified: bool,
@@ -156,6 +165,9 @@ struct Thread {
     sink: Sink,
     view: watch::Sender<Arc<GoView>>,
     next_read: Instant,
+    /// The read interval as the budget lets it be (`read_interval`, longer on a node with many
+    /// Go processes).
+    read_every: Duration,
     reads: HashMap<u32, ReadState>,
     /// The Go targets changed since the last publish (a view is a copy of every target: on a
     /// node with hundreds of Go processes and a hundred execs a second of other programs, copying
@@ -170,6 +182,7 @@ pub fn start(own: Trackers, rx: mpsc::Receiver<Command>, sink: Sink) -> std::io:
     let (view, view_rx) = watch::channel(Arc::new(GoView::default()));
     let mut t = Thread {
         next_read: Instant::now() + own.read_interval,
+        read_every: own.read_interval,
         own,
         discoverer: Discoverer::default(),
         sink,
@@ -264,21 +277,18 @@ impl Thread {
 
     fn handle(&mut self, cmd: Command) {
         match cmd {
-            Command::Exec(pid) => {
-                if let Some(o) = &mut self.own.openssl {
-                    o.on_exec(pid, Instant::now());
-                }
-                self.consider(pid);
-            }
-            Command::Exit(pid) => {
-                if let Some(o) = &mut self.own.openssl {
-                    o.forget(pid);
-                }
-                if let Some(go) = &mut self.own.go {
-                    if go.target(pid).is_some() {
-                        go.forget(pid);
-                        self.dirty = true;
+            Command::Lives(lives) => {
+                // A process whose exit is in the same batch as its exec is gone: nothing of it
+                // to inspect or attach (most short-lived processes; reading /proc of a gone pid
+                // costs a failed lookup each, several per exec).
+                let exits: std::collections::HashSet<u32> = lives.iter().filter_map(|l| if let Life::Exit(p) = l { Some(*p) } else { None }).collect();
+                for (i, life) in lives.iter().enumerate() {
+                    if let Life::Exec(pid) = life {
+                        if exits.contains(pid) && lives[i + 1..].contains(&Life::Exit(*pid)) {
+                            continue;
+                        }
                     }
+                    self.life(*life);
                 }
             }
             Command::SetCreation { pid, enable, window, reply } => {
@@ -288,6 +298,28 @@ impl Thread {
                     (self.sink)(GoUpdate::Creation(vec![(pid, status.clone())]));
                 }
                 let _ = reply.send(result);
+            }
+        }
+    }
+
+    fn life(&mut self, life: Life) {
+        match life {
+            Life::Exec(pid) => {
+                if let Some(o) = &mut self.own.openssl {
+                    o.on_exec(pid, Instant::now());
+                }
+                self.consider(pid);
+            }
+            Life::Exit(pid) => {
+                if let Some(o) = &mut self.own.openssl {
+                    o.forget(pid);
+                }
+                if let Some(go) = &mut self.own.go {
+                    if go.target(pid).is_some() {
+                        go.forget(pid);
+                        self.dirty = true;
+                    }
+                }
             }
         }
     }
@@ -310,33 +342,28 @@ impl Thread {
         self.read_go();
         self.dirty = true;
         // A slow round delays the next, never overlaps.
-        self.next_read = Instant::now() + self.own.read_interval;
+        self.next_read = Instant::now() + self.read_every;
     }
 
     /// Reads every tracked Go process's runtime state, then lets the creation probes react.
     fn read_go(&mut self) {
         let Some(go) = &mut self.own.go else { return };
-        go.refresh_crash_pauses();
         // Offsets not yet checked on a live process: check one process per binary.
         for (pid, key, bin, layout) in go.pending_checks() {
             let verdict = check_offsets(pid, &bin, &layout);
             go.record_verdict(key, pid, verdict);
         }
         let now = Instant::now();
-        let interval = self.own.read_interval;
+        let interval = self.read_every;
+        let round_start = thread_cpu_time();
+        let mut breakdowns_cpu = Duration::ZERO;
         let readable = go.readable();
         let readable_pids: std::collections::HashSet<u32> = readable.iter().map(|(p, _)| *p).collect();
         self.reads.retain(|pid, _| readable_pids.contains(pid));
         let mut samples = Vec::new();
         let mut counts = Vec::new();
         for (pid, layout) in readable {
-            let mem = match ProcMem::open(pid) {
-                Ok(m) => m,
-                Err(e) => {
-                    debug!(pid, error = %e, "Go runtime read failed");
-                    continue;
-                }
-            };
+            let mem = ProcMem::lazy(pid);
             if self.own.every_g_read && !self.reads.contains_key(&pid) {
                 go.set_count_method(pid, "every g read at every interval ([go] every_g_read_each_interval = true)".into());
             }
@@ -360,6 +387,7 @@ impl Thread {
                 let t0 = thread_cpu_time();
                 let b = mem.breakdown(&layout);
                 let cpu = thread_cpu_time().saturating_sub(t0);
+                breakdowns_cpu += cpu;
                 match b {
                     Ok(b) => {
                         if let Some(before) = count {
@@ -387,7 +415,7 @@ impl Thread {
                             count = Some(b.goroutines);
                         }
                         let period = st.last.as_ref().map(|(_, r)| r.period).unwrap_or(interval);
-                        st.last = Some((b.by_state, BreakdownRead { at: now, cpu, period }));
+                        st.last = Some((Arc::new(b.by_state), BreakdownRead { at: now, cpu, period }));
                     }
                     Err(e) => {
                         debug!(pid, error = %e, "Go goroutine breakdown read failed");
@@ -400,14 +428,36 @@ impl Thread {
             let Some(goroutines) = count else { continue };
             counts.push((pid, goroutines));
             let (by_state, breakdown) = match &st.last {
-                Some((m, r)) => (m.clone(), Some(*r)),
-                None => (BTreeMap::new(), None),
+                Some((m, r)) => (Arc::clone(m), Some(*r)),
+                None => (Arc::default(), None),
             };
             samples.push((
                 pid,
-                GoSample { goroutines, by_state, breakdown, goidgen: counters.goidgen, numgc: counters.numgc, heap_live: counters.heap_live, heap_goal: counters.heap_goal },
+                GoSample {
+                    goroutines,
+                    by_state,
+                    breakdown,
+                    goidgen: counters.goidgen,
+                    numgc: counters.numgc,
+                    heap_live: counters.heap_live,
+                    heap_goal: counters.heap_goal,
+                    read_at: Some(now),
+                    read_interval: interval,
+                },
             ));
         }
+        // What is read of every process at every round (O(P) each, but hundreds of processes)
+        // takes at most half of the budget: the round's interval stretches when it would take
+        // more; the breakdowns share what it leaves.
+        let counters_cpu = thread_cpu_time().saturating_sub(round_start).saturating_sub(breakdowns_cpu).as_secs_f64();
+        let budget = self.own.read_cpu_budget;
+        let base = self.own.read_interval.as_secs_f64();
+        let stretched = if budget > 0.0 { (counters_cpu / (budget / 2.0)).clamp(base, base * MAX_STRETCH) } else { base };
+        if (stretched - self.read_every.as_secs_f64()).abs() > base / 10.0 {
+            debug!(processes = samples.len(), round_cpu_ms = counters_cpu * 1e3, interval_seconds = stretched, "Go runtime read interval follows the read budget");
+            self.read_every = Duration::from_secs_f64(stretched);
+        }
+        let counters_rate = counters_cpu / self.read_every.as_secs_f64();
         // The next breakdown of each process, from what the last ones cost.
         if !self.own.every_g_read {
             let pids: Vec<u32> = self.reads.iter().filter(|(_, s)| s.last.is_some()).map(|(p, _)| *p).collect();
@@ -419,7 +469,7 @@ impl Thread {
                     budget::Demand { cost, forced: !s.verified || s.fallback.is_some() }
                 })
                 .collect();
-            let periods = budget::periods(&demands, interval.as_secs_f64(), self.own.read_cpu_budget);
+            let periods = budget::periods(&demands, self.read_every.as_secs_f64(), (budget - counters_rate).max(budget / 2.0));
             for (pid, period) in pids.iter().zip(periods) {
                 let period = Duration::try_from_secs_f64(period).unwrap_or(MAX_BREAKDOWN_PERIOD).min(MAX_BREAKDOWN_PERIOD);
                 if let Some((_, r)) = self.reads.get_mut(pid).and_then(|s| s.last.as_mut()) {
@@ -468,7 +518,7 @@ mod tests {
         let now = Instant::now();
         let mut s = ReadState::default();
         assert!(s.due(now), "never read");
-        s.last = Some((BTreeMap::new(), BreakdownRead { at: now, cpu: Duration::ZERO, period: Duration::from_secs(60) }));
+        s.last = Some((Arc::default(), BreakdownRead { at: now, cpu: Duration::ZERO, period: Duration::from_secs(60) }));
         assert!(s.due(now + Duration::from_secs(5)), "not verified yet: every interval");
         s.verified = true;
         assert!(!s.due(now + Duration::from_secs(5)));

@@ -154,6 +154,8 @@ pub fn kernel_config(tracefs: &Path, btf_path: &Path) -> Result<KernelConfigRepo
     cfg.task_signal = get("task_struct", "signal", &mut missing);
     cfg.signal_live = get("signal_struct", "live", &mut missing);
     cfg.sock_err = get("sock", "sk_err", &mut missing);
+    cfg.task_ptrace = get("task_struct", "ptrace", &mut missing);
+    cfg.task_group_leader = get("task_struct", "group_leader", &mut missing);
     let skc_net = get("sock_common", "skc_net", &mut missing);
     let net_ns = get("net", "ns", &mut missing);
     let ns_inum = get("ns_common", "inum", &mut missing);

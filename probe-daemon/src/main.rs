@@ -126,12 +126,24 @@ fn main() -> ExitCode {
 /// (collector, discovery, the HTTP workers, snapshot and crash workers) each kept megabytes of
 /// freed memory in theirs. Two arenas are plenty for its allocation rate. `MALLOC_ARENA_MAX` in
 /// the environment still wins (glibc reads it at the first allocation, before this).
+///
+/// Large blocks (an exposition of a busy node is a megabyte, a profile more) are mapped and
+/// unmapped on their own from 256 KiB on: glibc's default raises that threshold to whatever was
+/// last freed, and the heap then keeps those blocks' pages after each scrape. (What the heap
+/// still keeps is handed back every few seconds: `procfs::release_free_memory`.)
 fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+    {
         // SAFETY: mallopt only changes allocator parameters; called before any thread starts.
-        unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, 2);
+        if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+            unsafe {
+                libc::mallopt(libc::M_ARENA_MAX, 2);
+            }
+        }
+        if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
+            unsafe {
+                libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+            }
         }
     }
 }

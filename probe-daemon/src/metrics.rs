@@ -1102,7 +1102,7 @@ mod tests {
         for (st, wait) in [("waiting", "chan receive"), ("waiting", "select"), ("waiting", "IO wait"), ("waiting", "GC worker (idle)"), ("runnable", ""), ("running", ""), ("syscall", "")] {
             by_state.insert((st, wait.to_string()), 3);
         }
-        a.set_go_sample(pid, crate::goruntime::GoSample { goroutines: 20, by_state, goidgen: 100, numgc: 50, heap_live: 1 << 20, heap_goal: 4 << 20, breakdown: None });
+        a.set_go_sample(pid, crate::goruntime::GoSample { goroutines: 20, by_state: by_state.into(), goidgen: 100, numgc: 50, heap_live: 1 << 20, heap_goal: 4 << 20, breakdown: None, ..Default::default() });
         a.set_map_count(pid, Some(30));
         let signals = crate::health::SIGNALS
             .iter()

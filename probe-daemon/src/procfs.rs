@@ -84,6 +84,19 @@ pub fn debug_state(pid: u32) -> Option<DebugState> {
     parse_debug_state(&std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
 }
 
+/// Hands the allocator's free memory back to the kernel (glibc's `malloc_trim`): freed memory in
+/// the middle of the heap is otherwise kept, and the daemon's RSS is its high-water mark — measured
+/// with 500 Go processes and 100 execs a second, 69 MiB before a trim and 37 MiB after. The
+/// collector calls it every few seconds; a trim of a heap of tens of MiB takes well under a
+/// millisecond.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free pages of the allocator's own arenas.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Puts the calling thread in the `SCHED_IDLE` class: a snapshot reader (and its profile
 /// writer) competing with the workloads for a core runs only when they leave it idle, and any of
 /// their threads waking up (a ticker, a request) preempts it at once. Measured with `cargo xtask

@@ -6,14 +6,14 @@
 //! before it prints anything, so user space can read its goroutines and heap; user space resumes
 //! it (SIGCONT) within a bounded time.
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, bpf_probe_read_user_buf, bpf_send_signal},
+    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user, bpf_probe_read_user_buf, bpf_send_signal},
     macros::{map, uprobe},
     maps::{Array, HashMap},
     programs::ProbeContext,
 };
 use probe_common::{
     EventHeader, EventKind, GoCrashConfig, GoCrashEvent, ProgId, CRASH_EXIT, CRASH_FATAL, CRASH_HEAD_LEN, CRASH_MAX_PCS,
-    CRASH_PANIC, CRASH_TEXT_LEN, CRASH_THROW, MAX_PROCS, OFFSET_NONE, PAUSES_ENDED, PAUSES_STARTED, PAUSE_LIMIT, PAUSE_NONE,
+    CRASH_PANIC, CRASH_TEXT_LEN, CRASH_THROW, MAX_PROCS, OFFSET_NONE, PAUSES_ENDED, PAUSES_STARTED, PAUSE_LIMIT, PAUSE_NONE, PAUSE_TRACED,
     PAUSE_STOPPED,
 };
 
@@ -186,11 +186,37 @@ fn walk(pcs: &mut [u64; CRASH_MAX_PCS], mut n: usize, mut frame: u64) -> usize {
     n
 }
 
-/// Stops the current process when the node's pause budget allows it.
+/// Whether the current thread or its process's main thread has a tracer (a debugger): its
+/// `task_struct.ptrace`, at offsets from the kernel's BTF. Unknown offsets: not traced.
+#[inline(always)]
+fn traced() -> bool {
+    let cfg = crate::maps::config();
+    if cfg.task_ptrace == OFFSET_NONE {
+        return false;
+    }
+    let task = unsafe { bpf_get_current_task() };
+    if task == 0 {
+        return false;
+    }
+    let ptrace = |t: u64| unsafe { bpf_probe_read_kernel((t + cfg.task_ptrace as u64) as *const u32) }.unwrap_or(0);
+    if ptrace(task) != 0 {
+        return true;
+    }
+    if cfg.task_group_leader == OFFSET_NONE {
+        return false;
+    }
+    let leader = unsafe { bpf_probe_read_kernel((task + cfg.task_group_leader as u64) as *const u64) }.unwrap_or(0);
+    leader != 0 && leader != task && ptrace(leader) != 0
+}
+
+/// Stops the current process when the node's pause budget allows it and no debugger holds it.
 #[inline(always)]
 fn pause(max: u32) -> u32 {
     if max == 0 {
         return PAUSE_NONE;
+    }
+    if traced() {
+        return PAUSE_TRACED;
     }
     let (Some(started), Some(ended)) = (CRASH_PAUSES.get_ptr_mut(PAUSES_STARTED), CRASH_PAUSES.get(PAUSES_ENDED)) else {
         return PAUSE_NONE;

@@ -128,6 +128,8 @@ pub fn document() -> Value {
                     }},
                     "runtime": { "type": "object", "description": "the latest runtime read (every [go] read_interval_seconds)", "properties": {
                         "goroutines": { "type": ["integer", "null"], "description": "as runtime.NumGoroutine counts" },
+                        "read_age_seconds": { "type": ["number", "null"], "description": "seconds since the runtime counters were read" },
+                        "read_interval_seconds": { "type": ["number", "null"], "description": "seconds between two reads as scheduled now: [go] read_interval_seconds, stretched (up to 6x) when the node's Go processes would take more than half of [go] read_cpu_budget" },
                         "goroutines_counted_by": { "type": "string", "description": "the runtime's counters (O(GOMAXPROCS) per read), or every g read (O(goroutines)) and why" },
                         "goroutines_by_state": { "type": ["array", "null"], "description": "the last breakdown (system goroutines included), read less often for big processes ([go] read_cpu_budget)", "items": { "type": "object", "properties": {
                             "state": { "type": "string" }, "wait_reason": { "type": "string" }, "goroutines": { "type": "integer" }

@@ -176,6 +176,10 @@ pub struct Runtime {
     pub stw_pauses_probed: Option<u64>,
     pub heap_live_bytes: Option<u64>,
     pub heap_goal_bytes: Option<u64>,
+    /// Seconds since the counters above were read, and between two reads as scheduled now
+    /// (`[go] read_interval_seconds`, longer when many processes share `[go] read_cpu_budget`).
+    pub read_age_seconds: Option<f64>,
+    pub read_interval_seconds: Option<f64>,
     /// How `goroutines` is counted: the runtime's counters (O(P)), or every g read and why.
     pub goroutines_counted_by: String,
     /// The last breakdown by state (system goroutines included), read less often than the rest
@@ -267,6 +271,8 @@ impl Target {
                 stw_pauses_probed: g.map(|g| g.stw_count),
                 heap_live_bytes: s.map(|s| s.heap_live),
                 heap_goal_bytes: s.map(|s| s.heap_goal),
+                read_age_seconds: s.and_then(|s| s.read_at).map(|at| round_ms(at.elapsed().as_secs_f64())),
+                read_interval_seconds: s.map(|s| round_ms(s.read_interval.as_secs_f64())),
                 goroutines_counted_by: t.goroutine_count.clone(),
                 goroutines_by_state: s.filter(|s| s.breakdown.is_some()).map(|s| {
                     s.by_state.iter().map(|((state, wait), n)| StateCount { state, wait_reason: wait.clone(), goroutines: *n }).collect()

@@ -204,7 +204,9 @@ pub struct GoSample {
     pub goroutines: i64,
     /// Live g's (system ones included) by (status, wait reason), as of the last breakdown read
     /// (`breakdown`): read less often than the rest for big processes.
-    pub by_state: BTreeMap<(&'static str, String), u64>,
+    /// Shared: the same breakdown is handed on at every read until the next one (copies of the
+    /// collector's view of hundreds of processes share it).
+    pub by_state: std::sync::Arc<BTreeMap<(&'static str, String), u64>>,
     /// When `by_state` was read, what that read cost, and when the next is due.
     pub breakdown: Option<BreakdownRead>,
     /// Goroutine ids handed out so far (sched.goidgen): goroutines created, within the per-P id
@@ -214,6 +216,10 @@ pub struct GoSample {
     pub numgc: u32,
     pub heap_live: u64,
     pub heap_goal: u64,
+    /// When this was read, and the interval between reads as scheduled (the configured one, or
+    /// longer when many processes share the read budget).
+    pub read_at: Option<std::time::Instant>,
+    pub read_interval: std::time::Duration,
 }
 
 /// The last read of the goroutines' states of one process.
@@ -274,19 +280,31 @@ pub fn status_name(status: u32) -> &'static str {
 /// Open /proc/PID/mem of one process.
 pub struct ProcMem {
     pid: u32,
-    file: File,
+    /// /proc/PID/mem, for what process_vm_readv refuses (opened on first use by [`ProcMem::lazy`]).
+    file: std::sync::OnceLock<Result<File, std::io::ErrorKind>>,
 }
 
 impl ProcMem {
+    /// Opens /proc/PID/mem now: a process that is gone is an error here.
     pub fn open(pid: u32) -> Result<ProcMem, MemError> {
-        let file = File::open(format!("/proc/{pid}/mem")).map_err(|source| {
+        let file = Self::open_file(pid)?;
+        Ok(ProcMem { pid, file: std::sync::OnceLock::from(Ok(file)) })
+    }
+
+    /// Reads with process_vm_readv, opening /proc/PID/mem only if a read needs it: the periodic
+    /// reads of hundreds of processes skip an open and a close each.
+    pub fn lazy(pid: u32) -> ProcMem {
+        ProcMem { pid, file: std::sync::OnceLock::new() }
+    }
+
+    fn open_file(pid: u32) -> Result<File, MemError> {
+        File::open(format!("/proc/{pid}/mem")).map_err(|source| {
             if source.kind() == std::io::ErrorKind::NotFound {
                 MemError::Gone { pid }
             } else {
                 MemError::Read { pid, source }
             }
-        })?;
-        Ok(ProcMem { pid, file })
+        })
     }
 
     pub fn pid(&self) -> u32 {
@@ -294,7 +312,29 @@ impl ProcMem {
     }
 
     pub fn read_exact(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemError> {
-        self.file.read_exact_at(buf, addr).map_err(|source| MemError::Read { pid: self.pid, source })
+        let pid = self.pid;
+        let file = self.file.get_or_init(|| Self::open_file(pid).map_err(|e| match e {
+            MemError::Read { source, .. } => source.kind(),
+            _ => std::io::ErrorKind::NotFound,
+        }));
+        match file {
+            Ok(f) => f.read_exact_at(buf, addr).map_err(|source| MemError::Read { pid, source }),
+            Err(std::io::ErrorKind::NotFound) => Err(MemError::Gone { pid }),
+            Err(kind) => Err(MemError::Read { pid, source: (*kind).into() }),
+        }
+    }
+
+    /// Reads `buf.len()` bytes at `addr` with one process_vm_readv (no open of /proc/PID/mem),
+    /// else through /proc/PID/mem.
+    pub fn read_vm(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemError> {
+        let local = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+        let remote = libc::iovec { iov_base: addr as *mut libc::c_void, iov_len: buf.len() };
+        // SAFETY: the local iovec points into `buf`; the kernel checks the remote one.
+        let got = unsafe { libc::process_vm_readv(self.pid as libc::pid_t, &local, 1, &remote, 1, 0) };
+        if got >= 0 && got as usize == buf.len() {
+            return Ok(());
+        }
+        self.read_exact(addr, buf)
     }
 
     /// Reads `len` bytes at each of `addrs` into one buffer (range `i` at `i * len`), with few
@@ -373,13 +413,13 @@ impl ProcMem {
 
     pub fn u64(&self, addr: u64) -> Result<u64, MemError> {
         let mut b = [0u8; 8];
-        self.read_exact(addr, &mut b)?;
+        self.read_vm(addr, &mut b)?;
         Ok(u64::from_le_bytes(b))
     }
 
     pub fn u32(&self, addr: u64) -> Result<u32, MemError> {
         let mut b = [0u8; 4];
-        self.read_exact(addr, &mut b)?;
+        self.read_vm(addr, &mut b)?;
         Ok(u32::from_le_bytes(b))
     }
 
@@ -433,7 +473,7 @@ impl ProcMem {
             return Err(MemError::Implausible { pid, what: format!("runtime.allp = {{ptr {ptr:#x}, len {len}}}") });
         }
         let mut ps = vec![0u8; len as usize * 8];
-        self.read_exact(ptr, &mut ps)?;
+        self.read_vm(ptr, &mut ps)?;
         let addrs: Vec<u64> = ps.chunks_exact(8).map(|p| le_u64(p, 0)).filter(|&p| p != 0).map(|p| p + c.p_free).collect();
         let (buf, ok) = self.read_same_len(&addrs, 4);
         if ok.iter().any(|o| !o) {

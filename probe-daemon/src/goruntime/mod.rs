@@ -327,15 +327,6 @@ impl GoTracker {
         self
     }
 
-    /// Follows debuggers attaching to and detaching from tracked processes (no pause under one).
-    pub fn refresh_crash_pauses(&self) {
-        if let Some(c) = &self.crash {
-            for pid in self.targets.keys() {
-                c.refresh(*pid);
-            }
-        }
-    }
-
     pub fn targets(&self) -> impl Iterator<Item = &GoTarget> {
         self.targets.values()
     }

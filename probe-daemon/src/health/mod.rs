@@ -358,7 +358,7 @@ impl HealthEngine {
         // Exits first, so a sibling's death counts in this very evaluation.
         for p in agg.processes() {
             if let Some(e) = &p.exit {
-                if p.pid != 0 && !self.seen_exits.contains_key(&p.pid) {
+                if p.pid != 0 && self.seen_exits.get(&p.pid) != Some(&e.at) {
                     self.seen_exits.insert(p.pid, e.at);
                     let abnormal = match e.reason {
                         ExitReason::Oom => true,
@@ -372,10 +372,10 @@ impl HealthEngine {
         while self.exits.front().is_some_and(|e| now.saturating_duration_since(e.1) > window) {
             self.exits.pop_front();
         }
-        // An exited process leaves the aggregate within minutes (scraped + grace, or 4 × grace
-        // unscraped); remembering its pid for 10 minutes (or the window) is enough to count it
-        // once. (An hour held 360,000 pids at 100 exits/s: the daemon's RSS grew all the while.)
-        self.seen_exits.retain(|_, at| now.saturating_duration_since(*at) <= window.max(Duration::from_secs(600)));
+        // An exit is counted once: its pid is remembered while the exited process is still in
+        // the aggregate (it cannot come back once it has left). A time-based memory held 60,000
+        // pids at 100 exits/s for 10 minutes, and the daemon's RSS grew all the while.
+        self.seen_exits.retain(|pid, at| agg.process(*pid).and_then(|p| p.exit.as_ref()).is_some_and(|e| e.at == *at));
 
         let mut out = Vec::new();
         let mut breaches = Vec::new();

@@ -393,6 +393,8 @@ impl OpenSsl {
 
     /// The process exited (the library's probes stay: see [`OpenSsl`]).
     pub fn forget(&mut self, pid: u32) {
+        // A process gone before its recheck: nothing to look at (a short queue, see MAX_RECHECK).
+        self.recheck.retain(|(_, p)| *p != pid);
         let Some(key) = self.by_pid.remove(&pid) else { return };
         if let Some(l) = self.libs.get_mut(&key) {
             l.pid_set.remove(&pid);

@@ -12,9 +12,9 @@
 //! closest to the kill. At most one request a round for the node (the process nearest its limit
 //! first); the snapshotter's own bounds (hourly cap, queue, circuit breaker) apply.
 //!
-//! Cost a round: one read of /proc/PID/stat per watched process (a reused pid is a new process),
-//! /proc/PID/cgroup once per new process, and per distinct cgroup one read of each limited
-//! level's usage (the limits are re-read once a minute).
+//! Cost a round: per distinct cgroup one read of each limited level's usage (the limits are
+//! re-read once a minute); /proc/PID/cgroup once per new process, and /proc/PID/stat (a reused pid
+//! is a new process) once a minute per process and before any snapshot.
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
@@ -111,8 +111,13 @@ fn cgroup_of(pid: u32, version: Version) -> Option<String> {
     (!path.split('/').any(|c| c == "..")).then(|| path.to_string())
 }
 
+/// How often each watched pid is checked for reuse.
+const REUSE_CHECK: Duration = Duration::from_secs(60);
+
 struct Watched {
     start_time: u64,
+    /// When `start_time` was last compared with the pid's (a reused pid is a new process).
+    checked: Instant,
     cgroup: Option<String>,
     /// The usage when the last snapshot was requested, and when.
     last: Option<(Instant, u64)>,
@@ -171,13 +176,18 @@ impl Watch {
         self.limits.retain(|_, (_, at)| now.duration_since(*at) < LIMIT_TTL * 2);
         let mut by_cgroup: HashMap<String, Option<Pressure>> = HashMap::new();
         let mut due: Vec<(u32, Pressure)> = Vec::new();
+        let v = self.version;
+        let fresh_watch = |pid: u32, st: u64| Watched { start_time: st, checked: now, cgroup: cgroup_of(pid, v), last: None };
         for &pid in pids {
-            let st = start_time(pid).unwrap_or(0);
-            let v = self.version;
-            let w = self.procs.entry(pid).or_insert_with(|| Watched { start_time: st, cgroup: cgroup_of(pid, v), last: None });
-            if w.start_time != st {
-                // The pid was reused.
-                *w = Watched { start_time: st, cgroup: cgroup_of(pid, v), last: None };
+            let w = self.procs.entry(pid).or_insert_with(|| fresh_watch(pid, start_time(pid).unwrap_or(0)));
+            // A reused pid: looked for once a minute (not at every round: hundreds of processes),
+            // and always before a process's pressure leads to a snapshot.
+            if now.saturating_duration_since(w.checked) >= REUSE_CHECK {
+                let st = start_time(pid).unwrap_or(0);
+                if w.start_time != st {
+                    *w = fresh_watch(pid, st);
+                }
+                w.checked = now;
             }
             let Some(cg) = w.cgroup.clone() else { continue };
             let p = match by_cgroup.get(&cg) {
@@ -189,7 +199,13 @@ impl Watch {
                 }
             };
             let Some(p) = p.filter(|p| p.ratio() >= self.ratio) else { continue };
-            let w = &self.procs[&pid];
+            let Some(w) = self.procs.get_mut(&pid) else { continue };
+            let st = start_time(pid).unwrap_or(0);
+            if w.start_time != st {
+                // Another process now: its own cgroup next round.
+                *w = fresh_watch(pid, st);
+                continue;
+            }
             let fresh = match w.last {
                 None => true,
                 Some((at, usage)) => now.duration_since(at) >= self.cooldown || p.current >= usage.saturating_add(p.limit / 20),
@@ -264,7 +280,7 @@ mod tests {
         assert_eq!(w.pressure("/kubepods/podA/ctr1", now), Some(Pressure { current: 940, limit: 960 }), "940/960 is tighter than 950/1000");
         // The repeat rule, with our own pid standing in for a watched process.
         let me = std::process::id();
-        w.procs.insert(me, Watched { start_time: start_time(me).unwrap_or(0), cgroup: Some("/kubepods/podA/ctr1".into()), last: None });
+        w.procs.insert(me, Watched { start_time: start_time(me).unwrap_or(0), checked: Instant::now(), cgroup: Some("/kubepods/podA/ctr1".into()), last: None });
         assert!(w.round(&[me], now).is_some(), "first time near the limit");
         assert!(w.round(&[me], now + Duration::from_secs(5)).is_none(), "not again at the same usage");
         std::fs::write(ctr.join("memory.current"), "990\n").unwrap();

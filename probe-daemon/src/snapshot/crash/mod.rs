@@ -22,7 +22,7 @@ use std::{
 
 use aya::maps::{Array, MapData};
 use goinspect::{pclntab::Symbolizer, GoBinary};
-use probe_common::{GoCrashEvent, CRASH_EXIT, PAUSE_LIMIT, PAUSE_STOPPED};
+use probe_common::{GoCrashEvent, CRASH_EXIT, PAUSE_LIMIT, PAUSE_STOPPED, PAUSE_TRACED};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
@@ -435,8 +435,10 @@ impl Shared {
             }
         } else if !self.cfg.pause {
             partial = Some("not paused ([crash] pause = false): no profiles".into());
+        } else if e.paused == PAUSE_TRACED {
+            partial = Some("not paused: a debugger is attached (its tracer would see the stop); no profiles".into());
         } else if e.paused != PAUSE_LIMIT {
-            partial = Some("not paused (a debugger is attached, or chainprobe knew no offsets for it): no profiles".into());
+            partial = Some("not paused (chainprobe had no crash settings for it yet): no profiles".into());
         }
         let profiles_done = started.elapsed();
         // The panic value's type, from the binary's type metadata; a message in a struct field

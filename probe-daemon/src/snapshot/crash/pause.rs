@@ -288,7 +288,7 @@ impl Pauses {
             if held.contains(&pid) || state(pid) != Some('T') {
                 continue;
             }
-            if crate::goruntime::crash::tracer_pid(pid).is_some_and(|t| t != 0) {
+            if crate::procfs::debug_state(pid).is_some_and(|d| d.tracer != 0) {
                 continue;
             }
             if stopped_at_crash(pid) && cont(pid) {
