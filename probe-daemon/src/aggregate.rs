@@ -279,11 +279,13 @@ pub struct FoldRule {
     pub retention: Duration,
     /// Keep the histograms of departed per-pid Go processes per pod (for per-pod histograms).
     pub pod_histograms: bool,
+    /// Keep the TLS state of departed per-pid processes per pod (for per-pod TLS families).
+    pub pod_tls: bool,
 }
 
 impl FoldRule {
     /// Every process gets its own series (the aggregate's default).
-    pub const OFF: FoldRule = FoldRule { non_go: false, young: Duration::ZERO, retention: Duration::from_secs(600), pod_histograms: false };
+    pub const OFF: FoldRule = FoldRule { non_go: false, young: Duration::ZERO, retention: Duration::from_secs(600), pod_histograms: false, pod_tls: false };
 }
 
 /// Where a process's series are.
@@ -317,12 +319,14 @@ pub struct Fold {
     /// GC-duration and pause histograms of departed per-pid Go processes of this key (kept for
     /// per-pod histograms).
     pub pid_hists: Option<(Buckets, Buckets)>,
+    /// TLS handshakes of departed per-pid processes of this key (kept for per-pod TLS families).
+    pub pid_tls: Option<crate::tls::TlsState>,
     pub last_change: Instant,
 }
 
 impl Fold {
     fn new(now: Instant) -> Fold {
-        Fold { counters: ProcCounters::default(), failures: BTreeMap::new(), exits: BTreeMap::new(), go: None, tls: None, http2: None, pid_hists: None, last_change: now }
+        Fold { counters: ProcCounters::default(), failures: BTreeMap::new(), exits: BTreeMap::new(), go: None, tls: None, http2: None, pid_hists: None, pid_tls: None, last_change: now }
     }
 }
 
@@ -450,17 +454,22 @@ impl Aggregate {
     /// folded (and its histograms, for per-pod histograms).
     fn depart(&mut self, p: ProcessState, now: Instant) {
         let exposure = self.exposure(&p, now);
-        let pod_hists = self.fold.pod_histograms && exposure == Exposure::PerPid && p.go.is_some();
-        if exposure != Exposure::Folded && !pod_hists {
+        let per_pid = exposure == Exposure::PerPid;
+        let pod_hists = self.fold.pod_histograms && per_pid && p.go.is_some();
+        let pod_tls = self.fold.pod_tls && per_pid && p.tls.is_some();
+        if exposure != Exposure::Folded && !pod_hists && !pod_tls {
             return;
         }
         let f = self.folds.entry(Self::fold_key(&p)).or_insert_with(|| Fold::new(now));
         f.last_change = now;
-        if pod_hists {
-            if let Some(g) = &p.go {
+        if per_pid {
+            if let Some(g) = p.go.as_ref().filter(|_| pod_hists) {
                 let h = f.pid_hists.get_or_insert_with(|| (Buckets::new(GC_DURATION_BOUNDS), Buckets::new(STW_PAUSE_BOUNDS)));
                 h.0.merge(&g.gc_duration);
                 h.1.merge(&g.stw_pause);
+            }
+            if let Some(t) = p.tls.as_ref().filter(|_| pod_tls) {
+                f.pid_tls.get_or_insert_with(Default::default).merge(t);
             }
             return;
         }

@@ -32,9 +32,11 @@ pub struct SeriesOptions {
     pub goroutine_wait_reasons: bool,
     /// Where the GC and stop-the-world histograms are kept.
     pub histograms: HistogramScope,
+    /// Where the TLS families are kept (`[metrics] tls`).
+    pub tls: HistogramScope,
 }
 
-/// `[metrics] histograms`.
+/// `[metrics] histograms` and `[metrics] tls`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum HistogramScope {
@@ -191,6 +193,8 @@ pub struct ScrapeView {
     /// GC-duration and pause histograms of departed per-pid Go processes, per fold key (per-pod
     /// histograms).
     pub pod_hists: Vec<(FoldKey, Buckets, Buckets)>,
+    /// TLS handshakes of departed per-pid processes, per fold key (per-pod TLS families).
+    pub pod_tls: Vec<(FoldKey, crate::tls::TlsState)>,
 }
 
 impl ProcView {
@@ -276,9 +280,13 @@ impl ScrapeView {
         // Folds: what their departed processes left, plus their current ones.
         let mut folded: BTreeMap<FoldKey, ProcView> = BTreeMap::new();
         let mut pod_hists = Vec::new();
+        let mut pod_tls = Vec::new();
         for (k, f) in agg.folds() {
             if let Some((gc, stw)) = &f.pid_hists {
                 pod_hists.push((k.clone(), gc.clone(), stw.clone()));
+            }
+            if let Some(t) = &f.pid_tls {
+                pod_tls.push((k.clone(), t.clone()));
             }
             if f.counters == ProcCounters::default() && f.exits.is_empty() && f.go.is_none() && f.tls.is_none() && f.http2.is_none() && f.failures.is_empty() {
                 continue;
@@ -346,6 +354,7 @@ impl ScrapeView {
             crashes: None,
             options: SeriesOptions::default(),
             pod_hists,
+            pod_tls,
         }
     }
 
@@ -766,33 +775,44 @@ impl ScrapeView {
         )
     }
 
-    /// TLS handshake families. Labels: pid, comm (+ pod labels), library, and
-    /// role / result / version / alpn / reason as documented in README.md.
+    /// TLS handshake families. Labels: the process's (pid, comm, pod labels) or, with
+    /// `[metrics] tls = "pod"`, the pod's (comm outside pods: [`scope_labels`]), departed
+    /// processes included; then library and role / result / version / alpn / reason as
+    /// documented in README.md. Durations of successful handshakes only (failed ones: the API).
     fn encode_tls(&self, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let tls = || self.procs.iter().filter_map(|p| p.tls.as_ref().map(|t| (p, t)));
+        let tls = || {
+            let live = self.procs.iter().filter_map(|p| {
+                p.tls.as_ref().map(|t| {
+                    let labels = match self.options.tls {
+                        HistogramScope::Process => proc_labels(p),
+                        HistogramScope::Pod => pod_scope_labels(p),
+                    };
+                    (labels, t)
+                })
+            });
+            live.chain(self.pod_tls.iter().map(|(k, t)| (scope_labels(Some(&k.pod), &k.comm), t)))
+        };
         self.family(
             enc,
             "chainprobe_tls_handshakes",
-            "TLS handshakes completed or failed, by library (go, openssl), role, result (ok, error), negotiated version and ALPN protocol (\"unknown\" where not read: OpenSSL).",
+            "TLS handshakes completed or failed, by library (go, openssl), role, result (ok, error), negotiated version and ALPN protocol (\"unknown\" where not read).",
             MetricType::Counter,
-            tls().flat_map(|(p, t)| {
+            tls().flat_map(|(l, t)| {
                 t.handshakes.iter().map(move |(k, n)| {
-                    (
-                        with(proc_labels(p), &[("library", k.library), ("role", k.role), ("result", k.result), ("version", k.version), ("alpn", k.alpn)]),
-                        Value::Counter(*n),
-                    )
+                    (with(l.clone(), &[("library", k.library), ("role", k.role), ("result", k.result), ("version", k.version), ("alpn", k.alpn)]), Value::Counter(*n))
                 })
             }),
         )?;
         self.family(
             enc,
             "chainprobe_tls_handshake_duration_seconds",
-            "TLS handshake duration by library, role and result (Go: clientHandshake/serverHandshake; OpenSSL: from the first SSL_do_handshake/SSL_connect/SSL_accept call to the one that finished it).",
+            "Duration of successful TLS handshakes by library and role (Go: clientHandshake/serverHandshake; OpenSSL: from the first SSL_do_handshake/SSL_connect/SSL_accept call to the one that finished it). Failed handshakes' durations: GET /api/v1/targets.",
             MetricType::Histogram,
-            tls().flat_map(|(p, t)| {
-                t.durations.iter().map(move |((library, role, result), h)| {
-                    (with(proc_labels(p), &[("library", library), ("role", role), ("result", result)]), Value::Buckets(h.clone()))
-                })
+            tls().flat_map(|(l, t)| {
+                t.durations
+                    .iter()
+                    .filter(|((_, _, result), _)| *result == "ok")
+                    .map(move |((library, role, _), h)| (with(l.clone(), &[("library", library), ("role", role)]), Value::Buckets(h.clone())))
             }),
         )?;
         self.family(
@@ -800,11 +820,7 @@ impl ScrapeView {
             "chainprobe_tls_handshake_failures",
             "Failed TLS handshakes by reason: certificate, alpn, version (Go: from the TLS alert sent or received; OpenSSL: from the first error libssl raises, or the alert received), timeout_eof (no alert: closed, reset or timed out), other.",
             MetricType::Counter,
-            tls().flat_map(|(p, t)| {
-                t.failures.iter().map(move |((library, reason), n)| {
-                    (with(proc_labels(p), &[("library", library), ("reason", reason)]), Value::Counter(*n))
-                })
-            }),
+            tls().flat_map(|(l, t)| t.failures.iter().map(move |((library, reason), n)| (with(l.clone(), &[("library", library), ("reason", reason)]), Value::Counter(*n)))),
         )?;
         Ok(())
     }
@@ -843,6 +859,10 @@ impl ScrapeView {
         Ok(())
     }
 }
+
+/// The stop-the-world reasons of every GC cycle (two a cycle, so `chainprobe_go_gc_cycles_total`
+/// tells their count): not series of `chainprobe_go_stw_pauses_total`.
+const GC_STW_REASONS: [&str; 2] = ["gc_sweep_termination", "gc_mark_termination"];
 
 fn go_labels(p: &ProcView, go: &GoState) -> Labels {
     with(proc_labels(p), &[("go_version", &go.go_version)])
@@ -889,7 +909,7 @@ impl ScrapeView {
         self.family(
             enc,
             "chainprobe_go_stw_pause_seconds",
-            "Go stop-the-world pauses, all reasons (chainprobe_go_stw_pauses_total counts them by reason).",
+            "Go stop-the-world pauses, all reasons (chainprobe_go_stw_pauses_total counts those other than the GC's by reason).",
             MetricType::Histogram,
             self.go_procs()
                 .map(|(p, g)| (hist_labels(p, g), Value::Buckets(g.stw_pause.clone())))
@@ -898,9 +918,14 @@ impl ScrapeView {
         self.family(
             enc,
             "chainprobe_go_stw_pauses",
-            "Go stop-the-world pauses by reason (gc_sweep_termination, gc_mark_termination, read_mem_stats, …; \"unknown\" before Go 1.21).",
+            "Go stop-the-world pauses by reason, other than the GC's own two a cycle (chainprobe_go_gc_cycles_total; GET /api/v1/targets has them): read_mem_stats, goroutine_profile, gomaxprocs, …; \"unknown\" before Go 1.21, all pauses.",
             MetricType::Counter,
-            self.go_procs().flat_map(|(p, g)| g.stw_by_reason.iter().map(move |(reason, (n, _))| (with(go_labels(p, g), &[("reason", reason)]), Value::Counter(*n)))),
+            self.go_procs().flat_map(|(p, g)| {
+                g.stw_by_reason
+                    .iter()
+                    .filter(|(reason, _)| !GC_STW_REASONS.contains(reason))
+                    .map(move |(reason, (n, _))| (with(go_labels(p, g), &[("reason", reason)]), Value::Counter(*n)))
+            }),
         )?;
         self.family(
             enc,
@@ -1037,6 +1062,7 @@ mod tests {
             crashes: None,
             options: SeriesOptions::default(),
             pod_hists: vec![],
+            pod_tls: vec![],
         }
     }
 
@@ -1121,7 +1147,11 @@ mod tests {
         let mine = format!("pid=\"{me}\"");
         let n = text.lines().filter(|l| l.contains(&mine)).count();
         assert!(n <= 30, "{n} series:\n{text}");
-        assert!(text.contains(&format!("chainprobe_go_stw_pauses_total{{{mine},comm=\"unknown\",go_version=\"go1.27.3\",reason=\"gc_mark_termination\"}} 50")), "{text}");
+        // The GC's own pauses are not series (the API has them); other reasons are.
+        assert!(!text.contains("reason=\"gc_mark_termination\""), "{text}");
+        a.on_go_stw(me, 30_000, 7);
+        let text = ScrapeView::new(&a, &health, None, &[], "k").render().unwrap();
+        assert!(text.contains(&format!("chainprobe_go_stw_pauses_total{{{mine},comm=\"unknown\",go_version=\"go1.27.3\",reason=\"read_mem_stats\"}} 1")), "{text}");
         assert!(text.contains(&format!("chainprobe_go_goroutines_by_state{{{mine},comm=\"unknown\",go_version=\"go1.27.3\",state=\"waiting\"}} 12")), "{text}");
         assert!(!text.contains("chainprobe_health_signal_state{"), "ok signals have no series");
         assert!(!text.contains("chainprobe_go_creation_probes_active{"), "absent while off");
@@ -1208,6 +1238,55 @@ mod tests {
         a.prune_for_scrape(t0 + s(3));
         assert!(a.process(p1).is_none());
         assert!(render(&a).contains(count), "the departed process's observations stay");
+    }
+
+    #[test]
+    fn per_pod_tls_sums_the_pods_processes_departed_ones_included() {
+        use crate::aggregate::FoldRule;
+        use probe_common::{EventHeader, EventKind, TlsEvent, TLS_NO_ALERT};
+        let t0 = std::time::Instant::now();
+        let s = std::time::Duration::from_secs;
+        let mut a = Aggregate::new(s(1), 100).with_folding(FoldRule { pod_tls: true, ..FoldRule::OFF });
+        let (p1, p2) = (0x7ff2_0001, 0x7ff2_0002);
+        let ok = |pid: u32, role: u8, failed: u8| TlsEvent {
+            header: EventHeader { kind: EventKind::Tls as u32, tgid: pid, ktime_ns: 1 },
+            duration_ns: 2_000_000,
+            library: probe_common::TLS_LIBRARY_GO,
+            role,
+            failed,
+            alpn_len: 0,
+            version: 0x0304,
+            cipher_suite: 0x1301,
+            alert_sent: TLS_NO_ALERT,
+            alert_received: if failed != 0 { 42 } else { TLS_NO_ALERT },
+            ret: 0,
+            alpn: [0; probe_common::TLS_ALPN_LEN],
+            ssl_reason: 0,
+            _pad: 0,
+        };
+        for pid in [p1, p2] {
+            go_process_view(&mut a, pid, t0);
+            a.on_tls(&ok(pid, probe_common::TLS_ROLE_SERVER, 0), t0);
+            a.on_tls(&ok(pid, probe_common::TLS_ROLE_SERVER, 1), t0);
+        }
+        let render = |a: &Aggregate, tls| ScrapeView::new(a, &HashMap::new(), None, &[], "k").with_options(SeriesOptions { tls, ..Default::default() }).render().unwrap();
+        let text = render(&a, HistogramScope::Pod);
+        // Successful handshakes only, summed over the pod's (here: comm's) processes, no pid.
+        let count = r#"chainprobe_tls_handshake_duration_seconds_count{comm="unknown",library="go",role="server"} 2"#;
+        assert!(text.contains(count), "{text}");
+        assert!(!text.lines().any(|l| l.starts_with("chainprobe_tls_") && (l.contains("pid=") || l.contains("result=\"error\"") && l.contains("duration"))), "{text}");
+        assert!(text.contains(r#"chainprobe_tls_handshake_failures_total{comm="unknown",library="go",reason="certificate"} 2"#), "{text}");
+        // Per process when asked.
+        let per_pid = render(&a, HistogramScope::Process);
+        assert!(per_pid.contains(&format!(r#"chainprobe_tls_handshake_duration_seconds_count{{pid="{p1}",comm="unknown",library="go",role="server"}} 1"#)), "{per_pid}");
+        // A departed process's handshakes stay in its pod's counters.
+        a.on_exit(p1, "unknown".into(), 0, t0);
+        a.prune_for_scrape(t0 + s(2));
+        a.prune_for_scrape(t0 + s(3));
+        assert!(a.process(p1).is_none());
+        let text = render(&a, HistogramScope::Pod);
+        assert!(text.contains(count), "{text}");
+        assert!(text.contains(r#"chainprobe_tls_handshakes_total{comm="unknown",library="go",role="server",result="ok",version="1.3",alpn="none"} 2"#), "{text}");
     }
 
     #[test]

@@ -5,8 +5,9 @@
 //! the server's limit (REFUSED_STREAM), a malformed frame (GOAWAY PROTOCOL_ERROR), a peer's GOAWAY
 //! with an error code and debug data (and the server's graceful answer) and a graceful shutdown
 //! (GOAWAY NO_ERROR). The counts of both processes, by direction and code, must be exact; for Go
-//! 1.19, 1.26 (the common release in production) and 1.27 (newest), stripped and not. One daemon
-//! serves every case.
+//! 1.19, 1.26 (the common release in production) and 1.27 (newest), stripped and not; and the
+//! same over h2c (HTTP/2 without TLS, net/http's Protocols: Go 1.24+). The server's health shows
+//! the peer's GOAWAY with an error code. One daemon serves every case.
 mod common;
 
 use std::time::{Duration, Instant};
@@ -78,10 +79,44 @@ fn c(direction: &str, code: &str, n: f64) -> (String, String, f64) {
 #[test]
 fn goaways_and_stream_resets_are_counted_exactly_on_both_sides() {
     let _serial = common::serial();
-    let d = Daemon::start("http2", "");
+    // Health evaluated every 2 s, degraded or not: a window with the peer's GOAWAY shows soon
+    // after, for longer than the 1 s between the test's /metrics encodings.
+    let d = Daemon::start("http2", "[health]\ninterval_seconds = 2.0\ndegraded_interval_seconds = 2.0\n");
     for (v, variant) in CASES {
         one_case(&d, &format!("go{v}-{variant}"), v, variant);
+        if *v != "1.19" {
+            h2c_case(&d, &format!("go{v}-{variant}-h2c"), v, variant);
+        }
     }
+}
+
+/// h2c (prior knowledge, no TLS): the same frames through the same code.
+fn h2c_case(d: &Daemon, label: &str, v: &str, variant: &str) {
+    let bin = common::go_fixture(v, variant, "h2probe");
+    let mut server = GoProgram::start(&format!("{label}-server"), &bin);
+    let mut client = GoProgram::start(&format!("{label}-client"), &bin);
+    wait_http2_attached(d, label, server.pid);
+    wait_http2_attached(d, label, client.pid);
+    let (sp, cp) = (server.pid.to_string(), client.pid.to_string());
+    let port = format!("h2c:{}", server.cmd("serve-h2c")[0]);
+    assert_eq!(client.cmd(&format!("get {port} 3")), [3], "{label}: plain requests over HTTP/2");
+    assert_eq!(client.cmd(&format!("abort {port} 2")), [2], "{label}: aborted by the handler");
+    assert_eq!(client.cmd(&format!("cancel {port} 3")), [3], "{label}: cancelled by the client");
+    assert_eq!(server.cmd("waitconns 1"), [1], "{label}");
+    assert_eq!(server.cmd("shutdown"), [0], "{label}");
+    let m = d.wait_metrics(&format!("{label}: every frame"), Duration::from_secs(30), |m| {
+        sum(m, GOAWAYS, &sp) >= 1.0 && sum(m, RESETS, &sp) >= 5.0 && sum(m, GOAWAYS, &cp) >= 1.0 && sum(m, RESETS, &cp) >= 5.0
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    for m in [&m, &d.metrics()] {
+        assert_eq!(counts(m, GOAWAYS, &sp), vec![c("sent", "NO_ERROR", 1.0)], "{label} server GOAWAYs:\n{}", m.text);
+        assert_eq!(counts(m, RESETS, &sp), vec![c("received", "CANCEL", 3.0), c("sent", "INTERNAL_ERROR", 2.0)], "{label} server RST_STREAMs");
+        assert_eq!(counts(m, GOAWAYS, &cp), vec![c("received", "NO_ERROR", 1.0)], "{label} client GOAWAYs");
+        assert_eq!(counts(m, RESETS, &cp), vec![c("received", "INTERNAL_ERROR", 2.0), c("sent", "CANCEL", 3.0)], "{label} client RST_STREAMs");
+    }
+    assert!(server.alive() && client.alive(), "{label}: the probed programs must survive");
+    assert_eq!(client.cmd("quit"), Vec::<i64>::new());
+    assert_eq!(server.cmd("quit"), Vec::<i64>::new());
 }
 
 fn one_case(d: &Daemon, label: &str, v: &str, variant: &str) {
@@ -100,6 +135,22 @@ fn one_case(d: &Daemon, label: &str, v: &str, variant: &str) {
     assert_eq!(client.cmd(&format!("refuse {port}")), [501, 7], "{label}: the 251st stream is refused");
     assert_eq!(client.cmd(&format!("badping {port}")), [1], "{label}: PROTOCOL_ERROR");
     assert_eq!(client.cmd(&format!("goaway {port}")), [0], "{label}: the server's graceful answer");
+    // The peer's ENHANCE_YOUR_CALM: the server's http2_goaways_received_error signal (warn at 1).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let (t_goaway, mut seen) = (Instant::now(), Vec::new());
+    loop {
+        let m = d.metrics();
+        if m.value("chainprobe_health_signal_state", &[("pid", &sp), ("signal", "http2_goaways_received_error")]) >= 1.0 {
+            break;
+        }
+        let health = target(d, server.pid).map(|t| t["health"]["signals"].as_array().into_iter().flatten().filter(|s| s["name"] == "http2_goaways_received_error").cloned().collect::<Vec<_>>());
+        seen.push(format!("{:.1}s {health:?}", t_goaway.elapsed().as_secs_f64()));
+        if Instant::now() >= deadline {
+            let log = d.log_text();
+            panic!("{label}: no http2_goaways_received_error signal for the server {sp}: {seen:#?}\n{}", common::tail(&log, 20));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // Only the Go client's connection is left; then the graceful shutdown closes it.
     assert_eq!(server.cmd("waitconns 1"), [1], "{label}");
     assert_eq!(server.cmd("shutdown"), [0], "{label}");

@@ -5,12 +5,14 @@
 //! over TLS on loopback, one connection). Each round measures, without chainprobe and with it
 //! (the default configuration: the HTTP/2 probes on):
 //! - requests/s: N GET requests over C concurrent streams (`bench`): HEADERS and DATA frames
-//!   only, which must hit no probe (target ≥ 0.99×);
+//!   only, which must hit no probe (target ≥ 0.99×); and the CPU time per request of both
+//!   processes, which a probe on the per-frame path would raise and the daemon's own work on the
+//!   shared cores does not;
 //! - the cost of a control frame: K requests cancelled after their headers (`cancel`: one
 //!   RST_STREAM written by the client, one read by the server: 2 probe hits each), as the extra
 //!   CPU time of both processes and the extra wall time per event.
 //! The same two processes serve every window (a new process brings its own memory layout). Ratios
-//! are medians over rounds of same-round ratios.
+//! are medians over rounds of same-round ratios; rounds alternate which window comes first.
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -29,13 +31,18 @@ fn cpu_ns(pid: u32) -> Result<f64> {
 
 struct Window {
     rps: f64,
+    /// GET requests: CPU µs per request of both processes (what a probe on the per-frame path
+    /// would add to; the daemon's own CPU is not in it).
+    get_cpu_us: f64,
     /// Cancelled requests: wall µs and CPU µs (both processes) per request.
     cancel_wall_us: f64,
     cancel_cpu_us: f64,
 }
 
 fn window(server: &GoProgram, client: &mut GoProgram, port: i64, n: u64, conc: u64, k: u64) -> Result<Window> {
+    let get0 = cpu_ns(server.pid)? + cpu_ns(client.pid)?;
     let r = client.try_cmd(&format!("bench {port} {n} {conc}"))?;
+    let get_cpu_us = (cpu_ns(server.pid)? + cpu_ns(client.pid)? - get0) / 1e3 / n as f64;
     let ns = *r.first().context("bench: no elapsed time")?;
     let rps = n as f64 / (ns as f64 / 1e9);
     let cpu0 = cpu_ns(server.pid)? + cpu_ns(client.pid)?;
@@ -46,7 +53,7 @@ fn window(server: &GoProgram, client: &mut GoProgram, port: i64, n: u64, conc: u
     if r.first() != Some(&(k as i64)) {
         bail!("cancel: {r:?}");
     }
-    Ok(Window { rps, cancel_wall_us: wall, cancel_cpu_us: cpu })
+    Ok(Window { rps, get_cpu_us, cancel_wall_us: wall, cancel_cpu_us: cpu })
 }
 
 pub fn run(args: &[String]) -> Result<()> {
@@ -74,10 +81,9 @@ pub fn run(args: &[String]) -> Result<()> {
     client.try_cmd(&format!("bench {port} 2000 {conc}"))?; // warm-up
     let tmp = std::env::temp_dir().join(format!("chainprobe-bench-http2-{}", std::process::id()));
     std::fs::create_dir_all(&tmp)?;
-    let (mut rps, mut wall, mut cpu) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut base_rps, mut base_wall, mut base_cpu) = (Vec::new(), Vec::new(), Vec::new());
-    for round in 0..rounds {
-        let off = window(&server, &mut client, port, n, conc, k)?;
+    let (mut rps, mut wall, mut cpu, mut get_cpu) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut base_rps, mut base_wall, mut base_cpu, mut base_get_cpu) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let with_daemon = |server: &GoProgram, client: &mut GoProgram| -> Result<Window> {
         let (d, dport) = bench_util::start_daemon(&daemon_bin, &tmp, "")?;
         for pid in [server.pid, client.pid] {
             bench_util::wait_target(dport, pid, Duration::from_secs(20), "tracked with the HTTP/2 probes attached", |t| {
@@ -85,19 +91,35 @@ pub fn run(args: &[String]) -> Result<()> {
             })?;
         }
         std::thread::sleep(Duration::from_secs(2)); // the start-up scan settles
-        let on = window(&server, &mut client, port, n, conc, k)?;
+        let on = window(server, client, port, n, conc, k);
         drop(d);
+        on
+    };
+    for round in 0..rounds {
+        // Alternate the order, so a drift within a round (the machine, the programs' heaps)
+        // favours neither side.
+        let (off, on) = if round % 2 == 0 {
+            let off = window(&server, &mut client, port, n, conc, k)?;
+            (off, with_daemon(&server, &mut client)?)
+        } else {
+            let on = with_daemon(&server, &mut client)?;
+            (window(&server, &mut client, port, n, conc, k)?, on)
+        };
         eprintln!(
-            "round {round}: {:.0} → {:.0} req/s ({:.3}×); cancelled request {:.1} → {:.1} µs wall, {:.1} → {:.1} µs CPU",
+            "round {round}: {:.0} → {:.0} req/s ({:.3}×), {:.1} → {:.1} CPU µs a request; cancelled request {:.1} → {:.1} µs wall, {:.1} → {:.1} µs CPU",
             off.rps,
             on.rps,
             on.rps / off.rps,
+            off.get_cpu_us,
+            on.get_cpu_us,
             off.cancel_wall_us,
             on.cancel_wall_us,
             off.cancel_cpu_us,
             on.cancel_cpu_us
         );
         rps.push(on.rps / off.rps);
+        get_cpu.push(on.get_cpu_us / off.get_cpu_us);
+        base_get_cpu.push(off.get_cpu_us);
         wall.push((on.cancel_wall_us - off.cancel_wall_us) / 2.0);
         cpu.push((on.cancel_cpu_us - off.cancel_cpu_us) / 2.0);
         base_rps.push(off.rps);
@@ -111,6 +133,7 @@ pub fn run(args: &[String]) -> Result<()> {
     println!("| measure | without chainprobe | with / extra |");
     println!("|---|---|---|");
     println!("| GET requests/s, {conc} concurrent streams, one connection | {:.0} | {:.3}× |", median(&mut base_rps), median(&mut rps));
+    println!("| GET request, CPU µs of both processes | {:.1} | {:.3}× |", median(&mut base_get_cpu), median(&mut get_cpu));
     println!("| cancelled request (RST_STREAM sent + received), wall µs | {:.1} | +{:.1} µs per event |", median(&mut base_wall), median(&mut wall));
     println!("| cancelled request, CPU µs (both processes) | {:.1} | +{:.1} µs per event |", median(&mut base_cpu), median(&mut cpu));
     Ok(())

@@ -140,6 +140,8 @@ pub struct MetricsConfig {
     pub goroutine_wait_reasons: bool,
     /// GC and stop-the-world histograms per process or per pod.
     pub histograms: crate::metrics::HistogramScope,
+    /// The TLS families per process or per pod.
+    pub tls: crate::metrics::HistogramScope,
     /// Non-Go processes' series per (pod, container, comm) instead of per pid.
     pub fold_non_go: bool,
     /// Processes (exec seen) are held this long; those that exit younger are folded.
@@ -179,6 +181,7 @@ impl Default for MetricsConfig {
             max_series: 20_000,
             goroutine_wait_reasons: false,
             histograms: crate::metrics::HistogramScope::Process,
+            tls: crate::metrics::HistogramScope::Pod,
             fold_non_go: true,
             fold_young_seconds: 30.0,
             fold_retention_seconds: 600.0,
@@ -332,12 +335,17 @@ impl Settings {
             go_read_interval: config.go_read_interval()?,
             creation: config.creation_settings()?,
             label_policy: config.label_policy()?,
-            series: crate::metrics::SeriesOptions { goroutine_wait_reasons: config.metrics.goroutine_wait_reasons, histograms: config.metrics.histograms },
+            series: crate::metrics::SeriesOptions {
+                goroutine_wait_reasons: config.metrics.goroutine_wait_reasons,
+                histograms: config.metrics.histograms,
+                tls: config.metrics.tls,
+            },
             fold: crate::aggregate::FoldRule {
                 non_go: config.metrics.fold_non_go,
                 young: seconds("metrics.fold_young_seconds", config.metrics.fold_young_seconds, 0.0)?,
                 retention: seconds("metrics.fold_retention_seconds", config.metrics.fold_retention_seconds, 0.0)?,
                 pod_histograms: config.metrics.histograms == crate::metrics::HistogramScope::Pod,
+                pod_tls: config.metrics.tls == crate::metrics::HistogramScope::Pod,
             },
             config,
         })

@@ -467,13 +467,17 @@ impl HealthEngine {
             }
         }
         let http2 = p.http2.as_ref().map(|h| h.totals());
-        // A process whose first frame came after the previous evaluation had none then.
-        if let (Some(now_h2), Some(prev)) = (&http2, &h.prev) {
-            let secs = now.saturating_duration_since(prev.at).as_secs_f64();
-            let w = now_h2.since(&prev.http2.unwrap_or_default());
+        if let Some(now_h2) = &http2 {
+            // Frames before the process's first evaluation (its counts start at zero when it is
+            // first seen) or before its first frame count in this window: a GOAWAY received
+            // right after a process started is not lost.
+            let w = now_h2.since(&h.prev.as_ref().and_then(|p| p.http2).unwrap_or_default());
             sig.push(reading(cfg, "http2_goaways_received_error", w.goaways_received_error as f64));
-            if secs > 0.0 {
-                sig.push(reading(cfg, "http2_stream_resets_per_second", w.stream_resets as f64 / secs));
+            if let Some(prev) = &h.prev {
+                let secs = now.saturating_duration_since(prev.at).as_secs_f64();
+                if secs > 0.0 {
+                    sig.push(reading(cfg, "http2_stream_resets_per_second", w.stream_resets as f64 / secs));
+                }
             }
         }
         if let (Some(n), Some(max)) = (p.map_count, max_map_count.filter(|m| *m > 0)) {
@@ -711,6 +715,13 @@ mod tests {
         let m = mine(&h);
         assert_eq!(get(&m, "http2_goaways_received_error").state, State::Ok);
         assert_eq!(get(&m, "http2_stream_resets_per_second").value, 0.0);
+        // A process whose frames all came before its first evaluation: the GOAWAY still counts.
+        let other = me.wrapping_add(1_000_000);
+        agg.on_http2(&Http2Event { header: EventHeader { kind: EventKind::Http2 as u32, tgid: other, ktime_ns: 1 }, ..ev(HTTP2_FRAME_GOAWAY, HTTP2_RECEIVED, 0xb) }, t0);
+        let (h, _) = e.evaluate(&agg, None, t0 + Duration::from_secs(11));
+        let o = h.iter().find(|(p, _)| *p == other).map(|x| x.1.clone()).expect("the new process evaluated");
+        assert_eq!(get(&o, "http2_goaways_received_error").state, State::Warn);
+        assert!(!o.signals.iter().any(|s| s.name == "http2_stream_resets_per_second"), "no rate without a window");
     }
 
     #[test]

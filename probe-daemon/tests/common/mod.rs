@@ -121,12 +121,13 @@ impl Daemon {
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         // Per-pid series for every process (the tests follow processes by pid; folding has its
-        // own tests, which set the fold_ settings). A [metrics] section of the test's gets these
+        // own tests, which set the fold_ settings, and get the default TLS scope too). A [metrics] section of the test's gets these
         // too (TOML allows one).
-        let metrics_defaults = if extra_toml.contains("fold_") {
-            "scrape_interval_seconds = 1.0\n"
-        } else {
-            "scrape_interval_seconds = 1.0\nfold_non_go = false\nfold_young_seconds = 0.0\n"
+        // The same for TLS (per pod by default): per pid unless the test chooses.
+        let metrics_defaults = match (extra_toml.contains("fold_"), extra_toml.contains("tls =")) {
+            (true, _) => "scrape_interval_seconds = 1.0\n",
+            (false, true) => "scrape_interval_seconds = 1.0\nfold_non_go = false\nfold_young_seconds = 0.0\n",
+            (false, false) => "scrape_interval_seconds = 1.0\nfold_non_go = false\nfold_young_seconds = 0.0\ntls = \"process\"\n",
         };
         let (metrics, extra_toml) = if extra_toml.contains("[metrics]\n") {
             (String::new(), extra_toml.replacen("[metrics]\n", &format!("[metrics]\n{metrics_defaults}"), 1))

@@ -31,6 +31,9 @@ use crate::{evidence::CrashKind, goruntime::ProcMem, sync::lock};
 pub use message::Message;
 pub use pause::{PauseStats, Pauses, Resumed};
 
+/// How long an OOM capsule waits for a heap snapshot of the process that is under way.
+const OOM_WAIT_FOR_SNAPSHOT: Duration = Duration::from_secs(3);
+
 /// `[crash]`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -606,6 +609,14 @@ impl Shared {
         }
         let key = Self::loop_key(&t);
         let Some(suppressed_before) = self.admit(&key) else { return };
+        // A heap snapshot of the process may be under way (the memory watch started it as usage
+        // neared the limit; the kill came while it was written): it read the memory before the
+        // kill, so it is the newest evidence. Wait for it, bounded.
+        let deadline = Instant::now() + OOM_WAIT_FOR_SNAPSHOT;
+        let in_flight = |m: &SnapshotMeta| m.pid == pid && matches!(m.status, Status::Pending | Status::Running);
+        while snap.list().iter().any(in_flight) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let newest = snap.list().into_iter().find(|m| m.pid == pid && m.files.contains_key("heap"));
         let now_ms = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
         let capsule = Capsule {
