@@ -1243,27 +1243,11 @@ mod tests {
     #[test]
     fn per_pod_tls_sums_the_pods_processes_departed_ones_included() {
         use crate::aggregate::FoldRule;
-        use probe_common::{EventHeader, EventKind, TlsEvent, TLS_NO_ALERT};
         let t0 = std::time::Instant::now();
         let s = std::time::Duration::from_secs;
         let mut a = Aggregate::new(s(1), 100).with_folding(FoldRule { pod_tls: true, ..FoldRule::OFF });
         let (p1, p2) = (0x7ff2_0001, 0x7ff2_0002);
-        let ok = |pid: u32, role: u8, failed: u8| TlsEvent {
-            header: EventHeader { kind: EventKind::Tls as u32, tgid: pid, ktime_ns: 1 },
-            duration_ns: 2_000_000,
-            library: probe_common::TLS_LIBRARY_GO,
-            role,
-            failed,
-            alpn_len: 0,
-            version: 0x0304,
-            cipher_suite: 0x1301,
-            alert_sent: TLS_NO_ALERT,
-            alert_received: if failed != 0 { 42 } else { TLS_NO_ALERT },
-            ret: 0,
-            alpn: [0; probe_common::TLS_ALPN_LEN],
-            ssl_reason: 0,
-            _pad: 0,
-        };
+        let ok = |pid: u32, role: u8, failed: u8| crate::tls::test_event(pid, role, failed, 2_000_000);
         for pid in [p1, p2] {
             go_process_view(&mut a, pid, t0);
             a.on_tls(&ok(pid, probe_common::TLS_ROLE_SERVER, 0), t0);

@@ -76,6 +76,26 @@ fn c(direction: &str, code: &str, n: f64) -> (String, String, f64) {
     (direction.to_string(), code.to_string(), n)
 }
 
+type Frames = Vec<(String, String, f64)>;
+
+/// Waits until the server (`sp`) and the client (`cp`) have as many GOAWAYs and RST_STREAMs as
+/// expected, then checks the exact counts by direction and code in that scrape and in one 300 ms
+/// later (late frames would show there). Returns the first scrape.
+fn expect_frames(d: &Daemon, label: &str, (sp, cp): (&str, &str), server: (Frames, Frames), client: (Frames, Frames)) -> Metrics {
+    let total = |f: &Frames| f.iter().map(|x| x.2).sum::<f64>();
+    let m = d.wait_metrics(&format!("{label}: every frame"), Duration::from_secs(30), |m| {
+        sum(m, GOAWAYS, sp) >= total(&server.0) && sum(m, RESETS, sp) >= total(&server.1) && sum(m, GOAWAYS, cp) >= total(&client.0) && sum(m, RESETS, cp) >= total(&client.1)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    for m in [&m, &d.metrics()] {
+        assert_eq!(counts(m, GOAWAYS, sp), server.0, "{label} server GOAWAYs:\n{}", m.text);
+        assert_eq!(counts(m, RESETS, sp), server.1, "{label} server RST_STREAMs:\n{}", m.text);
+        assert_eq!(counts(m, GOAWAYS, cp), client.0, "{label} client GOAWAYs:\n{}", m.text);
+        assert_eq!(counts(m, RESETS, cp), client.1, "{label} client RST_STREAMs:\n{}", m.text);
+    }
+    m
+}
+
 #[test]
 fn goaways_and_stream_resets_are_counted_exactly_on_both_sides() {
     let _serial = common::serial();
@@ -104,16 +124,13 @@ fn h2c_case(d: &Daemon, label: &str, v: &str, variant: &str) {
     assert_eq!(client.cmd(&format!("cancel {port} 3")), [3], "{label}: cancelled by the client");
     assert_eq!(server.cmd("waitconns 1"), [1], "{label}");
     assert_eq!(server.cmd("shutdown"), [0], "{label}");
-    let m = d.wait_metrics(&format!("{label}: every frame"), Duration::from_secs(30), |m| {
-        sum(m, GOAWAYS, &sp) >= 1.0 && sum(m, RESETS, &sp) >= 5.0 && sum(m, GOAWAYS, &cp) >= 1.0 && sum(m, RESETS, &cp) >= 5.0
-    });
-    std::thread::sleep(Duration::from_millis(300));
-    for m in [&m, &d.metrics()] {
-        assert_eq!(counts(m, GOAWAYS, &sp), vec![c("sent", "NO_ERROR", 1.0)], "{label} server GOAWAYs:\n{}", m.text);
-        assert_eq!(counts(m, RESETS, &sp), vec![c("received", "CANCEL", 3.0), c("sent", "INTERNAL_ERROR", 2.0)], "{label} server RST_STREAMs");
-        assert_eq!(counts(m, GOAWAYS, &cp), vec![c("received", "NO_ERROR", 1.0)], "{label} client GOAWAYs");
-        assert_eq!(counts(m, RESETS, &cp), vec![c("received", "INTERNAL_ERROR", 2.0), c("sent", "CANCEL", 3.0)], "{label} client RST_STREAMs");
-    }
+    expect_frames(
+        d,
+        label,
+        (&sp, &cp),
+        (vec![c("sent", "NO_ERROR", 1.0)], vec![c("received", "CANCEL", 3.0), c("sent", "INTERNAL_ERROR", 2.0)]),
+        (vec![c("received", "NO_ERROR", 1.0)], vec![c("received", "INTERNAL_ERROR", 2.0), c("sent", "CANCEL", 3.0)]),
+    );
     assert!(server.alive() && client.alive(), "{label}: the probed programs must survive");
     assert_eq!(client.cmd("quit"), Vec::<i64>::new());
     assert_eq!(server.cmd("quit"), Vec::<i64>::new());
@@ -159,18 +176,7 @@ fn one_case(d: &Daemon, label: &str, v: &str, variant: &str) {
     let server_resets = vec![c("received", "CANCEL", 3.0), c("sent", "INTERNAL_ERROR", 2.0), c("sent", "REFUSED_STREAM", 1.0)];
     let client_goaways = vec![c("received", "NO_ERROR", 1.0)];
     let client_resets = vec![c("received", "INTERNAL_ERROR", 2.0), c("sent", "CANCEL", 3.0)];
-    let m = d.wait_metrics(&format!("{label}: every frame"), Duration::from_secs(30), |m| {
-        sum(m, GOAWAYS, &sp) >= 4.0 && sum(m, RESETS, &sp) >= 6.0 && sum(m, GOAWAYS, &cp) >= 1.0 && sum(m, RESETS, &cp) >= 5.0
-    });
-    // Late frames would show here.
-    std::thread::sleep(Duration::from_millis(300));
-    let m2 = d.metrics();
-    for m in [&m, &m2] {
-        assert_eq!(counts(m, GOAWAYS, &sp), server_goaways, "{label} server GOAWAYs:\n{}", m.text);
-        assert_eq!(counts(m, RESETS, &sp), server_resets, "{label} server RST_STREAMs");
-        assert_eq!(counts(m, GOAWAYS, &cp), client_goaways, "{label} client GOAWAYs");
-        assert_eq!(counts(m, RESETS, &cp), client_resets, "{label} client RST_STREAMs");
-    }
+    let m = expect_frames(d, label, (&sp, &cp), (server_goaways, server_resets), (client_goaways, client_resets));
     assert!(m.has(RESETS, &[("pid", &sp), ("comm", "h2probe")]), "{label}");
 
     // The peer's GOAWAY, with its debug data, in the server's target.
@@ -214,19 +220,16 @@ fn grpc_cancelled_calls_and_a_stopped_server_are_counted_through_x_net() {
         // their handlers returned (else the stop's GOAWAY could make the client close first).
         assert_eq!(server.cmd("waitended 2"), [2], "{label}: both calls ended on the server");
         assert_eq!(server.cmd("stop"), [0], "{label}");
-        let m = d.wait_metrics(&format!("{label}: every frame"), Duration::from_secs(30), |m| {
-            sum(m, RESETS, &sp) >= 2.0 && sum(m, RESETS, &cp) >= 2.0 && sum(m, GOAWAYS, &sp) >= 1.0 && sum(m, GOAWAYS, &cp) >= 1.0
-        });
-        std::thread::sleep(Duration::from_millis(300));
-        for m in [&m, &d.metrics()] {
-            assert_eq!(counts(m, RESETS, &cp), vec![c("sent", "CANCEL", 2.0)], "{label} client RST_STREAMs:\n{}", m.text);
-            assert_eq!(counts(m, RESETS, &sp), vec![c("received", "CANCEL", 2.0)], "{label} server RST_STREAMs");
-            // grpc-go's graceful stop announces it with a GOAWAY (last stream 2^32-1) and a PING;
-            // the client, with no call in flight, closes the connection on it, so the second,
-            // final GOAWAY (after the PING's answer) is never written.
-            assert_eq!(counts(m, GOAWAYS, &sp), vec![c("sent", "NO_ERROR", 1.0)], "{label} server GOAWAYs:\n{}", m.text);
-            assert_eq!(counts(m, GOAWAYS, &cp), vec![c("received", "NO_ERROR", 1.0)], "{label} client GOAWAYs:\n{}", m.text);
-        }
+        // grpc-go's graceful stop announces it with a GOAWAY (last stream 2^32-1) and a PING;
+        // the client, with no call in flight, closes the connection on it, so the second, final
+        // GOAWAY (after the PING's answer) is never written.
+        expect_frames(
+            &d,
+            &label,
+            (&sp, &cp),
+            (vec![c("sent", "NO_ERROR", 1.0)], vec![c("received", "CANCEL", 2.0)]),
+            (vec![c("received", "NO_ERROR", 1.0)], vec![c("sent", "CANCEL", 2.0)]),
+        );
         assert!(server.alive() && client.alive(), "{label}");
         assert_eq!(client.cmd("quit"), Vec::<i64>::new());
         assert_eq!(server.cmd("quit"), Vec::<i64>::new());

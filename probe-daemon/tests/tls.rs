@@ -307,7 +307,7 @@ fn openssl_handshakes_of_curl_and_s_server_and_the_go_server_side() {
     assert_eq!(rc, 0, "openssl req");
 
     // openssl s_server: TLS 1.3 only, one connection after another, stdin kept open.
-    let (port, mut server, mut out) = s_server(&cert, &keyf, &["-tls1_3", "-naccept", "3"]);
+    let (port, mut server, _out) = s_server(&cert, &keyf, &["-tls1_3", "-naccept", "3"]);
     let reads = wait_openssl_probed(&d);
     // Version and ALPN are read where this libssl build's accessors show where they are (Debian's
     // OpenSSL 3.0 does); otherwise the labels say "unknown".
@@ -470,7 +470,7 @@ fn openssl_failure_reasons_for_an_untrusted_certificate_and_an_alpn_mismatch() {
     let reads = wait_openssl_probed(&d);
     assert_eq!(reads["reasons"], true, "failure reasons read: {reads}");
     for (tls, label) in [("1.3", "tls1.3"), ("1.2", "tls1.2")] {
-        let (port, mut server, out) = s_server(&cert, &keyf, &["-alpn", "h2", "-naccept", "2"]);
+        let (port, mut server, _out) = s_server(&cert, &keyf, &["-alpn", "h2", "-naccept", "2"]);
         let url = format!("https://127.0.0.1:{port}/");
         let curl = |extra: &[&str]| run("curl", Command::new("curl").args(["-s", "-m", "5", "--tls-max", tls]).args(extra).arg(&url));
         // Trusting another certificate only: the server's is untrusted.

@@ -633,25 +633,9 @@ mod tests {
 
     #[test]
     fn tls_failure_ratio_and_p99_over_the_window() {
-        use probe_common::{EventHeader, EventKind, TlsEvent, TLS_NO_ALERT};
         let me = std::process::id();
         let mut agg = Aggregate::new(Duration::from_secs(1), 10);
-        let ev = |failed: u8, secs: f64| TlsEvent {
-            header: EventHeader { kind: EventKind::Tls as u32, tgid: me, ktime_ns: 1 },
-            duration_ns: (secs * 1e9) as u64,
-            library: probe_common::TLS_LIBRARY_GO,
-            role: probe_common::TLS_ROLE_CLIENT,
-            failed,
-            alpn_len: 0,
-            version: 0x0304,
-            cipher_suite: 0x1301,
-            alert_sent: TLS_NO_ALERT,
-            alert_received: if failed != 0 { 42 } else { TLS_NO_ALERT },
-            ret: 0,
-            alpn: [0; probe_common::TLS_ALPN_LEN],
-            ssl_reason: 0,
-            _pad: 0,
-        };
+        let ev = |failed: u8, secs: f64| crate::tls::test_event(me, probe_common::TLS_ROLE_CLIENT, failed, (secs * 1e9) as u64);
         let t0 = Instant::now();
         // Before the first evaluation: 100 fast, good handshakes (not in any window).
         for _ in 0..100 {

@@ -528,6 +528,29 @@ pub fn role_label(role: u8) -> &'static str {
     }
 }
 
+/// A Go handshake event of `pid` (tests of the modules that consume them): TLS 1.3, no ALPN,
+/// a failure with alert 42 (bad certificate).
+#[cfg(test)]
+pub fn test_event(pid: u32, role: u8, failed: u8, duration_ns: u64) -> probe_common::TlsEvent {
+    use probe_common::{EventHeader, EventKind, TlsEvent, TLS_NO_ALERT};
+    TlsEvent {
+        header: EventHeader { kind: EventKind::Tls as u32, tgid: pid, ktime_ns: 1 },
+        duration_ns,
+        library: probe_common::TLS_LIBRARY_GO,
+        role,
+        failed,
+        alpn_len: 0,
+        version: 0x0304,
+        cipher_suite: 0x1301,
+        alert_sent: TLS_NO_ALERT,
+        alert_received: if failed != 0 { 42 } else { TLS_NO_ALERT },
+        ret: 0,
+        alpn: [0; probe_common::TLS_ALPN_LEN],
+        ssl_reason: 0,
+        _pad: 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
