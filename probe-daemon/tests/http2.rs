@@ -110,13 +110,19 @@ fn goaways_and_stream_resets_are_counted_exactly_on_both_sides() {
     }
 }
 
-/// h2c (prior knowledge, no TLS): the same frames through the same code.
-fn h2c_case(d: &Daemon, label: &str, v: &str, variant: &str) {
+/// An h2probe server and client of Go `v` (`variant` build), both tracked with the HTTP/2 probes.
+fn h2probe_pair(d: &Daemon, label: &str, v: &str, variant: &str) -> (GoProgram, GoProgram) {
     let bin = common::go_fixture(v, variant, "h2probe");
-    let mut server = GoProgram::start(&format!("{label}-server"), &bin);
-    let mut client = GoProgram::start(&format!("{label}-client"), &bin);
+    let server = GoProgram::start(&format!("{label}-server"), &bin);
+    let client = GoProgram::start(&format!("{label}-client"), &bin);
     wait_http2_attached(d, label, server.pid);
     wait_http2_attached(d, label, client.pid);
+    (server, client)
+}
+
+/// h2c (prior knowledge, no TLS): the same frames through the same code.
+fn h2c_case(d: &Daemon, label: &str, v: &str, variant: &str) {
+    let (mut server, mut client) = h2probe_pair(d, label, v, variant);
     let (sp, cp) = (server.pid.to_string(), client.pid.to_string());
     let port = format!("h2c:{}", server.cmd("serve-h2c")[0]);
     assert_eq!(client.cmd(&format!("get {port} 3")), [3], "{label}: plain requests over HTTP/2");
@@ -138,11 +144,7 @@ fn h2c_case(d: &Daemon, label: &str, v: &str, variant: &str) {
 
 fn one_case(d: &Daemon, label: &str, v: &str, variant: &str) {
     let t0 = Instant::now();
-    let bin = common::go_fixture(v, variant, "h2probe");
-    let mut server = GoProgram::start(&format!("{label}-server"), &bin);
-    let mut client = GoProgram::start(&format!("{label}-client"), &bin);
-    wait_http2_attached(d, label, server.pid);
-    wait_http2_attached(d, label, client.pid);
+    let (mut server, mut client) = h2probe_pair(d, label, v, variant);
     let (sp, cp) = (server.pid.to_string(), client.pid.to_string());
 
     let port = server.cmd("serve")[0].to_string();
