@@ -198,7 +198,10 @@ impl Thread {
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
             let now = Instant::now();
-            if now >= next_ring {
+            // The ring before the counters, always: a process's exec record precedes its first
+            // counted event, so a process gone within milliseconds is first seen through its exec
+            // (comm, cgroup, pod), not through a counter of a pid already gone.
+            if now >= next_ring || now >= next_drain {
                 self.drain_ring();
                 next_ring = now + ring_every;
             }
