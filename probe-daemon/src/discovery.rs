@@ -281,10 +281,12 @@ impl Thread {
                 // A process whose exit is in the same batch as its exec is gone: nothing of it
                 // to inspect or attach (most short-lived processes; reading /proc of a gone pid
                 // costs a failed lookup each, several per exec).
-                let exits: std::collections::HashSet<u32> = lives.iter().filter_map(|l| if let Life::Exit(p) = l { Some(*p) } else { None }).collect();
+                // Each pid's last exit in the batch: one pass, not a search per exec (a batch of
+                // an exec storm holds thousands).
+                let last_exit: HashMap<u32, usize> = lives.iter().enumerate().filter_map(|(i, l)| if let Life::Exit(p) = l { Some((*p, i)) } else { None }).collect();
                 for (i, life) in lives.iter().enumerate() {
                     if let Life::Exec(pid) = life {
-                        if exits.contains(pid) && lives[i + 1..].contains(&Life::Exit(*pid)) {
+                        if last_exit.get(pid).is_some_and(|&at| at > i) {
                             continue;
                         }
                     }
