@@ -709,11 +709,10 @@ impl Aggregate {
         self.on_exec_at(tgid, comm, 0, Instant::now());
     }
 
-    /// The cgroup of a process at its exec: its /proc (while it runs), else the cgroup id the
-    /// kernel gave with the exec (it may be gone before user space reads the event).
+    /// The cgroup of a process at its exec ([`PodSource::exec_cgroup`]: from the cgroup id the
+    /// kernel gave with the exec where that tells, else its /proc while it runs).
     fn exec_cgroup(&self, tgid: u32, cgroup_id: u64) -> Option<CgroupIdentity> {
-        let pods = self.pods.as_ref()?;
-        pods.cgroup(tgid).or_else(|| (cgroup_id != 0).then(|| pods.cgroup_by_id(cgroup_id)).flatten())
+        self.pods.as_ref()?.exec_cgroup(tgid, cgroup_id)
     }
 
     /// [`Self::on_exec`] at `now`, with the cgroup id from the kernel (0: unknown). A pid without

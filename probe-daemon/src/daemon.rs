@@ -109,6 +109,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             probes: probes.clone(),
             read_interval: settings.go_read_interval,
             read_cpu_budget: cfg.go.read_cpu_budget,
+            states_interval: settings.go_states_interval,
             every_g_read: cfg.go.every_g_read_each_interval,
         };
         let (tx, rx) = mpsc::sync_channel(16_384);

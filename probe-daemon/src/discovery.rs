@@ -70,14 +70,14 @@ pub type Sink = Box<dyn Fn(GoUpdate) + Send>;
 #[derive(Debug, Clone, Default)]
 pub struct GoView {
     /// None: Go tracking is off in the configuration.
-    pub targets: Option<BTreeMap<u32, GoTarget>>,
+    pub targets: Option<BTreeMap<u32, Arc<GoTarget>>>,
     /// None: OpenSSL probes are off in the configuration.
     pub openssl: Option<Vec<SslLibrary>>,
 }
 
 impl GoView {
     pub fn target(&self, pid: u32) -> Option<&GoTarget> {
-        self.targets.as_ref()?.get(&pid)
+        self.targets.as_ref()?.get(&pid).map(|t| &**t)
     }
 
     pub fn is_go(&self, pid: u32) -> bool {
@@ -96,6 +96,9 @@ pub struct Trackers {
     /// The runtime reads' share of one core (`[go] read_cpu_budget`): the every-round reads take
     /// at most half (the interval stretches), the goroutine-state breakdowns the rest.
     pub read_cpu_budget: f64,
+    /// The shortest period of a process's goroutine-state breakdown once its O(P) count is
+    /// verified (`[go] goroutine_states_interval_seconds`).
+    pub states_interval: Duration,
     /// Every g of every process at every interval (`[go] every_g_read_each_interval`, the
     /// benchmark's baseline): no O(P) count, no budget.
     pub every_g_read: bool,
@@ -125,6 +128,8 @@ struct ReadState {
     /// Why this process's goroutines are counted by reading every g, once the O(P) count was
     /// given up for it.
     fallback: Option<String>,
+    /// Where its Ps are: the O(P) read in one system call.
+    allp: crate::goruntime::mem::AllpCache,
 }
 
 impl ReadState {
@@ -253,7 +258,7 @@ impl Thread {
         if !self.dirty && ssl_same {
             return;
         }
-        let view = GoView { targets: self.own.go.as_ref().map(|g| g.targets().map(|t| (t.pid, t.clone())).collect()), openssl: openssl.clone() };
+        let view = GoView { targets: self.own.go.as_ref().map(|g| g.targets().map(|t| (t.pid, Arc::clone(t))).collect()), openssl: openssl.clone() };
         self.view.send_replace(Arc::new(view));
         self.published_ssl = openssl;
         self.dirty = false;
@@ -360,17 +365,19 @@ impl Thread {
         let round_start = thread_cpu_time();
         let mut breakdowns_cpu = Duration::ZERO;
         let readable = go.readable();
-        let readable_pids: std::collections::HashSet<u32> = readable.iter().map(|(p, _)| *p).collect();
+        let readable_pids: std::collections::HashSet<u32> = readable.iter().map(|t| t.pid).collect();
         self.reads.retain(|pid, _| readable_pids.contains(pid));
         let mut samples = Vec::new();
         let mut counts = Vec::new();
-        for (pid, layout) in readable {
+        for t in &readable {
+            let Some(layout) = &t.layout else { continue };
+            let pid = t.pid;
             let mem = ProcMem::lazy(pid);
             if self.own.every_g_read && !self.reads.contains_key(&pid) {
                 go.set_count_method(pid, "every g read at every interval ([go] every_g_read_each_interval = true)".into());
             }
             let st = self.reads.entry(pid).or_default();
-            let counters = match mem.counters(&layout) {
+            let counters = match mem.counters_with(layout, &mut st.allp) {
                 Ok(c) => c,
                 Err(e) => {
                     debug!(pid, error = %e, "Go runtime read failed");
@@ -387,7 +394,7 @@ impl Thread {
             }
             if self.own.every_g_read || count.is_none() || st.due(now) {
                 let t0 = thread_cpu_time();
-                let b = mem.breakdown(&layout);
+                let b = mem.breakdown(layout);
                 let cpu = thread_cpu_time().saturating_sub(t0);
                 breakdowns_cpu += cpu;
                 match b {
@@ -395,7 +402,7 @@ impl Thread {
                         if let Some(before) = count {
                             // The O(P) count is trusted once an every-g read confirms it, and
                             // checked again at every breakdown.
-                            let after = mem.counters(&layout).ok().and_then(|c| c.goroutines).unwrap_or(before);
+                            let after = mem.counters_with(layout, &mut st.allp).ok().and_then(|c| c.goroutines).unwrap_or(before);
                             if counts_agree(before, after, b.goroutines) {
                                 st.verified = true;
                                 st.disagreements = 0;
@@ -471,7 +478,8 @@ impl Thread {
                     budget::Demand { cost, forced: !s.verified || s.fallback.is_some() }
                 })
                 .collect();
-            let periods = budget::periods(&demands, self.read_every.as_secs_f64(), (budget - counters_rate).max(budget / 2.0));
+            let shortest = self.own.states_interval.as_secs_f64();
+            let periods = budget::periods(&demands, self.read_every.as_secs_f64(), shortest, (budget - counters_rate).max(budget / 2.0));
             for (pid, period) in pids.iter().zip(periods) {
                 let period = Duration::try_from_secs_f64(period).unwrap_or(MAX_BREAKDOWN_PERIOD).min(MAX_BREAKDOWN_PERIOD);
                 if let Some((_, r)) = self.reads.get_mut(pid).and_then(|s| s.last.as_mut()) {
@@ -487,7 +495,7 @@ impl Thread {
         }
         (self.sink)(GoUpdate::Samples { samples, offsets_sources: go.offsets_sources() });
         if let Some(creation) = &mut self.own.creation {
-            let targets: Vec<GoTarget> = go.targets().cloned().collect();
+            let targets: Vec<Arc<GoTarget>> = go.targets().cloned().collect();
             creation.tick(&self.own.probes, &targets, &counts);
             (self.sink)(GoUpdate::Creation(targets.iter().map(|t| (t.pid, creation.status(t.pid).cloned())).collect()));
         }

@@ -48,7 +48,7 @@ fn go_value(m: &Metrics, name: &str, pid: u32, extra: &[(&str, &str)]) -> f64 {
 }
 
 /// Wait reasons on (the test compares them); the default has states only.
-const GO_CFG: &str = "[go]\nread_interval_seconds = 0.2\n[metrics]\ngoroutine_wait_reasons = true\n";
+const GO_CFG: &str = "[go]\nread_interval_seconds = 0.2\ngoroutine_states_interval_seconds = 0.2\n[metrics]\ngoroutine_wait_reasons = true\n";
 
 /// The tests of this file each run a daemon and a dozen Go processes: one at a time, so timing
 /// assertions (attach within 1 s) measure chainprobe, not a machine overloaded by the others.

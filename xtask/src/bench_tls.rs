@@ -111,15 +111,6 @@ fn cpu_seconds(pid: u32) -> Result<f64> {
     Ok(ns as f64 / 1e9)
 }
 
-/// Seconds of CPU time the hypervisor gave to other guests so far (all CPUs, `/proc/stat`).
-fn steal_seconds() -> Result<f64> {
-    let stat = std::fs::read_to_string("/proc/stat")?;
-    let cpu = stat.lines().next().context("/proc/stat")?;
-    let ticks: f64 = cpu.split_whitespace().nth(8).context("steal")?.parse()?;
-    // SAFETY: sysconf has no preconditions.
-    Ok(ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64)
-}
-
 /// One measured chunk: operations per second, CPU µs per operation, and the share of the
 /// machine's CPU time stolen by the hypervisor meanwhile.
 #[derive(Clone, Copy)]
@@ -132,9 +123,9 @@ struct Chunk {
 /// Runs tlsprobe command `cmd` (`ops` operations; `elapsed_ns` takes the time they took from its
 /// reply) and measures it as a chunk.
 fn chunk(g: &mut TlsProbe, cmd: &str, ops: u64, elapsed_ns: impl Fn(&[i64]) -> Result<i64>) -> Result<Chunk> {
-    let (s0, c0) = (steal_seconds()?, cpu_seconds(g.pid)?);
+    let (s0, c0) = (bench_util::steal_seconds()?, cpu_seconds(g.pid)?);
     let r = g.try_cmd(cmd)?;
-    let (s1, c1) = (steal_seconds()?, cpu_seconds(g.pid)?);
+    let (s1, c1) = (bench_util::steal_seconds()?, cpu_seconds(g.pid)?);
     let secs = elapsed_ns(&r)? as f64 / 1e9;
     let ncpu = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
     Ok(Chunk { rate: ops as f64 / secs, cpu_us: (c1 - c0) * 1e6 / ops as f64, steal: (s1 - s0) / (secs * ncpu) })

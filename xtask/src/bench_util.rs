@@ -31,6 +31,15 @@ pub fn cpu_seconds(pid: u32) -> Result<f64> {
 }
 
 /// Benchmarks that start chainprobe load eBPF programs.
+/// Seconds of CPU time the hypervisor gave to other guests so far (all CPUs, `/proc/stat`).
+pub fn steal_seconds() -> Result<f64> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let cpu = stat.lines().next().context("/proc/stat")?;
+    let ticks: f64 = cpu.split_whitespace().nth(8).context("steal")?.parse()?;
+    // SAFETY: sysconf has no preconditions.
+    Ok(ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64)
+}
+
 pub fn require_root() -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {

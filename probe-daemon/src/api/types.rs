@@ -221,7 +221,7 @@ impl TargetsResponse {
             return TargetsResponse { targets: Vec::new(), go_tracking: Some("disabled in the configuration ([go] enabled = false)"), openssl_libraries };
         };
         // BTreeMap: by pid.
-        let targets = targets.values().map(|t| Target::new(t, view.processes.get(&t.pid))).collect();
+        let targets = targets.values().map(|t| Target::new(t, view.processes.get(&t.pid).map(|p| &**p))).collect();
         TargetsResponse { targets, go_tracking: None, openssl_libraries }
     }
 }

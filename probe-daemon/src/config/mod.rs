@@ -59,6 +59,9 @@ pub struct GoConfig {
     /// CPU the goroutine-state breakdowns may use, summed over the node's Go processes, as a
     /// fraction of one core (see goruntime::budget).
     pub read_cpu_budget: f64,
+    /// The shortest time between two goroutine-state breakdowns (every g read) of a process
+    /// whose count from the runtime's counters is confirmed; the budget may make it longer.
+    pub goroutine_states_interval_seconds: f64,
     /// Not in default.toml (a benchmark's baseline): every g of every process read at every
     /// interval, as before the O(P) count and the budget, for `cargo xtask bench node` to
     /// measure both in one run.
@@ -78,6 +81,7 @@ impl Default for GoConfig {
             enabled: true,
             read_interval_seconds: 5.0,
             read_cpu_budget: 0.005,
+            goroutine_states_interval_seconds: 30.0,
             every_g_read_each_interval: false,
             creation_probes: crate::goruntime::creation::CreationMode::Auto,
             creation_window_seconds: 60.0,
@@ -231,6 +235,7 @@ impl Config {
         self.drain_interval()?;
         self.map_count_interval()?;
         self.go_read_interval()?;
+        self.go_states_interval()?;
         if !(self.go.read_cpu_budget.is_finite() && self.go.read_cpu_budget > 0.0 && self.go.read_cpu_budget <= 1.0) {
             return Err(ConfigError::Invalid {
                 key: "go.read_cpu_budget",
@@ -277,6 +282,9 @@ impl Config {
     fn go_read_interval(&self) -> Result<Duration, ConfigError> {
         seconds("go.read_interval_seconds", self.go.read_interval_seconds, 0.05)
     }
+    fn go_states_interval(&self) -> Result<Duration, ConfigError> {
+        seconds("go.goroutine_states_interval_seconds", self.go.goroutine_states_interval_seconds, 0.05)
+    }
     fn creation_settings(&self) -> Result<crate::goruntime::creation::CreationSettings, ConfigError> {
         let g = &self.go;
         if !(g.creation_max_rate > 0.0) {
@@ -318,6 +326,7 @@ pub struct Settings {
     pub drain_interval: Duration,
     pub map_count_interval: Duration,
     pub go_read_interval: Duration,
+    pub go_states_interval: Duration,
     pub creation: crate::goruntime::creation::CreationSettings,
     pub label_policy: crate::k8s::LabelPolicy,
     pub series: crate::metrics::SeriesOptions,
@@ -333,6 +342,7 @@ impl Settings {
             drain_interval: config.drain_interval()?,
             map_count_interval: config.map_count_interval()?,
             go_read_interval: config.go_read_interval()?,
+            go_states_interval: config.go_states_interval()?,
             creation: config.creation_settings()?,
             label_policy: config.label_policy()?,
             series: crate::metrics::SeriesOptions {

@@ -214,7 +214,7 @@ impl CreationProbes {
 
     /// Called after each round of runtime reads with (pid, goroutines) of every read process.
     /// Collects counts, ends windows, applies the rate guard and the leak heuristic.
-    pub fn tick(&mut self, probes: &Mutex<Probes>, targets: &[GoTarget], goroutines: &[(u32, i64)]) {
+    pub fn tick(&mut self, probes: &Mutex<Probes>, targets: &[std::sync::Arc<GoTarget>], goroutines: &[(u32, i64)]) {
         let now = Instant::now();
         let pids: Vec<u32> = self.active.keys().copied().collect();
         for pid in pids {

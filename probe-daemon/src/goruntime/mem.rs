@@ -427,6 +427,15 @@ impl ProcMem {
     /// it (when the layout allows), goroutine ids, GC cycles, heap live and goal. Three system
     /// calls: the scalars and the allp slice header in one, the P pointers, each P's count.
     pub fn counters(&self, l: &Layout) -> Result<Counters, MemError> {
+        self.counters_with(l, &mut AllpCache::default())
+    }
+
+    /// [`ProcMem::counters`] in one system call once `cache` holds this process's Ps (from an
+    /// earlier read): the allp slice header, its P pointers and each P's free-list count are read
+    /// together with the scalars, at the addresses cached, and used only when the header and the
+    /// pointers read are the ones cached (the same Ps); otherwise they are read again as
+    /// [`ProcMem::counters`] does, and cached.
+    pub fn counters_with(&self, l: &Layout, cache: &mut AllpCache) -> Result<Counters, MemError> {
         let pid = self.pid;
         let count = l.count.as_ref().ok();
         // The schedt fields read (goidgen, ngsys, the free-list counts) lie within a few hundred
@@ -435,9 +444,19 @@ impl ProcMem {
         let (s_lo, s_hi) = (sched_offs.iter().copied().min().unwrap_or(0), sched_offs.iter().copied().max().unwrap_or(0) + 8);
         let (h_lo, h_hi) = (l.heap_live.min(l.heap_goal), l.heap_live.max(l.heap_goal) + 8);
         let mut reqs = vec![(l.allglen, 8), (l.sched + s_lo, (s_hi - s_lo) as usize), (l.memstats + l.numgc, 4), (l.gc_controller + h_lo, (h_hi - h_lo) as usize)];
-        if let Some(c) = count {
-            reqs.push((c.allp, 16));
-        }
+        let cached = match (count, cache.header) {
+            (Some(c), Some((ptr, len))) if cache.p_free_addrs.len() <= len as usize => {
+                reqs.push((c.allp, 16));
+                reqs.push((ptr, len as usize * 8));
+                reqs.extend(cache.p_free_addrs.iter().map(|&a| (a, 4)));
+                true
+            }
+            (Some(c), _) => {
+                reqs.push((c.allp, 16));
+                false
+            }
+            _ => false,
+        };
         let got = self.read_batch(&reqs);
         let part = |i: usize| batch_part(pid, &reqs, &got, i);
         let allglen = le_u64(part(0)?, 0);
@@ -452,21 +471,36 @@ impl ProcMem {
             heap_goal: le_u64(heap, l.heap_goal - h_lo),
         };
         if let Some(c) = count {
-            match self.gcount(c, allglen, sched, s_lo, part(4), l.sched_ngsys) {
+            // The Ps' counts read at the cached addresses, when the Ps are still those.
+            let p_free = cached
+                .then(|| {
+                    let hdr = part(4).ok()?;
+                    let ps = part(5).ok()?;
+                    let same = cache.header == Some((le_u64(hdr, 0), le_u64(hdr, 8))) && cache.p_free_addrs == p_free_addrs(ps, c.p_free);
+                    let counts: Option<Vec<&[u8]>> = (0..cache.p_free_addrs.len()).map(|k| part(6 + k).ok()).collect();
+                    same.then(|| counts.map(|v| v.iter().map(|b| i64::from(le_i32(b, 0))).sum::<i64>())).flatten()
+                })
+                .flatten();
+            let p_free = match p_free {
+                Some(n) => Ok(n),
+                None => self.p_free_counts(c, part(4), cache),
+            };
+            match p_free.and_then(|p_free| gcount(pid, allglen, p_free, sched, s_lo, c, l.sched_ngsys)) {
                 Ok(n) => out.goroutines = Some(n),
-                Err(e) => out.count_error = Some(e.to_string()),
+                Err(e) => {
+                    *cache = AllpCache::default();
+                    out.count_error = Some(e.to_string());
+                }
             }
         }
         Ok(out)
     }
 
-    /// runtime.gcount from allglen, the schedt bytes read from `s_lo` on, and the allp slice
-    /// header: each P's free-list count is read here (two system calls).
-    fn gcount(&self, c: &CountLayout, allglen: u64, sched: &[u8], s_lo: u64, allp: Result<&[u8], MemError>, ngsys_off: u64) -> Result<i64, MemError> {
+    /// The sum of the Ps' free-list counts from the allp slice header (two system calls: the P
+    /// pointers, then each P's count); the Ps are cached for the next read.
+    fn p_free_counts(&self, c: &CountLayout, allp: Result<&[u8], MemError>, cache: &mut AllpCache) -> Result<i64, MemError> {
         let pid = self.pid;
-        if allglen > MAX_G * 4 {
-            return Err(MemError::Implausible { pid, what: format!("allglen = {allglen}") });
-        }
+        *cache = AllpCache::default();
         let hdr = allp?;
         let (ptr, len) = (le_u64(hdr, 0), le_u64(hdr, 8));
         if len == 0 || len > MAX_P || ptr == 0 {
@@ -474,37 +508,31 @@ impl ProcMem {
         }
         let mut ps = vec![0u8; len as usize * 8];
         self.read_vm(ptr, &mut ps)?;
-        let addrs: Vec<u64> = ps.chunks_exact(8).map(|p| le_u64(p, 0)).filter(|&p| p != 0).map(|p| p + c.p_free).collect();
+        let addrs = p_free_addrs(&ps, c.p_free);
         let (buf, ok) = self.read_same_len(&addrs, 4);
         if ok.iter().any(|o| !o) {
             return Err(MemError::Implausible { pid, what: "a P listed in runtime.allp is not readable".into() });
         }
-        let p_free: i64 = buf.chunks_exact(4).map(|b| i64::from(le_i32(b, 0))).sum();
-        let s_free: i64 = c.sched_free.iter().map(|&o| i64::from(le_i32(sched, o - s_lo))).sum();
-        let ngsys = i64::from(le_i32(sched, ngsys_off - s_lo));
-        let g = allglen as i64;
-        // The runtime reads these without a lock too; a free count below 0 or beyond every g is
-        // not a race but a wrong offset.
-        if !(0..=g).contains(&p_free) || !(0..=g).contains(&s_free) || !(0..=g).contains(&ngsys) {
-            return Err(MemError::Implausible { pid, what: format!("free g counts (sched {s_free}, Ps {p_free}, ngsys {ngsys}) against allglen {allglen}") });
-        }
-        // As runtime.gcount: at least the goroutine that asks.
-        Ok((g - s_free - p_free - ngsys).max(1))
+        *cache = AllpCache { header: Some((ptr, len)), p_free_addrs: addrs };
+        Ok(buf.chunks_exact(4).map(|b| i64::from(le_i32(b, 0))).sum())
     }
 
     /// Reads every g (O(goroutines), batched): the goroutine count and the breakdown by status
     /// and wait reason.
     pub fn breakdown(&self, l: &Layout) -> Result<Breakdown, MemError> {
         let pid = self.pid;
-        let allglen = self.u64(l.allglen)?;
-        let allgs_ptr = self.u64(l.allgs)?;
+        // allglen and allgs in one call (ngsys is read after the g's, as NumGoroutine does).
+        let reqs = [(l.allglen, 8), (l.allgs, 8)];
+        let got = self.read_batch(&reqs);
+        let allglen = le_u64(batch_part(pid, &reqs, &got, 0)?, 0);
+        let allgs_ptr = le_u64(batch_part(pid, &reqs, &got, 1)?, 0);
         if allglen > MAX_G * 4 {
             return Err(MemError::Implausible { pid, what: format!("allglen = {allglen}") });
         }
         let n = allglen.min(MAX_G) as usize;
         let mut ptrs = vec![0u8; n * 8];
         if n > 0 {
-            self.read_exact(allgs_ptr, &mut ptrs)?;
+            self.read_vm(allgs_ptr, &mut ptrs)?;
         }
         // status (u32), waitreason (u8) and m (pointer) lie within a few dozen bytes: one range
         // per g, read in batches (process_vm_readv, 1024 ranges a call).
@@ -567,6 +595,37 @@ fn le_i32(b: &[u8], o: u64) -> i32 {
 }
 
 /// Range `i` of a [`ProcMem::read_batch`] answer, or why not.
+/// Where a process's Ps are (the allp slice header and the address of each P's free-list count),
+/// from its last read: lets the next [`ProcMem::counters_with`] read everything in one call.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AllpCache {
+    /// runtime.allp's (pointer, length) when read.
+    header: Option<(u64, u64)>,
+    p_free_addrs: Vec<u64>,
+}
+
+/// The address of each P's free-list count, from the allp array's P pointers (nil ones skipped).
+fn p_free_addrs(ps: &[u8], p_free: u64) -> Vec<u64> {
+    ps.chunks_exact(8).map(|p| le_u64(p, 0)).filter(|&p| p != 0).map(|p| p + p_free).collect()
+}
+
+/// runtime.gcount from allglen, the Ps' free counts and the schedt bytes read from `s_lo` on.
+fn gcount(pid: u32, allglen: u64, p_free: i64, sched: &[u8], s_lo: u64, c: &CountLayout, ngsys_off: u64) -> Result<i64, MemError> {
+    if allglen > MAX_G * 4 {
+        return Err(MemError::Implausible { pid, what: format!("allglen = {allglen}") });
+    }
+    let s_free: i64 = c.sched_free.iter().map(|&o| i64::from(le_i32(sched, o - s_lo))).sum();
+    let ngsys = i64::from(le_i32(sched, ngsys_off - s_lo));
+    let g = allglen as i64;
+    // The runtime reads these without a lock too; a free count below 0 or beyond every g is
+    // not a race but a wrong offset.
+    if !(0..=g).contains(&p_free) || !(0..=g).contains(&s_free) || !(0..=g).contains(&ngsys) {
+        return Err(MemError::Implausible { pid, what: format!("free g counts (sched {s_free}, Ps {p_free}, ngsys {ngsys}) against allglen {allglen}") });
+    }
+    // As runtime.gcount: at least the goroutine that asks.
+    Ok((g - s_free - p_free - ngsys).max(1))
+}
+
 fn batch_part<'a>(pid: u32, reqs: &[(u64, usize)], got: &'a [Option<Vec<u8>>], i: usize) -> Result<&'a [u8], MemError> {
     got.get(i).and_then(|g| g.as_deref()).ok_or_else(|| {
         let (addr, len) = reqs.get(i).copied().unwrap_or_default();

@@ -188,7 +188,8 @@ pub enum Discovery {
 /// runtime reader, so it is only locked briefly: inspection happens in [`Discoverer`], outside.
 pub struct GoTracker {
     probes: Arc<Mutex<Probes>>,
-    targets: HashMap<u32, GoTarget>,
+    /// Shared with the published views (a change copies the one target it changes).
+    targets: HashMap<u32, Arc<GoTarget>>,
     binaries: HashMap<BinaryKey, AttachedBinary>,
     /// Go TLS handshake probes, when enabled.
     tls: Option<Arc<crate::tls::GoTls>>,
@@ -327,12 +328,13 @@ impl GoTracker {
         self
     }
 
-    pub fn targets(&self) -> impl Iterator<Item = &GoTarget> {
+    /// The targets as shared with the views (no copy).
+    pub fn targets(&self) -> impl Iterator<Item = &Arc<GoTarget>> {
         self.targets.values()
     }
 
     pub fn target(&self, pid: u32) -> Option<&GoTarget> {
-        self.targets.get(&pid)
+        self.targets.get(&pid).map(|t| &**t)
     }
 
     /// Tracks an inspected process: attaches its binary's probes unless already attached.
@@ -376,7 +378,7 @@ impl GoTracker {
         }
         if !bin.supported() {
             info!(pid, version = %bin.go_version, "Go process with the stack ABI: not probed");
-            self.targets.insert(pid, target);
+            self.targets.insert(pid, Arc::new(target));
             return Discovery::Tracked;
         }
         let tls = self.tls.clone();
@@ -406,7 +408,7 @@ impl GoTracker {
             self.enable_tls(&mut target);
         }
         info!(pid, version = %bin.go_version, exe = %target.exe.display(), offsets = %bin.offsets_origin.describe(), "tracking Go process");
-        self.targets.insert(pid, target);
+        self.targets.insert(pid, Arc::new(target));
         match (known, verdict) {
             (Some(c), _) => self.apply_verdict(key, c),
             (None, Some(v)) => self.record_verdict(key, pid, v),
@@ -463,7 +465,8 @@ impl GoTracker {
     fn apply_verdict(&mut self, key: BinaryKey, c: Checked) {
         let pids: Vec<u32> = self.targets.values().filter(|t| t.key == Some(key) && t.pending.is_some()).map(|t| t.pid).collect();
         for pid in pids {
-            let Some(mut t) = self.targets.remove(&pid) else { continue };
+            let Some(t) = self.targets.remove(&pid) else { continue };
+            let mut t = Arc::unwrap_or_clone(t);
             let pending = t.pending.take();
             if c.accepted {
                 t.offsets.validation = format!("accepted on pid {}: {}", c.pid, c.detail);
@@ -475,7 +478,7 @@ impl GoTracker {
                 t.offsets.validation = format!("rejected on pid {}: {}", c.pid, c.detail);
                 t.reads_error = Some(format!("offsets from {} rejected on pid {}: {}", t.offsets.table.as_deref().unwrap_or(t.offsets.source), c.pid, c.detail));
             }
-            self.targets.insert(pid, t);
+            self.targets.insert(pid, Arc::new(t));
         }
     }
 
@@ -527,13 +530,13 @@ impl GoTracker {
     /// Records how process `pid`'s goroutines are counted (when the reader had to change it).
     pub fn set_count_method(&mut self, pid: u32, method: String) {
         if let Some(t) = self.targets.get_mut(&pid) {
-            t.goroutine_count = method;
+            Arc::make_mut(t).goroutine_count = method;
         }
     }
 
-    /// (pid, layout) of every process whose runtime can be read.
-    pub fn readable(&self) -> Vec<(u32, Layout)> {
-        self.targets.values().filter_map(|t| t.layout.clone().map(|l| (t.pid, l))).collect()
+    /// Every process whose runtime can be read (its layout is set).
+    pub fn readable(&self) -> Vec<Arc<GoTarget>> {
+        self.targets.values().filter(|t| t.layout.is_some()).cloned().collect()
     }
 }
 

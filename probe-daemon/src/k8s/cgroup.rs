@@ -131,12 +131,21 @@ pub fn parse_proc_cgroup(contents: &str) -> Option<CgroupIdentity> {
     pod_only
 }
 
-/// The cgroup v2 hierarchy's mount point, from `/proc/self/mountinfo`.
-pub fn cgroup2_mount() -> Option<std::path::PathBuf> {
-    let mi = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    mi.lines().find_map(|l| {
+/// The cgroup v2 hierarchy's mount point in `mountinfo` contents.
+pub fn cgroup2_mount_in(mountinfo: &str) -> Option<std::path::PathBuf> {
+    mounts_of(mountinfo, "cgroup2").next().map(std::path::PathBuf::from)
+}
+
+/// True when `mountinfo` has a cgroup v1 hierarchy mounted (a hybrid or a v1 node).
+pub fn has_cgroup1_mount(mountinfo: &str) -> bool {
+    mounts_of(mountinfo, "cgroup").next().is_some()
+}
+
+/// The mount points of file system type `fstype` in `mountinfo` contents.
+fn mounts_of<'a>(mountinfo: &'a str, fstype: &'a str) -> impl Iterator<Item = &'a str> {
+    mountinfo.lines().filter_map(move |l| {
         let (left, right) = l.split_once(" - ")?;
-        (right.split_whitespace().next()? == "cgroup2").then(|| left.split_whitespace().nth(4).map(std::path::PathBuf::from))?
+        (right.split_whitespace().next()? == fstype).then(|| left.split_whitespace().nth(4))?
     })
 }
 
@@ -450,6 +459,17 @@ mod tests {
         let i = ident(&format!("4:memory:/docker/{CID}\n"));
         assert_eq!(i.container_id.as_deref(), Some(CID));
         assert_eq!(i.runtime, Some(Runtime::Docker));
+    }
+
+    #[test]
+    fn mountinfo_tells_a_cgroup2_only_node_from_a_hybrid_one() {
+        let unified = "30 23 0:26 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw,nsdelegate\n22 1 8:1 / / rw - ext4 /dev/sda1 rw\n";
+        assert_eq!(cgroup2_mount_in(unified), Some("/sys/fs/cgroup".into()));
+        assert!(!has_cgroup1_mount(unified));
+        let hybrid = "35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory\n41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
+        assert_eq!(cgroup2_mount_in(hybrid), Some("/sys/fs/cgroup/unified".into()));
+        assert!(has_cgroup1_mount(hybrid));
+        assert_eq!(cgroup2_mount_in("22 1 8:1 / / rw - ext4 /dev/sda1 rw\n"), None);
     }
 
     #[test]

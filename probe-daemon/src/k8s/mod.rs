@@ -200,6 +200,11 @@ pub trait PodSource: Send + Sync {
     fn cgroup_by_id(&self, _id: u64) -> Option<CgroupIdentity> {
         None
     }
+    /// The cgroup identity of a process at its exec, with the cgroup v2 id the kernel gave (0:
+    /// none): by default its /proc, else the id.
+    fn exec_cgroup(&self, pid: u32, id: u64) -> Option<CgroupIdentity> {
+        self.cgroup(pid).or_else(|| (id != 0).then(|| self.cgroup_by_id(id)).flatten())
+    }
     /// The pod metadata of a cgroup identity with whatever names the API cache has now.
     fn meta(&self, id: &CgroupIdentity) -> PodMeta;
     /// True when names come from an API (so a pod without names may still get them).
@@ -218,10 +223,12 @@ pub struct PodResolver {
     task: Option<tokio::task::JoinHandle<()>>,
     /// `/proc/PID/cgroup` contents → parsed identity.
     parsed: Mutex<HashMap<String, Option<CgroupIdentity>>>,
-    /// cgroup v2 id → parsed identity (ids are never reused).
-    by_id: Mutex<HashMap<u64, Option<CgroupIdentity>>>,
-    /// The cgroup v2 hierarchy's root directory and mount point, opened on first use.
-    cgroup2: std::sync::OnceLock<Option<(std::fs::File, PathBuf)>>,
+    /// cgroup v2 id → parsed identity of its path (`None`: the path could not be found, e.g.
+    /// outside this cgroup namespace, or the cgroup is gone); ids are never reused.
+    by_id: Mutex<HashMap<u64, Option<Option<CgroupIdentity>>>>,
+    /// The cgroup v2 hierarchy's root directory and mount point, opened on first use, and
+    /// whether it is the only one (no cgroup v1 hierarchy mounted).
+    cgroup2: std::sync::OnceLock<Option<(std::fs::File, PathBuf, bool)>>,
 }
 
 impl Drop for PodResolver {
@@ -369,15 +376,48 @@ impl PodSource for PodResolver {
     }
 
     fn cgroup_by_id(&self, id: u64) -> Option<CgroupIdentity> {
+        self.by_id(id).flatten()
+    }
+
+    /// From the exec's cgroup v2 id, without reading /proc when the id tells: a cgroup v2 path
+    /// that names a container is that container's in any layout (runtimes place a container in
+    /// every hierarchy), and on a node with cgroup v2 alone a path that names none is outside
+    /// containers. Otherwise (cgroup v1 hierarchies mounted: the container may show only there)
+    /// /proc/PID/cgroup is read. The ids' paths are cached, so the hundred execs a second of a
+    /// crash-looping pod cost no I/O each.
+    fn exec_cgroup(&self, pid: u32, id: u64) -> Option<CgroupIdentity> {
+        if id != 0 {
+            let unified_only = self.cgroup2_root().is_some_and(|r| r.2);
+            match self.by_id(id) {
+                Some(Some(ident)) => return Some(ident),
+                Some(None) if unified_only => return None,
+                _ => {}
+            }
+        }
+        self.cgroup(pid).or_else(|| (id != 0).then(|| self.cgroup_by_id(id)).flatten())
+    }
+}
+
+impl PodResolver {
+    fn cgroup2_root(&self) -> Option<&(std::fs::File, PathBuf, bool)> {
+        self.cgroup2
+            .get_or_init(|| {
+                let mi = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+                let mp = cgroup::cgroup2_mount_in(&mi)?;
+                let v1 = cgroup::has_cgroup1_mount(&mi);
+                std::fs::File::open(&mp).ok().map(|f| (f, mp, !v1))
+            })
+            .as_ref()
+    }
+
+    /// The parsed identity of cgroup v2 id `id`'s path (`Some(None)`: a path outside
+    /// containers; `None`: no path found).
+    fn by_id(&self, id: u64) -> Option<Option<CgroupIdentity>> {
         if let Some(known) = crate::sync::lock(&self.by_id).get(&id) {
             return known.clone();
         }
-        let root = self.cgroup2.get_or_init(|| {
-            let mp = cgroup::cgroup2_mount()?;
-            std::fs::File::open(&mp).ok().map(|f| (f, mp))
-        });
-        let (dir, mp) = root.as_ref()?;
-        let ident = cgroup::cgroup_path_by_id(dir, mp, id).and_then(|p| cgroup::parse_cgroup_path(&p));
+        let (dir, mp, _) = self.cgroup2_root()?;
+        let ident = cgroup::cgroup_path_by_id(dir, mp, id).map(|p| cgroup::parse_cgroup_path(&p));
         let mut by_id = crate::sync::lock(&self.by_id);
         if by_id.len() >= CGROUP_CACHE_MAX {
             by_id.clear();

@@ -329,6 +329,7 @@ fn measure(a: &Args, bin: &std::path::Path, dir: &std::path::Path, jobs: &[PathB
     let mut rss: Vec<(f64, u64)> = Vec::new();
     let threads0 = thread_cpu(dpid);
     let c0 = cpu_seconds(dpid)?;
+    let steal0 = bench_util::steal_seconds()?;
     let t0 = Instant::now();
     let window = Duration::from_secs(a.seconds);
     let scrape_every = Duration::from_secs_f64(a.scrape);
@@ -390,6 +391,7 @@ fn measure(a: &Args, bin: &std::path::Path, dir: &std::path::Path, jobs: &[PathB
         Ok(())
     })();
     let c1 = cpu_seconds(dpid)?;
+    let steal1 = bench_util::steal_seconds()?;
     let elapsed = t0.elapsed().as_secs_f64();
     let threads1 = thread_cpu(dpid);
     stop.store(true, Ordering::Relaxed);
@@ -448,6 +450,10 @@ fn measure(a: &Args, bin: &std::path::Path, dir: &std::path::Path, jobs: &[PathB
     by_thread.sort_by(|x, y| y.1.partial_cmp(&x.1).unwrap_or(std::cmp::Ordering::Equal));
     let thread_text: Vec<String> = by_thread.iter().take(6).map(|(n, v)| format!("{n} {:.3}", 100.0 * v / elapsed)).collect();
     rows.push(("  by thread (% of one core)".into(), thread_text.join(", ")));
+    // On a VM the hypervisor's other guests slow every instruction down: a run with much CPU
+    // stolen is not comparable with a quiet one.
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
+    rows.push(("  CPU stolen by the hypervisor meanwhile, % of the machine (compare runs only when low)".into(), format!("{:.1}", 100.0 * (steal1 - steal0) / (elapsed * cpus))));
     rows.push(("peak RSS (VmHWM, start-up included), MiB (target ≤ 64)".into(), format!("{:.1}", hwm as f64 / 1024.0)));
     let half = elapsed / 2.0;
     let (h1, h2): (Vec<(f64, f64)>, Vec<(f64, f64)>) = rss.iter().map(|(t, k)| (*t, *k as f64 / 1024.0)).partition(|(t, _)| *t < half);
