@@ -455,6 +455,11 @@ fn oom_case(d: &Daemon, version: &str, variant: &str) {
     c.crash("oom");
     let (status, _) = c.wait(Duration::from_secs(60));
     assert_eq!(status, "signal: 9 (SIGKILL)", "go {version} {variant}: OOM-killed");
+    // The series of an exited process that nobody scrapes go after four scrape intervals (4 s
+    // here): read the count first, before the slow checks below (pprof is built on first use).
+    let pid = c.pid.to_string();
+    let m = d.wait_metrics(&format!("go {version} {variant}: the OOM kill of {pid} counted"), Duration::from_secs(3), |m| m.has("chainprobe_go_crashes_total", &[("pid", &pid), ("kind", "oom_kill")]));
+    assert_eq!(m.value("chainprobe_go_crashes_total", &[("pid", &pid), ("kind", "oom_kill")]), 1.0);
     let s = capsule_of(&d, c.pid);
     let cap = &s["capsule"];
     assert_eq!(cap["kind"], "oom_kill", "{s}");
@@ -468,7 +473,4 @@ fn oom_case(d: &Daemon, version: &str, variant: &str) {
     let heap = d.dir().join("snapshots").join(newest["files"]["heap"]["file"].as_str().expect("a heap file"));
     let top = pprof("1.27", &["-top", "-sample_index=inuse_space"], &heap);
     assert!(top.lines().any(|l| l.contains("main.hoard")), "the heap profile shows the hoarding function:\n{top}");
-    let pid = c.pid.to_string();
-    let m = d.wait_metrics(&format!("go {version} {variant}: the OOM kill of {pid} counted"), Duration::from_secs(10), |m| m.has("chainprobe_go_crashes_total", &[("pid", &pid), ("kind", "oom_kill")]));
-    assert_eq!(m.value("chainprobe_go_crashes_total", &[("pid", &pid), ("kind", "oom_kill")]), 1.0);
 }
