@@ -355,8 +355,13 @@ mod tests {
         assert!(wait_state(b.id(), 'S'), "the one beyond the limit runs again at once");
         // The bound resumes the held one.
         assert!(wait_state(a.id(), 'S') || wait_state(a.id(), 'S'), "resumed by the bound");
-        assert!(!p.holds(a.id()));
-        assert!(!dir.join(a.id().to_string()).exists(), "its record is gone");
+        // The keeper resumes the process first, then removes its record and counts it: the
+        // process may run before that is done.
+        let forgotten = (0..200).any(|_| (!p.holds(a.id()) && !dir.join(a.id().to_string()).exists() && p.stats().resumed_bound == 1) || {
+            std::thread::sleep(Duration::from_millis(5));
+            false
+        });
+        assert!(forgotten, "no longer held, its record gone");
         let s = p.stats();
         assert_eq!((s.paused, s.resumed_bound, s.resumed_limit), (1, 1, 1));
         for c in [&mut a, &mut b] {
