@@ -145,11 +145,16 @@ fn crash(ctx: &ProbeContext, prog: ProgId, kind: u32) -> u32 {
         if cfg.g_m != OFFSET_NONE && cfg.m_curg != OFFSET_NONE && cfg.sched_pc != OFFSET_NONE && cfg.sched_bp != OFFSET_NONE && g != 0 {
             let m = read_u64(g + cfg.g_m as u64);
             let curg = if m != 0 { read_u64(m + cfg.m_curg as u64) } else { 0 };
-            if curg != 0 && curg != g && n < CRASH_MAX_PCS {
-                ev.system_pcs = n as u32;
+            if curg != 0 && curg != g {
                 if cfg.g_goid != OFFSET_NONE {
                     ev.goid = read_u64(curg + cfg.g_goid as u64);
                 }
+                // The frame-pointer walk from the system stack can run on into the goroutine's
+                // frames (morestack links to them, without the frame that overflowed): keep at
+                // most half the room for it, so the goroutine's own stack, from its saved pc,
+                // always fits.
+                n = if n > CRASH_MAX_PCS / 2 { CRASH_MAX_PCS / 2 } else { n };
+                ev.system_pcs = n as u32;
                 let upc = read_u64(curg + cfg.sched_pc as u64);
                 if upc != 0 {
                     ev.pcs[n & (CRASH_MAX_PCS - 1)] = upc;
