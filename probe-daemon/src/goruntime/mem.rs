@@ -472,16 +472,14 @@ impl ProcMem {
         };
         if let Some(c) = count {
             // The Ps' counts read at the cached addresses, when the Ps are still those.
-            let p_free = cached
-                .then(|| {
-                    let hdr = part(4).ok()?;
-                    let ps = part(5).ok()?;
-                    let same = cache.header == Some((le_u64(hdr, 0), le_u64(hdr, 8))) && cache.p_free_addrs == p_free_addrs(ps, c.p_free);
-                    let counts: Option<Vec<&[u8]>> = (0..cache.p_free_addrs.len()).map(|k| part(6 + k).ok()).collect();
-                    same.then(|| counts.map(|v| v.iter().map(|b| i64::from(le_i32(b, 0))).sum::<i64>())).flatten()
-                })
-                .flatten();
-            let p_free = match p_free {
+            let from_cache = || -> Option<i64> {
+                let (hdr, ps) = (part(4).ok()?, part(5).ok()?);
+                if cache.header != Some((le_u64(hdr, 0), le_u64(hdr, 8))) || cache.p_free_addrs != p_free_addrs(ps, c.p_free) {
+                    return None;
+                }
+                (0..cache.p_free_addrs.len()).map(|k| part(6 + k).ok().map(|b| i64::from(le_i32(b, 0)))).sum()
+            };
+            let p_free = match cached.then(from_cache).flatten() {
                 Some(n) => Ok(n),
                 None => self.p_free_counts(c, part(4), cache),
             };
@@ -594,7 +592,6 @@ fn le_i32(b: &[u8], o: u64) -> i32 {
     b.get(o as usize..o as usize + 4).and_then(|s| s.try_into().ok()).map(i32::from_le_bytes).unwrap_or(0)
 }
 
-/// Range `i` of a [`ProcMem::read_batch`] answer, or why not.
 /// Where a process's Ps are (the allp slice header and the address of each P's free-list count),
 /// from its last read: lets the next [`ProcMem::counters_with`] read everything in one call.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -626,6 +623,7 @@ fn gcount(pid: u32, allglen: u64, p_free: i64, sched: &[u8], s_lo: u64, c: &Coun
     Ok((g - s_free - p_free - ngsys).max(1))
 }
 
+/// Range `i` of a [`ProcMem::read_batch`] answer, or why not.
 fn batch_part<'a>(pid: u32, reqs: &[(u64, usize)], got: &'a [Option<Vec<u8>>], i: usize) -> Result<&'a [u8], MemError> {
     got.get(i).and_then(|g| g.as_deref()).ok_or_else(|| {
         let (addr, len) = reqs.get(i).copied().unwrap_or_default();

@@ -387,14 +387,14 @@ impl PodSource for PodResolver {
     /// crash-looping pod cost no I/O each.
     fn exec_cgroup(&self, pid: u32, id: u64) -> Option<CgroupIdentity> {
         if id != 0 {
-            let unified_only = self.cgroup2_root().is_some_and(|r| r.2);
             match self.by_id(id) {
                 Some(Some(ident)) => return Some(ident),
-                Some(None) if unified_only => return None,
+                Some(None) if self.cgroup2_root().is_some_and(|r| r.2) => return None,
+                // The id names no container here: only /proc can tell.
                 _ => {}
             }
         }
-        self.cgroup(pid).or_else(|| (id != 0).then(|| self.cgroup_by_id(id)).flatten())
+        self.cgroup(pid)
     }
 }
 
