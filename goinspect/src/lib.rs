@@ -1177,9 +1177,14 @@ impl FuncTable {
 
     /// The function containing link-time address `pc`.
     pub fn lookup(&self, pc: u64) -> Option<&str> {
+        self.lookup_entry(pc).map(|(_, name)| name)
+    }
+
+    /// The entry (link-time) and name of the function containing link-time address `pc`.
+    pub fn lookup_entry(&self, pc: u64) -> Option<(u64, &str)> {
         let i = self.funcs.partition_point(|f| f.0 <= pc);
         let (start, end, name) = self.funcs.get(i.checked_sub(1)?)?;
-        (pc >= *start && pc < *end).then_some(name.as_str())
+        (pc >= *start && pc < *end).then_some((*start, name.as_str()))
     }
 
     pub fn len(&self) -> usize {

@@ -283,6 +283,18 @@ fn wait_state(pid: u32, want: char, within: Duration) -> bool {
     false
 }
 
+/// Each thread of `pid`: its state letter and /proc/PID/task/TID/syscall (what the keeper reads).
+fn thread_report(pid: u32) -> String {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
+        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+        let state = stat.rfind(')').and_then(|i| stat.get(i + 2..i + 3)).unwrap_or("?").to_string();
+        let syscall = std::fs::read_to_string(t.path().join("syscall")).unwrap_or_default();
+        out.push(format!("{} {state} [{}]", t.file_name().to_string_lossy(), syscall.trim()));
+    }
+    out.join("; ")
+}
+
 fn signal(pid: u32, sig: i32) {
     // SAFETY: kill with plain integers; the pid is a process this test started.
     unsafe { libc::kill(pid as i32, sig) };
@@ -305,7 +317,13 @@ fn a_daemon_killed_while_a_process_is_stopped_resumes_it_when_it_starts_again() 
     signal(a.pid(), libc::SIGKILL);
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(proc_state(c.pid), Some('T'), "still stopped after the daemon died");
+    let threads = thread_report(c.pid);
     let b = daemon("crash-restart-b", &extra);
+    let resumed = (0..400).any(|_| proc_state(c.pid) != Some('T') || {
+        std::thread::sleep(Duration::from_millis(50));
+        false
+    });
+    assert!(resumed, "the new daemon did not resume {} within 20 s (state {:?}; its threads before it started: {threads}):\n{}", c.pid, proc_state(c.pid), test_support::tail(&b.log_text(), 40));
     let (status, block) = c.wait(Duration::from_secs(20));
     assert_eq!(status, "exit status: 2", "{}", test_support::tail(&b.log_text(), 30));
     assert!(block.starts_with("panic: chainprobe fixture: boom"), "{block}");

@@ -6,7 +6,7 @@
 //! before it prints anything, so user space can read its goroutines and heap; user space resumes
 //! it (SIGCONT) within a bounded time.
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user, bpf_probe_read_user_buf, bpf_send_signal},
+    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user, bpf_probe_read_user_buf, bpf_send_signal_thread},
     macros::{map, uprobe},
     maps::{Array, HashMap},
     programs::ProbeContext,
@@ -231,7 +231,12 @@ fn pause(max: u32) -> u32 {
     if now >= u64::from(max) {
         return PAUSE_LIMIT;
     }
-    if unsafe { bpf_send_signal(SIGSTOP) } != 0 {
+    // To this thread, not the process: the kernel takes a thread's own pending signals before
+    // the process's, so a process-wide SIGSTOP lost the race to a SIGURG (Go's preemption, sent
+    // to the thread) and the thread stopped at the entry of the runtime's signal handler, not at
+    // the crash function the keeper of a restarted daemon looks for. A stop signal sent to one
+    // thread still stops them all.
+    if unsafe { bpf_send_signal_thread(SIGSTOP) } != 0 {
         return PAUSE_NONE;
     }
     // A plain add (the BPF target has no atomic read-modify-write in core): two CPUs crashing in

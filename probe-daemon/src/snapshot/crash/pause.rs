@@ -301,7 +301,9 @@ impl Pauses {
 }
 
 /// Whether a thread of the stopped process `pid` stands at the entry of a Go crash function
-/// (where the crash programs stop it): its user pc from /proc/PID/task/TID/syscall.
+/// (where the crash programs stop it): its user pc from /proc/PID/task/TID/syscall, or, for a
+/// thread stopped at the first instruction of the runtime's signal handler (a signal delivered
+/// just before the stop), the pc the kernel saved in the handler's signal frame.
 fn stopped_at_crash(pid: u32) -> bool {
     let exe = PathBuf::from(format!("/proc/{pid}/exe"));
     if !crate::goruntime::elf_may_be_go(&exe) {
@@ -310,18 +312,61 @@ fn stopped_at_crash(pid: u32) -> bool {
     let Ok(funcs) = goinspect::FuncTable::load(&exe) else { return false };
     let bias = crate::goruntime::mem::load_bias(pid, &exe).unwrap_or(0);
     let crash_fns: Vec<&str> = probe_common::CRASH_FUNCTIONS.iter().flat_map(|(_, f)| f.iter().copied()).collect();
-    thread_pcs(pid).into_iter().any(|pc| funcs.lookup(pc.wrapping_sub(bias)).is_some_and(|f| crash_fns.contains(&f)))
+    let mem = crate::goruntime::mem::ProcMem::open(pid).ok();
+    thread_regs(pid).into_iter().any(|(sp, pc)| {
+        let pc = mem.as_ref().map_or(pc, |m| interrupted_pc(m, &funcs, bias, sp, pc));
+        funcs.lookup(pc.wrapping_sub(bias)).is_some_and(|f| crash_fns.contains(&f))
+    })
 }
 
-/// The user pc of each blocked thread of `pid` ("-1 sp pc" or "nr args… sp pc").
-fn thread_pcs(pid: u32) -> Vec<u64> {
+/// The Go runtime's signal handlers (what it installs with sigaction).
+const SIGNAL_HANDLERS: [&str; 2] = ["runtime.sigtramp", "runtime.cgoSigtramp"];
+
+/// Where the kernel's rt_sigframe keeps the interrupted (sp, pc), as offsets from the stack
+/// pointer at the handler's first instruction: the kernel's user ABI (arch/*/kernel/signal.c),
+/// the same for every Go version. x86-64: the return address, then the ucontext (flags, link,
+/// stack_t: 40 bytes), whose sigcontext holds r8–r15, rdi, rsi, rbp, rbx, rdx, rax, rcx, rsp, rip.
+/// arm64: siginfo (128 bytes), then the ucontext, whose sigcontext (at 176, after the signal mask
+/// and its padding) holds fault_address, x0–x30, sp, pc.
+#[cfg(target_arch = "x86_64")]
+const SIGFRAME_SP_PC: Option<(u64, u64)> = Some((8 + 40 + 15 * 8, 8 + 40 + 16 * 8));
+#[cfg(target_arch = "aarch64")]
+const SIGFRAME_SP_PC: Option<(u64, u64)> = Some((128 + 176 + 8 + 31 * 8, 128 + 176 + 8 + 32 * 8));
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+const SIGFRAME_SP_PC: Option<(u64, u64)> = None;
+
+/// The pc a thread stopped at, seen through signal frames: a thread stopped at the entry of a Go
+/// signal handler had a signal delivered at the moment it stopped, and the kernel saved the pc it
+/// interrupted in the frame (nested at most a few deep).
+fn interrupted_pc(mem: &crate::goruntime::mem::ProcMem, funcs: &goinspect::FuncTable, bias: u64, mut sp: u64, mut pc: u64) -> u64 {
+    let Some((sp_off, pc_off)) = SIGFRAME_SP_PC else { return pc };
+    for _ in 0..4 {
+        let at_handler = funcs.lookup_entry(pc.wrapping_sub(bias)).is_some_and(|(entry, f)| entry == pc.wrapping_sub(bias) && SIGNAL_HANDLERS.contains(&f));
+        if !at_handler {
+            break;
+        }
+        let mut b = [0u8; 8];
+        let saved = |off: u64, b: &mut [u8; 8]| mem.read_vm(sp.wrapping_add(off), b).ok().map(|()| u64::from_le_bytes(*b));
+        let (Some(s), Some(p)) = (saved(sp_off, &mut b), saved(pc_off, &mut b)) else { break };
+        (sp, pc) = (s, p);
+    }
+    pc
+}
+
+/// The user (sp, pc) of each blocked thread of `pid` ("-1 sp pc" or "nr args… sp pc").
+fn thread_regs(pid: u32) -> Vec<(u64, u64)> {
+    let hex = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok();
     let dir = Path::new("/proc").join(pid.to_string()).join("task");
     std::fs::read_dir(dir)
         .into_iter()
         .flatten()
         .flatten()
         .filter_map(|t| std::fs::read_to_string(t.path().join("syscall")).ok())
-        .filter_map(|s| s.split_whitespace().last().and_then(|pc| u64::from_str_radix(pc.trim_start_matches("0x"), 16).ok()))
+        .filter_map(|s| {
+            let mut w = s.split_whitespace().rev();
+            let pc = hex(w.next()?)?;
+            Some((hex(w.next()?)?, pc))
+        })
         .collect()
 }
 
