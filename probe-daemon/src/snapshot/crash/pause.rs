@@ -322,33 +322,35 @@ fn stopped_at_crash(pid: u32) -> bool {
 /// The Go runtime's signal handlers (what it installs with sigaction).
 const SIGNAL_HANDLERS: [&str; 2] = ["runtime.sigtramp", "runtime.cgoSigtramp"];
 
-/// Where the kernel's rt_sigframe keeps the interrupted (sp, pc), as offsets from the stack
-/// pointer at the handler's first instruction: the kernel's user ABI (arch/*/kernel/signal.c),
-/// the same for every Go version. x86-64: the return address, then the ucontext (flags, link,
-/// stack_t: 40 bytes), whose sigcontext holds r8–r15, rdi, rsi, rbp, rbx, rdx, rax, rcx, rsp, rip.
-/// arm64: siginfo (128 bytes), then the ucontext, whose sigcontext (at 176, after the signal mask
-/// and its padding) holds fault_address, x0–x30, sp, pc.
+/// Where the kernel's rt_sigframe keeps the interrupted sp, followed by the pc, as an offset from
+/// the stack pointer at the handler's first instruction: the kernel's user ABI
+/// (arch/*/kernel/signal.c), the same for every Go version. x86-64: the return address, then the
+/// ucontext (flags, link, stack_t: 40 bytes), whose sigcontext holds r8–r15, rdi, rsi, rbp, rbx,
+/// rdx, rax, rcx, rsp, rip. arm64: siginfo (128 bytes), then the ucontext, whose sigcontext (at
+/// 176, after the signal mask and its padding) holds fault_address, x0–x30, sp, pc.
 #[cfg(target_arch = "x86_64")]
-const SIGFRAME_SP_PC: Option<(u64, u64)> = Some((8 + 40 + 15 * 8, 8 + 40 + 16 * 8));
+const SIGFRAME_SP: Option<u64> = Some(8 + 40 + 15 * 8);
 #[cfg(target_arch = "aarch64")]
-const SIGFRAME_SP_PC: Option<(u64, u64)> = Some((128 + 176 + 8 + 31 * 8, 128 + 176 + 8 + 32 * 8));
+const SIGFRAME_SP: Option<u64> = Some(128 + 176 + 8 + 31 * 8);
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-const SIGFRAME_SP_PC: Option<(u64, u64)> = None;
+const SIGFRAME_SP: Option<u64> = None;
 
 /// The pc a thread stopped at, seen through signal frames: a thread stopped at the entry of a Go
 /// signal handler had a signal delivered at the moment it stopped, and the kernel saved the pc it
 /// interrupted in the frame (nested at most a few deep).
 fn interrupted_pc(mem: &crate::goruntime::mem::ProcMem, funcs: &goinspect::FuncTable, bias: u64, mut sp: u64, mut pc: u64) -> u64 {
-    let Some((sp_off, pc_off)) = SIGFRAME_SP_PC else { return pc };
+    let Some(sp_off) = SIGFRAME_SP else { return pc };
     for _ in 0..4 {
-        let at_handler = funcs.lookup_entry(pc.wrapping_sub(bias)).is_some_and(|(entry, f)| entry == pc.wrapping_sub(bias) && SIGNAL_HANDLERS.contains(&f));
-        if !at_handler {
+        let at = pc.wrapping_sub(bias);
+        if !funcs.lookup_entry(at).is_some_and(|(entry, f)| entry == at && SIGNAL_HANDLERS.contains(&f)) {
             break;
         }
-        let mut b = [0u8; 8];
-        let saved = |off: u64, b: &mut [u8; 8]| mem.read_vm(sp.wrapping_add(off), b).ok().map(|()| u64::from_le_bytes(*b));
-        let (Some(s), Some(p)) = (saved(sp_off, &mut b), saved(pc_off, &mut b)) else { break };
-        (sp, pc) = (s, p);
+        let mut saved = [0u8; 16];
+        if mem.read_vm(sp.wrapping_add(sp_off), &mut saved).is_err() {
+            break;
+        }
+        let word = |i: usize| u64::from_le_bytes(saved[i..i + 8].try_into().unwrap_or_default());
+        (sp, pc) = (word(0), word(8));
     }
     pc
 }
