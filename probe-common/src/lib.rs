@@ -811,6 +811,16 @@ pub struct KernelConfig {
     /// is traced (a debugger holds it).
     pub task_ptrace: u32,
     pub task_group_leader: u32,
+    /// The chain from a task to the kernfs id of its cgroup in one cgroup v1 hierarchy (a
+    /// controller's, the daemon chooses which): `task_struct.cgroups` (pointer to `css_set`),
+    /// the offset in `css_set` of that controller's `subsys[]` slot (pointer to
+    /// `cgroup_subsys_state`), `cgroup_subsys_state.cgroup`, `cgroup.kn` and `kernfs_node.id`.
+    /// All [`OFFSET_NONE`] when no v1 hierarchy is mounted: the exec's v2 id tells enough.
+    pub task_cgroups: u32,
+    pub css_set_subsys: u32,
+    pub css_cgroup: u32,
+    pub cgroup_kn: u32,
+    pub kernfs_node_id: u32,
 }
 
 /// A [`KernelConfig`] offset that this kernel does not provide.
@@ -828,6 +838,11 @@ impl KernelConfig {
         self_tgid: 0,
         task_ptrace: OFFSET_NONE,
         task_group_leader: OFFSET_NONE,
+        task_cgroups: OFFSET_NONE,
+        css_set_subsys: OFFSET_NONE,
+        css_cgroup: OFFSET_NONE,
+        cgroup_kn: OFFSET_NONE,
+        kernfs_node_id: OFFSET_NONE,
     };
 }
 
@@ -865,6 +880,10 @@ pub struct ExecEvent {
     /// The process's cgroup v2 id (`bpf_get_current_cgroup_id`: the kernfs id of its cgroup
     /// directory): its pod, even when the process is gone before user space reads its /proc.
     pub cgroup_id: u64,
+    /// The kernfs id of its cgroup in the cgroup v1 hierarchy [`KernelConfig::css_set_subsys`]
+    /// names (0: none, or no v1 hierarchy): with `cgroup_id`, the key of the daemon's cache of
+    /// parsed /proc/PID/cgroup files on nodes that mount both versions.
+    pub cgroup1_id: u64,
     pub comm: [u8; COMM_LEN],
     pub filename: [u8; FILENAME_LEN],
 }
@@ -1107,14 +1126,14 @@ pub mod maps {
 // padding change, fails the build here instead of misreading a map.
 const _: () = {
     use core::mem::size_of;
-    assert!(size_of::<KernelConfig>() == 40);
+    assert!(size_of::<KernelConfig>() == 60);
     assert!(size_of::<ProgStats>() == 24);
     assert!(size_of::<ProcCounters>() == 128);
     assert!(size_of::<FailureKey>() == 8);
     assert!(size_of::<InflightCall>() == 8);
     assert!(size_of::<ListenKey>() == 8);
     assert!(size_of::<EventHeader>() == 16);
-    assert!(size_of::<ExecEvent>() == 176);
+    assert!(size_of::<ExecEvent>() == 184);
     assert!(size_of::<ExitEvent>() == 40);
     assert!(size_of::<OomEvent>() == 24);
     assert!(size_of::<GoGcEvent>() == 24);

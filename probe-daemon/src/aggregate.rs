@@ -180,6 +180,10 @@ pub struct ProcessState {
     pub debug: Option<Debugged>,
     /// HTTP/2 GOAWAY and RST_STREAM frames (Go); None until the first one.
     pub http2: Option<crate::http2::Http2State>,
+    /// Moves (to a value no other state of the aggregate had) whenever something the API's view
+    /// of the process shows may have changed: the view rebuilds a process's summary only then.
+    /// Counters, map counts and scrape bookkeeping are not in the view and leave it alone.
+    rev: u64,
 }
 
 /// A process with a tracer attached (a debugger: dlv, gdb, strace) or stopped (at a breakpoint,
@@ -226,7 +230,13 @@ impl ProcessState {
             map_count: None,
             exit: None,
             scrapes_since_exit: 0,
+            rev: 0,
         }
+    }
+
+    /// See the `rev` field: equal revisions, equal summaries.
+    pub fn rev(&self) -> u64 {
+        self.rev
     }
 
     /// Totals since chainprobe first saw the process.
@@ -379,6 +389,39 @@ pub struct Aggregate {
     folds: HashMap<FoldKey, Fold>,
     /// Folds forgotten since [`Self::take_pruned_folds`].
     pruned_folds: Vec<FoldKey>,
+    /// Revisions of the states ([`ProcessState::rev`]) and which changed.
+    revisions: Revisions,
+}
+
+/// Hands out [`ProcessState::rev`]s and lists the pids stamped since the last
+/// [`Aggregate::take_changed`], so that the view is updated for those alone.
+#[derive(Debug, Default)]
+struct Revisions {
+    last: u64,
+    /// None: more than [`CHANGED_MAX`] (or never taken): every process is to be looked at.
+    changed: Option<Vec<u32>>,
+}
+
+/// Changed pids listed at most between two takes (then: all of them).
+const CHANGED_MAX: usize = 16_384;
+
+impl Revisions {
+    /// Gives `p` a revision no state has had, and lists it as changed.
+    fn stamp(&mut self, p: &mut ProcessState) {
+        self.last += 1;
+        p.rev = self.last;
+        self.changed_pid(p.pid);
+    }
+
+    fn changed_pid(&mut self, pid: u32) {
+        if let Some(v) = &mut self.changed {
+            if v.len() >= CHANGED_MAX {
+                self.changed = None;
+            } else {
+                v.push(pid);
+            }
+        }
+    }
 }
 
 /// Pids whose exec-time cgroup is remembered at most (an exec storm of processes that never
@@ -413,7 +456,31 @@ impl Aggregate {
             fold: FoldRule::OFF,
             folds: HashMap::new(),
             pruned_folds: Vec::new(),
+            revisions: Revisions::default(),
         }
+    }
+
+    /// The pids whose state changed what the API's view shows (a new [`ProcessState::rev`];
+    /// inserted or removed) since the last call, each once; None when they are too many to list
+    /// (or at the first call): look at every process.
+    pub fn take_changed(&mut self) -> Option<Vec<u32>> {
+        let mut v = self.revisions.changed.replace(Vec::new())?;
+        v.sort_unstable();
+        v.dedup();
+        Some(v)
+    }
+
+    /// `pid`'s state, to change something the API's view shows (its revision moves).
+    fn touch(&mut self, pid: u32) -> Option<&mut ProcessState> {
+        let p = self.procs.get_mut(&pid)?;
+        self.revisions.stamp(p);
+        Some(p)
+    }
+
+    /// Inserts a state under a new revision.
+    fn insert(&mut self, mut p: ProcessState) -> Option<ProcessState> {
+        self.revisions.stamp(&mut p);
+        self.procs.insert(p.pid, p)
     }
 
     /// Which processes are folded into per-(pod, container, comm) series.
@@ -495,6 +562,7 @@ impl Aggregate {
     fn remove_all(&mut self, pids: &[u32], now: Instant) {
         for pid in pids {
             if let Some(p) = self.procs.remove(pid) {
+                self.revisions.changed_pid(*pid);
                 self.depart(p, now);
             }
         }
@@ -544,9 +612,9 @@ impl Aggregate {
     /// Applies one decoded ring-buffer event.
     pub fn apply(&mut self, ev: Event, now: Instant) {
         match ev {
-            Event::Exec { tgid, comm, filename, cgroup_id } => {
-                tracing::debug!(pid = tgid, %comm, %filename, cgroup_id, "exec");
-                self.on_exec_at(tgid, comm, cgroup_id, now);
+            Event::Exec { tgid, comm, filename, cgroup_id, cgroup1_id } => {
+                tracing::debug!(pid = tgid, %comm, %filename, cgroup_id, cgroup1_id, "exec");
+                self.on_exec_at(tgid, comm, (cgroup_id, cgroup1_id), now);
             }
             Event::Exit { tgid, comm, exit_code } => {
                 tracing::debug!(pid = tgid, %comm, exit_code, "exit");
@@ -573,7 +641,7 @@ impl Aggregate {
     /// writes detected by both writers) count as one crash.
     pub fn on_go_crash(&mut self, pid: u32, kind: crate::evidence::CrashKind) {
         use crate::evidence::CrashKind::{Exit, FatalError, Panic};
-        if let Some(go) = self.procs.get_mut(&pid).and_then(|p| p.go.as_mut()) {
+        if let Some(go) = self.touch(pid).and_then(|p| p.go.as_mut()) {
             if go.crashes.keys().any(|k| matches!(k, Panic | FatalError | Exit)) {
                 return;
             }
@@ -598,7 +666,17 @@ impl Aggregate {
         self.procs.values().filter(|p| p.exit.is_none() && p.pid != 0).map(|p| p.pid).collect()
     }
 
+    /// `pid`'s state (created when new), to change something the API's view shows.
     fn entry(&mut self, pid: u32, now: Instant) -> &mut ProcessState {
+        self.entry_counters(pid, now);
+        let p = self.procs.get_mut(&pid).expect("created above");
+        self.revisions.stamp(p);
+        p
+    }
+
+    /// `pid`'s state (created when new) for its counters, which the API's view does not show:
+    /// its revision stays.
+    fn entry_counters(&mut self, pid: u32, now: Instant) -> &mut ProcessState {
         if !self.procs.contains_key(&pid) {
             let mut p = if pid == 0 {
                 ProcessState::new(0, UNATTRIBUTED_COMM.into())
@@ -617,7 +695,7 @@ impl Aggregate {
             if pid != 0 {
                 self.sight(&mut p, now);
             }
-            self.procs.insert(pid, p);
+            self.insert(p);
         }
         self.procs.get_mut(&pid).expect("inserted above")
     }
@@ -658,6 +736,7 @@ impl Aggregate {
             let Some((cg, deadline)) = &p.pod_wait else { continue };
             let meta = pods.meta(cg);
             if meta.names_complete() || now >= *deadline {
+                self.revisions.stamp(p);
                 if !meta.names_complete() {
                     tracing::debug!(pid = p.pid, pod_uid = ?meta.pod_uid, "pod names did not arrive in time: labelled by pod UID and container id");
                 }
@@ -689,7 +768,7 @@ impl Aggregate {
         tgids.dedup();
         let mut delete = Vec::new();
         for tgid in tgids {
-            let p = self.entry(tgid, now);
+            let p = self.entry_counters(tgid, now);
             p.live = seen.remove(&tgid).unwrap_or_default();
             p.live_failures = fails.remove(&tgid).unwrap_or_default();
             if p.exit.is_some() {
@@ -706,31 +785,31 @@ impl Aggregate {
     /// A process replaced its image. Updates comm of a tracked process; a tracked pid that had
     /// exited was reused, so its old state goes.
     pub fn on_exec(&mut self, tgid: u32, comm: String) {
-        self.on_exec_at(tgid, comm, 0, Instant::now());
+        self.on_exec_at(tgid, comm, (0, 0), Instant::now());
     }
 
-    /// The cgroup of a process at its exec ([`PodSource::exec_cgroup`]: from the cgroup id the
+    /// The cgroup of a process at its exec ([`PodSource::exec_cgroup`]: from the cgroup ids the
     /// kernel gave with the exec where that tells, else its /proc while it runs).
-    fn exec_cgroup(&self, tgid: u32, cgroup_id: u64) -> Option<CgroupIdentity> {
-        self.pods.as_ref()?.exec_cgroup(tgid, cgroup_id)
+    fn exec_cgroup(&self, tgid: u32, cgroup_ids: (u64, u64)) -> Option<CgroupIdentity> {
+        self.pods.as_ref()?.exec_cgroup(tgid, cgroup_ids.0, cgroup_ids.1)
     }
 
-    /// [`Self::on_exec`] at `now`, with the cgroup id from the kernel (0: unknown). A pid without
+    /// [`Self::on_exec`] at `now`, with the cgroup ids from the kernel (v2, v1; 0: unknown). A pid without
     /// state gets its cgroup read now (it may be gone before its first event is drained).
-    pub fn on_exec_at(&mut self, tgid: u32, comm: String, cgroup_id: u64, now: Instant) {
+    pub fn on_exec_at(&mut self, tgid: u32, comm: String, cgroup_ids: (u64, u64), now: Instant) {
         match self.procs.get(&tgid).map(|p| p.exit.is_some()) {
             Some(true) => {
                 // The pid was reused: the old process departs, the new one is seen now.
                 let mut fresh = ProcessState::new(tgid, comm);
-                let cg = self.exec_cgroup(tgid, cgroup_id);
+                let cg = self.exec_cgroup(tgid, cgroup_ids);
                 self.first_sight.insert(tgid, (cg, now));
                 self.sight(&mut fresh, now);
-                if let Some(old) = self.procs.insert(tgid, fresh) {
+                if let Some(old) = self.insert(fresh) {
                     self.depart(old, now);
                 }
             }
             Some(false) => {
-                if let Some(p) = self.procs.get_mut(&tgid) {
+                if let Some(p) = self.touch(tgid) {
                     p.comm = comm;
                 }
             }
@@ -741,7 +820,7 @@ impl Aggregate {
                         self.first_sight.clear();
                     }
                 }
-                let cg = self.exec_cgroup(tgid, cgroup_id);
+                let cg = self.exec_cgroup(tgid, cgroup_ids);
                 self.first_sight.insert(tgid, (cg, now));
             }
         }
@@ -750,7 +829,7 @@ impl Aggregate {
     pub fn on_oom_victim(&mut self, tgid: u32, now: Instant) {
         self.oom_victims.insert(tgid, now);
         // A victim whose exit was already seen (events can arrive in either order across CPUs).
-        if let Some(p) = self.procs.get_mut(&tgid) {
+        if let Some(p) = self.touch(tgid) {
             if let Some(e) = &mut p.exit {
                 if e.reason == ExitReason::Signal && e.code == "SIGKILL" {
                     e.reason = ExitReason::Oom;
@@ -773,9 +852,9 @@ impl Aggregate {
             if tgid != 0 {
                 self.sight(&mut fresh, now);
             }
-            self.procs.insert(tgid, fresh);
+            self.insert(fresh);
         }
-        let p = self.procs.get_mut(&tgid).expect("inserted above");
+        let p = self.touch(tgid).expect("inserted above");
         if p.exit.as_ref().is_some_and(|e| e.code != "unknown") {
             return;
         }
@@ -907,7 +986,7 @@ impl Aggregate {
 
     /// A GC cycle of `pid` completed.
     pub fn on_go_gc(&mut self, pid: u32, duration_ns: u64) {
-        if let Some(go) = self.procs.get_mut(&pid).and_then(|p| p.go.as_mut()) {
+        if let Some(go) = self.touch(pid).and_then(|p| p.go.as_mut()) {
             go.gc_cycles += 1;
             if duration_ns != DURATION_UNKNOWN {
                 go.gc_duration.observe(duration_ns as f64 / 1e9);
@@ -917,7 +996,7 @@ impl Aggregate {
 
     /// A stop-the-world pause of `pid` ended.
     pub fn on_go_stw(&mut self, pid: u32, duration_ns: u64, reason: u32) {
-        if let Some(go) = self.procs.get_mut(&pid).and_then(|p| p.go.as_mut()) {
+        if let Some(go) = self.touch(pid).and_then(|p| p.go.as_mut()) {
             let name = stw_reason(go.minor, reason);
             go.stw_count += 1;
             go.stw_seconds += duration_ns as f64 / 1e9;
@@ -930,20 +1009,20 @@ impl Aggregate {
     }
 
     pub fn set_go_creation(&mut self, pid: u32, status: Option<crate::goruntime::creation::CreationStatus>) {
-        if let Some(go) = self.procs.get_mut(&pid).and_then(|p| p.go.as_mut()) {
+        if let Some(go) = self.touch(pid).and_then(|p| p.go.as_mut()) {
             go.creation = status;
         }
     }
 
     pub fn set_go_sample(&mut self, pid: u32, sample: GoSample) {
-        if let Some(go) = self.procs.get_mut(&pid).and_then(|p| p.go.as_mut()) {
+        if let Some(go) = self.touch(pid).and_then(|p| p.go.as_mut()) {
             go.sample = Some(sample);
         }
     }
 
     /// A live process vanished without an exit event: keep its series for the grace period.
     pub fn mark_gone(&mut self, pid: u32, now: Instant) {
-        if let Some(p) = self.procs.get_mut(&pid) {
+        if let Some(p) = self.touch(pid) {
             if p.exit.is_none() {
                 p.exit = Some(ExitInfo { reason: ExitReason::Exit, code: "unknown".into(), at: now });
                 p.scrapes_since_exit = 0;
@@ -954,11 +1033,15 @@ impl Aggregate {
     /// The periodic reading of `pid`'s tracer (`tracer`: pid and comm; pid 0 for none) and stop
     /// state, at `now`.
     pub fn set_debug(&mut self, pid: u32, tracer: (u32, String), stopped: bool, now: Instant) {
-        let Some(p) = self.procs.get_mut(&pid) else { return };
         if tracer.0 == 0 && !stopped {
-            p.debug = None;
+            // Most readings: nothing to show, as before (the revision stays).
+            if let Some(p) = self.procs.get_mut(&pid).filter(|p| p.debug.is_some()) {
+                p.debug = None;
+                self.revisions.stamp(p);
+            }
             return;
         }
+        let Some(p) = self.touch(pid) else { return };
         let prev = p.debug.take();
         let same_tracer = prev.as_ref().is_some_and(|d| d.tracer_pid == tracer.0);
         p.debug = Some(Debugged {
@@ -1136,7 +1219,7 @@ mod tests {
         let (pid, uid) = (0x7ffd_0001, "u-1");
         pods.cgroups.lock().unwrap().insert(pid, pod_cgroup(uid));
         let mut a = Aggregate::new(Duration::from_secs(1), 100).with_pods(pods.clone(), Duration::from_secs(10));
-        a.apply(Event::Exec { tgid: pid, comm: "job".into(), filename: "/bin/job".into(), cgroup_id: 0 }, t0);
+        a.apply(Event::Exec { tgid: pid, comm: "job".into(), filename: "/bin/job".into(), cgroup_id: 0, cgroup1_id: 0 }, t0);
         assert!(a.process(pid).is_none(), "an exec alone creates no series");
         // The process is gone (its cgroup no longer readable) before its first counters are drained.
         pods.cgroups.lock().unwrap().clear();

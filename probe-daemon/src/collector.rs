@@ -70,6 +70,9 @@ pub struct ProcessSummary {
     pub http2: Option<crate::http2::Http2State>,
     /// TLS handshakes, with every label (the metrics leave some out).
     pub tls: Option<crate::tls::TlsState>,
+    /// The process's revision in the aggregate and its health's when this was built: while
+    /// both stay, the summary stays (see [`Thread::publish`]).
+    revs: (u64, u64),
 }
 
 /// What the probes and the runtime reads saw of a Go process.
@@ -85,8 +88,9 @@ pub struct GoSummary {
 
 impl ProcessSummary {
     /// The summary of `p` with its latest health.
-    fn of(p: &crate::aggregate::ProcessState, health: Option<&Health>) -> ProcessSummary {
+    fn of(p: &crate::aggregate::ProcessState, health: Option<&Health>, health_rev: u64) -> ProcessSummary {
         ProcessSummary {
+            revs: (p.rev(), health_rev),
             pid: p.pid,
             comm: p.comm.clone(),
             pod: p.pod.clone(),
@@ -102,7 +106,8 @@ impl ProcessSummary {
 
     /// True when [`ProcessSummary::of`] would give this summary again (compared field by field,
     /// nothing copied). TLS state only grows, one handshake at a time: its handshake count
-    /// tells whether it changed.
+    /// tells whether it changed. Debug builds check with it, at every publish, that the view
+    /// missed no change (one the aggregate made without a new revision, or did not list).
     fn shows(&self, p: &crate::aggregate::ProcessState, health: Option<&Health>) -> bool {
         let go_same = match (&self.go, &p.go) {
             (None, None) => true,
@@ -191,17 +196,39 @@ struct Thread {
     own: Collector,
     /// The latest health of each process (kept until the process leaves the aggregate).
     scores: HashMap<u32, Health>,
+    /// When each process's health last changed (a revision, as [`ProcessState::rev`] for the
+    /// aggregate's part), and the last one handed out.
+    ///
+    /// [`ProcessState::rev`]: crate::aggregate::ProcessState::rev
+    health_revs: HashMap<u32, u64>,
+    health_rev: u64,
+    /// Pids whose health changed since the last publish.
+    health_changed: Vec<u32>,
     view: watch::Sender<Arc<View>>,
     dirty: bool,
     /// When the view was last published.
     published: Instant,
     /// Pids whose crash or OOM kill the crash workers were told of, until their exit is passed on.
     crash_noticed: std::collections::HashSet<u32>,
+    /// Execs and exits not yet passed to discovery, and when the last batch went.
+    lives: Vec<discovery::Life>,
+    lives_sent: Instant,
+    /// The decoded records of a ring-buffer poll (kept: its capacity serves the next poll).
+    decoded: Vec<Event>,
 }
 
 /// The view is a copy of every process; with a hundred execs a second it would be copied at
 /// every ring-buffer poll. The API and the snapshotter can live with it being this old.
 const PUBLISH_EVERY: Duration = Duration::from_millis(500);
+
+/// How often execs and exits go to discovery (and at most how late): each batch wakes its thread,
+/// and on a VM a wake-up of a thread on another CPU costs tens of µs. Measured with 100 execs a
+/// second, a batch at every ring-buffer poll was a tenth of the collector's CPU. A new process is
+/// inspected for Go or OpenSSL at most this much later.
+const LIVES_EVERY: Duration = Duration::from_millis(200);
+
+/// Execs and exits that go to discovery at once, however recent the last batch.
+const LIVES_MAX: usize = 512;
 
 /// How often the allocator's free memory is handed back ([`procfs::release_free_memory`]).
 const TRIM_EVERY: Duration = Duration::from_secs(5);
@@ -218,7 +245,7 @@ pub fn identify(pid: u32) -> Identity {
 /// Starts the collector thread; it ends when every sender of `rx` is gone.
 pub fn start(own: Collector, rx: mpsc::Receiver<Command>) -> std::io::Result<watch::Receiver<Arc<View>>> {
     let (view, view_rx) = watch::channel(Arc::new(View::default()));
-    let mut t = Thread { own, scores: HashMap::new(), view, dirty: true, published: Instant::now().checked_sub(PUBLISH_EVERY).unwrap_or_else(Instant::now), crash_noticed: Default::default() };
+    let mut t = Thread { own, scores: HashMap::new(), health_revs: HashMap::new(), health_rev: 0, health_changed: Vec::new(), view, dirty: true, published: Instant::now().checked_sub(PUBLISH_EVERY).unwrap_or_else(Instant::now), crash_noticed: Default::default(), lives: Vec::new(), lives_sent: Instant::now(), decoded: Vec::new() };
     std::thread::Builder::new().name("collector".into()).spawn(move || t.run(rx))?;
     Ok(view_rx)
 }
@@ -303,27 +330,67 @@ impl Thread {
         self.dirty = true;
     }
 
-    /// Copies the processes out for the API and the snapshotter. A process whose summary would be
-    /// what the last view holds keeps that one (shared, not rebuilt): with hundreds of idle Go
-    /// processes, most are unchanged between two publishes, and rebuilding each one's strings and
-    /// maps every half second was a quarter of a percent of a core (perf, 500 processes).
+    /// Copies the processes out for the API and the snapshotter. A process whose revisions (its
+    /// state's in the aggregate, its health's) are those of its summary in the last view keeps
+    /// that one (shared, not rebuilt): with hundreds of idle Go processes, most are unchanged
+    /// between two publishes. Rebuilding each one's strings and maps every half second was a
+    /// quarter of a percent of a core (perf, 500 processes), and comparing them field by field
+    /// instead still a sixth of the collector's time.
+    ///
+    /// Only the processes the aggregate or the health evaluation changed since the last publish
+    /// are looked at (the rest of the last view is taken as it is): with a hundred exits a
+    /// second the aggregate holds thousands of exited processes, and walking all of them twice a
+    /// second was most of what remained of the publish.
     fn publish(&mut self) {
         let prev = Arc::clone(&self.view.borrow());
-        let mut processes = HashMap::with_capacity(prev.processes.len() + 64);
-        // Live processes only: everything that reads the view (the API's targets, the
-        // snapshotter, crash capsules, the /proc reader) asks about live ones, and with a
-        // hundred short-lived processes a second most of the aggregate has exited.
-        for p in self.own.agg.processes().filter(|p| p.pid != 0 && p.exit.is_none()) {
-            let health = self.scores.get(&p.pid);
-            let summary = match prev.processes.get(&p.pid) {
-                Some(old) if old.shows(p, health) => Arc::clone(old),
-                _ => Arc::new(ProcessSummary::of(p, health)),
-            };
-            processes.insert(p.pid, summary);
-        }
+        let health_changed = std::mem::take(&mut self.health_changed);
+        let processes = match self.own.agg.take_changed() {
+            Some(changed) => {
+                let mut processes = prev.processes.clone();
+                for pid in changed.into_iter().chain(health_changed) {
+                    match self.own.agg.process(pid).filter(|p| Self::in_view(p)) {
+                        Some(p) => {
+                            let s = self.summary(p, prev.processes.get(&pid));
+                            processes.insert(pid, s);
+                        }
+                        None => {
+                            processes.remove(&pid);
+                        }
+                    }
+                }
+                processes
+            }
+            None => self.own.agg.processes().filter(|p| Self::in_view(p)).map(|p| (p.pid, self.summary(p, prev.processes.get(&p.pid)))).collect(),
+        };
         drop(prev);
+        if cfg!(debug_assertions) {
+            // What a walk of every process would have given.
+            let live: std::collections::BTreeSet<u32> = self.own.agg.processes().filter(|p| Self::in_view(p)).map(|p| p.pid).collect();
+            assert_eq!(live, processes.keys().copied().collect(), "the view's processes are not the live ones");
+            for (pid, s) in &processes {
+                let p = self.own.agg.process(*pid).expect("live");
+                assert!(s.shows(p, self.scores.get(pid)), "pid {pid}: a change the view missed (no new revision, or not listed as changed)");
+            }
+        }
         self.view.send_replace(Arc::new(View { processes }));
         self.dirty = false;
+    }
+
+    /// Live processes only are in the view: everything that reads it (the API's targets, the
+    /// snapshotter, crash capsules, the /proc reader) asks about live ones, and with a hundred
+    /// short-lived processes a second most of the aggregate has exited.
+    fn in_view(p: &crate::aggregate::ProcessState) -> bool {
+        p.pid != 0 && p.exit.is_none()
+    }
+
+    /// `p`'s summary: `old` (shared) when its revisions are still `p`'s and its health's.
+    fn summary(&self, p: &crate::aggregate::ProcessState, old: Option<&Arc<ProcessSummary>>) -> Arc<ProcessSummary> {
+        let health = self.scores.get(&p.pid);
+        let health_rev = self.health_revs.get(&p.pid).copied().unwrap_or(0);
+        match old {
+            Some(old) if old.revs == (p.rev(), health_rev) => Arc::clone(old),
+            _ => Arc::new(ProcessSummary::of(p, health, health_rev)),
+        }
     }
 
     /// Folds the kernel maps into the aggregate and deletes entries of exited processes.
@@ -339,7 +406,7 @@ impl Thread {
     /// discovery.
     fn drain_ring(&mut self) {
         let now = Instant::now();
-        let mut decoded = Vec::new();
+        let mut decoded = std::mem::take(&mut self.decoded);
         let mut bad = 0u64;
         while let Some(item) = self.own.ring.next() {
             match decode::decode(&item) {
@@ -351,17 +418,18 @@ impl Thread {
             }
         }
         if decoded.is_empty() && bad == 0 {
+            self.decoded = decoded;
+            self.send_lives(now);
             return;
         }
         let agg = &mut self.own.agg;
         agg.decode_errors += bad;
-        // Execs and exits go to discovery in one message per poll (one wakeup, not one per
-        // process: a hundred short-lived processes a second are two hundred of them).
-        let mut lives = Vec::new();
-        for ev in decoded {
+        // Execs and exits go to discovery in batches (one wakeup, not one per process: a
+        // hundred short-lived processes a second are two hundred of them).
+        for ev in decoded.drain(..) {
             match ev {
-                Event::Exec { tgid, .. } => lives.push(discovery::Life::Exec(tgid)),
-                Event::Exit { tgid, .. } => lives.push(discovery::Life::Exit(tgid)),
+                Event::Exec { tgid, .. } => self.lives.push(discovery::Life::Exec(tgid)),
+                Event::Exit { tgid, .. } => self.lives.push(discovery::Life::Exit(tgid)),
                 _ => {}
             }
             if let Some(c) = &self.own.crashes {
@@ -387,13 +455,25 @@ impl Thread {
             }
             agg.apply(ev, now);
         }
-        if let (Some(tx), false) = (&self.own.discovery, lives.is_empty()) {
+        self.decoded = decoded;
+        self.send_lives(now);
+        self.dirty = true;
+    }
+
+    /// Passes the execs and exits gathered to discovery when [`LIVES_EVERY`] has passed since
+    /// the last batch (or [`LIVES_MAX`] are waiting).
+    fn send_lives(&mut self, now: Instant) {
+        if self.lives.is_empty() || (self.lives.len() < LIVES_MAX && now.saturating_duration_since(self.lives_sent) < LIVES_EVERY) {
+            return;
+        }
+        self.lives_sent = now;
+        let lives = std::mem::take(&mut self.lives);
+        if let Some(tx) = &self.own.discovery {
             let n = lives.len() as u64;
             if tx.try_send(discovery::Command::Lives(lives)).is_err() {
-                agg.discovery_dropped += n;
+                self.own.agg.discovery_dropped += n;
             }
         }
-        self.dirty = true;
     }
 
     fn scrape(&mut self) -> ScrapeView {
@@ -416,6 +496,7 @@ impl Thread {
         let mut lim = lock(&self.own.limiter);
         for pid in pids {
             self.scores.remove(pid);
+            self.health_revs.remove(pid);
             self.crash_noticed.remove(pid);
         }
         // One pass over the admitted series for all of them (one per pid was O(series) each).
@@ -434,7 +515,14 @@ impl Thread {
         self.drain(now);
         let (results, breaches) = self.own.health.evaluate(&self.own.agg, procfs::max_map_count(), now);
         let degraded = results.iter().any(|(_, h)| h.worst() != State::Ok);
-        self.scores.extend(results);
+        for (pid, h) in results {
+            if self.scores.get(&pid) != Some(&h) {
+                self.health_rev += 1;
+                self.health_revs.insert(pid, self.health_rev);
+                self.health_changed.push(pid);
+            }
+            self.scores.insert(pid, h);
+        }
         let next = self.own.health.next_interval(degraded);
         if degraded {
             debug!(next_seconds = next.as_secs_f64(), "degraded processes: evaluating sooner");
@@ -502,17 +590,19 @@ fn delete_exited(maps: &mut DrainMaps, tgids: &[u32]) {
 pub fn start_proc_reader(view: watch::Receiver<Arc<View>>, tx: mpsc::SyncSender<Command>, every: Duration) -> std::io::Result<()> {
     std::thread::Builder::new().name("proc-reader".into()).spawn(move || {
         let mut next_count: HashMap<u32, Instant> = HashMap::new();
+        let mut status = procfs::ProcFiles::new("status");
         loop {
             std::thread::sleep(every);
             let live: Vec<u32> = view.borrow().processes.keys().copied().collect();
             let now = Instant::now();
             let far = procfs::max_map_count().map(|m| m / 16).unwrap_or(0);
             next_count.retain(|pid, _| view.borrow().processes.contains_key(pid));
+            status.retain(|pid| view.borrow().processes.contains_key(&pid));
             let mut map_counts = Vec::new();
             // Debuggers and stops: the tracer is named once seen (its comm), never for untraced ones.
             let mut debug = Vec::new();
             for &pid in &live {
-                let d = procfs::debug_state(pid);
+                let d = procfs::debug_state_in(&mut status, pid);
                 if let Some(d) = &d {
                     let comm = if d.tracer != 0 { procfs::comm(d.tracer).unwrap_or_default() } else { String::new() };
                     debug.push((pid, (d.tracer, comm), d.stopped));

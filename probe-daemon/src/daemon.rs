@@ -62,6 +62,8 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     if !failures.is_empty() {
         return Err(DaemonError::Requirements(failures.join("\n")));
     }
+    let nofile = crate::procfs::raise_open_file_limit();
+    debug!(?nofile, "open file limit");
     if let Err(e) = kernel::raise_memlock() {
         debug!(error = %e, "could not raise RLIMIT_MEMLOCK (fine on kernels >= 5.11)");
     }

@@ -20,8 +20,9 @@ pub fn cstr(bytes: &[u8]) -> String {
 /// A decoded ring-buffer event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    /// `cgroup_id`: the cgroup v2 id at exec (0 when unknown).
-    Exec { tgid: u32, comm: String, filename: String, cgroup_id: u64 },
+    /// `cgroup_id`: the cgroup v2 id at exec (0 when unknown); `cgroup1_id`: the kernfs id of its
+    /// cgroup in the cgroup v1 hierarchy the daemon chose (0: none).
+    Exec { tgid: u32, comm: String, filename: String, cgroup_id: u64, cgroup1_id: u64 },
     Exit { tgid: u32, comm: String, exit_code: u32 },
     OomVictim { tgid: u32 },
     GoGc { tgid: u32, duration_ns: u64 },
@@ -65,7 +66,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         k if k == EventKind::Exec as u32 => {
             let e: ExecEvent = read(bytes, k)?;
             let len = (e.filename_len as usize).min(e.filename.len());
-            Ok(Event::Exec { tgid: e.header.tgid, comm: cstr(&e.comm), filename: cstr(&e.filename[..len]), cgroup_id: e.cgroup_id })
+            Ok(Event::Exec { tgid: e.header.tgid, comm: cstr(&e.comm), filename: cstr(&e.filename[..len]), cgroup_id: e.cgroup_id, cgroup1_id: e.cgroup1_id })
         }
         k if k == EventKind::Exit as u32 => {
             let e: ExitEvent = read(bytes, k)?;
@@ -121,10 +122,11 @@ mod tests {
             ppid: 0,
             filename_len: 8,
             cgroup_id: 4242,
+            cgroup1_id: 77,
             comm: name::<COMM_LEN>("ls"),
             filename: name::<FILENAME_LEN>("/bin/ls\0"),
         };
-        assert_eq!(decode(&bytes_of(&exec)), Ok(Event::Exec { tgid: 7, comm: "ls".into(), filename: "/bin/ls".into(), cgroup_id: 4242 }));
+        assert_eq!(decode(&bytes_of(&exec)), Ok(Event::Exec { tgid: 7, comm: "ls".into(), filename: "/bin/ls".into(), cgroup_id: 4242, cgroup1_id: 77 }));
 
         let h2 = Http2Event {
             header: EventHeader { kind: EventKind::Http2 as u32, tgid: 11, ktime_ns: 1 },
@@ -156,6 +158,7 @@ mod tests {
             ppid: 0,
             filename_len: 100_000,
             cgroup_id: 0,
+            cgroup1_id: 0,
             comm: [0; COMM_LEN],
             filename: [b'a'; FILENAME_LEN],
         };

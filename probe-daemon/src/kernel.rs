@@ -133,6 +133,62 @@ fn find_member(btf: &btf_rs::Btf, s: &btf_rs::Struct, member: &str, base_bits: u
     None
 }
 
+/// The value of enumerator `name` of `enum enum_name`.
+pub fn btf_enum_value(btf: &btf_rs::Btf, enum_name: &str, name: &str) -> Option<u32> {
+    let types = btf.resolve_types_by_name(enum_name).ok()?;
+    types.iter().find_map(|t| match t {
+        btf_rs::Type::Enum(e) => e.members.iter().find(|m| btf.resolve_name(*m).is_ok_and(|n| n == name)).map(|m| m.val()),
+        _ => None,
+    })
+}
+
+/// The cgroup v1 controllers whose hierarchy can key exec cgroups, in order of preference:
+/// container runtimes place every container in a cgroup of its own in each of them.
+const CGROUP1_CONTROLLERS: [&str; 4] = ["memory", "pids", "cpu", "devices"];
+
+/// The first of [`CGROUP1_CONTROLLERS`] that `/proc/cgroups` (`#subsys_name hierarchy
+/// num_cgroups enabled`) shows enabled and bound to a cgroup v1 hierarchy (hierarchy id not 0);
+/// None on a node with cgroup v2 alone.
+pub fn cgroup1_controller(proc_cgroups: &str) -> Option<&'static str> {
+    let bound: Vec<&str> = proc_cgroups
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() >= 4 && f[1] != "0" && f[3] == "1").then_some(f[0])
+        })
+        .collect();
+    CGROUP1_CONTROLLERS.into_iter().find(|c| bound.contains(c))
+}
+
+/// Fills the chain from a task to its cgroup's kernfs id in `controller`'s v1 hierarchy (see
+/// [`KernelConfig::css_set_subsys`]); all of it or nothing.
+fn cgroup1_chain(btf: &btf_rs::Btf, cfg: &mut KernelConfig, controller: &str, missing: &mut Vec<String>) {
+    let parts = [
+        ("task_struct", "cgroups"),
+        ("css_set", "subsys"),
+        ("cgroup_subsys_state", "cgroup"),
+        ("cgroup", "kn"),
+        ("kernfs_node", "id"),
+    ]
+    .map(|(s, m)| btf_member_offset(btf, s, m).ok_or(format!("struct {s}.{m}")));
+    let index = btf_enum_value(btf, "cgroup_subsys_id", &format!("{controller}_cgrp_id")).ok_or(format!("enum cgroup_subsys_id.{controller}_cgrp_id"));
+    match (parts, index) {
+        ([Ok(cgroups), Ok(subsys), Ok(css_cgroup), Ok(kn), Ok(id)], Ok(index)) => {
+            cfg.task_cgroups = cgroups;
+            // subsys[] holds one pointer per controller.
+            cfg.css_set_subsys = subsys + index * 8;
+            cfg.css_cgroup = css_cgroup;
+            cfg.cgroup_kn = kn;
+            cfg.kernfs_node_id = id;
+        }
+        (parts, index) => {
+            let what: Vec<String> = parts.into_iter().filter_map(Result::err).chain(index.err()).collect();
+            missing.push(format!("{} (execs on this cgroup v1 node read /proc/PID/cgroup each)", what.join(", ")));
+        }
+    }
+}
+
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 /// Fills the kernel-specific part of [`KernelConfig`] from tracefs and BTF. Missing pieces stay
@@ -164,6 +220,9 @@ pub fn kernel_config(tracefs: &Path, btf_path: &Path) -> Result<KernelConfigRepo
     if skc_net != OFFSET_NONE && net_ns != OFFSET_NONE && ns_inum != OFFSET_NONE {
         cfg.sock_net = sk_common + skc_net;
         cfg.net_ns_inum = net_ns + ns_inum;
+    }
+    if let Some(controller) = std::fs::read_to_string("/proc/cgroups").ok().as_deref().and_then(cgroup1_controller) {
+        cgroup1_chain(&btf, &mut cfg, controller, &mut missing);
     }
     match tracepoint_format(tracefs, "sched", "sched_process_exit") {
         Ok(f) => match f.get("group_dead") {
@@ -381,6 +440,19 @@ print fmt: \"comm=%s pid=%d\"";
     }
 
     #[test]
+    fn the_v1_hierarchy_that_keys_exec_cgroups() {
+        let head = "#subsys_name\thierarchy\tnum_cgroups\tenabled\n";
+        // Hybrid: memory bound to hierarchy 4.
+        assert_eq!(cgroup1_controller(&format!("{head}cpuset\t3\t1\t1\ncpu\t1\t1\t1\nmemory\t4\t41\t1\npids\t8\t1\t1\n")), Some("memory"));
+        // memory on v2 (or disabled), pids on v1.
+        assert_eq!(cgroup1_controller(&format!("{head}cpu\t1\t1\t1\nmemory\t0\t41\t1\npids\t8\t1\t1\n")), Some("pids"));
+        assert_eq!(cgroup1_controller(&format!("{head}memory\t4\t1\t0\npids\t8\t1\t1\n")), Some("pids"));
+        // cgroup v2 alone: every hierarchy id 0.
+        assert_eq!(cgroup1_controller(&format!("{head}cpu\t0\t80\t1\nmemory\t0\t80\t1\npids\t0\t80\t1\n")), None);
+        assert_eq!(cgroup1_controller(""), None);
+    }
+
+    #[test]
     #[cfg_attr(not(feature = "system-tests"), ignore = "reads tracefs and BTF as root: the system tier (cargo xtask test)")]
     fn btf_offsets_found_on_this_kernel() {
         let root = tracefs_root().expect("tracefs mounted");
@@ -391,5 +463,11 @@ print fmt: \"comm=%s pid=%d\"";
         }
         // struct sock begins with struct sock_common; sk_err lies past it.
         assert!(c.sock_err > c.sock_net, "{c:?}");
+        // A node with cgroup v1 hierarchies: the chain to an exec's v1 cgroup is complete.
+        if std::fs::read_to_string("/proc/cgroups").ok().as_deref().and_then(cgroup1_controller).is_some() {
+            for (name, v) in [("cgroups", c.task_cgroups), ("subsys", c.css_set_subsys), ("css cgroup", c.css_cgroup), ("kn", c.cgroup_kn), ("kernfs id", c.kernfs_node_id)] {
+                assert_ne!(v, OFFSET_NONE, "{name} missing: {:?}", rep.missing);
+            }
+        }
     }
 }

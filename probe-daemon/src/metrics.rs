@@ -1174,7 +1174,7 @@ mod tests {
         let refused = |n| ProcCounters { tcp_connect_refused: n, ..Default::default() };
         // Exec'd now (young): job1, job2, go_young; running before: go_old, old_job.
         for pid in [job1, job2, go_young] {
-            a.apply(Event::Exec { tgid: pid, comm: "job".into(), filename: "/job".into(), cgroup_id: 0 }, t0);
+            a.apply(Event::Exec { tgid: pid, comm: "job".into(), filename: "/job".into(), cgroup_id: 0, cgroup1_id: 0 }, t0);
         }
         a.on_go_tracked(go_old, "go1.27.3", 27, t0);
         a.on_go_tracked(go_young, "go1.27.3", 27, t0);

@@ -86,6 +86,74 @@ impl Drop for PodCgroup {
     }
 }
 
+/// The cgroupfs layout in every cgroup v1 hierarchy mounted (as runc places a container of a
+/// kubelet with the cgroupfs driver on a cgroup v1 node): `<own path>/<tag>/kubepods/burstable/pod<uid>/<cid>`
+/// in each, the v2 cgroup left as it is (it names no container). None when no v1 hierarchy is
+/// mounted. Removed (leaf first) on drop.
+struct V1PodCgroup {
+    /// Per hierarchy, the directories created (parent first).
+    trees: Vec<Vec<PathBuf>>,
+}
+
+impl V1PodCgroup {
+    fn create(tag: &str) -> Option<V1PodCgroup> {
+        let mi = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+        let own = std::fs::read_to_string("/proc/self/cgroup").expect("/proc/self/cgroup");
+        let mut trees = Vec::new();
+        for l in mi.lines() {
+            let Some((left, right)) = l.split_once(" - ") else { continue };
+            let mut r = right.split_whitespace();
+            if r.next() != Some("cgroup") {
+                continue;
+            }
+            let opts: Vec<&str> = r.nth(1).unwrap_or("").split(',').collect();
+            let Some(mp) = left.split_whitespace().nth(4) else { continue };
+            // This process's path in that hierarchy: the /proc/self/cgroup line whose
+            // controllers (or name=) are among the mount's options.
+            let Some(path) = own.lines().find_map(|c| {
+                let mut p = c.splitn(3, ':');
+                let (_, ctrls, path) = (p.next()?, p.next()?, p.next()?);
+                (!ctrls.is_empty() && ctrls.split(',').all(|x| opts.contains(&x))).then_some(path)
+            }) else {
+                continue;
+            };
+            let cpuset = opts.contains(&"cpuset");
+            let mut dir = PathBuf::from(mp).join(path.trim_start_matches('/'));
+            let mut dirs = Vec::new();
+            for c in [tag.to_string(), "kubepods".into(), "burstable".into(), format!("pod{UID}"), CID.into()] {
+                let parent = dir.clone();
+                dir = dir.join(c);
+                std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+                if cpuset {
+                    // A cpuset cgroup takes tasks only once it has CPUs and memory nodes.
+                    for f in ["cpuset.cpus", "cpuset.mems"] {
+                        let v = std::fs::read_to_string(parent.join(f)).unwrap_or_default();
+                        let _ = std::fs::write(dir.join(f), v.trim());
+                    }
+                }
+                dirs.push(dir.clone());
+            }
+            trees.push(dirs);
+        }
+        (!trees.is_empty()).then_some(V1PodCgroup { trees })
+    }
+
+    fn procs_files(&self) -> Vec<PathBuf> {
+        self.trees.iter().filter_map(|t| t.last()).map(|d| d.join("cgroup.procs")).collect()
+    }
+}
+
+impl Drop for V1PodCgroup {
+    fn drop(&mut self) {
+        for d in self.trees.iter().flat_map(|t| t.iter().rev()) {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while std::fs::remove_dir(d).is_err() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
 /// A C program: one connect to 127.0.0.1:PORT (refused: nothing listens), then exits with
 /// status 3 after SLEEP_MS. Built with gcc under `name` (its comm).
 fn build_job(dir: &Path, name: &str) -> PathBuf {
@@ -123,24 +191,30 @@ int main(int argc, char **argv) {
 /// Runs `bin PORT MS` placed in the cgroup before its exec (the child writes "0" to
 /// cgroup.procs between fork and exec, as runc does); returns (pid, when it exec'd, its wait).
 fn run_in_cgroup(bin: &Path, cg: &PodCgroup, port: u16, ms: u64) -> (u32, Instant, std::process::ExitStatus) {
-    let procs = CString::new(cg.procs_file().to_string_lossy().as_bytes()).expect("path without NUL");
+    run_in_cgroups(bin, &[cg.procs_file()], port, ms)
+}
+
+/// [`run_in_cgroup`] with the cgroup.procs files of every hierarchy to join.
+fn run_in_cgroups(bin: &Path, procs_files: &[PathBuf], port: u16, ms: u64) -> (u32, Instant, std::process::ExitStatus) {
+    let files: Vec<CString> = procs_files.iter().map(|f| CString::new(f.to_string_lossy().as_bytes()).expect("path without NUL")).collect();
     let mut cmd = Command::new(bin);
     cmd.arg(port.to_string()).arg(ms.to_string()).stdin(Stdio::null());
     // SAFETY: the closure only makes raw syscalls (open, write, close) on memory prepared
     // before the fork.
     unsafe {
         cmd.pre_exec(move || {
-            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
-            if fd < 0 {
-                return Err(std::io::Error::last_os_error());
+            for procs in &files {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let ok = libc::write(fd, b"0".as_ptr().cast(), 1) == 1;
+                libc::close(fd);
+                if !ok {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
-            let ok = libc::write(fd, b"0".as_ptr().cast(), 1) == 1;
-            libc::close(fd);
-            if ok {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
-            }
+            Ok(())
         });
     }
     let at = Instant::now();
@@ -344,4 +418,37 @@ fn a_process_gone_within_100_ms_of_its_exec_is_attributed_to_its_pod() {
     let scrapes = scraper.finish();
     let n = assert_always_labelled(&scrapes, &comm, ("", UID, &CID[..12]));
     assert!(n >= 2, "{n} samples");
+}
+
+#[test]
+fn with_both_cgroup_versions_processes_gone_before_their_proc_is_read_get_the_pod_of_their_cgroups() {
+    require_root();
+    let _serial = common::serial();
+    let tag = format!("t{}-v1", std::process::id());
+    let Some(cg) = V1PodCgroup::create(&tag) else {
+        eprintln!("no cgroup v1 hierarchy on this machine (cgroup v2 alone): execs are attributed by their v2 cgroup id, covered by the other tests");
+        return;
+    };
+    let d = Daemon::start("pod-identity-v1", &format!("{DEFAULT_FOLDING}[kubernetes]\napi = \"off\"\n"));
+    let dir = TempDir::new("pod-identity-v1");
+    let comm = format!("cpv1{}", std::process::id() % 100_000);
+    let bin = build_job(&dir.0, &comm);
+    let scraper = Scraper::start(d.addr);
+    // The container's first process lives long enough for its /proc/PID/cgroup to be read...
+    let files = cg.procs_files();
+    let (_, _, status) = run_in_cgroups(&bin, &files, closed_port(), 300);
+    assert_eq!(status.code(), Some(3), "the job ran");
+    // ...the next ones are gone (reaped) within a millisecond or two of their exec, long before
+    // the daemon's next ring-buffer poll: only the kernel's ids of their cgroups (v2, and the
+    // cgroup in a v1 hierarchy) can attribute them; their v2 cgroup names no container.
+    const QUICK: usize = 20;
+    for _ in 0..QUICK {
+        let (_, _, status) = run_in_cgroups(&bin, &files, closed_port(), 0);
+        assert_eq!(status.code(), Some(3));
+    }
+    let n = (QUICK + 1) as f64;
+    scraper.wait_for("every run's TCP and exit series, under the pod", Duration::from_secs(20), |m| connects_and_exit(m, &comm) == (n, n));
+    let scrapes = scraper.finish();
+    let samples = assert_always_labelled(&scrapes, &comm, ("", UID, &CID[..12]));
+    assert!(samples >= 2, "{samples} samples");
 }

@@ -23,6 +23,29 @@ fn header(kind: EventKind, tgid: u32) -> EventHeader {
     EventHeader { kind: kind as u32, tgid, ktime_ns: unsafe { bpf_ktime_get_ns() } }
 }
 
+/// The kernfs id of the current task's cgroup in the cgroup v1 hierarchy the daemon chose
+/// (`KernelConfig::css_set_subsys`): task → css_set → that controller's css → cgroup → kernfs
+/// node. 0 when the offsets are not set (no v1 hierarchy) or a read fails.
+#[inline(always)]
+fn cgroup1_id() -> u64 {
+    let c = config();
+    if c.task_cgroups == OFFSET_NONE || c.css_set_subsys == OFFSET_NONE || c.css_cgroup == OFFSET_NONE || c.cgroup_kn == OFFSET_NONE || c.kernfs_node_id == OFFSET_NONE {
+        return 0;
+    }
+    let ptr = |base: u64, off: u32| -> u64 {
+        if base == 0 {
+            return 0;
+        }
+        unsafe { bpf_probe_read_kernel((base + off as u64) as *const u64) }.unwrap_or(0)
+    };
+    let task = unsafe { bpf_get_current_task() };
+    let cset = ptr(task, c.task_cgroups);
+    let css = ptr(cset, c.css_set_subsys);
+    let cgroup = ptr(css, c.css_cgroup);
+    let kn = ptr(cgroup, c.cgroup_kn);
+    ptr(kn, c.kernfs_node_id)
+}
+
 #[tracepoint]
 pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
     let prog = ProgId::SchedProcessExec;
@@ -37,6 +60,7 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
         (*ev).header = header(EventKind::Exec, tgid);
         (*ev).ppid = 0;
         (*ev).cgroup_id = aya_ebpf::helpers::bpf_get_current_cgroup_id();
+        (*ev).cgroup1_id = cgroup1_id();
         (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);
         (*ev).filename = [0; probe_common::FILENAME_LEN];
         (*ev).filename_len = 0;

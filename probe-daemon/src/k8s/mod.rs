@@ -200,9 +200,10 @@ pub trait PodSource: Send + Sync {
     fn cgroup_by_id(&self, _id: u64) -> Option<CgroupIdentity> {
         None
     }
-    /// The cgroup identity of a process at its exec, with the cgroup v2 id the kernel gave (0:
-    /// none): by default its /proc, else the id.
-    fn exec_cgroup(&self, pid: u32, id: u64) -> Option<CgroupIdentity> {
+    /// The cgroup identity of a process at its exec, with the ids the kernel gave (0: none): its
+    /// cgroup v2 id and the kernfs id of its cgroup in one cgroup v1 hierarchy. By default its
+    /// /proc, else the v2 id.
+    fn exec_cgroup(&self, pid: u32, id: u64, _v1_id: u64) -> Option<CgroupIdentity> {
         self.cgroup(pid).or_else(|| (id != 0).then(|| self.cgroup_by_id(id)).flatten())
     }
     /// The pod metadata of a cgroup identity with whatever names the API cache has now.
@@ -226,6 +227,9 @@ pub struct PodResolver {
     /// cgroup v2 id → parsed identity of its path (`None`: the path could not be found, e.g.
     /// outside this cgroup namespace, or the cgroup is gone); ids are never reused.
     by_id: Mutex<HashMap<u64, Option<Option<CgroupIdentity>>>>,
+    /// (cgroup v2 id, cgroup v1 kernfs id) at exec → the identity /proc/PID/cgroup gave, on nodes
+    /// that mount both versions (see [`PodSource::exec_cgroup`]).
+    by_ids: Mutex<HashMap<(u64, u64), Option<CgroupIdentity>>>,
     /// The cgroup v2 hierarchy's root directory and mount point, opened on first use, and
     /// whether it is the only one (no cgroup v1 hierarchy mounted).
     cgroup2: std::sync::OnceLock<Option<(std::fs::File, PathBuf, bool)>>,
@@ -242,12 +246,12 @@ impl Drop for PodResolver {
 impl PodResolver {
     /// cgroup labels only.
     pub fn cgroup_only(proc_root: impl Into<PathBuf>) -> PodResolver {
-        PodResolver { proc_root: proc_root.into(), cache: None, task: None, parsed: Mutex::default(), by_id: Mutex::default(), cgroup2: std::sync::OnceLock::new() }
+        PodResolver { proc_root: proc_root.into(), cache: None, task: None, parsed: Mutex::default(), by_id: Mutex::default(), by_ids: Mutex::default(), cgroup2: std::sync::OnceLock::new() }
     }
 
     /// With a cache someone else fills (tests, or a caller that runs its own [`Watcher`]).
     pub fn with_cache(proc_root: impl Into<PathBuf>, cache: PodCache) -> PodResolver {
-        PodResolver { proc_root: proc_root.into(), cache: Some(cache), task: None, parsed: Mutex::default(), by_id: Mutex::default(), cgroup2: std::sync::OnceLock::new() }
+        PodResolver { proc_root: proc_root.into(), cache: Some(cache), task: None, parsed: Mutex::default(), by_id: Mutex::default(), by_ids: Mutex::default(), cgroup2: std::sync::OnceLock::new() }
     }
 
     /// From the `[kubernetes]` section: starts the node-scoped watch on the current tokio
@@ -284,7 +288,7 @@ impl PodResolver {
         let cache = PodCache::new();
         let watcher = Watcher::new(api, cache.clone())?;
         let task = tokio::spawn(watcher.run());
-        Ok(PodResolver { proc_root: cfg.proc_root.clone().into(), cache: Some(cache), task: Some(task), parsed: Mutex::default(), by_id: Mutex::default(), cgroup2: std::sync::OnceLock::new() })
+        Ok(PodResolver { proc_root: cfg.proc_root.clone().into(), cache: Some(cache), task: Some(task), parsed: Mutex::default(), by_id: Mutex::default(), by_ids: Mutex::default(), cgroup2: std::sync::OnceLock::new() })
     }
 
     pub fn cache(&self) -> Option<&PodCache> {
@@ -363,8 +367,7 @@ impl PodResolver {
 
 impl PodSource for PodResolver {
     fn cgroup(&self, pid: u32) -> Option<CgroupIdentity> {
-        let contents = std::fs::read_to_string(self.proc_root.join(pid.to_string()).join("cgroup")).ok()?;
-        self.parse_cached(&contents)
+        self.read_cgroup(pid).flatten()
     }
 
     fn meta(&self, id: &CgroupIdentity) -> PodMeta {
@@ -379,13 +382,16 @@ impl PodSource for PodResolver {
         self.by_id(id).flatten()
     }
 
-    /// From the exec's cgroup v2 id, without reading /proc when the id tells: a cgroup v2 path
-    /// that names a container is that container's in any layout (runtimes place a container in
-    /// every hierarchy), and on a node with cgroup v2 alone a path that names none is outside
+    /// From the exec's cgroup ids, without reading /proc when they tell: a cgroup v2 path that
+    /// names a container is that container's in any layout (runtimes place a container in every
+    /// hierarchy), and on a node with cgroup v2 alone a path that names none is outside
     /// containers. Otherwise (cgroup v1 hierarchies mounted: the container may show only there)
-    /// /proc/PID/cgroup is read. The ids' paths are cached, so the hundred execs a second of a
-    /// crash-looping pod cost no I/O each.
-    fn exec_cgroup(&self, pid: u32, id: u64) -> Option<CgroupIdentity> {
+    /// /proc/PID/cgroup is read once per pair of ids (v2 cgroup, cgroup in the chosen v1
+    /// hierarchy) and its identity kept for that pair: a runtime places each container in a
+    /// cgroup of its own in every hierarchy, so processes that share both cgroups share their
+    /// container (or are outside containers alike). The ids' paths and pairs are cached, so the
+    /// hundred execs a second of a crash-looping pod, or of a host's cron jobs, cost no I/O each.
+    fn exec_cgroup(&self, pid: u32, id: u64, v1_id: u64) -> Option<CgroupIdentity> {
         if id != 0 {
             match self.by_id(id) {
                 Some(Some(ident)) => return Some(ident),
@@ -394,11 +400,30 @@ impl PodSource for PodResolver {
                 _ => {}
             }
         }
-        self.cgroup(pid)
+        let pair = (id != 0 && v1_id != 0).then_some((id, v1_id));
+        if let Some(known) = pair.and_then(|k| crate::sync::lock(&self.by_ids).get(&k).cloned()) {
+            return known;
+        }
+        let read = self.read_cgroup(pid)?;
+        if let Some(k) = pair {
+            let mut by_ids = crate::sync::lock(&self.by_ids);
+            if by_ids.len() >= CGROUP_CACHE_MAX {
+                by_ids.clear();
+            }
+            by_ids.insert(k, read.clone());
+        }
+        read
     }
 }
 
 impl PodResolver {
+    /// `pid`'s parsed /proc/PID/cgroup (`None`: unreadable, the process is gone; `Some(None)`:
+    /// outside containers).
+    fn read_cgroup(&self, pid: u32) -> Option<Option<CgroupIdentity>> {
+        let contents = std::fs::read_to_string(self.proc_root.join(pid.to_string()).join("cgroup")).ok()?;
+        Some(self.parse_cached(&contents))
+    }
+
     fn cgroup2_root(&self) -> Option<&(std::fs::File, PathBuf, bool)> {
         self.cgroup2
             .get_or_init(|| {
@@ -440,6 +465,32 @@ mod tests {
 
     const UID: &str = "2c6e8a4c-6a7e-4b8e-9e5c-3f1a2b3c4d5e";
     const CID: &str = "8f3b2c1d0e9f8a7b6c5d4e3f2a1b0c9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b";
+
+    #[test]
+    fn an_exec_whose_cgroup_ids_were_read_before_needs_no_proc() {
+        // A /proc of its own: pid 100 in a v1 cgroupfs pod, pid 101 outside containers, other
+        // pids gone. Ids far above any real cgroup's, so the v2 lookup finds no path.
+        let root = std::env::temp_dir().join(format!("chainprobe-exec-cgroups-{}", std::process::id()));
+        for (pid, text) in [(100, format!("4:memory:/kubepods/burstable/pod{UID}/{CID}\n0::/\n")), (101, "4:memory:/\n0::/\n".to_string())] {
+            std::fs::create_dir_all(root.join(pid.to_string())).unwrap();
+            std::fs::write(root.join(pid.to_string()).join("cgroup"), text).unwrap();
+        }
+        let r = PodResolver::cgroup_only(&root);
+        let (v2, in_pod, outside) = (u64::MAX - 7, u64::MAX - 8, u64::MAX - 9);
+        let pod = r.exec_cgroup(100, v2, in_pod).expect("read from its /proc");
+        assert_eq!(pod.pod_uid.as_deref(), Some(UID));
+        assert_eq!(r.exec_cgroup(101, v2, outside), None);
+        // Gone before their /proc is read: the pair of ids tells.
+        assert_eq!(r.exec_cgroup(200, v2, in_pod), Some(pod.clone()));
+        assert_eq!(r.exec_cgroup(201, v2, outside), None);
+        // A pair never read, or no v1 id from the kernel: only /proc can tell, and it is gone.
+        assert_eq!(r.exec_cgroup(202, v2, u64::MAX - 10), None);
+        assert_eq!(r.exec_cgroup(203, v2, 0), None);
+        // The pair's identity is the one read, not what a later process's /proc says (ids of
+        // cgroups are never reused; a process in the same two cgroups is in the same container).
+        assert_eq!(r.exec_cgroup(101, v2, in_pod), Some(pod));
+        let _ = std::fs::remove_dir_all(&root);
+    }
 
     #[test]
     fn cgroup_only_labels() {
