@@ -287,10 +287,64 @@ struct ProcHistory {
 pub struct HealthEngine {
     cfg: HealthConfig,
     hist: HashMap<u32, ProcHistory>,
-    /// Recent exits by sibling group: (group, when, abnormal, oom).
-    exits: VecDeque<(String, Instant, bool, bool)>,
+    /// Abnormal exits and OOM kills of the last `sibling_window_seconds`, by sibling group.
+    exits: SiblingExits,
     /// Exited pids already recorded.
     seen_exits: HashMap<u32, Instant>,
+}
+
+/// Abnormal exits and OOM kills by sibling group, counted in time slots of a
+/// [`SIBLING_SLOTS`]th of the window: memory bounded by groups × slots however fast a crash
+/// loop exits (one entry per exit held 30,000 of them, a `String` each, at 100 exits/s over
+/// the default 300 s window, and every process's evaluation walked them all). An exit counts
+/// until the window has passed since it, and at most one slot longer. Normal exits count for
+/// nothing and are not kept.
+#[derive(Debug, Default)]
+struct SiblingExits {
+    by_group: HashMap<String, VecDeque<ExitSlot>>,
+}
+
+/// Slots a window is cut into.
+const SIBLING_SLOTS: u32 = 256;
+
+#[derive(Debug, Clone, Copy)]
+struct ExitSlot {
+    start: Instant,
+    abnormal: u32,
+    oom: u32,
+}
+
+impl SiblingExits {
+    fn record(&mut self, group: String, at: Instant, abnormal: bool, oom: bool, window: Duration) {
+        if !abnormal && !oom {
+            return;
+        }
+        let width = window / SIBLING_SLOTS;
+        let slots = self.by_group.entry(group).or_default();
+        match slots.back_mut() {
+            Some(s) if at < s.start + width => {
+                s.abnormal += u32::from(abnormal);
+                s.oom += u32::from(oom);
+            }
+            _ => slots.push_back(ExitSlot { start: at, abnormal: u32::from(abnormal), oom: u32::from(oom) }),
+        }
+    }
+
+    /// Forgets slots whose every exit is older than `window`.
+    fn expire(&mut self, now: Instant, window: Duration) {
+        let width = window / SIBLING_SLOTS;
+        self.by_group.retain(|_, slots| {
+            while slots.front().is_some_and(|s| now.saturating_duration_since(s.start + width) > window) {
+                slots.pop_front();
+            }
+            !slots.is_empty()
+        });
+    }
+
+    /// (abnormal exits, OOM kills) of `group` in the window.
+    fn count(&self, group: &str) -> (u32, u32) {
+        self.by_group.get(group).map_or((0, 0), |slots| slots.iter().fold((0, 0), |(a, o), s| (a + s.abnormal, o + s.oom)))
+    }
 }
 
 /// The group whose members are siblings: the pod when known, else the process name.
@@ -342,7 +396,7 @@ fn push(q: &mut VecDeque<f64>, v: f64, cap: usize) {
 
 impl HealthEngine {
     pub fn new(cfg: HealthConfig) -> Self {
-        HealthEngine { cfg, hist: HashMap::new(), exits: VecDeque::new(), seen_exits: HashMap::new() }
+        HealthEngine { cfg, hist: HashMap::new(), exits: SiblingExits::default(), seen_exits: HashMap::new() }
     }
 
     /// How long until the next evaluation: shorter while anything is degraded.
@@ -365,13 +419,11 @@ impl HealthEngine {
                         ExitReason::Signal => !matches!(e.code.as_str(), "SIGTERM" | "SIGINT"),
                         ExitReason::Exit => e.code != "0" && e.code != "unknown",
                     };
-                    self.exits.push_back((sibling_group(p), e.at, abnormal, e.reason == ExitReason::Oom));
+                    self.exits.record(sibling_group(p), e.at, abnormal, e.reason == ExitReason::Oom, window);
                 }
             }
         }
-        while self.exits.front().is_some_and(|e| now.saturating_duration_since(e.1) > window) {
-            self.exits.pop_front();
-        }
+        self.exits.expire(now, window);
         // An exit is counted once: its pid is remembered while the exited process is still in
         // the aggregate (it cannot come back once it has left). A time-based memory held 60,000
         // pids at 100 exits/s for 10 minutes, and the daemon's RSS grew all the while.
@@ -483,12 +535,7 @@ impl HealthEngine {
         if let (Some(n), Some(max)) = (p.map_count, max_map_count.filter(|m| *m > 0)) {
             sig.push(reading(cfg, "memory_maps_ratio", n as f64 / max as f64));
         }
-        let group = sibling_group(p);
-        let (abnormal, oom) = self
-            .exits
-            .iter()
-            .filter(|e| e.0 == group)
-            .fold((0u32, 0u32), |(a, o), e| (a + u32::from(e.2), o + u32::from(e.3)));
+        let (abnormal, oom) = self.exits.count(&sibling_group(p));
         sig.push(reading(cfg, "sibling_abnormal_exits", f64::from(abnormal)));
         sig.push(reading(cfg, "sibling_oom_kills", f64::from(oom)));
         let debug = p.debug.as_ref();
@@ -717,6 +764,36 @@ mod tests {
             let cells: Vec<&str> = row.split('|').map(str::trim).collect();
             assert_eq!((cells[3], cells[4]), (fmt(t.warn).as_str(), fmt(t.critical).as_str()), "{name}: {row}");
         }
+    }
+
+    #[test]
+    fn sibling_exits_count_by_group_within_the_window_in_bounded_memory() {
+        let window = Duration::from_secs(300);
+        let t0 = Instant::now();
+        let mut x = SiblingExits::default();
+        // A crash loop: 100 abnormal exits a second for the whole window, one OOM kill; and
+        // normal exits, which count for nothing.
+        for i in 0..30_000u32 {
+            let at = t0 + Duration::from_millis(u64::from(i) * 10);
+            x.record("comm/job".into(), at, true, i == 7, window);
+            x.record("pod/shop/web-0".into(), at, false, false, window);
+        }
+        let last = t0 + Duration::from_millis(29_999 * 10);
+        x.expire(last, window);
+        assert_eq!(x.count("comm/job"), (30_000, 1));
+        assert_eq!(x.count("pod/shop/web-0"), (0, 0));
+        assert!(!x.by_group.contains_key("pod/shop/web-0"), "normal exits are not kept");
+        let slots = x.by_group["comm/job"].len();
+        assert!(slots <= SIBLING_SLOTS as usize + 1, "{slots} slots for 30,000 exits");
+        // Half a window later, about half of them are past it (one slot's worth may linger).
+        x.expire(last + window / 2, window);
+        let (abnormal, _) = x.count("comm/job");
+        let slot = 30_000 / SIBLING_SLOTS;
+        assert!((15_000 - 1..=15_000 + slot + 1).contains(&abnormal), "{abnormal}");
+        // A window and a slot after the last exit, none.
+        x.expire(last + window + window / SIBLING_SLOTS + Duration::from_millis(1), window);
+        assert_eq!(x.count("comm/job"), (0, 0));
+        assert!(x.by_group.is_empty());
     }
 
     #[test]
