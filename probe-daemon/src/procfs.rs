@@ -211,7 +211,16 @@ pub fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only returns free pages of the allocator's own arenas.
     unsafe {
+        let before = libc::mallinfo2();
         libc::malloc_trim(0);
+        let after = libc::mallinfo2();
+        tracing::debug!(
+            in_use = after.uordblks + after.hblkhd,
+            free_before = before.fordblks,
+            free_after = after.fordblks,
+            mapped = after.hblkhd,
+            "allocator trimmed (bytes)"
+        );
     }
 }
 

@@ -105,7 +105,9 @@ pub fn wait_target(port: u16, pid: u32, timeout: Duration, what: &str, ready: im
 pub fn start_daemon(bin: &Path, dir: &Path, extra: &str) -> Result<(Daemon, u16)> {
     let addr = test_support::free_addr()?;
     let toml = format!("[server]\nlisten = \"{addr}\"\n{extra}");
-    let d = Daemon::launch(bin, dir, addr, &toml, &[("RUST_LOG", "warn")], Duration::from_secs(30)).with_context(|| format!("starting {}", bin.display()))?;
+    // CHAINPROBE_BENCH_LOG (a RUST_LOG filter) to look inside a run; the daemon's log is in `dir`.
+    let log = std::env::var("CHAINPROBE_BENCH_LOG").unwrap_or_else(|_| "warn".into());
+    let d = Daemon::launch(bin, dir, addr, &toml, &[("RUST_LOG", log.as_str())], Duration::from_secs(30)).with_context(|| format!("starting {}", bin.display()))?;
     Ok((d, addr.port()))
 }
 
