@@ -81,6 +81,11 @@ pub enum ProgId {
     Http2GoAwayReceived = 34,
     /// HTTP/2: a RST_STREAM frame read (`parseRSTStreamFrame`).
     Http2RstReceived = 35,
+    /// A process faults in pages of a file (`filemap:mm_filemap_map_pages`, raw): when it is a
+    /// libssl not probed yet, the process is held until it is (`[tls] hold_new_libssl`).
+    LibsslMapPages = 36,
+    /// The same at a page-cache miss (`filemap:mm_filemap_fault`, raw).
+    LibsslFault = 37,
 }
 
 /// Where in a Go function a uprobe goes.
@@ -111,6 +116,9 @@ pub enum ProgGroup {
     /// (bundled in net/http, or net/http/internal/http2) and golang.org/x/net/http2. Called once
     /// per control frame, never per data frame, so always on.
     GoHttp2,
+    /// Page faults on files, to hold the first process of a new libssl file (raw tracepoints,
+    /// attached once the system's libssl files are probed, when `[tls] hold_new_libssl`).
+    LibsslHold,
 }
 
 /// BPF program types chainprobe uses.
@@ -121,10 +129,11 @@ pub enum ProgKind {
     /// Only on C code (libssl): Go's movable stacks crash under uretprobes.
     URetProbe,
     FExit,
+    RawTracePoint,
 }
 
 impl ProgId {
-    pub const COUNT: u32 = 36;
+    pub const COUNT: u32 = 38;
     pub const ALL: [ProgId; Self::COUNT as usize] = [
         ProgId::InetSockSetState,
         ProgId::TcpSendReset,
@@ -162,6 +171,8 @@ impl ProgId {
         ProgId::Http2RstSent,
         ProgId::Http2GoAwayReceived,
         ProgId::Http2RstReceived,
+        ProgId::LibsslMapPages,
+        ProgId::LibsslFault,
     ];
     /// The tracepoint programs, attached once at start.
     /// Programs of `group`, in index order.
@@ -192,6 +203,7 @@ impl ProgId {
             ProgId::MmapFexit | ProgId::MunmapFexit | ProgId::BrkFexit => ProgGroup::MemoryFexit,
             ProgId::GoFatalPanic | ProgId::GoThrow | ProgId::GoFatal | ProgId::GoOsExit => ProgGroup::GoCrash,
             ProgId::Http2GoAwaySent | ProgId::Http2RstSent | ProgId::Http2GoAwayReceived | ProgId::Http2RstReceived => ProgGroup::GoHttp2,
+            ProgId::LibsslMapPages | ProgId::LibsslFault => ProgGroup::LibsslHold,
         }
     }
 
@@ -203,6 +215,7 @@ impl ProgId {
             ProgGroup::Tracepoint => ProgKind::TracePoint,
             ProgGroup::GoRuntime | ProgGroup::GoCreation | ProgGroup::GoTls | ProgGroup::OpenSsl | ProgGroup::GoCrash | ProgGroup::GoHttp2 => ProgKind::UProbe,
             ProgGroup::MemoryFexit => ProgKind::FExit,
+            ProgGroup::LibsslHold => ProgKind::RawTracePoint,
         }
     }
 
@@ -244,6 +257,8 @@ impl ProgId {
             ProgId::Http2RstSent => "go_http2_rst_sent",
             ProgId::Http2GoAwayReceived => "go_http2_goaway_received",
             ProgId::Http2RstReceived => "go_http2_rst_received",
+            ProgId::LibsslMapPages => "libssl_map_pages",
+            ProgId::LibsslFault => "libssl_fault",
         }
     }
 
@@ -298,6 +313,8 @@ impl ProgId {
             ProgId::SchedProcessExec => ("sched", "sched_process_exec"),
             ProgId::SchedProcessExit => ("sched", "sched_process_exit"),
             ProgId::OomMarkVictim => ("oom", "mark_victim"),
+            ProgId::LibsslMapPages => ("filemap", "mm_filemap_map_pages"),
+            ProgId::LibsslFault => ("filemap", "mm_filemap_fault"),
             ProgId::GoGcStart
             | ProgId::GoGcDone
             | ProgId::GoPauseBegin
@@ -354,6 +371,8 @@ impl ProgId {
                 | ProgId::Http2RstSent
                 | ProgId::Http2GoAwayReceived
                 | ProgId::Http2RstReceived
+                | ProgId::LibsslMapPages
+                | ProgId::LibsslFault
         )
     }
 }
@@ -612,6 +631,39 @@ pub const SSL_AD_REASON_OFFSET: u32 = 1000;
 /// libssl builds probed at once.
 pub const MAX_SSL_LIBS: u32 = 256;
 
+/// libssl files the kernel knows (probed, or held once already): see [`LibsslFileKey`].
+pub const MAX_LIBSSL_FILES: u32 = 1024;
+
+/// A libssl file as the kernel names it: `super_block.s_dev` (the kernel's `dev_t`, major << 20
+/// | minor, not stat's encoding) and the inode number.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LibsslFileKey {
+    pub dev: u32,
+    pub _pad: u32,
+    pub ino: u64,
+}
+
+/// [`LibsslFileKey`] values: the daemon has probed the file (or tried to: it is never held for).
+pub const LIBSSL_FILE_PROBED: u32 = 1;
+/// The kernel held a process for it and waits for the daemon.
+pub const LIBSSL_FILE_HELD: u32 = 2;
+
+/// A process faulted in pages of a libssl file the kernel did not know (its loader, before any
+/// of the library's code ran), and was stopped (`stopped` = 1; 0: the signal failed) until the
+/// daemon probes the file and resumes it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LibsslHeldEvent {
+    pub header: EventHeader,
+    /// The thread that faulted.
+    pub tid: u32,
+    pub _pad0: u32,
+    pub stopped: u32,
+    pub _pad: u32,
+    pub file: LibsslFileKey,
+}
+
 /// `TlsEvent.alpn_len` when the ALPN protocol could not be read (OpenSSL build with unknown
 /// layout). Real protocol names are 1–254 bytes here (longer ones are clamped to 254).
 pub const TLS_ALPN_UNREAD: u8 = 0xff;
@@ -821,6 +873,25 @@ pub struct KernelConfig {
     pub css_cgroup: u32,
     pub cgroup_kn: u32,
     pub kernfs_node_id: u32,
+    /// From the page cache of a faulting file to its name and identity (issue #18 (a), holding
+    /// the first process of a libssl file not probed yet): `address_space.host` (the inode),
+    /// `inode.i_dentry` (the first alias, an hlist node) minus `dentry.d_u` (+ `d_alias`: where
+    /// that node sits in its dentry), `dentry.d_name` + `qstr.name`, `inode.i_ino`, `inode.i_sb`,
+    /// `super_block.s_dev`; all or none.
+    pub mapping_host: u32,
+    pub inode_dentry: u32,
+    pub dentry_alias: u32,
+    pub dentry_name: u32,
+    pub inode_ino: u32,
+    pub inode_sb: u32,
+    pub sb_dev: u32,
+    pub _pad_files: [u32; 3],
+    /// `signal_struct.tty`: a process with a controlling terminal is never held (its shell's
+    /// job control would report it stopped).
+    pub signal_tty: u32,
+    /// Non-zero: hold (SIGSTOP) a process that maps a libssl file [`LIBSSL_FILES`](maps::LIBSSL_FILES)
+    /// does not know, until the daemon has probed it (`[tls] hold_new_libssl`).
+    pub hold_libssl: u32,
 }
 
 /// A [`KernelConfig`] offset that this kernel does not provide.
@@ -843,6 +914,16 @@ impl KernelConfig {
         css_cgroup: OFFSET_NONE,
         cgroup_kn: OFFSET_NONE,
         kernfs_node_id: OFFSET_NONE,
+        mapping_host: OFFSET_NONE,
+        inode_dentry: OFFSET_NONE,
+        dentry_alias: OFFSET_NONE,
+        dentry_name: OFFSET_NONE,
+        inode_ino: OFFSET_NONE,
+        inode_sb: OFFSET_NONE,
+        sb_dev: OFFSET_NONE,
+        _pad_files: [0; 3],
+        signal_tty: OFFSET_NONE,
+        hold_libssl: 0,
     };
 }
 
@@ -858,6 +939,7 @@ pub enum EventKind {
     Tls = 6,
     GoCrash = 7,
     Http2 = 8,
+    LibsslHeld = 9,
 }
 
 /// Header shared by every ring-buffer event; `kind` tells which struct follows.
@@ -1009,6 +1091,10 @@ pub mod tp {
     /// sys_enter_* first and second argument; sys_exit_* return value.
     pub const SYS_ENTER_ARG0: u32 = 16;
     pub const SYS_ENTER_ARG1: u32 = 24;
+    /// sys_enter_* third and fifth argument (mmap's prot and fd).
+    pub const SYS_ENTER_ARG2: u32 = 32;
+    pub const SYS_ENTER_ARG3: u32 = 40;
+    pub const SYS_ENTER_ARG4: u32 = 48;
     pub const SYS_EXIT_RET: u32 = 16;
     pub const EXEC_FILENAME: u32 = 8;
     pub const EXEC_PID: u32 = 12;
@@ -1028,6 +1114,9 @@ pub mod tp {
         ("tcp", "tcp_retransmit_skb", "skaddr", TCP_RETRANSMIT_SKB_SKADDR, 8),
         ("syscalls", "sys_enter_mmap", "addr", SYS_ENTER_ARG0, 8),
         ("syscalls", "sys_enter_mmap", "len", SYS_ENTER_ARG1, 8),
+        ("syscalls", "sys_enter_mmap", "prot", SYS_ENTER_ARG2, 8),
+        ("syscalls", "sys_enter_mmap", "flags", SYS_ENTER_ARG3, 8),
+        ("syscalls", "sys_enter_mmap", "fd", SYS_ENTER_ARG4, 8),
         ("syscalls", "sys_exit_mmap", "ret", SYS_EXIT_RET, 8),
         ("syscalls", "sys_enter_munmap", "len", SYS_ENTER_ARG1, 8),
         ("syscalls", "sys_exit_munmap", "ret", SYS_EXIT_RET, 8),
@@ -1113,12 +1202,14 @@ pub mod maps {
     // Go crashes.
     pub const GO_CRASH: MapSpec = spec("GO_CRASH", MapKind::Hash, 4, size_of::<GoCrashConfig>(), MAX_PROCS, true);
     pub const CRASH_PAUSES: MapSpec = spec("CRASH_PAUSES", MapKind::Array, 4, 8, 2, true);
+    // libssl files known to the kernel (holds of a new one's first process).
+    pub const LIBSSL_FILES: MapSpec = spec("LIBSSL_FILES", MapKind::Hash, size_of::<LibsslFileKey>(), 4, MAX_LIBSSL_FILES, true);
 
     /// Every map of the kernel object.
-    pub const ALL: [MapSpec; 20] = [
+    pub const ALL: [MapSpec; 21] = [
         CONFIG, PROG_STATS, PROC_COUNTERS, FAILURES, EVENTS, INFLIGHT, SOCK_OWNERS, LISTENERS, GC_START, STW_START,
         GO_CREATION, GO_CREATION_COUNTS, CREATION_SITES, WINDOW_GOIDS, GO_TLS_CONFIG, TLS_INFLIGHT, SSL_LIBS, SSL_ROLES,
-        GO_CRASH, CRASH_PAUSES,
+        GO_CRASH, CRASH_PAUSES, LIBSSL_FILES,
     ];
 }
 
@@ -1126,7 +1217,9 @@ pub mod maps {
 // padding change, fails the build here instead of misreading a map.
 const _: () = {
     use core::mem::size_of;
-    assert!(size_of::<KernelConfig>() == 60);
+    assert!(size_of::<KernelConfig>() == 108);
+    assert!(size_of::<LibsslFileKey>() == 16);
+    assert!(size_of::<LibsslHeldEvent>() == 48);
     assert!(size_of::<ProgStats>() == 24);
     assert!(size_of::<ProcCounters>() == 128);
     assert!(size_of::<FailureKey>() == 8);
@@ -1160,6 +1253,7 @@ const _: () = {
     assert!(core::mem::offset_of!(GoStwEvent, header) == 0);
     assert!(core::mem::offset_of!(TlsEvent, header) == 0);
     assert!(core::mem::offset_of!(GoCrashEvent, header) == 0);
+    assert!(core::mem::offset_of!(LibsslHeldEvent, header) == 0);
 };
 
 #[cfg(test)]
@@ -1214,6 +1308,7 @@ mod user {
     unsafe impl aya::Pod for FailureKey {}
     unsafe impl aya::Pod for ListenKey {}
     unsafe impl aya::Pod for KernelConfig {}
+    unsafe impl aya::Pod for LibsslFileKey {}
     unsafe impl aya::Pod for InflightCall {}
     unsafe impl aya::Pod for GoCreationConfig {}
     unsafe impl aya::Pod for GoCreationCounts {}

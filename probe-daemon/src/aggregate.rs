@@ -628,6 +628,8 @@ impl Aggregate {
             Event::GoStw { tgid, duration_ns, reason } => self.on_go_stw(tgid, duration_ns, reason),
             Event::Tls(e) => self.on_tls(&e, now),
             Event::Http2(e) => self.on_http2(&e, now),
+            // Discovery's (the collector hands it over): nothing to count here.
+            Event::LibsslHeld(_) => {}
             Event::GoCrash(e) => {
                 if let Some(kind) = crate::evidence::CrashKind::of_event(e.kind) {
                     self.on_go_crash(e.header.tgid, kind);

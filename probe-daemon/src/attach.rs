@@ -9,14 +9,14 @@ use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
-        FExit, TracePoint, UProbe,
+        FExit, RawTracePoint, TracePoint, UProbe,
     },
     Btf, Ebpf,
 };
 use probe_common::{
     maps::{self, MapSpec},
     CreationSite, FailureKey, GoCrashConfig, GoCreationConfig, GoCreationCounts, GoTlsConfig, GoidKey, KernelConfig, ProcCounters, ProgGroup, ProgId,
-    ProgStats, SslLibConfig,
+    ProgStats, SslLibConfig, LibsslFileKey,
 };
 use tracing::{debug, info, warn};
 
@@ -129,6 +129,10 @@ pub struct KernelMaps {
     /// Go crash programs: per-process offsets and pause permission, and the pause counters.
     pub crash_config: HashMap<MapData, u32, GoCrashConfig>,
     pub crash_pauses: Array<MapData, u64>,
+    /// The kernel's settings (written at load; rewritten when a setting starts later).
+    pub config: Array<MapData, KernelConfig>,
+    /// libssl files the kernel holds no process for (probed, or tried).
+    pub libssl_files: HashMap<MapData, LibsslFileKey, u32>,
 }
 
 /// The on-demand goroutine-creation maps.
@@ -279,7 +283,10 @@ pub fn fexit_check() -> crate::kernel::CheckItem {
 /// exists (for mmap, munmap and brk, per `memory`: the fexit program, else the tracepoint pair it
 /// replaces). A program that fails to attach is reported in [`Probes::programs`], not fatal here:
 /// the caller decides (readiness stays false while a required one is missing).
-pub fn load(kcfg: KernelConfig, tracefs: &Path, memory: MemoryHooks) -> Result<(Probes, KernelMaps), AttachError> {
+///
+/// `libssl_holds`: also attach the [`ProgGroup::LibsslHold`] raw tracepoints (they do nothing
+/// until `KernelConfig::hold_libssl` is set).
+pub fn load(kcfg: KernelConfig, tracefs: &Path, memory: MemoryHooks, libssl_holds: bool) -> Result<(Probes, KernelMaps), AttachError> {
     let mut ebpf = Ebpf::load(PROBE_OBJECT).map_err(|e| AttachError::Load(Box::new(e)))?;
 
     match aya_log::EbpfLogger::init(&mut ebpf) {
@@ -362,6 +369,16 @@ pub fn load(kcfg: KernelConfig, tracefs: &Path, memory: MemoryHooks) -> Result<(
         programs.push(status);
     }
 
+    if libssl_holds {
+        for prog in ProgId::in_group(ProgGroup::LibsslHold) {
+            let status = attach_raw(&mut ebpf, prog, tracefs);
+            if let Some(e) = &status.error {
+                info!(program = prog.program_name(), error = %e, "optional program not attached: a new libssl file's first process is not held");
+            }
+            programs.push(status);
+        }
+    }
+
     let maps = KernelMaps {
         counters: take(&mut ebpf, maps::PROC_COUNTERS)?,
         failures: take(&mut ebpf, maps::FAILURES)?,
@@ -377,6 +394,8 @@ pub fn load(kcfg: KernelConfig, tracefs: &Path, memory: MemoryHooks) -> Result<(
         ssl_libs: take(&mut ebpf, maps::SSL_LIBS)?,
         crash_config: take(&mut ebpf, maps::GO_CRASH)?,
         crash_pauses: take(&mut ebpf, maps::CRASH_PAUSES)?,
+        config: take(&mut ebpf, maps::CONFIG)?,
+        libssl_files: take(&mut ebpf, maps::LIBSSL_FILES)?,
     };
     Ok((Probes { _ebpf: ebpf, programs }, maps))
 }
@@ -394,6 +413,23 @@ fn attach_one(ebpf: &mut Ebpf, prog: ProgId, tracefs: &Path) -> ProgramStatus {
         let tp: &mut TracePoint = program.try_into().map_err(|e| format!("{e}"))?;
         tp.load().map_err(|e| format!("load: {e}"))?;
         tp.attach(cat, name).map_err(|e| format!("attach to {cat}:{name}: {e}"))?;
+        Ok(())
+    })();
+    ProgramStatus { prog, attached: result.is_ok(), error: result.err() }
+}
+
+fn attach_raw(ebpf: &mut Ebpf, prog: ProgId, tracefs: &Path) -> ProgramStatus {
+    let (cat, name) = prog.tracepoint();
+    let result = (|| -> Result<(), String> {
+        if !tracefs.join("events").join(cat).join(name).is_dir() {
+            return Err(format!("tracepoint {cat}:{name} does not exist on this kernel"));
+        }
+        let program = ebpf
+            .program_mut(prog.program_name())
+            .ok_or_else(|| format!("program {} missing from the eBPF object", prog.program_name()))?;
+        let tp: &mut RawTracePoint = program.try_into().map_err(|e| format!("{e}"))?;
+        tp.load().map_err(|e| format!("load: {e}"))?;
+        tp.attach(name).map_err(|e| format!("attach to raw tracepoint {name}: {e}"))?;
         Ok(())
     })();
     ProgramStatus { prog, attached: result.is_ok(), error: result.err() }
@@ -448,6 +484,7 @@ mod abi_tests {
                     | (ProgKind::UProbe, ProgramSection::UProbe { sleepable: false })
                     | (ProgKind::URetProbe, ProgramSection::URetProbe { sleepable: false })
                     | (ProgKind::FExit, ProgramSection::FExit { sleepable: false })
+                    | (ProgKind::RawTracePoint, ProgramSection::RawTracePoint)
             );
             assert!(ok, "program {}: object section {:?}, ProgId says {:?}", prog.program_name(), p.section, prog.kind());
         }

@@ -430,6 +430,21 @@ impl Thread {
             match ev {
                 Event::Exec { tgid, .. } => self.lives.push(discovery::Life::Exec(tgid)),
                 Event::Exit { tgid, .. } => self.lives.push(discovery::Life::Exit(tgid)),
+                // A held process waits: at once, not with the next batch. Discovery's queue full
+                // (or gone): resumed now, its file is probed when its exec is noticed.
+                Event::LibsslHeld(e) => {
+                    match &self.own.discovery {
+                        Some(tx) => {
+                            if tx.try_send(discovery::Command::LibsslHeld(e)).is_err() {
+                                crate::procfs::cont(e.header.tgid);
+                            }
+                        }
+                        None => {
+                            crate::procfs::cont(e.header.tgid);
+                        }
+                    }
+                    continue;
+                }
                 _ => {}
             }
             if let Some(c) = &self.own.crashes {

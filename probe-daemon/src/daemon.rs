@@ -24,7 +24,7 @@ use crate::{
     k8s::{PodResolver, SeriesLimiter},
     kernel::{self, Status},
     snapshot::{crash::Crashes, Snapshotter, TargetInfo},
-    tls::{GoTls, OpenSsl},
+    tls::{hold::Holds, GoTls, OpenSsl},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -75,7 +75,12 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     let mut kcfg = report.config;
     kcfg.self_tgid = std::process::id();
 
-    let (probes, KernelMaps { counters, failures, stats, events: ring, creation, go_tls, ssl_libs, crash_config, crash_pauses }) = attach::load(kcfg, &tracefs, cfg.collect.memory_hooks)?;
+    // Holds of a new libssl's first process start once the system's files are probed (below).
+    let hold_chain = kcfg.sb_dev != probe_common::OFFSET_NONE;
+    kcfg.hold_libssl = 0;
+    let hold_programs = cfg.tls.openssl && cfg.tls.hold_new_libssl && hold_chain;
+    let (probes, KernelMaps { counters, failures, stats, events: ring, creation, go_tls, ssl_libs, crash_config, crash_pauses, config: mut kernel_config_map, libssl_files }) =
+        attach::load(kcfg, &tracefs, cfg.collect.memory_hooks, hold_programs)?;
     let attached = probes.programs.iter().filter(|p| p.attached).count();
     info!(attached, total = probes.programs.len(), "kernel programs loaded");
     let programs = probes.programs.clone();
@@ -87,6 +92,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     // Discovery owns the Go and OpenSSL trackers; the collector owns the per-process state. Each
     // publishes a view; they talk through typed commands.
     let (collector_tx, collector_rx) = mpsc::sync_channel::<collector::Command>(1024);
+    let mut libssl_holds: Option<Arc<Holds>> = None;
     let (discovery_tx, go_view) = if cfg.go.enabled || cfg.tls.openssl {
         let go = cfg.go.enabled.then(|| {
             let mut tracker = GoTracker::new(probes.clone());
@@ -102,10 +108,38 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
                 // The system's libssl files before the daemon is ready: the first process that
                 // loads one has its first handshakes counted (others: at start scan and exec).
                 let mut o = OpenSsl::new(probes.clone(), ssl_libs);
+                let hold_attached = programs.iter().filter(|p| p.prog.group() == probe_common::ProgGroup::LibsslHold && p.attached).count() == 2;
+                let holds = match (cfg.tls.hold_new_libssl, hold_chain && hold_attached) {
+                    (true, true) => match Holds::start(std::path::Path::new(&cfg.snapshot.dir).join("libssl-holds"), std::time::Duration::from_millis(cfg.tls.hold_new_libssl_max_ms)) {
+                        Ok(h) => Some(h),
+                        Err(e) => {
+                            warn!(error = %e, "cannot start the libssl hold keeper: a new libssl file's first handshakes may be missed");
+                            None
+                        }
+                    },
+                    (true, false) => {
+                        warn!("the kernel's file layout is unknown or its filemap tracepoints could not be attached (see `chainprobe check` and the program list in /api/v1/status): a new libssl file's first process is not held, its first handshakes may be missed");
+                        None
+                    }
+                    (false, _) => None,
+                };
+                if let Some(h) = &holds {
+                    o = o.with_holds(libssl_files, h.clone());
+                }
                 let root = std::path::Path::new("/proc/1/root");
                 let root = if root.join("usr").exists() { root } else { std::path::Path::new("/") };
                 let n = o.attach_system(root);
                 info!(libraries = n, "system OpenSSL libraries probed at start");
+                if let Some(h) = holds {
+                    kcfg.hold_libssl = 1;
+                    match kernel_config_map.set(0, kcfg, 0) {
+                        Ok(()) => {
+                            info!(bound_ms = h.bound().as_millis() as u64, "the first process of a new libssl file is held until the file is probed");
+                            libssl_holds = Some(h);
+                        }
+                        Err(e) => warn!(error = %e, "cannot switch on libssl holds in the kernel"),
+                    }
+                }
                 o
             }),
             probes: probes.clone(),
@@ -209,6 +243,9 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
 
     drop(probes);
     crashes.shutdown();
+    if let Some(h) = libssl_holds.take() {
+        h.shutdown();
+    }
     info!("kernel programs detached; bye");
     served.map_err(DaemonError::Serve)
 }

@@ -1,7 +1,7 @@
 //! Kernel records to values: ring-buffer events (exec, exit, OOM kill, Go GC and pauses, TLS
 //! handshakes) decoded from their bytes, and the per-CPU counters summed over CPUs
 //! ([`KernelSnapshot`]). Pure: the collector reads the maps, the aggregate applies what this gives.
-use probe_common::{EventHeader, EventKind, ExecEvent, ExitEvent, FailureKey, GoCrashEvent, GoGcEvent, GoStwEvent, Http2Event, OomEvent, ProcCounters, ProgId, ProgStats, TlsEvent};
+use probe_common::{EventHeader, EventKind, ExecEvent, ExitEvent, FailureKey, GoCrashEvent, GoGcEvent, GoStwEvent, Http2Event, LibsslHeldEvent, OomEvent, ProcCounters, ProgId, ProgStats, TlsEvent};
 
 /// Kernel counters read in one pass over the maps, summed over CPUs.
 #[derive(Debug, Clone, Default)]
@@ -33,6 +33,8 @@ pub enum Event {
     GoCrash(Box<GoCrashEvent>),
     /// A Go process wrote or read an HTTP/2 GOAWAY or RST_STREAM frame.
     Http2(Http2Event),
+    /// A process mapped a libssl file the kernel did not know and was stopped until it is probed.
+    LibsslHeld(LibsslHeldEvent),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -87,6 +89,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         k if k == EventKind::Tls as u32 => Ok(Event::Tls(read(bytes, k)?)),
         k if k == EventKind::GoCrash as u32 => Ok(Event::GoCrash(Box::new(read(bytes, k)?))),
         k if k == EventKind::Http2 as u32 => Ok(Event::Http2(read(bytes, k)?)),
+        k if k == EventKind::LibsslHeld as u32 => Ok(Event::LibsslHeld(read(bytes, k)?)),
         k => Err(DecodeError::UnknownKind(k)),
     }
 }
@@ -140,6 +143,17 @@ mod tests {
         };
         assert_eq!(decode(&bytes_of(&h2)), Ok(Event::Http2(h2)));
         assert!(matches!(decode(&bytes_of(&h2)[..40]), Err(DecodeError::Truncated { kind: 8, .. })));
+
+        let held = LibsslHeldEvent {
+            header: EventHeader { kind: EventKind::LibsslHeld as u32, tgid: 12, ktime_ns: 1 },
+            tid: 13,
+            _pad0: 0,
+            stopped: 1,
+            _pad: 0,
+            file: probe_common::LibsslFileKey { dev: 0x80_0001, _pad: 0, ino: 4711 },
+        };
+        assert_eq!(decode(&bytes_of(&held)), Ok(Event::LibsslHeld(held)));
+        assert!(matches!(decode(&bytes_of(&held)[..40]), Err(DecodeError::Truncated { kind: 9, .. })));
 
         let oom = OomEvent { header: EventHeader { kind: EventKind::OomVictim as u32, tgid: 9, ktime_ns: 1 }, victim: 9, _pad: 0 };
         assert_eq!(decode(&bytes_of(&oom)), Ok(Event::OomVictim { tgid: 9 }));

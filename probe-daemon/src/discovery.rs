@@ -30,6 +30,8 @@ use crate::{
 pub enum Command {
     /// Processes that exec'd and exited (from the ring buffer, in its order).
     Lives(Vec<Life>),
+    /// The kernel stopped a process at its first mapping of a libssl file it did not know.
+    LibsslHeld(probe_common::LibsslHeldEvent),
     /// `POST /api/v1/targets/{pid}/creation-probes`.
     SetCreation { pid: u32, enable: bool, window: Option<Duration>, reply: oneshot::Sender<Result<Option<CreationStatus>, CreationError>> },
 }
@@ -73,6 +75,8 @@ pub struct GoView {
     pub targets: Option<BTreeMap<u32, Arc<GoTarget>>>,
     /// None: OpenSSL probes are off in the configuration.
     pub openssl: Option<Vec<SslLibrary>>,
+    /// None: holds are off (or OpenSSL probes are).
+    pub openssl_holds: Option<crate::tls::hold::HoldStats>,
 }
 
 impl GoView {
@@ -178,8 +182,9 @@ struct Thread {
     /// node with hundreds of Go processes and a hundred execs a second of other programs, copying
     /// it after every exec was most of the daemon's CPU).
     dirty: bool,
-    /// The OpenSSL libraries as last published.
+    /// The OpenSSL libraries and holds as last published.
     published_ssl: Option<Vec<SslLibrary>>,
+    published_holds: Option<crate::tls::hold::HoldStats>,
 }
 
 /// Starts the discovery thread; it ends when every sender of `rx` is gone.
@@ -195,6 +200,7 @@ pub fn start(own: Trackers, rx: mpsc::Receiver<Command>, sink: Sink) -> std::io:
         reads: HashMap::new(),
         dirty: true,
         published_ssl: None,
+        published_holds: None,
     };
     t.publish();
     std::thread::Builder::new().name("discovery".into()).spawn(move || t.run(rx))?;
@@ -250,15 +256,17 @@ impl Thread {
     /// Publishes a new view when the Go targets or the OpenSSL libraries changed.
     fn publish(&mut self) {
         let openssl = self.own.openssl.as_ref().map(|o| o.libraries());
+        let holds = self.own.openssl.as_ref().and_then(|o| o.hold_stats());
         let ssl_same = match (&openssl, &self.published_ssl) {
             (None, None) => true,
             (Some(a), Some(b)) => a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.path == y.path && x.pids == y.pids),
             _ => false,
         };
-        if !self.dirty && ssl_same {
+        if !self.dirty && ssl_same && holds == self.published_holds {
             return;
         }
-        let view = GoView { targets: self.own.go.as_ref().map(|g| g.targets().map(|t| (t.pid, Arc::clone(t))).collect()), openssl: openssl.clone() };
+        self.published_holds = holds.clone();
+        let view = GoView { targets: self.own.go.as_ref().map(|g| g.targets().map(|t| (t.pid, Arc::clone(t))).collect()), openssl: openssl.clone(), openssl_holds: holds };
         self.view.send_replace(Arc::new(view));
         self.published_ssl = openssl;
         self.dirty = false;
@@ -298,6 +306,16 @@ impl Thread {
                     self.life(*life);
                 }
             }
+            Command::LibsslHeld(ev) => match &mut self.own.openssl {
+                Some(o) => {
+                    o.held(&ev);
+                    self.dirty = true;
+                }
+                // No OpenSSL tracker: never leave the process stopped.
+                None => {
+                    crate::procfs::cont(ev.header.tgid);
+                }
+            },
             Command::SetCreation { pid, enable, window, reply } => {
                 let result = self.set_creation(pid, enable, window);
                 self.dirty = true;

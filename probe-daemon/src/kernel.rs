@@ -189,6 +189,41 @@ fn cgroup1_chain(btf: &btf_rs::Btf, cfg: &mut KernelConfig, controller: &str, mi
     }
 }
 
+/// Fills the chain from a file's page cache to its name and identity, and the controlling
+/// terminal (see [`KernelConfig::mapping_host`]); all of it or nothing. Without it a new libssl
+/// file's first process is not held (its first handshakes may be missed).
+fn libssl_chain(btf: &btf_rs::Btf, cfg: &mut KernelConfig, missing: &mut Vec<String>) {
+    let parts = [
+        ("address_space", "host"),
+        ("inode", "i_dentry"),
+        ("dentry", "d_u"),
+        ("dentry", "d_name"),
+        ("qstr", "name"),
+        ("inode", "i_ino"),
+        ("inode", "i_sb"),
+        ("super_block", "s_dev"),
+        ("signal_struct", "tty"),
+    ]
+    .map(|(s, m)| btf_member_offset(btf, s, m).ok_or(format!("struct {s}.{m}")));
+    match parts {
+        [Ok(host), Ok(i_dentry), Ok(d_u), Ok(d_name), Ok(qstr_name), Ok(i_ino), Ok(i_sb), Ok(s_dev), Ok(tty)] if cfg.task_signal != OFFSET_NONE => {
+            cfg.mapping_host = host;
+            cfg.inode_dentry = i_dentry;
+            // d_u is a union whose d_alias (the node in the inode's i_dentry list) is at 0.
+            cfg.dentry_alias = d_u;
+            cfg.dentry_name = d_name + qstr_name;
+            cfg.inode_ino = i_ino;
+            cfg.inode_sb = i_sb;
+            cfg.sb_dev = s_dev;
+            cfg.signal_tty = tty;
+        }
+        parts => {
+            let what: Vec<String> = parts.into_iter().filter_map(Result::err).collect();
+            missing.push(format!("{} (the first process of a new libssl file is not held: its first handshakes may be missed)", what.join(", ")));
+        }
+    }
+}
+
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 /// Fills the kernel-specific part of [`KernelConfig`] from tracefs and BTF. Missing pieces stay
@@ -221,6 +256,7 @@ pub fn kernel_config(tracefs: &Path, btf_path: &Path) -> Result<KernelConfigRepo
         cfg.sock_net = sk_common + skc_net;
         cfg.net_ns_inum = net_ns + ns_inum;
     }
+    libssl_chain(&btf, &mut cfg, &mut missing);
     if let Some(controller) = std::fs::read_to_string("/proc/cgroups").ok().as_deref().and_then(cgroup1_controller) {
         cgroup1_chain(&btf, &mut cfg, controller, &mut missing);
     }

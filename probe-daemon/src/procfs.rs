@@ -119,6 +119,39 @@ pub fn max_map_count() -> Option<u64> {
     fs::read_to_string("/proc/sys/vm/max_map_count").ok()?.trim().parse().ok()
 }
 
+/// Field 22 of /proc/PID/stat (start time in clock ticks since boot): tells a pid's reuse apart.
+pub fn start_time(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 2..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// The state letter of /proc/PID/stat ('T' = stopped, 't' = traced).
+pub fn state(pid: u32) -> Option<char> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    s[s.rfind(')')? + 2..].chars().next()
+}
+
+/// Sends SIGCONT to `pid`; false when it is gone.
+pub fn cont(pid: u32) -> bool {
+    // SAFETY: kill with a pid and a signal number touches no memory of ours.
+    unsafe { libc::kill(pid as i32, libc::SIGCONT) == 0 }
+}
+
+/// CLOCK_MONOTONIC now, in ns (the clock of bpf_ktime_get_ns).
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes the timespec we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The Instant of kernel time `ktime_ns`.
+pub fn instant_of(ktime_ns: u64) -> std::time::Instant {
+    let ago = std::time::Duration::from_nanos(monotonic_ns().saturating_sub(ktime_ns));
+    std::time::Instant::now().checked_sub(ago).unwrap_or_else(std::time::Instant::now)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,3 +277,4 @@ pub fn yield_to_workloads() {
         tracing::debug!(error = %io::Error::last_os_error(), "cannot move the snapshot thread to SCHED_IDLE");
     }
 }
+

@@ -442,6 +442,112 @@ fn openssl_first_handshakes_right_after_start_are_all_counted() {
     assert_eq!(g.cmd("quit"), Vec::<i64>::new());
 }
 
+/// Issue #18 (a), a libssl file outside the system directories (a container's own, an
+/// application's copy): the kernel holds the first process that faults in its pages until the
+/// daemon has probed it. 10 runs on one daemon, each with a fresh copy of the system's libssl (a
+/// new file: a new inode) loaded through LD_LIBRARY_PATH by a curl that handshakes three times at
+/// once: every handshake counted, each copy's first process held once and resumed once its file
+/// was probed (never by the bound), and /api/v1/targets says so. (Without the hold: 0 of 30
+/// counted in 10 runs, the curl was gone before its exec was noticed.)
+#[test]
+fn openssl_first_handshakes_through_a_new_libssl_file_are_all_counted() {
+    let _serial = serial();
+    which("curl");
+    let system = ["/usr/lib/x86_64-linux-gnu/libssl.so.3", "/usr/lib/aarch64-linux-gnu/libssl.so.3", "/usr/lib64/libssl.so.3", "/usr/lib/libssl.so.3"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .expect("no system libssl.so.3: run tests/tools/install.sh");
+    let dir = TempDir::new("tls-new-lib");
+    let ca = dir.0.join("ca.pem");
+    let mut g = TlsProbe::start("go-serve", &fixture("1.27", "default"));
+    let gport = g.cmd(&format!("serve http/1.1 {}", ca.display()))[0];
+    let url = format!("https://127.0.0.1:{gport}/");
+    let d = Daemon::start("tls-new-lib", "");
+    let runs = 10;
+    let mut missed = Vec::new();
+    for round in 0..runs {
+        let lib = dir.0.join(format!("lib{round}"));
+        std::fs::create_dir_all(&lib).unwrap();
+        std::fs::copy(&system, lib.join("libssl.so.3")).unwrap();
+        let (pid, rc) = run("curl", Command::new("curl").env("LD_LIBRARY_PATH", &lib).args(["-s", "-m", "5", "--cacert"]).arg(&ca).args([&url, &url, &url]));
+        assert_eq!(rc, 0, "run {round}: curl");
+        let p = pid.to_string();
+        let seen = poll_max(&d, Duration::from_secs(10), &format!("run {round}: curl {pid}"), |m| {
+            BTreeMap::from([
+                ("ok", m.value(HS, &[("pid", &p), ("library", "openssl"), ("role", "client"), ("result", "ok")])),
+                ("all", sum(m, HS, &[("pid", &p)])),
+                ("connects", sum(m, "chainprobe_tcp_connects_total", &[("pid", &p)])),
+            ])
+        }, |v, since_connects| v["all"] >= 3.0 || since_connects(v["connects"] >= 3.0) > Duration::from_secs(1));
+        if seen["ok"] != 3.0 {
+            missed.push((round, 3.0 - seen["ok"]));
+        }
+        assert_eq!(seen["all"], seen["ok"], "run {round}: only successful client handshakes");
+    }
+    assert!(missed.is_empty(), "handshakes missed (run, count): {missed:?}");
+    let t = targets(&d);
+    let holds = &t["openssl_holds"];
+    assert_eq!(holds["held"], runs, "{t}");
+    assert_eq!(holds["resumed_probed"], runs, "{t}");
+    assert_eq!(holds["resumed_bound"], 0, "{t}");
+    assert!(holds["held_max_seconds"].as_f64().unwrap() < 1.0, "{t}");
+    let libs = t["openssl_libraries"].as_array().unwrap();
+    for round in 0..runs {
+        let path = dir.0.join(format!("lib{round}")).join("libssl.so.3");
+        let l = libs.iter().find(|l| l["path"] == path.display().to_string()).unwrap_or_else(|| panic!("{} not probed: {t}", path.display()));
+        assert!(l["first_process_held"]["held_seconds"].as_f64().is_some(), "{l}");
+        assert!(l["probes"].as_array().unwrap().iter().all(|p| p["state"] == "attached"), "{l}");
+    }
+    assert!(g.alive());
+    assert_eq!(g.cmd("quit"), Vec::<i64>::new());
+}
+
+/// Issue #18 (a), nothing left stopped: a daemon that dies while the kernel holds a process for
+/// a new libssl (here: stopped itself, so it never sees the event, then killed) leaves that process
+/// stopped; the next daemon finds it at start (stopped at a page fault in its dynamic loader, a
+/// libssl mapped, untraced, no hold on record) and resumes it, and the curl then finishes.
+#[test]
+fn a_process_held_by_a_daemon_that_died_is_resumed_by_the_next() {
+    let _serial = serial();
+    which("curl");
+    let system = ["/usr/lib/x86_64-linux-gnu/libssl.so.3", "/usr/lib/aarch64-linux-gnu/libssl.so.3", "/usr/lib64/libssl.so.3", "/usr/lib/libssl.so.3"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .expect("no system libssl.so.3: run tests/tools/install.sh");
+    let dir = TempDir::new("tls-orphan");
+    let lib = dir.0.join("lib");
+    std::fs::create_dir_all(&lib).unwrap();
+    std::fs::copy(&system, lib.join("libssl.so.3")).unwrap();
+    let first = Daemon::start("tls-orphan-1", "");
+    // SAFETY: signals to processes this test started.
+    unsafe { libc::kill(first.pid() as i32, libc::SIGSTOP) };
+    let mut curl = Command::new("curl").env("LD_LIBRARY_PATH", &lib).args(["-s", "--version"]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let pid = curl.id();
+    let state = || std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|s| s[s.rfind(')')? + 2..].chars().next());
+    let t = Instant::now();
+    while state() != Some('T') && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(state(), Some('T'), "curl {pid} not held by the kernel");
+    unsafe { libc::kill(first.pid() as i32, libc::SIGKILL) };
+    drop(first);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(state(), Some('T'), "curl {pid} stays stopped while no daemon runs");
+    let second = Daemon::start("tls-orphan-2", "");
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = curl.try_wait().unwrap() {
+            break s;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "curl {pid} not resumed: {}", second.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "curl {status}");
+    assert_eq!(targets(&second)["openssl_holds"]["resumed_orphans"], 1);
+}
+
 /// Issue #18 (b): OpenSSL failure reasons, exact on both sides: an untrusted certificate (the
 /// client's CERTIFICATE_VERIFY_FAILED; the server receives the client's alert) and an ALPN
 /// mismatch (the server's NO_APPLICATION_PROTOCOL; the client receives no_application_protocol).

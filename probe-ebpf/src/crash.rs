@@ -194,7 +194,7 @@ fn walk(pcs: &mut [u64; CRASH_MAX_PCS], mut n: usize, mut frame: u64) -> usize {
 /// Whether the current thread or its process's main thread has a tracer (a debugger): its
 /// `task_struct.ptrace`, at offsets from the kernel's BTF. Unknown offsets: not traced.
 #[inline(always)]
-fn traced() -> bool {
+pub(crate) fn traced() -> bool {
     let cfg = crate::maps::config();
     if cfg.task_ptrace == OFFSET_NONE {
         return false;

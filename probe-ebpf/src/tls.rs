@@ -15,13 +15,14 @@
 //! (1.1.1: ERR_put_error) note the first libssl error reason and the fatal alert received (raised as SSL_AD_REASON_OFFSET +
 //! alert) of the handshake in flight on the thread.
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
-    macros::{map, uprobe, uretprobe},
+    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes, bpf_probe_read_user, bpf_send_signal_thread},
+    macros::{map, raw_tracepoint, uprobe, uretprobe},
     maps::{HashMap, LruHashMap},
-    programs::{ProbeContext, RetProbeContext},
+    programs::{ProbeContext, RawTracePointContext, RetProbeContext},
     EbpfContext,
 };
 use probe_common::{
+    LibsslFileKey, LibsslHeldEvent, LIBSSL_FILE_HELD, MAX_LIBSSL_FILES,
     EventHeader, EventKind, GoTlsConfig, ProgId, TlsEvent, TlsInflight, TlsInflightKey, ERR_LIB_SSL, SSL_AD_REASON_OFFSET, SSL_LIB_ERRORS,
     BPF_RB_NO_WAKEUP, MAX_PROCS, MAX_SSL_LIBS, SSL_COOKIE_SET_STATE, SslLibConfig, TLS_ALPN_UNREAD, MAX_TLS_INFLIGHT, OFFSET_NONE, TLS_ALERT_UNREAD, TLS_ALPN_LEN, TLS_LIBRARY_GO,
     TLS_LIBRARY_OPENSSL, TLS_NO_ALERT, TLS_ROLE_CLIENT, TLS_ROLE_SERVER, TLS_ROLE_UNKNOWN,
@@ -45,6 +46,11 @@ static TLS_INFLIGHT: LruHashMap<TlsInflightKey, TlsInflight> = LruHashMap::with_
 /// OpenSSL: field offsets of each probed libssl build, by the return/SSL_free attach cookie.
 #[map]
 pub static SSL_LIBS: HashMap<u32, SslLibConfig> = HashMap::with_max_entries(MAX_SSL_LIBS, 0);
+
+/// OpenSSL: the libssl files the daemon has probed (or tried to), and those a process is held
+/// for (see [`libssl_mapped`]).
+#[map]
+pub static LIBSSL_FILES: HashMap<LibsslFileKey, u32> = HashMap::with_max_entries(MAX_LIBSSL_FILES, 0);
 
 /// OpenSSL: role of an SSL object, from SSL_set_connect_state / SSL_set_accept_state.
 #[map]
@@ -468,3 +474,93 @@ pub fn ssl_error(ctx: ProbeContext) -> u32 {
 
 // Role constants are used by the daemon as cookies.
 const _: () = assert!(TLS_ROLE_CLIENT == 1 && TLS_ROLE_SERVER == 2);
+
+const SIGSTOP: u32 = 19;
+const BPF_NOEXIST: u64 = 1;
+
+#[inline(always)]
+fn kread(addr: u64) -> u64 {
+    unsafe { bpf_probe_read_kernel(addr as *const u64) }.unwrap_or(0)
+}
+
+/// `filemap:mm_filemap_map_pages` (raw: the `address_space` is argument 0).
+#[raw_tracepoint(tracepoint = "mm_filemap_map_pages")]
+pub fn libssl_map_pages(ctx: RawTracePointContext) -> i32 {
+    libssl_faulted(ProgId::LibsslMapPages, ctx.arg::<u64>(0));
+    0
+}
+
+/// `filemap:mm_filemap_fault` (raw: the `address_space` is argument 0).
+#[raw_tracepoint(tracepoint = "mm_filemap_fault")]
+pub fn libssl_fault(ctx: RawTracePointContext) -> i32 {
+    libssl_faulted(ProgId::LibsslFault, ctx.arg::<u64>(0));
+    0
+}
+
+/// Issue #18 (a). The current process faults in pages of the file whose page cache is `mapping`.
+/// When the file is a libssl (`libssl.so`, `libssl.so.*`) that LIBSSL_FILES does not know, the
+/// process is stopped (SIGSTOP, taken as the fault returns: its loader is mapping or relocating
+/// the library, none of the library's code has run) and the daemon told, so that it probes the
+/// file and then resumes the process. Once per file: the entry is made here, and the daemon marks
+/// the file probed. Never a traced process or one with a controlling terminal (a shell would
+/// report it stopped); their files are probed when their exec is noticed, as before.
+#[inline(always)]
+fn libssl_faulted(prog: ProgId, mapping: u64) {
+    let cfg = config();
+    if cfg.hold_libssl == 0 || mapping == 0 {
+        return;
+    }
+    count_event(prog);
+    let inode = kread(mapping + cfg.mapping_host as u64);
+    let alias = if inode != 0 { kread(inode + cfg.inode_dentry as u64) } else { 0 };
+    if alias == 0 {
+        return;
+    }
+    let dentry = alias - cfg.dentry_alias as u64;
+    let name_ptr = kread(dentry + cfg.dentry_name as u64);
+    if name_ptr == 0 {
+        return;
+    }
+    let mut buf = [0u8; 16];
+    let Ok(name) = (unsafe { bpf_probe_read_kernel_str_bytes(name_ptr as *const u8, &mut buf) }) else { return };
+    // libssl.so or libssl.so.<anything>: not NSS's libssl3.so.
+    if name.len() < 9 || &name[..9] != b"libssl.so" || (name.len() > 9 && name[9] != b'.') {
+        return;
+    }
+    let sb = kread(inode + cfg.inode_sb as u64);
+    if sb == 0 {
+        return;
+    }
+    let dev = unsafe { bpf_probe_read_kernel((sb + cfg.sb_dev as u64) as *const u32) }.unwrap_or(0);
+    let key = LibsslFileKey { dev, _pad: 0, ino: kread(inode + cfg.inode_ino as u64) };
+    if unsafe { LIBSSL_FILES.get(&key) }.is_some() {
+        return;
+    }
+    let task = unsafe { bpf_get_current_task() };
+    let signal = if task != 0 { kread(task + cfg.task_signal as u64) } else { 0 };
+    if signal == 0 || kread(signal + cfg.signal_tty as u64) != 0 || crate::crash::traced() {
+        return;
+    }
+    // Another CPU may hold a process for the same file this instant: only one is held.
+    if LIBSSL_FILES.insert(&key, &LIBSSL_FILE_HELD, BPF_NOEXIST).is_err() {
+        return;
+    }
+    let Some(mut entry) = EVENTS.reserve::<LibsslHeldEvent>(0) else {
+        // Not held: the next process to fault it in will be.
+        let _ = LIBSSL_FILES.remove(&key);
+        count_lost_ringbuf(prog);
+        return;
+    };
+    let id = bpf_get_current_pid_tgid();
+    let stopped = unsafe { bpf_send_signal_thread(SIGSTOP) } == 0;
+    let ev = LibsslHeldEvent {
+        header: EventHeader { kind: EventKind::LibsslHeld as u32, tgid: (id >> 32) as u32, ktime_ns: unsafe { bpf_ktime_get_ns() } },
+        tid: id as u32,
+        _pad0: 0,
+        stopped: stopped as u32,
+        _pad: 0,
+        file: key,
+    };
+    entry.write(ev);
+    entry.submit(0);
+}

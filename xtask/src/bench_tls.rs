@@ -245,18 +245,18 @@ fn trap_cost(bin: &Path, n: u64, chunks: u64, rounds: usize) -> Result<([f64; 3]
 
 /// One loaded BPF program's statistics (BPF_OBJ_GET_INFO_BY_FD).
 #[derive(Clone, Debug)]
-struct ProgInfo {
-    id: u32,
+pub(crate) struct ProgInfo {
+    pub id: u32,
     /// Size of the program after verification, in instructions.
-    insns: u32,
-    run_cnt: u64,
-    run_time_ns: u64,
+    pub insns: u32,
+    pub run_cnt: u64,
+    pub run_time_ns: u64,
 }
 
 /// Each loaded BPF program whose name starts with `prefix` (the kernel keeps 15 characters:
 /// go_tls_handshake_enter and _return are both "go_tls_handshak", told apart by their size); the
 /// kernel counts runs and run time only while `kernel.bpf_stats_enabled` is 1.
-fn bpf_prog_stats(prefix: &str) -> Result<Vec<ProgInfo>> {
+pub(crate) fn bpf_prog_stats(prefix: &str) -> Result<Vec<ProgInfo>> {
     const BPF_PROG_GET_NEXT_ID: libc::c_long = 11;
     const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
     const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;

@@ -14,6 +14,7 @@
 //!   cargo xtask bench http2          HTTP/2 requests/s and the cost per GOAWAY/RST_STREAM with and without chainprobe
 //!   cargo xtask bench fleet          series created by short-lived processes (50 execs/s), folded and per pid
 //!   cargo xtask bench crash          how long a crashing Go process is held for its capsule
+//!   cargo xtask bench libssl-hold    what holding a new libssl file's first process costs execs
 //!   cargo xtask codegen go-offsets   regenerate the per-Go-version offset tables
 use std::{
     path::{Path, PathBuf},
@@ -28,6 +29,7 @@ mod bench_goinspect;
 mod bench_goread;
 mod bench_goruntime;
 mod bench_http2;
+mod bench_libssl_hold;
 mod bench_node;
 mod bench_snapshot;
 mod bench_syscalls;
@@ -57,6 +59,7 @@ fn usage() -> &'static str {
        bench http2          HTTP/2 requests/s and the cost per GOAWAY/RST_STREAM event with and without chainprobe\n  \
        bench fleet          series created per hour by 50 execs/s of short-lived processes, folded and\n                            per pid (--seconds S, --rate R, --comms C, --scrape-interval I)\n  \
        bench crash          a crashing Go process's exit time with and without chainprobe, how long it is\n                            held, fatal call → capsule on disk (--goroutines 1000,10000,100000 --rounds R)\n  \
+       bench libssl-hold    exec time of curl and /bin/true without chainprobe, with holds of new libssl\n                            files off and on (the page-fault programs' cost), and of a curl through a new\n                            libssl file (held once) (--rounds R --execs N --new-files K)\n  \
        codegen go-offsets   regenerate the per-Go-version offset tables from real toolchains\n"
 }
 
@@ -116,7 +119,8 @@ fn dispatch(args: &[String]) -> Result<()> {
             Some("http2") => bench_http2::run(&rest[1..]),
             Some("fleet") => bench_fleet::run(&rest[1..]),
             Some("crash") => bench_crash::run(&rest[1..]),
-            _ => bail!("bench what? `cargo xtask bench syscalls`, `goinspect`, `goruntime`, `goread`, `node`, `snapshot`, `tls`, `http2`, `fleet` or `crash`"),
+            Some("libssl-hold") => bench_libssl_hold::run(&rest[1..]),
+            _ => bail!("bench what? `cargo xtask bench syscalls`, `goinspect`, `goruntime`, `goread`, `node`, `snapshot`, `tls`, `http2`, `fleet`, `crash` or `libssl-hold`"),
         },
         "codegen" => codegen::run(rest),
         "-h" | "--help" | "help" => {

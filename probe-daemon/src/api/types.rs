@@ -18,6 +18,9 @@ pub struct TargetsResponse {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub go_tracking: Option<&'static str>,
     pub openssl_libraries: OpensslLibraries,
+    /// Processes held at their first mapping of a new libssl file (`[tls] hold_new_libssl`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub openssl_holds: Option<crate::tls::hold::HoldStats>,
 }
 
 /// The probed libssl files, or why there are none.
@@ -218,11 +221,11 @@ impl TargetsResponse {
             None => OpensslLibraries::Disabled("disabled in the configuration ([tls] openssl = false)"),
         };
         let Some(targets) = &go.targets else {
-            return TargetsResponse { targets: Vec::new(), go_tracking: Some("disabled in the configuration ([go] enabled = false)"), openssl_libraries };
+            return TargetsResponse { targets: Vec::new(), go_tracking: Some("disabled in the configuration ([go] enabled = false)"), openssl_libraries, openssl_holds: go.openssl_holds.clone() };
         };
         // BTreeMap: by pid.
         let targets = targets.values().map(|t| Target::new(t, view.processes.get(&t.pid).map(|p| &**p))).collect();
-        TargetsResponse { targets, go_tracking: None, openssl_libraries }
+        TargetsResponse { targets, go_tracking: None, openssl_libraries, openssl_holds: go.openssl_holds.clone() }
     }
 }
 

@@ -43,11 +43,16 @@ pub struct TlsConfig {
     pub openssl: bool,
     /// Where a Go handshake's result is read.
     pub go_result_site: crate::tls::GoResultSite,
+    /// Hold (SIGSTOP) the first process that maps a libssl file not probed yet until it is
+    /// probed, so its first handshakes are counted (needs `openssl`).
+    pub hold_new_libssl: bool,
+    /// The longest such a hold lasts, in milliseconds.
+    pub hold_new_libssl_max_ms: u64,
 }
 
 impl Default for TlsConfig {
     fn default() -> Self {
-        TlsConfig { go: true, openssl: true, go_result_site: crate::tls::GoResultSite::Auto }
+        TlsConfig { go: true, openssl: true, go_result_site: crate::tls::GoResultSite::Auto, hold_new_libssl: true, hold_new_libssl_max_ms: 1000 }
     }
 }
 
@@ -258,6 +263,9 @@ impl Config {
         }
         if !(self.api.rate_limit_per_second.is_finite() && self.api.rate_limit_per_second > 0.0) || self.api.rate_limit_burst == 0 {
             return Err(ConfigError::Invalid { key: "api.rate_limit_per_second / api.rate_limit_burst", message: "must be above 0".into() });
+        }
+        if self.tls.hold_new_libssl && !(10..=10_000).contains(&self.tls.hold_new_libssl_max_ms) {
+            return Err(ConfigError::Invalid { key: "tls.hold_new_libssl_max_ms", message: format!("{} is out of range (10 to 10000 ms)", self.tls.hold_new_libssl_max_ms) });
         }
         if self.api.max_body_bytes < 64 {
             return Err(ConfigError::Invalid { key: "api.max_body_bytes", message: "must be at least 64".into() });

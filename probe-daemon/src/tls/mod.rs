@@ -13,7 +13,11 @@
 //!   ALPN and role. The system's own libssl files (the usual library directories) are attached
 //!   at start, before the daemon is ready, so that the first handshakes of the first process
 //!   using one are seen (the exec of a process is noticed only after its loader mapped libssl).
+//!   Any other libssl file (a container's, an application's own copy): the kernel stops the
+//!   first process that maps it (`LIBSSL_FILES` does not know it), [`OpenSsl::held`] probes it
+//!   and [`hold::Holds`] resumes the process, within a bound.
 //! - [`TlsState`] is the per-process outcome (metrics and the health engine read it).
+pub mod hold;
 pub mod libssl;
 pub mod state;
 
@@ -30,6 +34,7 @@ use aya::{
     programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId},
 };
 use probe_common::{
+    LibsslFileKey, LibsslHeldEvent, LIBSSL_FILE_PROBED,
     GoTlsConfig, ProgId, SslLibConfig, GO_TLS_FUNCTIONS, OFFSET_NONE, SSL_COOKIE_SET_STATE, SSL_HANDSHAKE_FUNCTIONS,
     SSL_LIB_ERRORS, TLS_ROLE_CLIENT, TLS_ROLE_SERVER, TLS_ROLE_UNKNOWN,
 };
@@ -153,6 +158,16 @@ pub struct SslLibrary {
     pub probes: Vec<ProbeState>,
     /// Which fields of an SSL this build lets chainprobe read (learned from its accessors).
     pub reads: SslReads,
+    /// The file was probed while the kernel held its first process (a libssl outside the system
+    /// directories): that process and how long it waited.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_process_held: Option<FirstHeld>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct FirstHeld {
+    pub pid: u32,
+    pub held_seconds: f64,
 }
 
 /// What is read from this libssl's SSL objects, and why not where not.
@@ -185,6 +200,16 @@ pub struct OpenSsl {
     libs: HashMap<(u64, u64), AttachedLib>,
     by_pid: HashMap<u32, (u64, u64)>,
     recheck: std::collections::VecDeque<(std::time::Instant, u32)>,
+    /// LIBSSL_FILES (the files the kernel does not hold processes for) and the hold keeper:
+    /// None when `[tls] hold_new_libssl` is off.
+    holds: Option<(BpfHashMap<MapData, LibsslFileKey, u32>, Arc<hold::Holds>)>,
+}
+
+/// A file's (device, inode) as the kernel's `super_block.s_dev` and `i_ino` name it (stat's
+/// st_dev encodes the device differently).
+pub fn kernel_file_key(st_dev: u64, ino: u64) -> LibsslFileKey {
+    let (major, minor) = (libc::major(st_dev), libc::minor(st_dev));
+    LibsslFileKey { dev: (major << 20) | (minor & 0xf_ffff), _pad: 0, ino }
 }
 
 /// Delay before a process without libssl at exec is looked at again, and how many wait at once.
@@ -257,7 +282,58 @@ pub fn system_libssl(root: &std::path::Path, dirs: &[&str]) -> Vec<(String, Path
 
 impl OpenSsl {
     pub fn new(probes: Arc<Mutex<Probes>>, configs: BpfHashMap<MapData, u32, SslLibConfig>) -> Self {
-        OpenSsl { probes, configs, next_index: 1, libs: HashMap::new(), by_pid: HashMap::new(), recheck: Default::default() }
+        OpenSsl { probes, configs, next_index: 1, libs: HashMap::new(), by_pid: HashMap::new(), recheck: Default::default(), holds: None }
+    }
+
+    /// Holds on: the kernel stops the first process of a libssl file not in `files`; every file
+    /// probed from now on goes in (call before [`Self::attach_system`]).
+    pub fn with_holds(mut self, files: BpfHashMap<MapData, LibsslFileKey, u32>, holds: Arc<hold::Holds>) -> Self {
+        self.holds = Some((files, holds));
+        self
+    }
+
+    /// The holds so far (None: holds are off).
+    pub fn hold_stats(&self) -> Option<hold::HoldStats> {
+        self.holds.as_ref().map(|(_, h)| h.stats())
+    }
+
+    /// The kernel needs no hold for this file any more.
+    fn mark_known(&mut self, key: LibsslFileKey) {
+        if let Some((files, _)) = &mut self.holds {
+            if let Err(e) = files.insert(key, LIBSSL_FILE_PROBED, 0) {
+                debug!(dev = key.dev, ino = key.ino, error = %e, "LIBSSL_FILES full: the kernel may hold another process for this file");
+            }
+        }
+    }
+
+    /// The kernel stopped `ev`'s process as it mapped a libssl file it did not know: probe the
+    /// file (through the process's mapping of it, now in its maps), then resume the process.
+    pub fn held(&mut self, ev: &LibsslHeldEvent) {
+        let pid = ev.header.tgid;
+        let since = crate::procfs::instant_of(ev.header.ktime_ns);
+        let keeper = self.holds.as_ref().map(|(_, h)| Arc::clone(h));
+        if ev.stopped != 0 {
+            match &keeper {
+                Some(h) => h.begin(pid, since),
+                // Holds switched off after the kernel stopped it: never leave it stopped.
+                None => {
+                    crate::procfs::cont(pid);
+                }
+            }
+        }
+        // Its loader has mapped the file: it is in the process's maps.
+        let probed = self.consider(pid);
+        // Probed or not (it cannot be: not a usable libssl), the kernel holds nobody for it again.
+        self.mark_known(ev.file);
+        let held = keeper.filter(|_| ev.stopped != 0).and_then(|h| h.end(pid));
+        if let (Some(held), Some(key)) = (held, self.by_pid.get(&pid).copied()) {
+            if let Some(l) = self.libs.get_mut(&key) {
+                if l.view.first_process_held.is_none() {
+                    l.view.first_process_held = Some(FirstHeld { pid, held_seconds: held.as_secs_f64() });
+                }
+            }
+        }
+        info!(pid, probed, held_ms = held.map(|d| d.as_secs_f64() * 1e3), stopped = ev.stopped != 0, "process held at its first mapping of a new libssl file");
     }
 
     /// A process just exec'd: look now, and once more after [`RECHECK_AFTER`] when libssl is not
@@ -325,6 +401,7 @@ impl OpenSsl {
         if self.libs.contains_key(&key) {
             return Some(key);
         }
+        let kernel_key = kernel_file_key(meta.dev(), meta.ino());
         // Hold the files open and work through our own descriptors: the process (and with it
         // its /proc entries) may be gone before the probes are attached.
         let Ok(file) = std::fs::File::open(target) else {
@@ -384,9 +461,10 @@ impl OpenSsl {
             info!(path, note = %n, "OpenSSL library: field not read");
         }
         states.extend(err_states);
+        self.mark_known(kernel_key);
         self.libs.insert(
             key,
-            AttachedLib { view: SslLibrary { path: path.to_string(), dev: key.0, ino: key.1, pids: 0, probes: states, reads }, pid_set: HashSet::new() },
+            AttachedLib { view: SslLibrary { path: path.to_string(), dev: key.0, ino: key.1, pids: 0, probes: states, reads, first_process_held: None }, pid_set: HashSet::new() },
         );
         Some(key)
     }

@@ -220,19 +220,7 @@ pub struct Crashes {
     shared: Arc<Shared>,
 }
 
-/// CLOCK_MONOTONIC now, in ns (the clock of bpf_ktime_get_ns).
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes the timespec we pass.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-/// The Instant of kernel time `ktime_ns`.
-fn instant_of(ktime_ns: u64) -> Instant {
-    let ago = Duration::from_nanos(monotonic_ns().saturating_sub(ktime_ns));
-    Instant::now().checked_sub(ago).unwrap_or_else(Instant::now)
-}
+use crate::procfs::instant_of;
 
 impl Crashes {
     /// Starts the pause keeper and `max_concurrent_pauses` workers.
@@ -665,7 +653,7 @@ mod tests {
 
     #[test]
     fn kernel_time_maps_to_an_instant_in_the_past() {
-        let t = instant_of(monotonic_ns().saturating_sub(50_000_000));
+        let t = instant_of(crate::procfs::monotonic_ns().saturating_sub(50_000_000));
         assert!(t.elapsed() >= Duration::from_millis(49));
     }
 }

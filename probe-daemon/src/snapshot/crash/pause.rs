@@ -73,22 +73,10 @@ pub struct Pauses {
     bound: Duration,
 }
 
-/// Field 22 of /proc/PID/stat (start time in clock ticks since boot): tells a pid's reuse apart.
-pub fn start_time(pid: u32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &s[s.rfind(')')? + 2..];
-    rest.split_whitespace().nth(19)?.parse().ok()
-}
-
-/// The state letter of /proc/PID/stat ('T' = stopped, 't' = traced).
-pub fn state(pid: u32) -> Option<char> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    s[s.rfind(')')? + 2..].chars().next()
-}
+pub use crate::procfs::{start_time, state};
 
 fn cont(pid: u32) -> bool {
-    // SAFETY: kill with a pid and a signal number touches no memory of ours.
-    unsafe { libc::kill(pid as i32, libc::SIGCONT) == 0 }
+    crate::procfs::cont(pid)
 }
 
 impl Pauses {
