@@ -644,6 +644,18 @@ pub struct LibsslFileKey {
     pub ino: u64,
 }
 
+/// Files (their page caches) remembered per CPU as needing no hold (the kernel's own state).
+pub const RECENT_MAPPINGS: usize = 8;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecentMappings {
+    pub mappings: [u64; RECENT_MAPPINGS],
+    /// The slot replaced next.
+    pub next: u32,
+    pub _pad: u32,
+}
+
 /// [`LibsslFileKey`] values: the daemon has probed the file (or tried to: it is never held for).
 pub const LIBSSL_FILE_PROBED: u32 = 1;
 /// The kernel held a process for it and waits for the daemon.
@@ -1204,12 +1216,13 @@ pub mod maps {
     pub const CRASH_PAUSES: MapSpec = spec("CRASH_PAUSES", MapKind::Array, 4, 8, 2, true);
     // libssl files known to the kernel (holds of a new one's first process).
     pub const LIBSSL_FILES: MapSpec = spec("LIBSSL_FILES", MapKind::Hash, size_of::<LibsslFileKey>(), 4, MAX_LIBSSL_FILES, true);
+    pub const LIBSSL_RECENT: MapSpec = spec("LIBSSL_RECENT", MapKind::PerCpuArray, 4, size_of::<RecentMappings>(), 1, false);
 
     /// Every map of the kernel object.
-    pub const ALL: [MapSpec; 21] = [
+    pub const ALL: [MapSpec; 22] = [
         CONFIG, PROG_STATS, PROC_COUNTERS, FAILURES, EVENTS, INFLIGHT, SOCK_OWNERS, LISTENERS, GC_START, STW_START,
         GO_CREATION, GO_CREATION_COUNTS, CREATION_SITES, WINDOW_GOIDS, GO_TLS_CONFIG, TLS_INFLIGHT, SSL_LIBS, SSL_ROLES,
-        GO_CRASH, CRASH_PAUSES, LIBSSL_FILES,
+        GO_CRASH, CRASH_PAUSES, LIBSSL_FILES, LIBSSL_RECENT,
     ];
 }
 
@@ -1219,6 +1232,7 @@ const _: () = {
     use core::mem::size_of;
     assert!(size_of::<KernelConfig>() == 108);
     assert!(size_of::<LibsslFileKey>() == 16);
+    assert!(size_of::<RecentMappings>() == 72);
     assert!(size_of::<LibsslHeldEvent>() == 48);
     assert!(size_of::<ProgStats>() == 24);
     assert!(size_of::<ProcCounters>() == 128);

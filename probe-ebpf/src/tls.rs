@@ -17,11 +17,12 @@
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes, bpf_probe_read_user, bpf_send_signal_thread},
     macros::{map, raw_tracepoint, uprobe, uretprobe},
-    maps::{HashMap, LruHashMap},
+    maps::{HashMap, LruHashMap, PerCpuArray},
     programs::{ProbeContext, RawTracePointContext, RetProbeContext},
     EbpfContext,
 };
 use probe_common::{
+    RecentMappings, RECENT_MAPPINGS,
     LibsslFileKey, LibsslHeldEvent, LIBSSL_FILE_HELD, MAX_LIBSSL_FILES,
     EventHeader, EventKind, GoTlsConfig, ProgId, TlsEvent, TlsInflight, TlsInflightKey, ERR_LIB_SSL, SSL_AD_REASON_OFFSET, SSL_LIB_ERRORS,
     BPF_RB_NO_WAKEUP, MAX_PROCS, MAX_SSL_LIBS, SSL_COOKIE_SET_STATE, SslLibConfig, TLS_ALPN_UNREAD, MAX_TLS_INFLIGHT, OFFSET_NONE, TLS_ALERT_UNREAD, TLS_ALPN_LEN, TLS_LIBRARY_GO,
@@ -52,6 +53,12 @@ pub static SSL_LIBS: HashMap<u32, SslLibConfig> = HashMap::with_max_entries(MAX_
 #[map]
 pub static LIBSSL_FILES: HashMap<LibsslFileKey, u32> = HashMap::with_max_entries(MAX_LIBSSL_FILES, 0);
 
+/// The page caches (`address_space`) of the last files faulted in on this CPU that need no hold
+/// (not a libssl, or a known one), replaced in turn: faults come in runs on a few files
+/// (fault-around, a loader relocating its libraries), and this scan replaces the four reads that
+/// find a file's name.
+#[map]
+static LIBSSL_RECENT: PerCpuArray<RecentMappings> = PerCpuArray::with_max_entries(1, 0);
 /// OpenSSL: role of an SSL object, from SSL_set_connect_state / SSL_set_accept_state.
 #[map]
 static SSL_ROLES: LruHashMap<TlsInflightKey, u32> = LruHashMap::with_max_entries(MAX_TLS_INFLIGHT, 0);
@@ -511,6 +518,24 @@ fn libssl_faulted(prog: ProgId, mapping: u64) {
         return;
     }
     count_event(prog);
+    let recent = LIBSSL_RECENT.get_ptr_mut(0);
+    if let Some(r) = recent {
+        let r = unsafe { &*r };
+        for i in 0..RECENT_MAPPINGS {
+            if r.mappings[i] == mapping {
+                return;
+            }
+        }
+    }
+    // No hold needed for this file: the next faults on it on this CPU return above.
+    let skip = || {
+        if let Some(r) = recent {
+            let r = unsafe { &mut *r };
+            let i = (r.next as usize) % RECENT_MAPPINGS;
+            r.mappings[i] = mapping;
+            r.next = (i as u32 + 1) % RECENT_MAPPINGS as u32;
+        }
+    };
     let inode = kread(mapping + cfg.mapping_host as u64);
     let alias = if inode != 0 { kread(inode + cfg.inode_dentry as u64) } else { 0 };
     if alias == 0 {
@@ -525,6 +550,7 @@ fn libssl_faulted(prog: ProgId, mapping: u64) {
     let Ok(name) = (unsafe { bpf_probe_read_kernel_str_bytes(name_ptr as *const u8, &mut buf) }) else { return };
     // libssl.so or libssl.so.<anything>: not NSS's libssl3.so.
     if name.len() < 9 || &name[..9] != b"libssl.so" || (name.len() > 9 && name[9] != b'.') {
+        skip();
         return;
     }
     let sb = kread(inode + cfg.inode_sb as u64);
@@ -534,6 +560,7 @@ fn libssl_faulted(prog: ProgId, mapping: u64) {
     let dev = unsafe { bpf_probe_read_kernel((sb + cfg.sb_dev as u64) as *const u32) }.unwrap_or(0);
     let key = LibsslFileKey { dev, _pad: 0, ino: kread(inode + cfg.inode_ino as u64) };
     if unsafe { LIBSSL_FILES.get(&key) }.is_some() {
+        skip();
         return;
     }
     let task = unsafe { bpf_get_current_task() };
