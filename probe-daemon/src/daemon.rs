@@ -78,7 +78,12 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     // Holds of a new libssl's first process start once the system's files are probed (below).
     let hold_chain = kcfg.sb_dev != probe_common::OFFSET_NONE;
     kcfg.hold_libssl = 0;
-    let hold_programs = cfg.tls.openssl && cfg.tls.hold_new_libssl && hold_chain;
+    // Stopping a process (a crash pause, a libssl hold) needs the right to resume it: CAP_KILL.
+    let can_resume = kernel::can_resume_any_process();
+    if !can_resume && (cfg.crash.kernel_max_pauses() > 0 || cfg.tls.hold_new_libssl) {
+        warn!("no CAP_KILL (see `chainprobe check`): crashing Go processes are not paused and new libssl files' first processes are not held, since other users' processes could not be resumed; add KILL to the container's capabilities");
+    }
+    let hold_programs = cfg.tls.openssl && cfg.tls.hold_new_libssl && hold_chain && can_resume;
     let (probes, KernelMaps { counters, failures, stats, events: ring, creation, go_tls, ssl_libs, crash_config, crash_pauses, config: mut kernel_config_map, libssl_files }) =
         attach::load(kcfg, &tracefs, cfg.collect.memory_hooks, hold_programs)?;
     let attached = probes.programs.iter().filter(|p| p.attached).count();
@@ -99,7 +104,9 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             if cfg.tls.go {
                 tracker = tracker.with_tls(Arc::new(GoTls::new(go_tls, cfg.tls.go_result_site)));
             }
-            tracker.with_crash(CrashProbes::new(crash_config, cfg.crash.kernel_max_pauses()))
+            // The kernel stops a crashing process only where this daemon can resume it.
+            let max_pauses = if can_resume { cfg.crash.kernel_max_pauses() } else { 0 };
+            tracker.with_crash(CrashProbes::new(crash_config, max_pauses))
         });
         let trackers = Trackers {
             creation: go.as_ref().map(|_| CreationProbes::new(creation, creation_settings)),
@@ -109,7 +116,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
                 // loads one has its first handshakes counted (others: at start scan and exec).
                 let mut o = OpenSsl::new(probes.clone(), ssl_libs);
                 let hold_attached = programs.iter().filter(|p| p.prog.group() == probe_common::ProgGroup::LibsslHold && p.attached).count() == 2;
-                let holds = match (cfg.tls.hold_new_libssl, hold_chain && hold_attached) {
+                let holds = match (cfg.tls.hold_new_libssl && can_resume, hold_chain && hold_attached) {
                     (true, true) => match Holds::start(std::path::Path::new(&cfg.snapshot.dir).join("libssl-holds"), std::time::Duration::from_millis(cfg.tls.hold_new_libssl_max_ms)) {
                         Ok(h) => Some(h),
                         Err(e) => {

@@ -295,6 +295,7 @@ pub fn effective_caps() -> u64 {
         .unwrap_or(0)
 }
 
+pub const CAP_KILL: u32 = 5;
 pub const CAP_SYS_ADMIN: u32 = 21;
 pub const CAP_SYS_PTRACE: u32 = 19;
 pub const CAP_SYS_RESOURCE: u32 = 24;
@@ -422,6 +423,11 @@ pub fn check() -> Vec<CheckItem> {
     } else {
         item("capabilities: read other processes", Status::Warn, "no CAP_SYS_PTRACE: /proc/PID/maps and mem of other users' processes cannot be read")
     });
+    items.push(if has(CAP_KILL) {
+        item("capabilities: resume held processes", Status::Ok, "CAP_KILL")
+    } else {
+        item("capabilities: resume held processes", Status::Warn, "no CAP_KILL: SIGCONT to other users' processes would be refused, so crashing Go processes are not paused and new libssl files' first processes are not held (add KILL to the container's capabilities)")
+    });
     let memlock = memlock_limit();
     let resource = has(CAP_SYS_RESOURCE);
     items.push(match memlock {
@@ -431,6 +437,11 @@ pub fn check() -> Vec<CheckItem> {
         None => item("memlock", Status::Warn, "cannot read RLIMIT_MEMLOCK"),
     });
     items
+}
+
+/// Whether this process may resume (SIGCONT) processes of any user: CAP_KILL.
+pub fn can_resume_any_process() -> bool {
+    effective_caps() & (1u64 << CAP_KILL) != 0
 }
 
 #[cfg(test)]

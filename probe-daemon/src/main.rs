@@ -27,8 +27,9 @@ enum Command {
     /// The API needs `Authorization: Bearer $CHAINPROBE_API_TOKEN` when that variable (or
     /// [api] token_file) sets a token; without one the API answers only on a loopback listen
     /// address. Health rules take heap and goroutine snapshots into [snapshot] dir.
-    /// Needs root (or CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE, CAP_SYS_RESOURCE). Without --config the
-    /// built-in defaults apply (print them with `chainprobe config`).
+    /// Needs root (or CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE, CAP_SYS_RESOURCE, and CAP_KILL to resume
+    /// the processes it holds). Without --config the built-in defaults apply (print them with
+    /// `chainprobe config`).
     Run {
         /// TOML configuration file; settings it omits keep their defaults.
         #[arg(long, short = 'c', value_name = "FILE", env = "CHAINPROBE_CONFIG")]

@@ -305,7 +305,7 @@ fn daemonset_is_least_privilege_and_wired() {
     assert_eq!(sc["readOnlyRootFilesystem"], true);
     assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
     let caps: BTreeSet<&str> = sc["capabilities"]["add"].as_array().expect("caps").iter().filter_map(Value::as_str).collect();
-    assert_eq!(caps, BTreeSet::from(["BPF", "PERFMON", "SYS_PTRACE", "SYS_RESOURCE", "SYS_ADMIN"]), "capabilities");
+    assert_eq!(caps, BTreeSet::from(["BPF", "PERFMON", "SYS_PTRACE", "SYS_RESOURCE", "KILL", "SYS_ADMIN"]), "capabilities");
     let text = std::fs::read_to_string(deploy().join("daemonset.yaml")).expect("daemonset");
     assert!(
         text.contains("setns(2) into a pod's network namespace") && text.contains("Not for BPF"),
@@ -399,7 +399,7 @@ fn systemd_unit_verifies() {
     let (ok, out) = run(Command::new("systemd-analyze").arg("verify").arg(&f));
     let _ = std::fs::remove_dir_all(&dir);
     assert!(ok && !out.contains("chainprobe.service:"), "systemd-analyze verify deploy/chainprobe.service:\n{out}");
-    for cap in ["CAP_BPF", "CAP_PERFMON", "CAP_SYS_PTRACE", "CAP_SYS_RESOURCE"] {
+    for cap in ["CAP_BPF", "CAP_PERFMON", "CAP_SYS_PTRACE", "CAP_SYS_RESOURCE", "CAP_KILL"] {
         assert!(unit.contains(cap), "unit lacks {cap}");
     }
     assert!(!unit.contains("CAP_SYS_ADMIN"), "the unit must not grant CAP_SYS_ADMIN");

@@ -442,6 +442,19 @@ fn openssl_first_handshakes_right_after_start_are_all_counted() {
     assert_eq!(g.cmd("quit"), Vec::<i64>::new());
 }
 
+/// `cmd` in a new session, without a controlling terminal, as services run (a process with one is
+/// never held: its shell would report it stopped), whatever terminal the tests run in.
+fn no_terminal(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        })
+    }
+}
+
 /// Issue #18 (a), a libssl file outside the system directories (a container's own, an
 /// application's copy): the kernel holds the first process that faults in its pages until the
 /// daemon has probed it. 10 runs on one daemon, each with a fresh copy of the system's libssl (a
@@ -470,7 +483,7 @@ fn openssl_first_handshakes_through_a_new_libssl_file_are_all_counted() {
         let lib = dir.0.join(format!("lib{round}"));
         std::fs::create_dir_all(&lib).unwrap();
         std::fs::copy(&system, lib.join("libssl.so.3")).unwrap();
-        let (pid, rc) = run("curl", Command::new("curl").env("LD_LIBRARY_PATH", &lib).args(["-s", "-m", "5", "--cacert"]).arg(&ca).args([&url, &url, &url]));
+        let (pid, rc) = run("curl", no_terminal(Command::new("curl").env("LD_LIBRARY_PATH", &lib).args(["-s", "-m", "5", "--cacert"]).arg(&ca).args([&url, &url, &url])));
         assert_eq!(rc, 0, "run {round}: curl");
         let p = pid.to_string();
         let seen = poll_max(&d, Duration::from_secs(10), &format!("run {round}: curl {pid}"), |m| {
@@ -523,7 +536,7 @@ fn a_process_held_by_a_daemon_that_died_is_resumed_by_the_next() {
     let first = Daemon::start("tls-orphan-1", "");
     // SAFETY: signals to processes this test started.
     unsafe { libc::kill(first.pid() as i32, libc::SIGSTOP) };
-    let mut curl = Command::new("curl").env("LD_LIBRARY_PATH", &lib).args(["-s", "--version"]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut curl = no_terminal(Command::new("curl").env("LD_LIBRARY_PATH", &lib).args(["-s", "--version"])).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     let pid = curl.id();
     let state = || std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|s| s[s.rfind(')')? + 2..].chars().next());
     let t = Instant::now();

@@ -257,6 +257,11 @@ mod tests {
             }
             // Round 1: nobody ends it; the bound does.
             assert_eq!(wait_state('S'), Some('S'), "round {round}: resumed");
+            // The keeper removes the record and counts the hold just after its SIGCONT.
+            let t = Instant::now();
+            while (dir.join(pid.to_string()).exists() || holds.stats().resumed_probed + holds.stats().resumed_bound < round + 1) && t.elapsed() < Duration::from_secs(5) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
             assert!(!dir.join(pid.to_string()).exists(), "the record is gone");
         }
         let s = holds.stats();
