@@ -138,6 +138,36 @@ pub fn cont(pid: u32) -> bool {
     unsafe { libc::kill(pid as i32, libc::SIGCONT) == 0 }
 }
 
+/// The processes a killed daemon left stopped, from the records of its stops in `dir` (one
+/// file per pid holding its start time): each that is still the same process and still stopped
+/// is resumed. Every record is removed. The pids resumed.
+pub fn resume_recorded_stops(dir: &std::path::Path) -> Vec<u32> {
+    let mut resumed = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let recorded: Option<u64> = std::fs::read_to_string(e.path()).ok().and_then(|s| s.trim().parse().ok());
+        if recorded.is_some() && recorded == start_time(pid) && state(pid) == Some('T') && cont(pid) {
+            resumed.push(pid);
+        }
+        let _ = std::fs::remove_file(e.path());
+    }
+    resumed
+}
+
+/// Runs `round` on a thread named `name` while `keeper` lives and `round` returns true (a
+/// keeper's watchdog: it ends with the keeper or when it stops).
+pub fn spawn_watchdog<T: Send + Sync + 'static>(name: &str, keeper: &std::sync::Arc<T>, round: fn(&T) -> bool) -> std::io::Result<()> {
+    let me = std::sync::Arc::downgrade(keeper);
+    std::thread::Builder::new().name(name.into()).spawn(move || {
+        while let Some(k) = me.upgrade() {
+            if !round(&k) {
+                return;
+            }
+        }
+    })?;
+    Ok(())
+}
+
 /// CLOCK_MONOTONIC now, in ns (the clock of bpf_ktime_get_ns).
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };

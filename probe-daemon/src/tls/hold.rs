@@ -61,14 +61,7 @@ impl Holds {
         std::fs::create_dir_all(&dir)?;
         let h = Arc::new(Holds { inner: Mutex::new(Inner { active: HashMap::new(), stats: HoldStats::default(), stopping: false }), wake: Condvar::new(), dir, bound });
         h.recover();
-        let me = Arc::downgrade(&h);
-        std::thread::Builder::new().name("libssl-holds".into()).spawn(move || {
-            while let Some(h) = me.upgrade() {
-                if !h.watch_once() {
-                    return;
-                }
-            }
-        })?;
+        crate::procfs::spawn_watchdog("libssl-holds", &h, Holds::watch_once)?;
         Ok(h)
     }
 
@@ -155,17 +148,11 @@ impl Holds {
 
     /// Resumes what an earlier daemon recorded, then any orphan (see [`held_for_libssl`]).
     fn recover(&self) {
-        let mut resumed = 0;
-        for e in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
-            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
-            let recorded: Option<u64> = std::fs::read_to_string(e.path()).ok().and_then(|s| s.trim().parse().ok());
-            if recorded.is_some() && recorded == start_time(pid) && state(pid) == Some('T') && cont(pid) {
-                resumed += 1;
-                warn!(pid, "resumed a process an earlier chainprobe held for its new libssl and did not resume");
-            }
-            let _ = std::fs::remove_file(e.path());
+        let recorded = crate::procfs::resume_recorded_stops(&self.dir);
+        for pid in &recorded {
+            warn!(pid, "resumed a process an earlier chainprobe held for its new libssl and did not resume");
         }
-        resumed += resume_orphans(&[]);
+        let resumed = recorded.len() + resume_orphans(&[]);
         lock(&self.inner).stats.resumed_orphans += resumed as u64;
     }
 

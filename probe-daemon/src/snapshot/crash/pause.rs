@@ -93,14 +93,7 @@ impl Pauses {
             bound,
         });
         p.recover();
-        let me = Arc::downgrade(&p);
-        std::thread::Builder::new().name("crash-pauses".into()).spawn(move || {
-            while let Some(p) = me.upgrade() {
-                if !p.watch_once() {
-                    return;
-                }
-            }
-        })?;
+        crate::procfs::spawn_watchdog("crash-pauses", &p, Pauses::watch_once)?;
         Ok(p)
     }
 
@@ -233,16 +226,11 @@ impl Pauses {
 
     /// Resumes what an earlier daemon recorded, then any process stopped at a crash function.
     fn recover(&self) {
-        let mut resumed = 0;
-        for e in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
-            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
-            let recorded: Option<u64> = std::fs::read_to_string(e.path()).ok().and_then(|s| s.trim().parse().ok());
-            if recorded.is_some() && recorded == start_time(pid) && state(pid) == Some('T') && cont(pid) {
-                resumed += 1;
-                warn!(pid, "resumed a process an earlier chainprobe paused at its crash and did not resume");
-            }
-            let _ = std::fs::remove_file(e.path());
+        let recorded = crate::procfs::resume_recorded_stops(&self.dir);
+        for pid in &recorded {
+            warn!(pid, "resumed a process an earlier chainprobe paused at its crash and did not resume");
         }
+        let mut resumed = recorded.len();
         resumed += self.resume_orphans(&[]);
         if resumed > 0 {
             lock(&self.inner).stats.resumed_orphans += resumed as u64;
