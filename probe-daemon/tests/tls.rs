@@ -447,6 +447,21 @@ fn openssl_first_handshakes_right_after_start_are_all_counted() {
     assert_eq!(g.cmd("quit"), Vec::<i64>::new());
 }
 
+/// The system's libssl.so.3.
+fn system_libssl3() -> PathBuf {
+    ["/usr/lib/x86_64-linux-gnu/libssl.so.3", "/usr/lib/aarch64-linux-gnu/libssl.so.3", "/usr/lib64/libssl.so.3", "/usr/lib/libssl.so.3"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .expect("no system libssl.so.3: run tests/tools/install.sh")
+}
+
+/// A fresh copy of `system` (a new file: a libssl the daemon does not know) as `dir`/libssl.so.3.
+fn copy_libssl(system: &std::path::Path, dir: &std::path::Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::copy(system, dir.join("libssl.so.3")).unwrap();
+}
+
 /// `cmd` in a new session, without a controlling terminal, as services run (a process with one is
 /// never held: its shell would report it stopped), whatever terminal the tests run in.
 fn no_terminal(cmd: &mut Command) -> &mut Command {
@@ -471,11 +486,7 @@ fn no_terminal(cmd: &mut Command) -> &mut Command {
 fn openssl_first_handshakes_through_a_new_libssl_file_are_all_counted() {
     let _serial = serial();
     which("curl");
-    let system = ["/usr/lib/x86_64-linux-gnu/libssl.so.3", "/usr/lib/aarch64-linux-gnu/libssl.so.3", "/usr/lib64/libssl.so.3", "/usr/lib/libssl.so.3"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-        .expect("no system libssl.so.3: run tests/tools/install.sh");
+    let system = system_libssl3();
     let dir = TempDir::new("tls-new-lib");
     let ca = dir.0.join("ca.pem");
     let mut g = TlsProbe::start("go-serve", &fixture("1.27", "default"));
@@ -486,8 +497,7 @@ fn openssl_first_handshakes_through_a_new_libssl_file_are_all_counted() {
     let mut missed = Vec::new();
     for round in 0..runs {
         let lib = dir.0.join(format!("lib{round}"));
-        std::fs::create_dir_all(&lib).unwrap();
-        std::fs::copy(&system, lib.join("libssl.so.3")).unwrap();
+        copy_libssl(&system, &lib);
         if let Some(n) = curl_three_handshakes(&d, round, no_terminal(Command::new("curl").env("LD_LIBRARY_PATH", &lib).args(["-s", "-m", "5", "--cacert"]).arg(&ca).args([&url, &url, &url]))) {
             missed.push((round, n));
         }
@@ -526,15 +536,10 @@ fn openssl_first_handshakes_through_a_new_libssl_file_are_all_counted() {
 fn a_process_held_by_a_daemon_that_died_is_resumed_by_the_next() {
     let _serial = serial();
     which("curl");
-    let system = ["/usr/lib/x86_64-linux-gnu/libssl.so.3", "/usr/lib/aarch64-linux-gnu/libssl.so.3", "/usr/lib64/libssl.so.3", "/usr/lib/libssl.so.3"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-        .expect("no system libssl.so.3: run tests/tools/install.sh");
+    let system = system_libssl3();
     let dir = TempDir::new("tls-orphan");
     let lib = dir.0.join("lib");
-    std::fs::create_dir_all(&lib).unwrap();
-    std::fs::copy(&system, lib.join("libssl.so.3")).unwrap();
+    copy_libssl(&system, &lib);
     let first = Daemon::start("tls-orphan-1", "");
     // SAFETY: signals to processes this test started.
     unsafe { libc::kill(first.pid() as i32, libc::SIGSTOP) };
