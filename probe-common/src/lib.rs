@@ -670,9 +670,7 @@ pub struct LibsslHeldEvent {
     pub header: EventHeader,
     /// The thread that faulted.
     pub tid: u32,
-    pub _pad0: u32,
     pub stopped: u32,
-    pub _pad: u32,
     pub file: LibsslFileKey,
 }
 
@@ -897,7 +895,6 @@ pub struct KernelConfig {
     pub inode_ino: u32,
     pub inode_sb: u32,
     pub sb_dev: u32,
-    pub _pad_files: [u32; 3],
     /// `signal_struct.tty`: a process with a controlling terminal is never held (its shell's
     /// job control would report it stopped).
     pub signal_tty: u32,
@@ -933,7 +930,6 @@ impl KernelConfig {
         inode_ino: OFFSET_NONE,
         inode_sb: OFFSET_NONE,
         sb_dev: OFFSET_NONE,
-        _pad_files: [0; 3],
         signal_tty: OFFSET_NONE,
         hold_libssl: 0,
     };
@@ -1103,10 +1099,6 @@ pub mod tp {
     /// sys_enter_* first and second argument; sys_exit_* return value.
     pub const SYS_ENTER_ARG0: u32 = 16;
     pub const SYS_ENTER_ARG1: u32 = 24;
-    /// sys_enter_* third and fifth argument (mmap's prot and fd).
-    pub const SYS_ENTER_ARG2: u32 = 32;
-    pub const SYS_ENTER_ARG3: u32 = 40;
-    pub const SYS_ENTER_ARG4: u32 = 48;
     pub const SYS_EXIT_RET: u32 = 16;
     pub const EXEC_FILENAME: u32 = 8;
     pub const EXEC_PID: u32 = 12;
@@ -1126,9 +1118,6 @@ pub mod tp {
         ("tcp", "tcp_retransmit_skb", "skaddr", TCP_RETRANSMIT_SKB_SKADDR, 8),
         ("syscalls", "sys_enter_mmap", "addr", SYS_ENTER_ARG0, 8),
         ("syscalls", "sys_enter_mmap", "len", SYS_ENTER_ARG1, 8),
-        ("syscalls", "sys_enter_mmap", "prot", SYS_ENTER_ARG2, 8),
-        ("syscalls", "sys_enter_mmap", "flags", SYS_ENTER_ARG3, 8),
-        ("syscalls", "sys_enter_mmap", "fd", SYS_ENTER_ARG4, 8),
         ("syscalls", "sys_exit_mmap", "ret", SYS_EXIT_RET, 8),
         ("syscalls", "sys_enter_munmap", "len", SYS_ENTER_ARG1, 8),
         ("syscalls", "sys_exit_munmap", "ret", SYS_EXIT_RET, 8),
@@ -1230,10 +1219,10 @@ pub mod maps {
 // padding change, fails the build here instead of misreading a map.
 const _: () = {
     use core::mem::size_of;
-    assert!(size_of::<KernelConfig>() == 108);
+    assert!(size_of::<KernelConfig>() == 96);
     assert!(size_of::<LibsslFileKey>() == 16);
     assert!(size_of::<RecentMappings>() == 72);
-    assert!(size_of::<LibsslHeldEvent>() == 48);
+    assert!(size_of::<LibsslHeldEvent>() == 40);
     assert!(size_of::<ProgStats>() == 24);
     assert!(size_of::<ProcCounters>() == 128);
     assert!(size_of::<FailureKey>() == 8);

@@ -115,20 +115,17 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
                 // The system's libssl files before the daemon is ready: the first process that
                 // loads one has its first handshakes counted (others: at start scan and exec).
                 let mut o = OpenSsl::new(probes.clone(), ssl_libs);
+                // The hold programs are attached only when holds are wanted and possible.
                 let hold_attached = programs.iter().filter(|p| p.prog.group() == probe_common::ProgGroup::LibsslHold && p.attached).count() == 2;
-                let holds = match (cfg.tls.hold_new_libssl && can_resume, hold_chain && hold_attached) {
-                    (true, true) => match Holds::start(std::path::Path::new(&cfg.snapshot.dir).join("libssl-holds"), std::time::Duration::from_millis(cfg.tls.hold_new_libssl_max_ms)) {
-                        Ok(h) => Some(h),
-                        Err(e) => {
-                            warn!(error = %e, "cannot start the libssl hold keeper: a new libssl file's first handshakes may be missed");
-                            None
-                        }
-                    },
-                    (true, false) => {
-                        warn!("the kernel's file layout is unknown or its filemap tracepoints could not be attached (see `chainprobe check` and the program list in /api/v1/status): a new libssl file's first process is not held, its first handshakes may be missed");
-                        None
-                    }
-                    (false, _) => None,
+                let holds = if !(cfg.tls.hold_new_libssl && can_resume) {
+                    None
+                } else if !hold_attached {
+                    warn!("the kernel's file layout is unknown or its filemap tracepoints could not be attached (see `chainprobe check` and the program list in /api/v1/status): a new libssl file's first process is not held, its first handshakes may be missed");
+                    None
+                } else {
+                    Holds::start(std::path::Path::new(&cfg.snapshot.dir).join("libssl-holds"), std::time::Duration::from_millis(cfg.tls.hold_new_libssl_max_ms))
+                        .map_err(|e| warn!(error = %e, "cannot start the libssl hold keeper: a new libssl file's first handshakes may be missed"))
+                        .ok()
                 };
                 if let Some(h) = &holds {
                     o = o.with_holds(libssl_files, h.clone());

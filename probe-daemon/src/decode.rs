@@ -147,13 +147,11 @@ mod tests {
         let held = LibsslHeldEvent {
             header: EventHeader { kind: EventKind::LibsslHeld as u32, tgid: 12, ktime_ns: 1 },
             tid: 13,
-            _pad0: 0,
             stopped: 1,
-            _pad: 0,
             file: probe_common::LibsslFileKey { dev: 0x80_0001, _pad: 0, ino: 4711 },
         };
         assert_eq!(decode(&bytes_of(&held)), Ok(Event::LibsslHeld(held)));
-        assert!(matches!(decode(&bytes_of(&held)[..40]), Err(DecodeError::Truncated { kind: 9, .. })));
+        assert!(matches!(decode(&bytes_of(&held)[..32]), Err(DecodeError::Truncated { kind: 9, .. })));
 
         let oom = OomEvent { header: EventHeader { kind: EventKind::OomVictim as u32, tgid: 9, ktime_ns: 1 }, victim: 9, _pad: 0 };
         assert_eq!(decode(&bytes_of(&oom)), Ok(Event::OomVictim { tgid: 9 }));

@@ -19,7 +19,7 @@ use probe_common::{
 
 use crate::{
     goruntime::{go_reg, GoReg},
-    maps::{count_event, count_lost_ringbuf, EVENTS},
+    maps::{count_event, count_lost_ringbuf, EVENTS, SIGSTOP},
 };
 
 /// Per-process offsets and pause permission (written by the daemon when it tracks the process).
@@ -30,7 +30,6 @@ static GO_CRASH: HashMap<u32, GoCrashConfig> = HashMap::with_max_entries(MAX_PRO
 #[map]
 static CRASH_PAUSES: Array<u64> = Array::with_max_entries(2, 0);
 
-const SIGSTOP: u32 = 19;
 
 #[uprobe]
 pub fn go_fatalpanic(ctx: ProbeContext) -> u32 {

@@ -13,7 +13,7 @@ use probe_common::{
     ProgId, StwStart, DURATION_UNKNOWN, MAX_CREATION_SITES, MAX_PROCS, MAX_WINDOW_GOIDS,
 };
 
-use crate::maps::{count_event, count_lost_map_full, count_lost_ringbuf, current_tgid, EVENTS};
+use crate::maps::{count_event, count_lost_map_full, count_lost_ringbuf, current_tgid, BPF_NOEXIST, EVENTS};
 
 /// Start of the GC cycle in progress, per process.
 #[map]
@@ -40,7 +40,6 @@ pub static CREATION_SITES: PerCpuHashMap<CreationSite, u64> = PerCpuHashMap::wit
 #[map]
 static WINDOW_GOIDS: HashMap<GoidKey, u8> = HashMap::with_max_entries(MAX_WINDOW_GOIDS, 0);
 
-const BPF_NOEXIST: u64 = 1;
 
 #[inline(always)]
 fn creation_counts(prog: ProgId, tgid: u32) -> Option<&'static mut GoCreationCounts> {

@@ -1,11 +1,11 @@
 //! Maps shared by the program families, and the small helpers every program uses.
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid,
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel},
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use probe_common::{
-    FailureKey, InflightCall, KernelConfig, ListenKey, ProcCounters, ProgId, ProgStats,
+    FailureKey, InflightCall, KernelConfig, ListenKey, ProcCounters, ProgId, ProgStats, OFFSET_NONE,
     EVENTS_RING_BYTES, MAX_FAILURE_KEYS, MAX_INFLIGHT, MAX_LISTENERS, MAX_PROCS, MAX_SOCKETS,
 };
 
@@ -43,7 +43,21 @@ pub static LISTENERS: HashMap<ListenKey, u32> = HashMap::with_max_entries(MAX_LI
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
 
-const BPF_NOEXIST: u64 = 1;
+/// `bpf_map_update_elem` flag: only if the key is not there yet.
+pub const BPF_NOEXIST: u64 = 1;
+
+/// The signal the kernel programs stop a process with (a crash pause, a libssl hold).
+pub const SIGSTOP: u32 = 19;
+
+/// A `T` at kernel address `base + off`; None for a null base, an offset this kernel does not
+/// have, or a failed read.
+#[inline(always)]
+pub fn read_kernel<T>(base: u64, off: u32) -> Option<T> {
+    if off == OFFSET_NONE || base == 0 {
+        return None;
+    }
+    unsafe { bpf_probe_read_kernel((base + off as u64) as *const T).ok() }
+}
 
 #[inline(always)]
 pub fn config() -> KernelConfig {

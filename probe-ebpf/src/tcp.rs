@@ -5,16 +5,16 @@
 //! owner of a socket is remembered when it is known (SYN_SENT from connect(), the listener's process
 //! for a passive open) and looked up by socket address afterwards.
 use aya_ebpf::{
-    helpers::bpf_probe_read_kernel, macros::tracepoint, programs::TracePointContext,
+    macros::tracepoint, programs::TracePointContext,
 };
 use probe_common::{
     tp, KernelConfig, ListenKey, ProcCounters, ProgId, ECONNREFUSED, ECONNRESET, ETIMEDOUT,
-    IPPROTO_TCP, OFFSET_NONE, TCP_CLOSE, TCP_ESTABLISHED, TCP_LISTEN, TCP_SYN_RECV, TCP_SYN_SENT,
+    IPPROTO_TCP, TCP_CLOSE, TCP_ESTABLISHED, TCP_LISTEN, TCP_SYN_RECV, TCP_SYN_SENT,
 };
 
 use crate::record::field;
 use crate::maps::{
-    config, count_event, count_lost_map_full, current_tgid, proc_counters, LISTENERS, SOCK_OWNERS,
+    config, count_event, count_lost_map_full, current_tgid, proc_counters, read_kernel, LISTENERS, SOCK_OWNERS,
 };
 
 /// Owner of a socket: the remembered one, else 0 (unattributed).
@@ -24,14 +24,6 @@ fn owner(sk: u64) -> u32 {
         Some(t) => *t,
         None => 0,
     }
-}
-
-#[inline(always)]
-fn read_kernel<T>(base: u64, off: u32) -> Option<T> {
-    if off == OFFSET_NONE || base == 0 {
-        return None;
-    }
-    unsafe { bpf_probe_read_kernel((base + off as u64) as *const T).ok() }
 }
 
 /// Network namespace inode of a socket (0 when the kernel layout is unknown).

@@ -15,7 +15,7 @@
 //! (1.1.1: ERR_put_error) note the first libssl error reason and the fatal alert received (raised as SSL_AD_REASON_OFFSET +
 //! alert) of the handshake in flight on the thread.
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes, bpf_probe_read_user, bpf_send_signal_thread},
+    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel_str_bytes, bpf_probe_read_user, bpf_send_signal_thread},
     macros::{map, raw_tracepoint, uprobe, uretprobe},
     maps::{HashMap, LruHashMap, PerCpuArray},
     programs::{ProbeContext, RawTracePointContext, RetProbeContext},
@@ -32,7 +32,7 @@ use probe_common::{
 
 use crate::{
     goruntime::{go_reg, GoReg},
-    maps::{config, count_event, count_lost_map_full, count_lost_ringbuf, current_tgid, EVENTS},
+    maps::{config, count_event, count_lost_map_full, count_lost_ringbuf, current_tgid, read_kernel, BPF_NOEXIST, EVENTS, SIGSTOP},
 };
 
 /// Processes whose Go handshakes are reported, with their offsets.
@@ -49,7 +49,7 @@ static TLS_INFLIGHT: LruHashMap<TlsInflightKey, TlsInflight> = LruHashMap::with_
 pub static SSL_LIBS: HashMap<u32, SslLibConfig> = HashMap::with_max_entries(MAX_SSL_LIBS, 0);
 
 /// OpenSSL: the libssl files the daemon has probed (or tried to), and those a process is held
-/// for (see [`libssl_mapped`]).
+/// for (see [`libssl_faulted`]).
 #[map]
 pub static LIBSSL_FILES: HashMap<LibsslFileKey, u32> = HashMap::with_max_entries(MAX_LIBSSL_FILES, 0);
 
@@ -59,6 +59,7 @@ pub static LIBSSL_FILES: HashMap<LibsslFileKey, u32> = HashMap::with_max_entries
 /// find a file's name.
 #[map]
 static LIBSSL_RECENT: PerCpuArray<RecentMappings> = PerCpuArray::with_max_entries(1, 0);
+
 /// OpenSSL: role of an SSL object, from SSL_set_connect_state / SSL_set_accept_state.
 #[map]
 static SSL_ROLES: LruHashMap<TlsInflightKey, u32> = LruHashMap::with_max_entries(MAX_TLS_INFLIGHT, 0);
@@ -482,14 +483,6 @@ pub fn ssl_error(ctx: ProbeContext) -> u32 {
 // Role constants are used by the daemon as cookies.
 const _: () = assert!(TLS_ROLE_CLIENT == 1 && TLS_ROLE_SERVER == 2);
 
-const SIGSTOP: u32 = 19;
-const BPF_NOEXIST: u64 = 1;
-
-#[inline(always)]
-fn kread(addr: u64) -> u64 {
-    unsafe { bpf_probe_read_kernel(addr as *const u64) }.unwrap_or(0)
-}
-
 /// `filemap:mm_filemap_map_pages` (raw: the `address_space` is argument 0).
 #[raw_tracepoint(tracepoint = "mm_filemap_map_pages")]
 pub fn libssl_map_pages(ctx: RawTracePointContext) -> i32 {
@@ -536,13 +529,13 @@ fn libssl_faulted(prog: ProgId, mapping: u64) {
             r.next = (i as u32 + 1) % RECENT_MAPPINGS as u32;
         }
     };
-    let inode = kread(mapping + cfg.mapping_host as u64);
-    let alias = if inode != 0 { kread(inode + cfg.inode_dentry as u64) } else { 0 };
+    let ptr = |base: u64, off: u32| read_kernel::<u64>(base, off).unwrap_or(0);
+    let inode = ptr(mapping, cfg.mapping_host);
+    let alias = ptr(inode, cfg.inode_dentry);
     if alias == 0 {
         return;
     }
-    let dentry = alias - cfg.dentry_alias as u64;
-    let name_ptr = kread(dentry + cfg.dentry_name as u64);
+    let name_ptr = ptr(alias - cfg.dentry_alias as u64, cfg.dentry_name);
     if name_ptr == 0 {
         return;
     }
@@ -553,19 +546,14 @@ fn libssl_faulted(prog: ProgId, mapping: u64) {
         skip();
         return;
     }
-    let sb = kread(inode + cfg.inode_sb as u64);
-    if sb == 0 {
-        return;
-    }
-    let dev = unsafe { bpf_probe_read_kernel((sb + cfg.sb_dev as u64) as *const u32) }.unwrap_or(0);
-    let key = LibsslFileKey { dev, _pad: 0, ino: kread(inode + cfg.inode_ino as u64) };
+    let Some(dev) = read_kernel::<u32>(ptr(inode, cfg.inode_sb), cfg.sb_dev) else { return };
+    let key = LibsslFileKey { dev, _pad: 0, ino: ptr(inode, cfg.inode_ino) };
     if unsafe { LIBSSL_FILES.get(&key) }.is_some() {
         skip();
         return;
     }
-    let task = unsafe { bpf_get_current_task() };
-    let signal = if task != 0 { kread(task + cfg.task_signal as u64) } else { 0 };
-    if signal == 0 || kread(signal + cfg.signal_tty as u64) != 0 || crate::crash::traced() {
+    let signal = ptr(unsafe { bpf_get_current_task() }, cfg.task_signal);
+    if signal == 0 || ptr(signal, cfg.signal_tty) != 0 || crate::crash::traced() {
         return;
     }
     // Another CPU may hold a process for the same file this instant: only one is held.
@@ -583,9 +571,7 @@ fn libssl_faulted(prog: ProgId, mapping: u64) {
     let ev = LibsslHeldEvent {
         header: EventHeader { kind: EventKind::LibsslHeld as u32, tgid: (id >> 32) as u32, ktime_ns: unsafe { bpf_ktime_get_ns() } },
         tid: id as u32,
-        _pad0: 0,
         stopped: stopped as u32,
-        _pad: 0,
         file: key,
     };
     entry.write(ev);
