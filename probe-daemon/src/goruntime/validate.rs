@@ -4,7 +4,9 @@
 //!
 //! Each check is an invariant of the Go runtime that a wrong offset or address breaks:
 //! - `allglen` agrees with the length of the `allgs` slice (allgadd stores one after appending to
-//!   the other, under a lock), and the slice's pointer, length and capacity are consistent;
+//!   the other, under a lock): it lies between the slice's lengths read before and after it, so a
+//!   process creating goroutines while it is checked passes; the slice's pointer, length and
+//!   capacity are consistent;
 //! - every g's status (scan bit masked) is one the runtime uses, and every waiting g's wait reason
 //!   is within the release's waitReason table;
 //! - the goids of the live g's are unique, non-zero (but for the few a runtime that makes a g
@@ -94,6 +96,54 @@ fn u32_at(b: &[u8], off: u64) -> u32 {
     b.get(o..o + 4).and_then(|s| s.try_into().ok()).map(u32::from_le_bytes).unwrap_or(0)
 }
 
+/// The `allgs` slice (as read last) and `allglen`, found consistent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Allgs {
+    ptr: u64,
+    len: u64,
+    allglen: u64,
+}
+
+/// Attempts at a consistent read of allgs and allglen before the addresses are called wrong.
+const ALLGS_ATTEMPTS: usize = 4;
+
+/// Reads the `allgs` slice at `allgs_at`, then `allglen` at `allglen_at`, then the slice again,
+/// and checks them against what allgadd guarantees: it appends to allgs and then stores allglen,
+/// under a lock, and allgs never shrinks. So at any instant allglen is len(allgs) or one less,
+/// and across the three reads of a process creating goroutines (each can add thousands a
+/// millisecond) allglen lies between the two lengths; with a process that creates none, both
+/// lengths are equal and allglen must match them. The slice header is three words stored
+/// without a lock: a read torn by an append, or a lie of the moment, is read again before the
+/// addresses are called wrong. Err is the verdict (rejected, or inconclusive: still starting).
+fn read_allgs(mem: &ProcMem, allgs_at: u64, allglen_at: u64) -> Result<Allgs, Verdict> {
+    let slice = |at: u64| -> Result<(u64, u64, u64), Verdict> {
+        let mut b = [0u8; 24];
+        match mem.read_exact(at, &mut b) {
+            Ok(()) => Ok((u64_at(&b, 0), u64_at(&b, 8), u64_at(&b, 16))),
+            Err(super::MemError::Read { source, .. }) if source.kind() == std::io::ErrorKind::PermissionDenied => {
+                Err(Verdict::Inconclusive(format!("cannot read process {}'s memory: {source}", mem.pid())))
+            }
+            Err(e) => Err(Verdict::Rejected(format!("runtime.allgs at {at:#x} is not readable ({e}): its address is wrong"))),
+        }
+    };
+    let mut why = String::new();
+    for _ in 0..ALLGS_ATTEMPTS {
+        let (_, len0, cap0) = slice(allgs_at)?;
+        let allglen = mem.u64(allglen_at).map_err(|e| Verdict::Rejected(format!("runtime.allglen at {allglen_at:#x} is not readable ({e}): its address is wrong")))?;
+        let (ptr, len, cap) = slice(allgs_at)?;
+        if allglen == 0 && len0 == 0 && len == 0 {
+            return Err(Verdict::Inconclusive("the Go runtime has no goroutine yet (still starting)".into()));
+        }
+        let header_ok = |len: u64, cap: u64| len <= cap && cap < 1 << 32;
+        if ptr != 0 && header_ok(len0, cap0) && header_ok(len, cap) && len0 <= len && len0 <= allglen + 16 && allglen <= len {
+            return Ok(Allgs { ptr, len, allglen });
+        }
+        why = format!("allglen = {allglen} disagrees with the allgs slice read before and after it (len {len0} then {len}; ptr {ptr:#x}, cap {cap})");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    Err(Verdict::Rejected(format!("{why}, {ALLGS_ATTEMPTS} times: runtime.allgs or runtime.allglen is wrong")))
+}
+
 /// Checks the process behind `mem` with the reader's layout `l` and the extra offsets `c`;
 /// `funcs` gives the binary's functions (link-time addresses). It is called only once the cheap
 /// checks passed and there are parked goroutines to place: a process still starting is checked
@@ -102,26 +152,12 @@ pub fn check(mem: &ProcMem, l: &Layout, c: &Checks, funcs: impl FnOnce() -> Resu
     use Verdict::{Accepted, Inconclusive, Rejected};
     let pid = mem.pid();
     let gone = |e: super::MemError| Inconclusive(format!("cannot read process {pid}: {e}"));
-    let mut slice = [0u8; 24];
-    match mem.read_exact(l.allgs, &mut slice) {
-        Ok(()) => {}
-        Err(super::MemError::Read { source, .. }) if source.kind() == std::io::ErrorKind::PermissionDenied => {
-            return Inconclusive(format!("cannot read process {pid}'s memory: {source}"))
-        }
-        Err(e) => return Rejected(format!("runtime.allgs at {:#x} is not readable ({e}): its address is wrong", l.allgs)),
-    }
-    let (ptr, len, cap) = (u64_at(&slice, 0), u64_at(&slice, 8), u64_at(&slice, 16));
-    let allglen = match mem.u64(l.allglen) {
-        Ok(n) => n,
-        Err(e) => return Rejected(format!("runtime.allglen at {:#x} is not readable ({e}): its address is wrong", l.allglen)),
+    let Allgs { ptr, len: slice_len, allglen, .. } = match read_allgs(mem, l.allgs, l.allglen) {
+        Ok(a) => a,
+        Err(v) => return v,
     };
-    if allglen == 0 && len == 0 {
-        return Inconclusive("the Go runtime has no goroutine yet (still starting)".into());
-    }
-    if !(allglen <= len && len <= cap && len - allglen <= 16 && ptr != 0 && cap < 1 << 32) {
-        return Rejected(format!("allglen = {allglen} disagrees with the allgs slice (ptr {ptr:#x}, len {len}, cap {cap}): runtime.allgs or runtime.allglen is wrong"));
-    }
-    let n = (allglen as usize).min(MAX_CHECKED);
+    // The pointers come from the slice read last, which holds at least allglen of them.
+    let n = (allglen.min(slice_len) as usize).min(MAX_CHECKED);
     let mut ptrs = vec![0u8; n * 8];
     if let Err(e) = mem.read_exact(ptr, &mut ptrs) {
         return gone(e);
@@ -218,4 +254,94 @@ pub fn check(mem: &ProcMem, l: &Layout, c: &Checks, funcs: impl FnOnce() -> Resu
         }
     }
     Accepted(format!("{live} live goroutines ({} parked) checked, heap {heap_live} B of a {heap_goal} B goal, {numgc} GC cycles", parked.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    /// A runtime's allgs slice header and allglen, in this process's memory.
+    #[repr(C)]
+    struct FakeRuntime {
+        allgs: [AtomicU64; 3],
+        allglen: AtomicU64,
+    }
+
+    impl FakeRuntime {
+        fn new(len: u64) -> FakeRuntime {
+            FakeRuntime { allgs: [AtomicU64::new(0x1c00_0000_0000), AtomicU64::new(len), AtomicU64::new(len.next_power_of_two())], allglen: AtomicU64::new(len) }
+        }
+        fn at(&self) -> (u64, u64) {
+            (self.allgs.as_ptr() as u64, &self.allglen as *const AtomicU64 as u64)
+        }
+        /// What allgadd does: append (the slice header, growing its capacity), then store allglen.
+        fn add(&self) {
+            let len = self.allgs[1].load(Ordering::Relaxed) + 1;
+            if len > self.allgs[2].load(Ordering::Relaxed) {
+                self.allgs[0].fetch_add(0x10_0000, Ordering::Relaxed);
+                self.allgs[2].store(2 * len, Ordering::Relaxed);
+            }
+            self.allgs[1].store(len, Ordering::Release);
+            self.allglen.store(len, Ordering::Release);
+        }
+    }
+
+    #[test]
+    fn a_process_creating_goroutines_while_it_is_checked_is_not_rejected() {
+        let rt = FakeRuntime::new(1000);
+        let (allgs, allglen) = rt.at();
+        let mem = ProcMem::open(std::process::id()).expect("own memory");
+        let stop = AtomicBool::new(false);
+        let (mut raced, mut rejected) = (0, Vec::new());
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    rt.add();
+                }
+            });
+            for _ in 0..3000 {
+                // What a check that reads the slice once and then allglen sees: allglen past the
+                // slice's length (the race the three reads are for).
+                let mut b = [0u8; 24];
+                mem.read_exact(allgs, &mut b).expect("read");
+                if mem.u64(allglen).expect("read") > u64_at(&b, 8) {
+                    raced += 1;
+                }
+                match read_allgs(&mem, allgs, allglen) {
+                    Ok(a) => assert!(a.allglen <= a.len && a.ptr != 0, "{a:?}"),
+                    Err(v) => rejected.push(v),
+                }
+            }
+            stop.store(true, Ordering::Relaxed);
+        });
+        assert!(raced > 0, "the writer never outran a read: the test did not exercise the race");
+        assert!(rejected.is_empty(), "{} of 3000 checks of a growing allgs failed, e.g. {:?} (the one-read check raced {raced} times)", rejected.len(), rejected.first());
+    }
+
+    #[test]
+    fn a_wrong_allglen_or_slice_is_rejected_and_a_runtime_without_goroutines_is_inconclusive() {
+        let mem = ProcMem::open(std::process::id()).expect("own memory");
+        let rt = FakeRuntime::new(1000);
+        let (allgs, allglen) = rt.at();
+        assert_eq!(read_allgs(&mem, allgs, allglen), Ok(Allgs { ptr: 0x1c00_0000_0000, len: 1000, allglen: 1000 }));
+        // allglen read from somewhere else: a small number, a pointer.
+        let small = AtomicU64::new(5);
+        let pointer = AtomicU64::new(0x7fff_1234_5678);
+        for wrong in [&small, &pointer] {
+            match read_allgs(&mem, allgs, wrong as *const AtomicU64 as u64) {
+                Err(Verdict::Rejected(why)) => assert!(why.contains("is wrong") && why.contains("4 times"), "{why}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        // A slice whose length is beyond its capacity (not a slice header).
+        let torn = FakeRuntime::new(1000);
+        torn.allgs[2].store(10, Ordering::Relaxed);
+        assert!(matches!(read_allgs(&mem, torn.at().0, torn.at().1), Err(Verdict::Rejected(_))));
+        // An address that is not mapped.
+        assert!(matches!(read_allgs(&mem, 8, allglen), Err(Verdict::Rejected(w)) if w.contains("not readable")));
+        let empty = FakeRuntime::new(0);
+        empty.allgs[0].store(0, Ordering::Relaxed);
+        assert!(matches!(read_allgs(&mem, empty.at().0, empty.at().1), Err(Verdict::Inconclusive(_))));
+    }
 }
