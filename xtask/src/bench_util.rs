@@ -103,10 +103,15 @@ pub fn wait_target(port: u16, pid: u32, timeout: Duration, what: &str, ready: im
 /// Starts `chainprobe run` with `[server] listen` on a free loopback port plus `extra` TOML
 /// (in `dir`) and waits until /readyz answers 200 (at most 30 s).
 pub fn start_daemon(bin: &Path, dir: &Path, extra: &str) -> Result<(Daemon, u16)> {
+    start_daemon_logging(bin, dir, extra, "warn")
+}
+
+/// `start_daemon` with `log` as the RUST_LOG filter unless CHAINPROBE_BENCH_LOG sets one.
+pub fn start_daemon_logging(bin: &Path, dir: &Path, extra: &str, log: &str) -> Result<(Daemon, u16)> {
     let addr = test_support::free_addr()?;
     let toml = format!("[server]\nlisten = \"{addr}\"\n{extra}");
     // CHAINPROBE_BENCH_LOG (a RUST_LOG filter) to look inside a run; the daemon's log is in `dir`.
-    let log = std::env::var("CHAINPROBE_BENCH_LOG").unwrap_or_else(|_| "warn".into());
+    let log = std::env::var("CHAINPROBE_BENCH_LOG").unwrap_or_else(|_| log.into());
     let d = Daemon::launch(bin, dir, addr, &toml, &[("RUST_LOG", log.as_str())], Duration::from_secs(30)).with_context(|| format!("starting {}", bin.display()))?;
     Ok((d, addr.port()))
 }

@@ -267,7 +267,9 @@ fn measure(a: &Args, bin: &std::path::Path, dir: &std::path::Path, jobs: &[PathB
         a.scrape
     );
     let t_daemon = Instant::now();
-    let (d, port) = bench_util::start_daemon(bin, dir, &extra)?;
+    // The allocator's own count of live bytes, every 5 s (a debug line of the trim timer): RSS
+    // alone cannot tell live data from pages the allocator keeps or code first run late.
+    let (d, port) = bench_util::start_daemon_logging(bin, dir, &extra, "warn,chainprobe::procfs=debug")?;
     let dpid = d.pid();
     let pids: HashSet<u32> = fleet.iter().map(GoProc::pid).collect();
     // Every Go process tracked and read (its goroutine count known).
@@ -326,11 +328,11 @@ fn measure(a: &Args, bin: &std::path::Path, dir: &std::path::Path, jobs: &[PathB
     let mut seen: HashSet<String> = HashSet::new();
     let mut first_series = None;
     let mut last_text = String::new();
-    let mut rss: Vec<(f64, u64)> = Vec::new();
+    let mut rss: Vec<(f64, Rss)> = Vec::new();
     let threads0 = thread_cpu(dpid);
     let c0 = cpu_seconds(dpid)?;
     let steal0 = bench_util::steal_seconds()?;
-    let t0 = Instant::now();
+    let (t0, day0) = (Instant::now(), day_seconds_now());
     let window = Duration::from_secs(a.seconds);
     let scrape_every = Duration::from_secs_f64(a.scrape);
     let (mut next_exec, mut next_scrape, mut next_rss) = (t0, t0, t0);
@@ -359,7 +361,7 @@ fn measure(a: &Args, bin: &std::path::Path, dir: &std::path::Path, jobs: &[PathB
             }
             running.retain_mut(|c| !matches!(c.try_wait(), Ok(Some(_))));
             if now >= next_rss {
-                rss.push((t0.elapsed().as_secs_f64(), status_kib(dpid, "VmRSS:")?));
+                rss.push((t0.elapsed().as_secs_f64(), Rss::of(dpid)?));
                 next_rss += Duration::from_secs(5);
             }
             if now >= next_scrape {
@@ -456,26 +458,27 @@ fn measure(a: &Args, bin: &std::path::Path, dir: &std::path::Path, jobs: &[PathB
     rows.push(("  CPU stolen by the hypervisor meanwhile, % of the machine (compare runs only when low)".into(), format!("{:.1}", 100.0 * (steal1 - steal0) / (elapsed * cpus))));
     rows.push(("peak RSS (VmHWM, start-up included), MiB (target ≤ 64)".into(), format!("{:.1}", hwm as f64 / 1024.0)));
     let half = elapsed / 2.0;
-    let (h1, h2): (Vec<(f64, f64)>, Vec<(f64, f64)>) = rss.iter().map(|(t, k)| (*t, *k as f64 / 1024.0)).partition(|(t, _)| *t < half);
-    fn mean(v: &[(f64, f64)]) -> f64 {
-        v.iter().map(|(_, m)| m).sum::<f64>() / v.len().max(1) as f64
-    }
-    fn max(v: &[(f64, f64)]) -> f64 {
-        v.iter().map(|(_, m)| *m).fold(0.0, f64::max)
-    }
-    // Least-squares slope of the second half, MiB per minute.
-    let slope = {
-        let n = h2.len().max(1) as f64;
-        let (mt, mr) = (h2.iter().map(|(t, _)| *t).sum::<f64>() / n, mean(&h2));
-        let cov: f64 = h2.iter().map(|(t, m)| (t - mt) * (m - mr)).sum();
-        let var: f64 = h2.iter().map(|(t, _)| (t - mt).powi(2)).sum();
-        if var > 0.0 { 60.0 * cov / var } else { 0.0 }
-    };
+    let mib = |f: fn(&Rss) -> u64| -> Vec<(f64, f64)> { rss.iter().map(|(t, r)| (*t, f(r) as f64 / 1024.0)).collect() };
+    let total = mib(|r| r.total);
+    let (h1, h2): (Vec<(f64, f64)>, Vec<(f64, f64)>) = total.iter().copied().partition(|(t, _)| *t < half);
     rows.push((
         format!("RSS every 5 s ({} samples), MiB: first half mean / max, second half mean / max", rss.len()),
         format!("{:.1} / {:.1}, {:.1} / {:.1}", mean(&h1), max(&h1), mean(&h2), max(&h2)),
     ));
-    rows.push(("RSS slope over the second half, MiB per minute".into(), format!("{slope:+.3}")));
+    rows.push(("RSS slope over the second half, MiB per minute".into(), format!("{:+.3}", second_half_slope(&total, half))));
+    let parts: Vec<String> = [("anon", mib(|r| r.anon)), ("file", mib(|r| r.file)), ("shmem", mib(|r| r.shmem))]
+        .iter()
+        .map(|(n, v)| format!("{n} {:.1} MiB {:+.4}", v.last().map_or(0.0, |(_, m)| *m), second_half_slope(v, half)))
+        .collect();
+    rows.push(("  RSS by kind at the end, and slope over the second half (MiB per minute)".into(), parts.join(", ")));
+    let heap = heap_in_use(&log, day0);
+    if heap.len() >= 4 {
+        let (_, h2): (Vec<(f64, f64)>, Vec<(f64, f64)>) = heap.iter().copied().partition(|(t, _)| *t < half);
+        rows.push((
+            format!("heap in use (glibc mallinfo2, every 5 s, {} samples), MiB: second half mean / min / max; slope, KiB per minute", heap.len()),
+            format!("{:.2} / {:.2} / {:.2}; {:+.1}", mean(&h2), h2.iter().map(|(_, m)| *m).fold(f64::INFINITY, f64::min), max(&h2), 1024.0 * second_half_slope(&heap, half)),
+        ));
+    }
     for (om, name) in [(true, "OpenMetrics (Prometheus's Accept)"), (false, "text 0.0.4 (no Accept)")] {
         let mut t: Vec<f64> = scrapes.iter().filter(|s| s.openmetrics == om).map(|s| 1000.0 * s.seconds).collect();
         let n = t.len();
@@ -517,9 +520,95 @@ fn measure(a: &Args, bin: &std::path::Path, dir: &std::path::Path, jobs: &[PathB
     for (k, v) in rows {
         println!("| {k} | {v} |");
     }
-    let warnings = log.lines().filter(|l| l.contains(" WARN ") || l.contains(" ERROR ")).count();
-    if warnings > 0 {
-        eprintln!("daemon log: {warnings} warnings/errors, the last ones:\n{}", test_support::tail(&log, 10));
+    // The log also has the trim timer's debug lines: only its warnings and errors are shown.
+    let warnings: Vec<&str> = log.lines().filter(|l| l.contains(" WARN ") || l.contains(" ERROR ")).collect();
+    if !warnings.is_empty() {
+        eprintln!("daemon log: {} warnings/errors, the last ones:\n{}", warnings.len(), warnings[warnings.len().saturating_sub(10)..].join("\n"));
     }
     Ok(())
+}
+
+/// Resident memory of a process by kind (KiB, from /proc/PID/status).
+struct Rss {
+    total: u64,
+    anon: u64,
+    file: u64,
+    shmem: u64,
+}
+
+impl Rss {
+    fn of(pid: u32) -> Result<Rss> {
+        Ok(Rss { total: status_kib(pid, "VmRSS:")?, anon: status_kib(pid, "RssAnon:")?, file: status_kib(pid, "RssFile:")?, shmem: status_kib(pid, "RssShmem:")? })
+    }
+}
+
+fn mean(v: &[(f64, f64)]) -> f64 {
+    v.iter().map(|(_, m)| m).sum::<f64>() / v.len().max(1) as f64
+}
+
+fn max(v: &[(f64, f64)]) -> f64 {
+    v.iter().map(|(_, m)| *m).fold(0.0, f64::max)
+}
+
+/// Least-squares slope of the samples at or after `half` seconds, per minute.
+fn second_half_slope(v: &[(f64, f64)], half: f64) -> f64 {
+    let h: Vec<&(f64, f64)> = v.iter().filter(|(t, _)| *t >= half).collect();
+    let n = h.len().max(1) as f64;
+    let (mt, mv) = (h.iter().map(|(t, _)| *t).sum::<f64>() / n, h.iter().map(|(_, m)| *m).sum::<f64>() / n);
+    let cov: f64 = h.iter().map(|(t, m)| (t - mt) * (m - mv)).sum();
+    let var: f64 = h.iter().map(|(t, _)| (t - mt).powi(2)).sum();
+    if var > 0.0 { 60.0 * cov / var } else { 0.0 }
+}
+
+/// The trim timer's `in_use=` values in the daemon's log within the window that began at `t0`
+/// (UTC seconds of the day), as (seconds since `t0`, MiB).
+fn heap_in_use(log: &str, t0: f64) -> Vec<(f64, f64)> {
+    let mut out = Vec::new();
+    for l in log.lines().filter(|l| l.contains("allocator trimmed")) {
+        let Some(bytes) = l.split_whitespace().find_map(|w| w.strip_prefix("in_use=")?.parse::<f64>().ok()) else { continue };
+        let Some(at) = l.split_whitespace().next().and_then(day_seconds) else { continue };
+        // A window that crosses midnight: what looks half a day early is the next day.
+        let t = if at - t0 < -43_200.0 { at + 86_400.0 - t0 } else { at - t0 };
+        if t >= 0.0 {
+            out.push((t, bytes / (1024.0 * 1024.0)));
+        }
+    }
+    out
+}
+
+/// UTC seconds of the day now.
+fn day_seconds_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64() % 86_400.0)
+}
+
+/// UTC seconds of the day of a tracing timestamp (`2026-12-07T13:51:43.647857Z`).
+fn day_seconds(ts: &str) -> Option<f64> {
+    let time = ts.split_once('T')?.1.trim_end_matches('Z');
+    let mut it = time.split(':');
+    let (h, m, s): (f64, f64, f64) = (it.next()?.parse().ok()?, it.next()?.parse().ok()?, it.next()?.parse().ok()?);
+    Some(h * 3600.0 + m * 60.0 + s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heap_samples_are_read_from_the_trim_lines_of_the_window_across_midnight() {
+        let log = "2026-12-07T23:59:50.000000Z DEBUG chainprobe::procfs: allocator trimmed (bytes) in_use=1048576 free_before=1 free_after=1 mapped=0\n\
+                   2026-12-07T23:59:58.500000Z  WARN chainprobe::attach: something else in_use=5\n\
+                   2026-12-07T23:59:59.000000Z DEBUG chainprobe::procfs: allocator trimmed (bytes) in_use=2097152 free_before=1 free_after=1 mapped=0\n\
+                   2026-12-08T00:00:04.000000Z DEBUG chainprobe::procfs: allocator trimmed (bytes) in_use=3145728 free_before=1 free_after=1 mapped=0\n\
+                   2026-12-08T00:00:09.000000Z DEBUG chainprobe::procfs: allocator trimmed (bytes) in_use=garbage\n";
+        let heap = heap_in_use(log, day_seconds("2026-12-07T23:59:55Z").unwrap());
+        assert_eq!(heap, vec![(4.0, 2.0), (9.0, 3.0)]);
+    }
+
+    #[test]
+    fn the_slope_is_of_the_second_half_per_minute() {
+        // Flat for the first minute, then +1 MiB a minute.
+        let v: Vec<(f64, f64)> = (0..=24).map(|i| (5.0 * i as f64, if i < 12 { 0.0 } else { (5.0 * i as f64 - 60.0) / 60.0 })).collect();
+        assert!((second_half_slope(&v, 60.0) - 1.0).abs() < 1e-9);
+        assert_eq!(second_half_slope(&[], 60.0), 0.0);
+    }
 }
