@@ -127,7 +127,10 @@ fn read_allgs(mem: &ProcMem, allgs_at: u64, allglen_at: u64) -> Result<Allgs, Ve
         }
     };
     let mut why = String::new();
-    for _ in 0..ALLGS_ATTEMPTS {
+    for attempt in 0..ALLGS_ATTEMPTS {
+        if attempt > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         let (_, len0, cap0) = slice(allgs_at)?;
         let allglen = mem.u64(allglen_at).map_err(|e| Verdict::Rejected(format!("runtime.allglen at {allglen_at:#x} is not readable ({e}): its address is wrong")))?;
         let (ptr, len, cap) = slice(allgs_at)?;
@@ -139,7 +142,6 @@ fn read_allgs(mem: &ProcMem, allgs_at: u64, allglen_at: u64) -> Result<Allgs, Ve
             return Ok(Allgs { ptr, len, allglen });
         }
         why = format!("allglen = {allglen} disagrees with the allgs slice read before and after it (len {len0} then {len}; ptr {ptr:#x}, cap {cap})");
-        std::thread::sleep(std::time::Duration::from_millis(1));
     }
     Err(Verdict::Rejected(format!("{why}, {ALLGS_ATTEMPTS} times: runtime.allgs or runtime.allglen is wrong")))
 }

@@ -473,7 +473,7 @@ fn measure(a: &Args, bin: &std::path::Path, dir: &std::path::Path, jobs: &[PathB
     rows.push(("  RSS by kind at the end, and slope over the second half (MiB per minute)".into(), parts.join(", ")));
     let heap = heap_in_use(&log, day0);
     if heap.len() >= 4 {
-        let (_, h2): (Vec<(f64, f64)>, Vec<(f64, f64)>) = heap.iter().copied().partition(|(t, _)| *t < half);
+        let h2: Vec<(f64, f64)> = heap.iter().copied().filter(|(t, _)| *t >= half).collect();
         rows.push((
             format!("heap in use (glibc mallinfo2, every 5 s, {} samples), MiB: second half mean / min / max; slope, KiB per minute", heap.len()),
             format!("{:.2} / {:.2} / {:.2}; {:+.1}", mean(&h2), h2.iter().map(|(_, m)| *m).fold(f64::INFINITY, f64::min), max(&h2), 1024.0 * second_half_slope(&heap, half)),
